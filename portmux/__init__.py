@@ -1,0 +1,25 @@
+"""portmux: one TCP port, every service.
+
+The public API, re-exported; see README.md for the three-line embedding.
+"""
+
+from portmux.mux import Classified, Multiplexer, SniffSettings
+from portmux.preamble import NEED_MORE, NO, Preamble, Verdict
+from portmux.routing import Match, Route, Router
+from portmux.targets.factory import FactoryTarget
+from portmux.targets.resource import ResourceTarget
+
+__all__ = [
+    "Classified",
+    "FactoryTarget",
+    "Match",
+    "Multiplexer",
+    "NEED_MORE",
+    "NO",
+    "Preamble",
+    "ResourceTarget",
+    "Route",
+    "Router",
+    "SniffSettings",
+    "Verdict",
+]

@@ -1,0 +1,399 @@
+"""The sniffing protocol and the Multiplexer factory: probe → route → attach."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IListeningPort,
+    IProtocol,
+    IReactorTime,
+    IStreamServerEndpoint,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from portmux import refusal
+from portmux.interfaces import IProbe
+from portmux.preamble import NEED_MORE, NO, Preamble
+from portmux.routing import Match, Route, Router, peer_ip
+from portmux.stats import RouteCounters, Stats
+
+log = Logger(namespace="portmux")
+
+SILENT = Preamble(protocol="silent")
+UNKNOWN = Preamble(protocol="unknown")
+
+
+@dataclass(frozen=True)
+class SniffSettings:
+    """Bounds on classification: total deadline, byte cap, and the silence deadline."""
+
+    preamble_timeout: float = 10.0
+    preamble_max_bytes: int = 16384
+    silence_timeout: float = 2.0
+
+
+class Classified:
+    """One classified connection, handed to a target's ``attach``."""
+
+    __slots__ = ("transport", "buffered", "preamble", "peer", "route", "mux", "_sniffer")
+
+    def __init__(
+        self,
+        sniffer: "SniffingProtocol",
+        transport: ITransport,
+        buffered: bytes,
+        preamble: Preamble,
+        peer: IAddress,
+        route: Route,
+        mux: "Multiplexer",
+    ) -> None:
+        self._sniffer = sniffer
+        self.transport = transport
+        self.buffered = buffered
+        self.preamble = preamble
+        self.peer = peer
+        self.route = route
+        self.mux = mux
+
+    @property
+    def payload(self) -> bytes:
+        """The bytes read so far that belong to the target (after the consumed prefix)."""
+        consumed = self.preamble.consumed
+        return self.buffered[consumed:] if consumed else self.buffered
+
+    @property
+    def reactor(self) -> Any:
+        return self.mux.reactor
+
+    def accept(self, text: str = "") -> None:
+        """Send the protocol's positive answer, if it has one (TCPMUX ``+``)."""
+        if self.preamble.protocol == "tcpmux":
+            self.transport.write(b"+" + text.encode("utf-8", "replace") + b"\r\n")
+
+    def refuse(self, status: int, reason: str) -> None:
+        """Send the protocol's refusal, log it, count it, and close."""
+        self.mux.stats.for_route(self.route.name).refused += 1
+        self._sniffer.refuse(self.preamble, status, reason, route=self.route.name)
+
+
+@implementer(IProtocol)
+class _Closed(Protocol):
+    """Stands in when a target took the connection but returned no protocol."""
+
+
+@implementer(IHalfCloseableProtocol)
+class SniffingProtocol(Protocol):
+    """Buffers a connection's first bytes until a probe matches, then hands over.
+
+    After attaching, ``dataReceived`` is rebound to the target protocol's own
+    method so the data path adds no Python call per read.
+    """
+
+    _timer: Any = None
+    _target: Any = None
+    _counters: RouteCounters | None = None
+
+    def __init__(self, mux: "Multiplexer", peer: IAddress) -> None:
+        self.mux = mux
+        self.peer = peer
+        self._buffer = b""
+        self._candidates: Sequence[IProbe] = mux.probes
+        self._router = mux.router
+        self._ip = peer_ip(peer)
+        self._deadline = 0.0
+
+    # -- connection events -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        mux = self.mux
+        mux.stats.accepted += 1
+        mux.stats.sniffing += 1
+        settings = mux.settings
+        now = mux.reactor.seconds()
+        self._deadline = now + settings.preamble_timeout
+        delay = settings.preamble_timeout
+        if self._router.silent_route is not None:
+            delay = min(delay, settings.silence_timeout)
+        self._timer = mux.reactor.callLater(delay, self._timed_out)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer = self._buffer + data if self._buffer else data
+        self._classify(final=False)
+
+    def readConnectionLost(self) -> None:
+        target = self._target
+        if target is None:
+            if not self._buffer:
+                self._stop_sniffing()
+                self.transport.loseConnection()
+                return
+            self._classify(final=True)
+            target = self._target
+            if target is None:
+                return
+        half = IHalfCloseableProtocol(target, None)
+        if half is not None:
+            half.readConnectionLost()
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        half = IHalfCloseableProtocol(self._target, None)
+        if half is not None:
+            half.writeConnectionLost()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        target = self._target
+        if target is not None:
+            if self._counters is not None:
+                self._counters.active -= 1
+            target.connectionLost(reason)
+        else:
+            self._stop_sniffing()
+
+    # -- classification ----------------------------------------------------
+
+    def _classify(self, final: bool) -> None:
+        buffer = self._buffer
+        undecided = False
+        first_match: Preamble | None = None
+        keep: list[IProbe] = []
+        for probe in self._candidates:
+            verdict = probe.probe(buffer)
+            if verdict is NO:
+                continue
+            if verdict is NEED_MORE:
+                undecided = True
+                keep.append(probe)
+                continue
+            if not undecided:
+                self._route(verdict)  # type: ignore[arg-type]
+                return
+            keep.append(probe)
+            if first_match is None:
+                first_match = verdict  # type: ignore[assignment]
+        self._candidates = keep
+        if not keep:
+            self._route(UNKNOWN)
+        elif final or len(buffer) >= self.mux.settings.preamble_max_bytes:
+            if first_match is not None:
+                self._route(first_match)
+            elif final:
+                self._route(UNKNOWN)
+            else:
+                self.refuse(
+                    self._guess(keep),
+                    refusal.TOO_LARGE,
+                    f"preamble exceeds {self.mux.settings.preamble_max_bytes} bytes",
+                )
+
+    @staticmethod
+    def _guess(candidates: Sequence[IProbe]) -> Preamble:
+        """The protocol a refusal should speak when classification did not finish."""
+        if len(candidates) == 1:
+            return Preamble(protocol=candidates[0].name)
+        return UNKNOWN
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._target is not None:
+            return
+        now = self.mux.reactor.seconds()
+        if not self._buffer and self._router.silent_route is not None:
+            route = self._router.select_silent(self._ip)
+            if route is not None:
+                self._attach(route, SILENT)
+                return
+        if now < self._deadline:
+            self._timer = self.mux.reactor.callLater(self._deadline - now, self._timed_out)
+            return
+        if self._buffer:
+            self._classify(final=True)
+            return
+        self.refuse(UNKNOWN, refusal.TIMEOUT, "no preamble before the deadline")
+
+    def _stop_sniffing(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+            self.mux.stats.sniffing -= 1
+
+    # -- routing and attaching --------------------------------------------
+
+    def _route(self, preamble: Preamble) -> None:
+        route = self._router.select(preamble, self._ip)
+        if route is None:
+            what = preamble.protocol
+            detail = preamble.sni or preamble.host or preamble.service or preamble.via
+            if detail:
+                what = f"{what} {detail}"
+            self.refuse(preamble, refusal.NOT_FOUND, f"no route for {what}")
+            return
+        self._attach(route, preamble)
+
+    def _attach(self, route: Route, preamble: Preamble) -> None:
+        self._stop_sniffing()
+        counters = self.mux.stats.for_route(route.name)
+        counters.connections += 1
+        counters.active += 1
+        self._counters = counters
+        connection = Classified(
+            self, self.transport, self._buffer, preamble, self.peer, route, self.mux
+        )
+        self._buffer = b""
+        self._target = _Closed()
+        try:
+            target = route.target.attach(connection)  # type: ignore[attr-defined]
+        except Exception:
+            log.failure("target of route {route} failed to attach", route=route.name)
+            self.refuse(preamble, refusal.BAD_GATEWAY, "internal error", route=route.name)
+            return
+        if target is None:
+            target = _Closed()
+        self._target = target
+        self.dataReceived = target.dataReceived  # type: ignore[method-assign]
+
+    def refuse(
+        self, preamble: Preamble, status: int, reason: str, route: str | None = None
+    ) -> None:
+        """Answer ``preamble``'s protocol with a refusal, log one line, and close."""
+        self._stop_sniffing()
+        self.mux.stats.refusals[str(status)] += 1
+        log.info(
+            "refused {peer} protocol={protocol} route={route} status={status}: {reason}",
+            peer=_describe(self.peer),
+            protocol=preamble.protocol,
+            route=route or "-",
+            status=status,
+            reason=reason,
+        )
+        transport = self.transport
+        if transport is None:
+            return
+        data = refusal.refusal_bytes(preamble, status, reason)
+        if data:
+            transport.write(data)
+        transport.loseConnection()
+
+
+def _describe(address: object) -> str:
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None:
+        return f"{host}:{port}"
+    return str(getattr(address, "name", address))
+
+
+class Multiplexer(ServerFactory):
+    """Shares one listening port between many services by sniffing each connection.
+
+    ``router`` can be replaced at any time; connections classify against the
+    Router current when they were accepted.
+    """
+
+    protocol = SniffingProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        reactor: Any,
+        routes: Iterable[Route] = (),
+        probes: Sequence[IProbe] | None = None,
+        settings: SniffSettings = SniffSettings(),
+    ) -> None:
+        if probes is None:
+            from portmux.probes import all_probes
+
+            probes = all_probes()
+        self.reactor = reactor
+        self.static_routes: tuple[Route, ...] = tuple(routes)
+        self.registered_routes: tuple[Route, ...] = ()
+        self.router = Router(self.static_routes)
+        self.listeners: list[str] = []
+        self.probes: tuple[IProbe, ...] = tuple(probes)
+        self.settings = settings
+        self.stats = Stats()
+        self._running = False
+        self._started: list[Any] = []
+        self._site: Any = None
+
+    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:
+        return SniffingProtocol(self, addr)
+
+    # -- routes ------------------------------------------------------------
+
+    def add_route(self, name: str, target: Any, **match: Any) -> Route:
+        """Append a static route sending connections matching ``match`` to ``target``."""
+        route = Route(name, Match(**match), target)
+        self.set_static_routes(self.static_routes + (route,))
+        return route
+
+    def set_static_routes(self, routes: Iterable[Route]) -> None:
+        """Replace the configured routes (e.g. on reload), keeping registered ones."""
+        self.static_routes = tuple(routes)
+        self.set_router(Router(self.registered_routes + self.static_routes))
+
+    def set_registered_routes(self, routes: Iterable[Route]) -> None:
+        """Replace the routes registered at run time by workers; they come first."""
+        self.registered_routes = tuple(routes)
+        self.set_router(Router(self.registered_routes + self.static_routes))
+
+    def set_router(self, router: Router) -> None:
+        """Swap in a new Router, starting targets that are new to this multiplexer."""
+        self.router = router
+        if self._running:
+            for target in router.targets():
+                self._start_target(target)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def listen(self, endpoint: str | IStreamServerEndpoint) -> "Deferred[IListeningPort]":
+        """Listen on an endpoint object or a Twisted server endpoint string."""
+        if isinstance(endpoint, str):
+            from twisted.internet.endpoints import serverFromString
+
+            endpoint = serverFromString(self.reactor, endpoint)
+        return endpoint.listen(self)
+
+    def startFactory(self) -> None:
+        self._running = True
+        for target in self.router.targets():
+            self._start_target(target)
+
+    def stopFactory(self) -> None:
+        self._running = False
+        started, self._started = self._started, []
+        for target in reversed(started):
+            stop = getattr(target, "stop", None)
+            if stop is not None:
+                try:
+                    stop()
+                except Exception:
+                    log.failure("stopping target {target} failed", target=target)
+
+    def _start_target(self, target: Any) -> None:
+        if any(t is target for t in self._started):
+            return
+        self._started.append(target)
+        start = getattr(target, "start", None)
+        if start is not None:
+            start()
+
+    @property
+    def site(self) -> Any:
+        """The one twisted.web Site shared by this multiplexer's resource routes."""
+        if self._site is None:
+            from portmux.targets.resource import dispatching_site
+
+            self._site = dispatching_site(self)
+            self._site.portmux_mux = self
+        return self._site

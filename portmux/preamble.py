@@ -1,0 +1,52 @@
+"""What a probe learned from a connection's first bytes, and the probe verdicts."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Union
+
+
+class Verdict(enum.Enum):
+    """The two non-matching answers a probe can give."""
+
+    NO = "no"
+    NEED_MORE = "need-more"
+
+
+NO = Verdict.NO
+NEED_MORE = Verdict.NEED_MORE
+
+
+@dataclass(frozen=True, slots=True)
+class Preamble:
+    """Immutable facts about one connection's opening bytes.
+
+    ``consumed`` counts leading bytes the multiplexer answers itself (the TCPMUX
+    service line, a PROXY header); targets receive ``buffered[consumed:]``.
+    """
+
+    protocol: str
+    consumed: int = 0
+    # TLS (ClientHello, or copied from the outer layer after termination)
+    sni: str | None = None
+    alpn: tuple[str, ...] = ()
+    tls_versions: tuple[str, ...] = ()
+    tls_version: str | None = None
+    tls_terminated: bool = False
+    # HTTP/1.x and h2c
+    method: str | None = None
+    target: str | None = None
+    path: str | None = None
+    host: str | None = None
+    http_version: str | None = None
+    # TCPMUX / moniker naming
+    service: str | None = None
+    # .NET Message Framing
+    via: str | None = None
+    # SSH and other banner protocols
+    software: str | None = None
+    version: str | None = None
+
+
+ProbeResult = Union[Preamble, Verdict]

@@ -1,0 +1,184 @@
+"""Routes, their match predicates, and the Router that picks one for a preamble."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence, Union
+
+from portmux.preamble import Preamble
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Check = Callable[[Preamble, str], bool]
+
+
+def normalize_name(name: str) -> str:
+    """Lower-case a host name and strip one trailing dot."""
+    name = name.lower()
+    return name[:-1] if name.endswith(".") else name
+
+
+def host_pattern_matches(pattern: str, name: str | None) -> bool:
+    """Match ``name`` against an exact name, ``*.suffix`` (any depth) or ``*``."""
+    if name is None:
+        return False
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return name.endswith(pattern[1:]) and len(name) > len(pattern) - 1
+    return name == pattern
+
+
+def path_prefix_matches(prefix: str, path: str | None) -> bool:
+    """Match a path prefix on segment boundaries: ``/app/`` and ``/app`` both take ``/app/x``."""
+    if path is None:
+        return False
+    if prefix in ("", "/"):
+        return True
+    base = prefix.rstrip("/")
+    return path == base or path.startswith(base + "/")
+
+
+def peer_ip(address: object) -> str:
+    """The IP text of a Twisted address, or '' for non-IP (UNIX) peers."""
+    return str(getattr(address, "host", "") or "")
+
+
+@dataclass(frozen=True)
+class Match:
+    """A predicate over a Preamble and the peer's IP; unset fields match anything.
+
+    ``silent`` matches connections that sent nothing before the silence timeout;
+    ``default`` matches when no other route did.
+    """
+
+    protocol: str | None = None
+    sni: str | None = None
+    host: str | None = None
+    alpn: str | None = None
+    path: str | None = None
+    service: str | None = None
+    via: str | None = None
+    network: tuple[Network, ...] = ()
+    silent: bool = False
+    default: bool = False
+    _checks: tuple[Check, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_checks", tuple(self._build_checks()))
+
+    def _build_checks(self) -> Iterable[Check]:
+        if self.protocol is not None:
+            protocol = self.protocol.lower()
+            yield lambda p, ip: p.protocol == protocol
+        if self.sni is not None:
+            sni = normalize_name(self.sni)
+            yield lambda p, ip: host_pattern_matches(sni, p.sni)
+        if self.host is not None:
+            host = normalize_name(self.host)
+            yield lambda p, ip: host_pattern_matches(host, p.host)
+        if self.alpn is not None:
+            alpn = self.alpn
+            yield lambda p, ip: alpn in p.alpn
+        if self.path is not None:
+            prefix = self.path
+            yield lambda p, ip: path_prefix_matches(prefix, p.path)
+        if self.service is not None:
+            service = self.service.lower()
+            yield lambda p, ip: p.service == service
+        if self.via is not None:
+            via = self.via
+            yield lambda p, ip: p.via is not None and p.via.startswith(via)
+        if self.network:
+            networks = self.network
+            yield lambda p, ip: _in_networks(ip, networks)
+
+    def accepts(self, preamble: Preamble, ip: str = "") -> bool:
+        """True when every set field accepts ``preamble`` from peer ``ip``."""
+        for check in self._checks:
+            if not check(preamble, ip):
+                return False
+        return True
+
+    def accepts_peer(self, ip: str) -> bool:
+        """True when the network constraint (if any) admits ``ip``."""
+        return not self.network or _in_networks(ip, self.network)
+
+
+def _in_networks(ip: str, networks: Sequence[Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in net for net in networks)
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """Parse CIDR strings (``10.0.0.0/8``, ``::1``); raises ValueError on bad input."""
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A named match and the target that takes matching connections."""
+
+    name: str
+    match: Match
+    target: object  # an ITarget provider
+
+    @property
+    def kind(self) -> str:
+        return str(getattr(self.target, "kind", type(self.target).__name__))
+
+
+class Router:
+    """An immutable, ordered set of routes; replace the whole Router to change it."""
+
+    def __init__(self, routes: Iterable[Route] = ()) -> None:
+        self.routes: tuple[Route, ...] = tuple(routes)
+        self.silent_route: Route | None = None
+        self.default_routes: tuple[Route, ...] = tuple(
+            r for r in self.routes if r.match.default
+        )
+        self._ordered = tuple(
+            r for r in self.routes if not (r.match.silent or r.match.default)
+        )
+        for route in self.routes:
+            if route.match.silent and self.silent_route is None:
+                self.silent_route = route
+
+    def select(self, preamble: Preamble, ip: str = "") -> Route | None:
+        """The first route accepting ``preamble``, else the first admitting default."""
+        for route in self._ordered:
+            if route.match.accepts(preamble, ip):
+                return route
+        for route in self.default_routes:
+            if route.match.accepts_peer(ip):
+                return route
+        return None
+
+    def select_silent(self, ip: str = "") -> Route | None:
+        """The route for a connection that has sent nothing, if any admits ``ip``."""
+        for route in self.routes:
+            if route.match.silent and route.match.accepts_peer(ip):
+                return route
+        return None
+
+    def with_route(self, route: Route) -> "Router":
+        """A new Router with ``route`` appended."""
+        return Router(self.routes + (route,))
+
+    def without(self, names: Iterable[str]) -> "Router":
+        """A new Router without the routes named in ``names``."""
+        drop = set(names)
+        return Router(r for r in self.routes if r.name not in drop)
+
+    def targets(self) -> tuple[object, ...]:
+        """Every distinct target, in route order."""
+        seen: list[object] = []
+        for route in self.routes:
+            if not any(t is route.target for t in seen):
+                seen.append(route.target)
+        return tuple(seen)

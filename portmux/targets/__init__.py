@@ -1,0 +1,1 @@
+"""Targets take classified connections: resource, factory, proxy, handoff, tls."""

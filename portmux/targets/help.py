@@ -1,0 +1,41 @@
+"""TCPMUX ``HELP``: list the service names routed on this port, one per line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IProtocol
+from zope.interface import implementer
+
+from portmux.interfaces import ITarget
+
+
+def service_names(router: Any) -> list[str]:
+    """Every TCPMUX service name the router's routes answer, sorted, without 'help'."""
+    names = {
+        route.match.service.lower()
+        for route in router.routes
+        if route.match.service and route.match.protocol in (None, "tcpmux")
+    }
+    names.discard("help")
+    return sorted(names)
+
+
+@implementer(ITarget)
+class HelpTarget:
+    """Answers RFC 1078 HELP: the names, CRLF-terminated, then close."""
+
+    kind = "help"
+    description = "TCPMUX HELP listing"
+
+    def start(self) -> None:
+        """Nothing to start."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""
+
+    def attach(self, connection: Any) -> IProtocol | None:
+        lines = "".join(f"{name}\r\n" for name in service_names(connection.mux.router))
+        connection.transport.write(lines.encode("utf-8"))
+        connection.transport.loseConnection()
+        return None

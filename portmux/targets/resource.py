@@ -1,0 +1,105 @@
+"""In-process twisted.web resources, all served by one Site per multiplexer.
+
+Every resource route of a multiplexer shares one Site whose root re-matches each
+request's Host and path, so keep-alive requests for different paths reach
+different resources.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from twisted.internet.interfaces import IProtocol
+from twisted.web.resource import IResource, NoResource, Resource, getChildForRequest
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from portmux.interfaces import ITarget
+from portmux.routing import normalize_name, peer_ip
+
+PREAMBLE_ATTRIBUTE = "portmux_preamble"
+
+
+@implementer(ITarget)
+class ResourceTarget:
+    """Mounts ``resource`` at its route's host and path prefix."""
+
+    kind = "resource"
+
+    def __init__(self, resource: IResource) -> None:
+        self.resource = resource
+        self.description = f"resource {type(resource).__module__}.{type(resource).__qualname__}"
+
+    def start(self) -> None:
+        """Nothing to start: the Site belongs to the multiplexer."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""
+
+    def attach(self, connection: Any) -> IProtocol | None:
+        channel = connection.mux.site.buildProtocol(connection.peer)
+        setattr(channel, PREAMBLE_ATTRIBUTE, connection.preamble)
+        channel.makeConnection(connection.transport)
+        payload = connection.payload
+        if payload:
+            channel.dataReceived(payload)
+        return channel  # type: ignore[no-any-return]
+
+
+def _request_preamble(request: Any) -> Any:
+    """The connection's preamble, with this request's host and path."""
+    channel = request.channel
+    base = getattr(channel, PREAMBLE_ATTRIBUTE, None)
+    if base is None:  # HTTP/2 streams hang off the H2Connection
+        base = getattr(getattr(channel, "_conn", None), PREAMBLE_ATTRIBUTE, None)
+        if base is None:
+            base = getattr(getattr(channel, "_channel", None), PREAMBLE_ATTRIBUTE, None)
+    host = request.getHeader(b"host")
+    if host is not None:
+        host = normalize_name(host.decode("latin-1").rsplit(":", 1)[0].strip("[]"))
+    path = request.path.decode("latin-1")
+    if base is None:
+        from portmux.preamble import Preamble
+
+        base = Preamble(protocol="http")
+    return dataclasses.replace(base, host=host or base.host, path=path)
+
+
+class _Dispatcher(Resource):
+    """Root resource that picks the first resource route matching each request."""
+
+    def __init__(self, mux: Any) -> None:
+        super().__init__()
+        self._mux = mux
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
+        preamble = _request_preamble(request)
+        ip = peer_ip(request.getClientAddress())
+        for route in self._mux.router.routes:
+            target = route.target
+            if isinstance(target, ResourceTarget) and route.match.accepts(preamble, ip):
+                return _descend(route, target.resource, request)
+        return NoResource("No such resource.")
+
+    def render(self, request: Any) -> bytes:
+        return NoResource("No such resource.").render(request)  # type: ignore[no-any-return]
+
+
+def _descend(route: Any, resource: IResource, request: Any) -> IResource:
+    """Undo the root's segment pop, move the mount prefix to prepath, and traverse."""
+    request.postpath.insert(0, request.prepath.pop())
+    prefix = (route.match.path or "/").strip("/")
+    if prefix:
+        for _ in prefix.split("/"):
+            request.prepath.append(request.postpath.pop(0))
+        if not request.postpath:
+            request.postpath.append(b"")
+    return getChildForRequest(resource, request)
+
+
+def dispatching_site(mux: Any) -> Site:
+    """The shared Site whose root dispatches per request over ``mux``'s routes."""
+    site = Site(_Dispatcher(mux))
+    site.displayTracebacks = False
+    return site
