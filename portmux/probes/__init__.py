@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.plugin import IPlugin, getPlugins
 from zope.interface import implementer
 
@@ -19,7 +21,8 @@ class PluginProbe(FunctionProbe):
 
 def builtin_probes() -> tuple[IProbe, ...]:
     """The built-in probes in the default order: tls, h2c, http, ssh, tcpmux."""
-    return (tls.PROBE, h2c.PROBE, http.PROBE, ssh.PROBE, tcpmux.PROBE)
+    probes = (tls.PROBE, h2c.PROBE, http.PROBE, ssh.PROBE, tcpmux.PROBE)
+    return cast("tuple[IProbe, ...]", probes)
 
 
 def all_probes() -> tuple[IProbe, ...]:

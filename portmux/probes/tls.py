@@ -90,8 +90,7 @@ def _clean_hostname(raw: bytes) -> str | None:
         name = raw.decode("ascii").lower()
     except UnicodeDecodeError:
         return None
-    if name.endswith("."):
-        name = name[:-1]
+    name = name.removesuffix(".")
     if not name or len(name) > 253:
         return None
     if all(_LABEL.match(label) for label in name.split(".")):
@@ -102,7 +101,7 @@ def _clean_hostname(raw: bytes) -> str | None:
 class _Reader:
     """Bounds-checked big-endian reader over one bytes object."""
 
-    __slots__ = ("data", "pos", "end")
+    __slots__ = ("data", "end", "pos")
 
     def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
         self.data = data
