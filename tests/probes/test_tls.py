@@ -111,7 +111,7 @@ def test_parse_client_hello() -> None:
     assert hello.legacy_version == 0x0303
     assert 0x1301 in hello.cipher_suites
     assert hello.supported_versions[0] == 0x0304
-    assert [e for e, _ in hello.extensions][0] == 0
+    assert hello.extensions[0][0] == 0
     assert parse_client_hello(data[:-1]) is None
     assert parse_client_hello(b"GET / HTTP/1.1\r\n") is None
 
