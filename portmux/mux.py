@@ -302,6 +302,7 @@ class Multiplexer(ServerFactory):
     """
 
     protocol = SniffingProtocol  # type: ignore[assignment]
+    noisy = False
 
     def __init__(
         self,
@@ -348,11 +349,15 @@ class Multiplexer(ServerFactory):
         self.set_router(Router(self.registered_routes + self.static_routes))
 
     def set_router(self, router: Router) -> None:
-        """Swap in a new Router, starting targets that are new to this multiplexer."""
+        """Swap in a new Router, starting new targets and stopping ones no route uses."""
         self.router = router
         if self._running:
             for target in router.targets():
                 self._start_target(target)
+            in_use = router.targets()
+            for target in [t for t in self._started if not any(t is u for u in in_use)]:
+                self._started.remove(target)
+                self._stop_target(target)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -373,12 +378,16 @@ class Multiplexer(ServerFactory):
         self._running = False
         started, self._started = self._started, []
         for target in reversed(started):
-            stop = getattr(target, "stop", None)
-            if stop is not None:
-                try:
-                    stop()
-                except Exception:
-                    log.failure("stopping target {target} failed", target=target)
+            self._stop_target(target)
+
+    @staticmethod
+    def _stop_target(target: Any) -> None:
+        stop = getattr(target, "stop", None)
+        if stop is not None:
+            try:
+                stop()
+            except Exception:
+                log.failure("stopping target {target} failed", target=target)
 
     def _start_target(self, target: Any) -> None:
         if any(t is target for t in self._started):

@@ -93,6 +93,21 @@ class Match:
             networks = self.network
             yield lambda p, ip: _in_networks(ip, networks)
 
+    def describe(self) -> str:
+        """A short text form for logs and the status page, e.g. ``protocol=http host=a.example``."""
+        parts = []
+        for name in ("protocol", "sni", "host", "alpn", "path", "service", "via"):
+            value = getattr(self, name)
+            if value is not None:
+                parts.append(f"{name}={value}")
+        if self.network:
+            parts.append("network=" + ",".join(str(n) for n in self.network))
+        if self.silent:
+            parts.append("silent")
+        if self.default:
+            parts.append("default")
+        return " ".join(parts) or "any"
+
     def accepts(self, preamble: Preamble, ip: str = "") -> bool:
         """True when every set field accepts ``preamble`` from peer ``ip``."""
         for check in self._checks:

@@ -8,6 +8,7 @@ different resources.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Any
 
 from twisted.internet.interfaces import IProtocol
@@ -17,8 +18,6 @@ from zope.interface import implementer
 
 from portmux.interfaces import ITarget
 from portmux.routing import normalize_name, peer_ip
-
-PREAMBLE_ATTRIBUTE = "portmux_preamble"
 
 
 @implementer(ITarget)
@@ -38,8 +37,9 @@ class ResourceTarget:
         """Nothing to stop."""
 
     def attach(self, connection: Any) -> IProtocol | None:
-        channel = connection.mux.site.buildProtocol(connection.peer)
-        setattr(channel, PREAMBLE_ATTRIBUTE, connection.preamble)
+        site = connection.mux.site
+        site.resource.remember(connection.transport, connection.preamble)
+        channel = site.buildProtocol(connection.peer)
         channel.makeConnection(connection.transport)
         payload = connection.payload
         if payload:
@@ -47,14 +47,11 @@ class ResourceTarget:
         return channel  # type: ignore[no-any-return]
 
 
-def _request_preamble(request: Any) -> Any:
+def _request_preamble(request: Any, preambles: Any) -> Any:
     """The connection's preamble, with this request's host and path."""
     channel = request.channel
-    base = getattr(channel, PREAMBLE_ATTRIBUTE, None)
-    if base is None:  # HTTP/2 streams hang off the H2Connection
-        base = getattr(getattr(channel, "_conn", None), PREAMBLE_ATTRIBUTE, None)
-        if base is None:
-            base = getattr(getattr(channel, "_channel", None), PREAMBLE_ATTRIBUTE, None)
+    channel = getattr(channel, "_conn", channel)  # HTTP/2 streams hang off the connection
+    base = preambles.get(getattr(channel, "transport", None))
     host = request.getHeader(b"host")
     if host is not None:
         host = normalize_name(host.decode("latin-1").rsplit(":", 1)[0].strip("[]"))
@@ -72,9 +69,17 @@ class _Dispatcher(Resource):
     def __init__(self, mux: Any) -> None:
         super().__init__()
         self._mux = mux
+        self._preambles: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+    def remember(self, transport: Any, preamble: Any) -> None:
+        """Record the preamble of a connection about to be served by this Site."""
+        try:
+            self._preambles[transport] = preamble
+        except TypeError:  # a transport that cannot be weakly referenced
+            pass
 
     def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
-        preamble = _request_preamble(request)
+        preamble = _request_preamble(request, self._preambles)
         ip = peer_ip(request.getClientAddress())
         for route in self._mux.router.routes:
             target = route.target
@@ -93,8 +98,6 @@ def _descend(route: Any, resource: IResource, request: Any) -> IResource:
     if prefix:
         for _ in prefix.split("/"):
             request.prepath.append(request.postpath.pop(0))
-        if not request.postpath:
-            request.postpath.append(b"")
     return getChildForRequest(resource, request)
 
 

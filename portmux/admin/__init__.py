@@ -1,0 +1,25 @@
+"""The built-in status page, usable as a route target (``status = true`` in config)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from portmux.admin.status import Metrics, StatusJSON, StatusPage, status_snapshot
+from portmux.targets.resource import ResourceTarget
+
+__all__ = ["Metrics", "StatusJSON", "StatusPage", "from_config", "status_target", "status_snapshot"]
+
+
+def status_target() -> ResourceTarget:
+    """A resource target serving the status page of the multiplexer it is routed on."""
+    target = ResourceTarget(StatusPage())
+    target.description = "built-in status page"
+    return target
+
+
+def from_config(value: Any, ctx: Any) -> ResourceTarget | None:
+    """Config builder for ``status = true``."""
+    if value is not True:
+        ctx.problem("status", "expected true")
+        return None
+    return status_target()

@@ -1,0 +1,114 @@
+"""Assembles the running daemon: listeners, the multiplexer, control; reload; stop."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any, Callable
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from portmux.mux import Multiplexer
+
+log = Logger(namespace="portmux")
+
+
+class PortmuxService(MultiService):
+    """One Multiplexer shared by every configured listener, plus the control socket.
+
+    ``load`` returns a fresh portmux.config.Config (or raises ConfigError); it is
+    called again on SIGHUP to swap routes and reload certificates.
+    """
+
+    def __init__(self, reactor: Any, load: Callable[[], Any], listen: list[str] | None = None,
+                 control: str | None = None) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self._load = load
+        self._listen_override = list(listen or [])
+        self._control_override = control
+        config = load()
+        self.config = config
+        self.mux = Multiplexer(reactor, config.routes, settings=config.sniff)
+        endpoints = self._listen_override or [listener.endpoint for listener in config.listeners]
+        for description in endpoints:
+            endpoint = serverFromString(reactor, description)
+            listener = StreamServerEndpointService(endpoint, self.mux)
+            listener.setServiceParent(self)
+            self.mux.listeners.append(description)
+        control_config = getattr(config, "control", None)
+        if self._control_override:
+            control_config = _control_with_endpoint(control_config, self._control_override)
+        if control_config is not None:
+            from portmux.control import ControlService
+
+            ControlService(
+                reactor, self.mux, control_config, getattr(config, "reservations", ())
+            ).setServiceParent(self)
+        self._previous_sighup: Any = None
+
+    def startService(self) -> None:
+        for description in self.mux.listeners:
+            log.info("portmux listening on {endpoint}", endpoint=description)
+        for route in self.mux.router.routes:
+            log.info(
+                "route {name}: {match} -> {target}",
+                name=route.name,
+                match=route.match.describe(),
+                target=getattr(route.target, "description", route.kind),
+            )
+        super().startService()
+        try:
+            self._previous_sighup = signal.signal(
+                signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload)
+            )
+        except ValueError:  # not the main thread (embedded in tests)
+            self._previous_sighup = None
+
+    def stopService(self) -> Any:
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+        return super().stopService()
+
+    def reload(self) -> bool:
+        """Re-read the config and swap routes; on any error keep the running config."""
+        from portmux.config import ConfigError
+
+        try:
+            config = self._load()
+        except ConfigError as error:
+            log.error("reload refused, keeping the running config:\n{errors}", errors=str(error))
+            return False
+        except Exception:
+            log.failure("reload failed, keeping the running config")
+            return False
+        old_listeners = [listener.endpoint for listener in self.config.listeners]
+        new_listeners = [listener.endpoint for listener in config.listeners]
+        if not self._listen_override and old_listeners != new_listeners:
+            log.warn("reload: listeners changed in the config; restart portmux to apply them")
+        self.config = config
+        self.mux.settings = config.sniff
+        self.mux.set_static_routes(config.routes)
+        for target in self.mux.router.targets():
+            reload_target = getattr(target, "reload", None)
+            if reload_target is not None:
+                try:
+                    reload_target()
+                except Exception:
+                    log.failure("reloading target {target} failed", target=target)
+        log.info("reloaded: {count} routes", count=len(self.mux.router.routes))
+        return True
+
+
+def _control_with_endpoint(control: Any, endpoint: str) -> Any:
+    """The [control] config with its endpoint replaced by the command line's."""
+    import dataclasses
+
+    from portmux.config import ControlConfig
+
+    if control is None:
+        return ControlConfig(endpoint=endpoint)
+    return dataclasses.replace(control, endpoint=endpoint)
