@@ -1,0 +1,19 @@
+"""A tiny in-process echo service (RFC 862 over TCP), for the default config and tests."""
+
+from __future__ import annotations
+
+from twisted.internet.protocol import Factory, Protocol
+
+
+class Echo(Protocol):
+    """Writes back every byte it receives."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+
+class EchoFactory(Factory):
+    """Builds Echo protocols; quiet about starting and stopping."""
+
+    protocol = Echo
+    noisy = False
