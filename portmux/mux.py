@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -101,6 +102,8 @@ class SniffingProtocol(Protocol):
     _timer: Any = None
     _target: Any = None
     _counters: RouteCounters | None = None
+    outer: Preamble | None = None
+    """Facts of an enclosing layer (TLS termination), merged by with_outer before routing."""
 
     def __init__(self, mux: "Multiplexer", peer: IAddress) -> None:
         self.mux = mux
@@ -162,7 +165,7 @@ class SniffingProtocol(Protocol):
 
     # -- classification ----------------------------------------------------
 
-    def _classify(self, final: bool) -> None:
+    def _classify(self, final: bool, timed_out: bool = False) -> None:
         buffer = self._buffer
         undecided = False
         first_match: Preamble | None = None
@@ -184,9 +187,15 @@ class SniffingProtocol(Protocol):
         self._candidates = keep
         if not keep:
             self._route(UNKNOWN)
-        elif final or len(buffer) >= self.mux.settings.preamble_max_bytes:
+        elif final or timed_out or len(buffer) >= self.mux.settings.preamble_max_bytes:
             if first_match is not None:
                 self._route(first_match)
+            elif timed_out:
+                self.refuse(
+                    self._guess(keep),
+                    refusal.TIMEOUT,
+                    f"preamble incomplete after {self.mux.settings.preamble_timeout:g} s",
+                )
             elif final:
                 self._route(UNKNOWN)
             else:
@@ -217,7 +226,7 @@ class SniffingProtocol(Protocol):
             self._timer = self.mux.reactor.callLater(self._deadline - now, self._timed_out)
             return
         if self._buffer:
-            self._classify(final=True)
+            self._classify(final=False, timed_out=True)
             return
         self.refuse(UNKNOWN, refusal.TIMEOUT, "no preamble before the deadline")
 
@@ -231,6 +240,8 @@ class SniffingProtocol(Protocol):
     # -- routing and attaching --------------------------------------------
 
     def _route(self, preamble: Preamble) -> None:
+        if self.outer is not None:
+            preamble = with_outer(preamble, self.outer)
         route = self._router.select(preamble, self._ip)
         if route is None:
             what = preamble.protocol
@@ -284,6 +295,27 @@ class SniffingProtocol(Protocol):
         if data:
             transport.write(data)
         transport.loseConnection()
+
+
+def with_outer(preamble: Preamble, outer: Preamble) -> Preamble:
+    """``preamble`` seen inside TLS: the outer sni/alpn/version facts replace the inner ones.
+
+    HTTP/2 negotiated by ALPN (the h2c preface inside TLS) becomes protocol "http"
+    with http_version "HTTP/2", and its host defaults to the SNI.
+    """
+    protocol, host = preamble.protocol, preamble.host
+    if protocol == "h2c" and outer.alpn == ("h2",):
+        protocol, host = "http", host or outer.sni
+    return dataclasses.replace(
+        preamble,
+        protocol=protocol,
+        host=host,
+        sni=outer.sni,
+        alpn=outer.alpn,
+        tls_versions=outer.tls_versions,
+        tls_version=outer.tls_version,
+        tls_terminated=outer.tls_terminated,
+    )
 
 
 def _describe(address: object) -> str:

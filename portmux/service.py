@@ -5,10 +5,11 @@ from __future__ import annotations
 import signal
 from typing import Any, Callable
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from portmux.mux import Multiplexer
 
@@ -34,10 +35,7 @@ class PortmuxService(MultiService):
         self.mux = Multiplexer(reactor, config.routes, settings=config.sniff)
         endpoints = self._listen_override or [listener.endpoint for listener in config.listeners]
         for description in endpoints:
-            endpoint = serverFromString(reactor, description)
-            listener = StreamServerEndpointService(endpoint, self.mux)
-            listener.setServiceParent(self)
-            self.mux.listeners.append(description)
+            ListenerService(reactor, description, self.mux).setServiceParent(self)
         control_config = getattr(config, "control", None)
         if self._control_override:
             control_config = _control_with_endpoint(control_config, self._control_override)
@@ -50,8 +48,6 @@ class PortmuxService(MultiService):
         self._previous_sighup: Any = None
 
     def startService(self) -> None:
-        for description in self.mux.listeners:
-            log.info("portmux listening on {endpoint}", endpoint=description)
         for route in self.mux.router.routes:
             log.info(
                 "route {name}: {match} -> {target}",
@@ -101,6 +97,55 @@ class PortmuxService(MultiService):
                     log.failure("reloading target {target} failed", target=target)
         log.info("reloaded: {count} routes", count=len(self.mux.router.routes))
         return True
+
+
+class ListenerService(Service):
+    """Listens on one endpoint string with the multiplexer; binds in privilegedStartService.
+
+    A bind failure raises at startup so twistd exits with the reason.
+    """
+
+    def __init__(self, reactor: Any, description: str, mux: Multiplexer) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.mux = mux
+        self.port: Any = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.port is not None:
+            return
+        outcome: list[Any] = []
+        endpoint = serverFromString(self.reactor, self.description)
+        endpoint.listen(self.mux).addBoth(outcome.append)
+        if not outcome:
+            raise RuntimeError(f"{self.description}: the endpoint did not listen at once")
+        result = outcome[0]
+        if isinstance(result, Failure):
+            raise RuntimeError(
+                f"cannot listen on {self.description}: {result.getErrorMessage()}"
+            )
+        self.port = result
+        address = result.getHost()
+        where = f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}"
+        if not getattr(address, "port", None):
+            where = str(getattr(address, "name", address))
+        self.mux.listeners.append(f"{self.description} ({where})")
+        log.info("portmux listening on {endpoint} ({address})",
+                 endpoint=self.description, address=where)
+
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        self.mux.listeners[:] = [x for x in self.mux.listeners if not x.startswith(self.description + " (")]
+        return maybeDeferred(port.stopListening)
 
 
 def _control_with_endpoint(control: Any, endpoint: str) -> Any:

@@ -1,0 +1,78 @@
+"""In-process resources share one Site: keep-alive requests dispatch per request."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import reactor, threads
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.static import Data
+
+from portmux.mux import Multiplexer
+from portmux.targets.resource import ResourceTarget
+
+
+def leaf(text: bytes) -> Resource:
+    resource = Resource()
+    resource.putChild(b"", Data(text, "text/plain"))
+    resource.putChild(b"page", Data(text + b" page", "text/plain"))
+    return resource
+
+
+def keep_alive_requests(port: int, requests: list[tuple[str, str]]) -> list[bytes]:
+    """Send several requests on ONE connection; return each response body."""
+    bodies = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        for host, path in requests:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            length = 0
+            status = reader.readline()
+            assert status.startswith(b"HTTP/1.1 "), status
+            while True:
+                line = reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+            bodies.append(status.split()[1] + b" " + reader.read(length))
+    return bodies
+
+
+class SharedSiteTests(TestCase):
+    def setUp(self) -> Any:
+        self.mux = Multiplexer(reactor)
+        self.mux.add_route("app", ResourceTarget(leaf(b"app")), protocol="http",
+                           host="a.example", path="/app/")
+        self.mux.add_route("a", ResourceTarget(leaf(b"a-root")), protocol="http",
+                           host="a.example")
+        self.mux.add_route("wild", ResourceTarget(leaf(b"wild")), protocol="http",
+                           host="*.b.example")
+        d = self.mux.listen("tcp:0:interface=127.0.0.1")
+
+        def listening(port: Any) -> None:
+            self.port = port
+            self.addCleanup(port.stopListening)
+
+        return d.addCallback(listening)
+
+    def test_keep_alive_requests_for_different_paths_and_hosts(self) -> Any:
+        port = self.port.getHost().port
+        d = threads.deferToThread(keep_alive_requests, port, [
+            ("a.example", "/"),
+            ("a.example", "/app/"),
+            ("a.example", "/app/page"),
+            ("a.example", "/page"),
+            ("x.b.example", "/page"),
+            ("nowhere.example", "/"),
+        ])
+
+        def check(bodies: list[bytes]) -> None:
+            self.assertEqual(bodies[:5], [b"200 a-root", b"200 app", b"200 app page",
+                                          b"200 a-root page", b"200 wild page"])
+            self.assertTrue(bodies[5].startswith(b"404 "))
+
+        return d.addCallback(check)

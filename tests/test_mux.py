@@ -1,0 +1,256 @@
+"""The sniffing state machine: probe order, deadlines, limits, refusals, attach."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from portmux.mux import Multiplexer, SniffSettings
+from portmux.preamble import NEED_MORE, NO, Preamble, ProbeResult
+from portmux.probes.base import FunctionProbe
+from portmux.routing import Match, Route, Router
+from portmux.targets.factory import FactoryTarget
+from portmux.targets.help import HelpTarget
+
+PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+class Recorder(Protocol):
+    """Records everything it is given."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost = False
+        self.half_closed = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True
+
+
+class RecordingTarget:
+    kind = "recording"
+    description = "records"
+
+    def __init__(self) -> None:
+        self.connections: list[Any] = []
+        self.protocols: list[Recorder] = []
+        self.started = 0
+        self.stopped = 0
+
+    def start(self) -> None:
+        self.started += 1
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+    def attach(self, connection: Any) -> Recorder:
+        self.connections.append(connection)
+        protocol = Recorder()
+        protocol.makeConnection(connection.transport)
+        protocol.dataReceived(connection.payload)
+        self.protocols.append(protocol)
+        return protocol
+
+
+def prefix_probe(name: str, magic: bytes) -> FunctionProbe:
+    """A probe that matches data starting with ``magic``."""
+
+    def probe(data: bytes) -> ProbeResult:
+        if data.startswith(magic):
+            return Preamble(protocol=name)
+        if magic.startswith(data):
+            return NEED_MORE
+        return NO
+
+    return FunctionProbe(name, probe)
+
+
+class MuxTestCase(SynchronousTestCase):
+    def make(self, routes: list[Route], probes: Any = None, **settings: Any) -> Any:
+        self.clock = MemoryReactorClock()
+        self.mux = Multiplexer(self.clock, routes, probes=probes, settings=SniffSettings(**settings))
+        self.mux.startFactory()
+        protocol = self.mux.buildProtocol(PEER)
+        self.transport = StringTransport(peerAddress=PEER)
+        protocol.makeConnection(self.transport)
+        return protocol
+
+
+class ClassifyTests(MuxTestCase):
+    def test_http_request_reaches_its_target_whole(self) -> None:
+        target = RecordingTarget()
+        protocol = self.make([Route("web", Match(protocol="http"), target)])
+        request = b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n"
+        protocol.dataReceived(request)
+        self.assertEqual(target.protocols[0].data, request)
+        self.assertEqual(target.connections[0].preamble.host, "a.example")
+        self.assertEqual(self.clock.getDelayedCalls(), [])  # deadline cancelled
+
+    def test_request_split_at_every_offset_is_routed_the_same(self) -> None:
+        request = b"GET /x HTTP/1.1\r\nHost: B.example:8080\r\n\r\nbody"
+        for cut in range(1, len(request)):
+            target = RecordingTarget()
+            protocol = self.make([Route("web", Match(protocol="http", host="b.example"), target)])
+            protocol.dataReceived(request[:cut])
+            protocol.dataReceived(request[cut:])
+            self.assertEqual(target.protocols[0].data, request, cut)
+
+    def test_later_probe_waits_for_earlier_undecided_probe(self) -> None:
+        first, second = RecordingTarget(), RecordingTarget()
+        probes = [prefix_probe("long", b"ABCDEF"), prefix_probe("short", b"ABC")]
+        protocol = self.make(
+            [Route("long", Match(protocol="long"), first),
+             Route("short", Match(protocol="short"), second)], probes=probes)
+        protocol.dataReceived(b"ABCD")
+        self.assertEqual((first.connections, second.connections), ([], []))
+        protocol.dataReceived(b"EF")
+        self.assertEqual(len(first.connections), 1)
+
+    def test_undecided_earlier_probe_yields_at_end_of_stream(self) -> None:
+        second = RecordingTarget()
+        probes = [prefix_probe("long", b"ABCDEF"), prefix_probe("short", b"ABC")]
+        protocol = self.make([Route("short", Match(protocol="short"), second)], probes=probes)
+        protocol.dataReceived(b"ABCD")
+        protocol.readConnectionLost()
+        self.assertEqual(second.protocols[0].data, b"ABCD")
+
+    def test_data_after_attach_goes_straight_to_the_target(self) -> None:
+        target = RecordingTarget()
+        protocol = self.make([Route("ssh", Match(protocol="ssh"), target)])
+        protocol.dataReceived(b"SSH-2.0-OpenSSH_9.2\r\n")
+        protocol.dataReceived(b"more")
+        self.assertEqual(target.protocols[0].data, b"SSH-2.0-OpenSSH_9.2\r\nmore")
+        protocol.connectionLost(None)
+        self.assertTrue(target.protocols[0].lost)
+        counters = self.mux.stats.routes["ssh"]
+        self.assertEqual((counters.connections, counters.active), (1, 0))
+
+    def test_tcpmux_line_is_consumed_and_answered(self) -> None:
+        echo = Factory.forProtocol(Recorder)
+        protocol = self.make([Route("echo", Match(protocol="tcpmux", service="echo"),
+                                    FactoryTarget(echo))])
+        protocol.dataReceived(b"ECHO\r\nhello")
+        self.assertEqual(self.transport.value(), b"+\r\n")
+
+    def test_help_lists_service_names(self) -> None:
+        echo = FactoryTarget(Factory.forProtocol(Recorder))
+        protocol = self.make([
+            Route("echo", Match(protocol="tcpmux", service="echo"), echo),
+            Route("date", Match(protocol="tcpmux", service="Date"), echo),
+            Route("help", Match(protocol="tcpmux", service="help"), HelpTarget()),
+        ])
+        protocol.dataReceived(b"HELP\r\n")
+        self.assertEqual(self.transport.value(), b"date\r\necho\r\n")
+        self.assertTrue(self.transport.disconnecting)
+
+
+class RefusalTests(MuxTestCase):
+    def test_no_route_for_http_is_a_404(self) -> None:
+        protocol = self.make([])
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: nowhere\r\n\r\n")
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 404 Not Found\r\n"))
+        self.assertIn(b"no route for http nowhere", self.transport.value())
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.mux.stats.refusals["404"], 1)
+
+    def test_no_route_for_tcpmux_is_a_minus_line(self) -> None:
+        protocol = self.make([])
+        protocol.dataReceived(b"nosuch\r\n")
+        self.assertEqual(self.transport.value(), b"-no route for tcpmux nosuch\r\n")
+
+    def test_unknown_protocol_is_closed_cleanly(self) -> None:
+        protocol = self.make([])
+        protocol.dataReceived(b"\x01\x02\x03 binary")
+        self.assertEqual(self.transport.value(), b"")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_unknown_protocol_goes_to_the_default_route(self) -> None:
+        target = RecordingTarget()
+        protocol = self.make([Route("rest", Match(default=True), target)])
+        protocol.dataReceived(b"\x01\x02\x03 binary")
+        self.assertEqual(target.protocols[0].data, b"\x01\x02\x03 binary")
+        self.assertEqual(target.connections[0].preamble.protocol, "unknown")
+
+    def test_oversized_http_headers_get_431(self) -> None:
+        protocol = self.make([], preamble_max_bytes=1024)
+        protocol.dataReceived(b"GET / HTTP/1.1\r\n")
+        protocol.dataReceived(b"X-Long: " + b"a" * 2000)
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 431 "))
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_preamble_timeout_refuses(self) -> None:
+        protocol = self.make([], preamble_timeout=5.0)
+        protocol.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.clock.advance(4.9)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 408 "))
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_silence_then_nothing_times_out_without_silent_route(self) -> None:
+        self.make([], preamble_timeout=3.0, silence_timeout=1.0)
+        self.clock.advance(3.1)
+        self.assertEqual(self.transport.value(), b"")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_attach_failure_is_a_502(self) -> None:
+        class Broken(RecordingTarget):
+            def attach(self, connection: Any) -> Recorder:
+                raise RuntimeError("boom")
+
+        protocol = self.make([Route("web", Match(protocol="http"), Broken())])
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 502 "))
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_client_closing_while_sniffing_cancels_the_deadline(self) -> None:
+        protocol = self.make([])
+        protocol.dataReceived(b"GET / HT")
+        protocol.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.mux.stats.sniffing, 0)
+
+
+class SilentRouteTests(MuxTestCase):
+    def test_silent_connection_goes_to_the_silent_route(self) -> None:
+        target = RecordingTarget()
+        self.make([Route("smtp", Match(silent=True), target)], silence_timeout=2.0)
+        self.clock.advance(2.0)
+        self.assertEqual(target.connections[0].preamble.protocol, "silent")
+        self.assertEqual(target.protocols[0].data, b"")
+
+    def test_talking_connection_is_not_silent(self) -> None:
+        target, web = RecordingTarget(), RecordingTarget()
+        protocol = self.make([Route("smtp", Match(silent=True), target),
+                              Route("web", Match(protocol="http"), web)], silence_timeout=2.0)
+        protocol.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.clock.advance(2.5)
+        self.assertEqual(target.connections, [])
+        protocol.dataReceived(b"Host: a\r\n\r\n")
+        self.assertEqual(len(web.connections), 1)
+
+
+class RouterSwapTests(MuxTestCase):
+    def test_swap_starts_new_and_stops_unused_targets(self) -> None:
+        old, new = RecordingTarget(), RecordingTarget()
+        self.make([Route("a", Match(protocol="http"), old)])
+        self.assertEqual(old.started, 1)
+        self.mux.set_static_routes([Route("b", Match(protocol="http"), new)])
+        self.assertEqual((new.started, old.stopped), (1, 1))
+        self.mux.stopFactory()
+        self.assertEqual(new.stopped, 1)
+
+    def test_registered_routes_come_before_static_ones(self) -> None:
+        static, worker = RecordingTarget(), RecordingTarget()
+        self.make([Route("static", Match(protocol="http"), static)])
+        self.mux.set_registered_routes([Route("w", Match(protocol="http", host="w"), worker)])
+        names = [r.name for r in self.mux.router.routes]
+        self.assertEqual(names, ["w", "static"])
+        self.assertIsInstance(self.mux.router, Router)
