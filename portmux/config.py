@@ -45,6 +45,7 @@ __all__ = [
     "import_dotted",
     "load_config",
     "parse_config",
+    "validate_file",
 ]
 
 # Target key → "module:function" builder, imported only when a route uses it.
@@ -1033,11 +1034,19 @@ def load_config(path: str | Path, reactor: Any = None) -> Config:
 
 def check_config(path: str | Path, reactor: Any = None) -> tuple[list[ConfigProblem], list[ConfigProblem]]:
     """Validate the config file at ``path``: (errors, warnings), never raising for bad input."""
+    _, errors, warnings = validate_file(path, reactor)
+    return errors, warnings
+
+
+def validate_file(
+    path: str | Path, reactor: Any = None
+) -> tuple[Config | None, list[ConfigProblem], list[ConfigProblem]]:
+    """Validate the config file at ``path``: the Config (None on error), errors, warnings."""
     text, problem = _read(path)
     if problem is not None or text is None:
-        return [problem] if problem else [], []
-    _, report = _parse(text, str(path), _reactor(reactor), Path(path).resolve().parent)
-    return report.errors, report.warnings
+        return None, [problem] if problem else [], []
+    config, report = _parse(text, str(path), _reactor(reactor), Path(path).resolve().parent)
+    return (None if report.errors else config), report.errors, report.warnings
 
 
 def default_config(reactor: Any) -> Config:
