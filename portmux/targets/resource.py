@@ -12,7 +12,8 @@ import weakref
 from typing import Any
 
 from twisted.internet.interfaces import IProtocol
-from twisted.web.resource import IResource, NoResource, Resource, getChildForRequest
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import Site
 from zope.interface import implementer
 
@@ -85,10 +86,10 @@ class _Dispatcher(Resource):
             target = route.target
             if isinstance(target, ResourceTarget) and route.match.accepts(preamble, ip):
                 return _descend(route, target.resource, request)
-        return NoResource("No such resource.")
+        return notFound(brief="No Such Resource", message="No route serves this host and path.")
 
     def render(self, request: Any) -> bytes:
-        return NoResource("No such resource.").render(request)  # type: ignore[no-any-return]
+        return notFound().render(request)  # type: ignore[no-any-return]
 
 
 def _descend(route: Any, resource: IResource, request: Any) -> IResource:
