@@ -1,0 +1,205 @@
+"""Hand a classified connection's socket to a registered worker process (SCM_RIGHTS).
+
+portmux pauses the connection, sends the descriptor plus the bytes already read,
+waits for the worker's acknowledgement, then ``detach``es: it closes only its own
+descriptor, so the worker's copy stays open and portmux leaves the data path.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+from dataclasses import fields
+from typing import Any
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IProtocol
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from portmux import refusal
+from portmux.interfaces import ITarget
+from portmux.preamble import Preamble
+
+log = Logger(namespace="portmux")
+
+
+class DetachError(Exception):
+    """The transport cannot be detached (not a plain socket, or unsent bytes remain)."""
+
+
+def socket_of(transport: Any) -> socket.socket:
+    """The connected stream socket a plain TCP/UNIX transport owns; DetachError otherwise."""
+    handle = getattr(transport, "socket", None)
+    if not isinstance(handle, socket.socket) or getattr(transport, "getHandle", None) is None:
+        raise DetachError(f"{type(transport).__name__} is not a plain socket transport")
+    if transport.getHandle() is not handle:
+        raise DetachError(f"{type(transport).__name__} wraps its socket (TLS?)")
+    return handle
+
+
+def detach(transport: Any) -> None:
+    """Stop using ``transport``'s socket and close only our descriptor of it.
+
+    Unlike loseConnection (shutdown(2)) or abortConnection (RST), the peer
+    connection stays open for any other process holding a descriptor. The
+    transport's protocol then gets connectionLost(ConnectionDone).
+    """
+    handle = socket_of(transport)
+    if getattr(transport, "dataBuffer", b"") or getattr(transport, "_tempDataLen", 0):
+        raise DetachError("the transport still has unsent bytes")
+    transport.stopReading()
+    transport.stopWriting()
+    # Point our descriptor number at an unconnected socket: whatever Twisted does
+    # to it now (shutdown, SO_LINGER, close) cannot touch the shared connection.
+    placeholder = socket.socket(handle.family, socket.SOCK_STREAM)
+    try:
+        os.dup2(placeholder.fileno(), handle.fileno())
+    finally:
+        placeholder.close()
+    transport.connectionLost(Failure(ConnectionDone("socket handed off")))
+
+
+def accept_bytes(preamble: Preamble) -> bytes:
+    """What Classified.accept would write: the worker writes it before serving."""
+    return b"+\r\n" if preamble.protocol == "tcpmux" else b""
+
+
+def preamble_facts(preamble: Preamble) -> dict[str, Any]:
+    """The preamble's set fields, JSON-ready."""
+    facts: dict[str, Any] = {}
+    for f in fields(preamble):
+        value = getattr(preamble, f.name)
+        if value is None or value == () or value is False:
+            continue
+        facts[f.name] = list(value) if isinstance(value, tuple) else value
+    return facts
+
+
+def peer_facts(address: Any) -> dict[str, Any]:
+    """A Twisted address as JSON: type, host, port (or name for UNIX peers)."""
+    host = getattr(address, "host", None)
+    if host is not None:
+        return {"type": getattr(address, "type", "TCP"), "host": host, "port": address.port}
+    name = getattr(address, "name", None)
+    return {"type": "UNIX", "name": name.decode("utf-8", "replace") if isinstance(name, bytes) else name}
+
+
+@implementer(IProtocol)
+class _Waiting(Protocol):
+    """Receives the connection's events while the worker decides; reading is paused."""
+
+    def __init__(self, pending: "PendingHandoff") -> None:
+        self.pending = pending
+
+    def dataReceived(self, data: bytes) -> None:
+        # Reading is paused; a transport that delivers anyway gets its bytes queued.
+        self.pending.late += data
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.pending.closed = True
+
+
+class PendingHandoff:
+    """One connection on its way to a worker: try members until one acknowledges."""
+
+    def __init__(self, connection: Any, group: Any, route_name: str) -> None:
+        self.connection = connection
+        self.group = group
+        self.route_name = route_name
+        self.tried: list[Any] = []
+        self.late = b""
+        self.closed = False
+        self.done = False
+        self.fd = socket_of(connection.transport).fileno()
+
+    def message(self, handoff_id: int) -> dict[str, Any]:
+        """The frame that travels with the descriptor."""
+        connection = self.connection
+        return {
+            "op": "handoff",
+            "id": handoff_id,
+            "route": self.route_name,
+            "data": base64.b64encode(connection.payload + self.late).decode("ascii"),
+            "greeting": base64.b64encode(accept_bytes(connection.preamble)).decode("ascii"),
+            "preamble": preamble_facts(connection.preamble),
+            "peer": peer_facts(connection.peer),
+        }
+
+    def next(self) -> None:
+        """Offer the connection to the next member with room, else refuse it."""
+        if self.done:
+            return
+        if self.closed:
+            self.done = True
+            return
+        busy = False
+        for member in self.group.candidates():
+            if any(member.owner is t for t in self.tried):
+                continue
+            if member.owner.offer(self):
+                self.tried.append(member.owner)
+                return
+            busy = True
+        self.done = True
+        if busy:
+            self.connection.refuse(refusal.UNAVAILABLE, "every worker is busy")
+        else:
+            self.connection.refuse(refusal.UNAVAILABLE, "no worker is available")
+
+    def acknowledged(self) -> None:
+        """The worker owns the socket now; close only our descriptor."""
+        if self.done:
+            return
+        self.done = True
+        try:
+            detach(self.connection.transport)
+        except Exception:
+            log.failure("detaching a handed-off connection failed")
+
+    def failed(self, reason: str, retry: bool) -> None:
+        """The worker did not take it: try another member, or refuse."""
+        if self.done:
+            return
+        if retry:
+            self.next()
+            return
+        self.done = True
+        self.connection.refuse(refusal.UNAVAILABLE, reason)
+
+
+@implementer(ITarget)
+class WorkerGroupTarget:
+    """The target of one registered route: hands off to, or proxies to, its group."""
+
+    def __init__(self, group: Any) -> None:
+        self.group = group
+        self.kind = group.mode
+        self.description = f"{group.mode} to workers of uid {group.uid} for {group.address}"
+
+    def start(self) -> None:
+        """Members are started by the registry when they join."""
+
+    def stop(self) -> None:
+        """Members are stopped by the registry when they leave."""
+
+    def attach(self, connection: Any) -> IProtocol | None:
+        if self.group.mode == "proxy":
+            for member in self.group.candidates():
+                if member.target is not None:
+                    result: IProtocol | None = member.target.attach(connection)
+                    return result
+            connection.refuse(refusal.UNAVAILABLE, "no worker is available")
+            return None
+        try:
+            pending = PendingHandoff(connection, self.group, self.group.name)
+        except DetachError as e:
+            connection.refuse(refusal.BAD_GATEWAY, f"cannot hand off: {e}")
+            return None
+        connection.transport.pauseProducing()
+        waiting = _Waiting(pending)
+        pending.next()
+        return waiting
