@@ -244,11 +244,7 @@ class SniffingProtocol(Protocol):
             preamble = with_outer(preamble, self.outer)
         route = self._router.select(preamble, self._ip)
         if route is None:
-            what = preamble.protocol
-            detail = preamble.sni or preamble.host or preamble.service or preamble.via
-            if detail:
-                what = f"{what} {detail}"
-            self.refuse(preamble, refusal.NOT_FOUND, f"no route for {what}")
+            self.refuse(preamble, refusal.NOT_FOUND, self._router.refusal_reason(preamble))
             return
         self._attach(route, preamble)
 

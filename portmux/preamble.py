@@ -44,9 +44,13 @@ class Preamble:
     service: str | None = None
     # .NET Message Framing
     via: str | None = None
+    mode: str | None = None
     # SSH and other banner protocols
     software: str | None = None
     version: str | None = None
+    # A recognised preamble that cannot be routed (e.g. nmf "UnsupportedVersion");
+    # the router matches no route and the protocol's refusal explains it.
+    error: str | None = None
 
 
 ProbeResult = Union[Preamble, Verdict]

@@ -55,6 +55,13 @@ def tls_refusal(preamble: Preamble, status: int, reason: str) -> bytes:
     return bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, description])
 
 
+def nmf_refusal(preamble: Preamble, status: int, reason: str) -> bytes:
+    """A .NET Message Framing Fault record (EndpointNotFound, UnsupportedVersion, ...)."""
+    from portmux.nmf import fault_record, refusal_fault
+
+    return fault_record(refusal_fault(preamble, status))
+
+
 def no_refusal(preamble: Preamble, status: int, reason: str) -> bytes:
     """Protocols without an in-band error: a clean close says it."""
     return b""
@@ -65,6 +72,7 @@ REFUSERS: Mapping[str, Refuser] = {
     "h2c": h2c_refusal,
     "tcpmux": tcpmux_refusal,
     "tls": tls_refusal,
+    "nmf": nmf_refusal,
 }
 
 

@@ -6,6 +6,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence, Union
 
+from portmux import naming
+from portmux.nmf import ViaIndex, parse_base_address
 from portmux.preamble import Preamble
 
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -84,11 +86,11 @@ class Match:
             prefix = self.path
             yield lambda p, ip: path_prefix_matches(prefix, p.path)
         if self.service is not None:
-            service = self.service.lower()
-            yield lambda p, ip: p.service == service
+            service = naming.parse(self.service)  # MalformedName is a ValueError
+            yield lambda p, ip: _service_accepts(service, p.service)
         if self.via is not None:
-            via = self.via
-            yield lambda p, ip: p.via is not None and p.via.startswith(via)
+            base = parse_base_address(self.via)  # ValueError for a bad base address
+            yield lambda p, ip: base.accepts(p.via)
         if self.network:
             networks = self.network
             yield lambda p, ip: _in_networks(ip, networks)
@@ -118,6 +120,16 @@ class Match:
     def accepts_peer(self, ip: str) -> bool:
         """True when the network constraint (if any) admits ``ip``."""
         return not self.network or _in_networks(ip, self.network)
+
+
+def _service_accepts(route_name: naming.ServiceName, requested: str | None) -> bool:
+    """Whether a client asking for ``requested`` may reach ``route_name`` (see portmux.naming)."""
+    if requested is None:
+        return False
+    try:
+        return route_name.accepts(naming.parse(requested))
+    except naming.MalformedName:
+        return False
 
 
 def _in_networks(ip: str, networks: Sequence[Network]) -> bool:
@@ -163,16 +175,62 @@ class Router:
         for route in self.routes:
             if route.match.silent and self.silent_route is None:
                 self.silent_route = route
+        # Service names: each (namespace, name) group, newest version first.
+        named = [
+            (naming.parse(r.match.service), r) for r in self._ordered if r.match.service
+        ]
+        self._service_names = tuple(name for name, _ in named)
+        groups: dict[tuple[str, str], list[tuple[naming.ServiceName, Route]]] = {}
+        for name, route in named:
+            groups.setdefault(name.key, []).append((name, route))
+        self._newest: dict[int, tuple[Route, ...]] = {}
+        for members in groups.values():
+            if len(members) > 1:
+                by_version = sorted(members, key=lambda m: m[0].version, reverse=True)
+                ranked = tuple(r for _, r in by_version)
+                for _, route in members:
+                    self._newest[id(route)] = ranked
+        # net.tcp Via base addresses: strong > exact > weak, longest prefix, any order.
+        self._via_index: ViaIndex[Route] = ViaIndex(
+            (r.match.via, r) for r in self._ordered if r.match.via
+        )
 
     def select(self, preamble: Preamble, ip: str = "") -> Route | None:
-        """The first route accepting ``preamble``, else the first admitting default."""
+        """The route for ``preamble``: by Via for net.tcp, else the first accepting one.
+
+        A service asked for without a version gets its newest accepting version;
+        a preamble carrying an ``error`` gets no route. Then the first admitting default.
+        """
+        if preamble.error is not None:
+            return None
+        if preamble.via is not None and self._via_index:
+            for route in self._via_index.lookup(preamble.via):
+                if route.match.accepts(preamble, ip):
+                    return route
         for route in self._ordered:
             if route.match.accepts(preamble, ip):
+                ranked = self._newest.get(id(route))
+                if ranked is not None and "/" not in str(preamble.service):
+                    for newer in ranked:
+                        if newer.match.accepts(preamble, ip):
+                            return newer
                 return route
         for route in self.default_routes:
             if route.match.accepts_peer(ip):
                 return route
         return None
+
+    def refusal_reason(self, preamble: Preamble) -> str:
+        """One line saying why ``select`` found no route for ``preamble``."""
+        if preamble.error is not None:
+            return f"{preamble.protocol} preamble refused: {preamble.error}"
+        if preamble.protocol == "tcpmux" and preamble.service is not None:
+            return naming.resolution_failure(preamble.service, self._service_names)
+        what = preamble.protocol
+        detail = preamble.sni or preamble.host or preamble.service or preamble.via
+        if detail:
+            what = f"{what} {detail}"
+        return f"no route for {what}"
 
     def select_silent(self, ip: str = "") -> Route | None:
         """The route for a connection that has sent nothing, if any admits ``ip``."""

@@ -163,7 +163,7 @@ class RefusalTests(MuxTestCase):
     def test_no_route_for_tcpmux_is_a_minus_line(self) -> None:
         protocol = self.make([])
         protocol.dataReceived(b"nosuch\r\n")
-        self.assertEqual(self.transport.value(), b"-no route for tcpmux nosuch\r\n")
+        self.assertEqual(self.transport.value(), b"-unknown service 'nosuch'\r\n")
 
     def test_unknown_protocol_is_closed_cleanly(self) -> None:
         protocol = self.make([])

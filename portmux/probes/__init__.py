@@ -8,7 +8,7 @@ from twisted.plugin import IPlugin, getPlugins
 from zope.interface import implementer
 
 from portmux.interfaces import IProbe
-from portmux.probes import h2c, http, ssh, tcpmux, tls
+from portmux.probes import h2c, http, nmf, ssh, tcpmux, tls
 from portmux.probes.base import FunctionProbe
 
 __all__ = ["FunctionProbe", "PluginProbe", "all_probes", "builtin_probes"]
@@ -20,8 +20,8 @@ class PluginProbe(FunctionProbe):
 
 
 def builtin_probes() -> tuple[IProbe, ...]:
-    """The built-in probes in the default order: tls, h2c, http, ssh, tcpmux."""
-    probes = (tls.PROBE, h2c.PROBE, http.PROBE, ssh.PROBE, tcpmux.PROBE)
+    """The built-in probes in the default order: tls, h2c, http, ssh, tcpmux, nmf."""
+    probes = (tls.PROBE, h2c.PROBE, http.PROBE, ssh.PROBE, tcpmux.PROBE, nmf.PROBE)
     return cast("tuple[IProbe, ...]", probes)
 
 

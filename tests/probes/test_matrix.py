@@ -7,11 +7,14 @@ import random
 import pytest
 
 from portmux.preamble import NEED_MORE, NO, Preamble
-from portmux.probes import builtin_probes, h2c, http, ssh, tcpmux, tls
+from portmux.probes import builtin_probes, h2c, http, nmf, ssh, tcpmux, tls
 
 from .helpers import all_fixture_names, assert_verdict, fixture, mutations
 
-PROBES = {p.name: p.function for p in (tls.PROBE, h2c.PROBE, http.PROBE, ssh.PROBE, tcpmux.PROBE)}
+PROBES = {
+    p.name: p.function
+    for p in (tls.PROBE, h2c.PROBE, http.PROBE, ssh.PROBE, tcpmux.PROBE, nmf.PROBE)
+}
 EARLY = 32
 """A probe must reject a foreign protocol within this many bytes."""
 

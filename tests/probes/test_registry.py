@@ -17,13 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_builtin_order() -> None:
     probes = builtin_probes()
-    assert [p.name for p in probes] == ["tls", "h2c", "http", "ssh", "tcpmux"]
+    assert [p.name for p in probes] == ["tls", "h2c", "http", "ssh", "tcpmux", "nmf"]
     assert all(IProbe.providedBy(p) for p in probes)
 
 
 def test_all_probes_starts_with_builtins() -> None:
     names = [p.name for p in all_probes()]
-    assert names[:5] == ["tls", "h2c", "http", "ssh", "tcpmux"]
+    assert names[:6] == ["tls", "h2c", "http", "ssh", "tcpmux", "nmf"]
     assert len(names) == len(set(names))
 
 
@@ -67,5 +67,5 @@ def test_drop_in_plugin_found(tmp_path: Path) -> None:
         [sys.executable, "-c", script], env=env, cwd=tmp_path,
         capture_output=True, text=True, check=True,
     ).stdout.splitlines()
-    assert out[0] == "tls,h2c,http,ssh,tcpmux,redis"
+    assert out[0] == "tls,h2c,http,ssh,tcpmux,nmf,redis"
     assert out[1].startswith("Verdict.NO Preamble(protocol='redis'")
