@@ -459,15 +459,22 @@ def import_dotted(dotted: str, extra_path: Path | None = None) -> object:
                 obj = getattr(obj, attr)
             return obj
         parts = dotted.split(".")
+        missing: ModuleNotFoundError | None = None
         for i in range(len(parts) - 1, 0, -1):
             try:
                 obj = importlib.import_module(".".join(parts[:i]))
             except ModuleNotFoundError as e:
                 if e.name is not None and ".".join(parts[:i]).startswith(e.name):
+                    missing = missing or e
                     continue
                 raise
-            for attr in parts[i:]:
-                obj = getattr(obj, attr)
+            try:
+                for attr in parts[i:]:
+                    obj = getattr(obj, attr)
+            except AttributeError:
+                if missing is not None:
+                    raise missing from None
+                raise
             return obj
         return importlib.import_module(dotted)
     finally:
