@@ -7,6 +7,7 @@ from portmux.mux import Classified, Multiplexer, SniffSettings
 from portmux.preamble import NEED_MORE, NO, Preamble, Verdict
 from portmux.routing import Match, Route, Router
 from portmux.targets.factory import FactoryTarget
+from portmux.targets.proxy import ProxyTarget
 from portmux.targets.resource import ResourceTarget
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "NEED_MORE",
     "NO",
     "Preamble",
+    "ProxyTarget",
     "ResourceTarget",
     "Route",
     "Router",

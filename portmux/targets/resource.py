@@ -93,13 +93,32 @@ class _Dispatcher(Resource):
 
 
 def _descend(route: Any, resource: IResource, request: Any) -> IResource:
-    """Undo the root's segment pop, move the mount prefix to prepath, and traverse."""
+    """Undo the root's segment pop, move the mount prefix to prepath, and traverse.
+
+    At the mount point itself (``/`` or ``/app/``) a resource renders itself unless
+    it has a child for the empty segment or its own ``getChild`` (e.g. File).
+    """
     request.postpath.insert(0, request.prepath.pop())
     prefix = (route.match.path or "/").strip("/")
     if prefix:
         for _ in prefix.split("/"):
+            if not request.postpath:
+                break
             request.prepath.append(request.postpath.pop(0))
+    if request.postpath == [b""] and _renders_at_mount_point(resource):
+        request.prepath.append(request.postpath.pop())
+        return resource
     return getChildForRequest(resource, request)
+
+
+def _renders_at_mount_point(resource: Any) -> bool:
+    """True for resources that would only 404 on the empty segment."""
+    if getattr(resource, "isLeaf", False):
+        return True
+    children = getattr(resource, "children", {})
+    if b"" in children:
+        return False
+    return getattr(type(resource), "getChild", None) is Resource.getChild
 
 
 def dispatching_site(mux: Any) -> Site:

@@ -76,3 +76,23 @@ class SharedSiteTests(TestCase):
             self.assertTrue(bodies[5].startswith(b"404 "))
 
         return d.addCallback(check)
+
+
+class MountPointTests(TestCase):
+    def test_plain_resource_renders_at_its_mount_point(self) -> Any:
+        mux = Multiplexer(reactor)
+        mux.add_route("app", ResourceTarget(Data(b"app", "text/plain")), protocol="http",
+                      path="/app/")
+        mux.add_route("root", ResourceTarget(Data(b"root", "text/plain")), protocol="http")
+        d = mux.listen("tcp:0:interface=127.0.0.1")
+
+        def listening(port: Any) -> Any:
+            self.addCleanup(port.stopListening)
+            return threads.deferToThread(keep_alive_requests, port.getHost().port, [
+                ("any", "/"), ("any", "/app/"), ("any", "/app"), ("any", "/app/deeper")])
+
+        def check(bodies: list[bytes]) -> None:
+            self.assertEqual(bodies[:3], [b"200 root", b"200 app", b"200 app"])
+            self.assertTrue(bodies[3].startswith(b"404 "))
+
+        return d.addCallback(listening).addCallback(check)
