@@ -1,0 +1,461 @@
+"""Proxy a classified connection byte-for-byte to one of several backends.
+
+Per connection: dial the next backend round-robin (failing over to the others
+once each), send an optional PROXY header, the bytes already read, then copy
+both ways with crosswise streaming producers and half-close.  ``tcp:`` and
+``unix:`` backends are dialled with ``reactor.connectTCP``/``connectUNIX`` and
+the connection object itself as the factory (no Deferred, no closure); other
+endpoints go through ``IStreamClientEndpoint.connect``.  See
+docs/performance.md for why the data path looks the way it does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    UNIXClientEndpoint,
+    clientFromString,
+)
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IStreamClientEndpoint,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from portmux import proxyheader, refusal
+from portmux.interfaces import ITarget
+
+log = Logger(namespace="portmux")
+
+PROXY_HEADER_VERSIONS = ("v1", "v2")
+PENDING_LIMIT = 65536
+"""Bytes read from a client while its backend is dialled before reading pauses."""
+
+
+class Backend:
+    """One backend: its display name and how to dial it."""
+
+    __slots__ = ("endpoint", "name", "tcp", "unix")
+
+    def __init__(self, reactor: Any, spec: str | IStreamClientEndpoint) -> None:
+        endpoint: Any = clientFromString(reactor, spec) if isinstance(spec, str) else spec  # type: ignore[no-untyped-call]
+        self.name = spec if isinstance(spec, str) else _endpoint_name(spec)
+        self.endpoint = endpoint
+        # Fast paths: (host, port, bindAddress) / path for the reactor's own connectors.
+        self.tcp: tuple[str, int, Any] | None = None
+        self.unix: str | None = None
+        if isinstance(endpoint, (TCP4ClientEndpoint, TCP6ClientEndpoint)):
+            host = getattr(endpoint, "_host", None)
+            port = getattr(endpoint, "_port", None)
+            if isinstance(host, str) and isinstance(port, int):
+                self.tcp = (host, port, getattr(endpoint, "_bindAddress", None))
+        elif isinstance(endpoint, UNIXClientEndpoint):
+            path = getattr(endpoint, "_path", None)
+            if isinstance(path, str) and not getattr(endpoint, "_checkPID", 0):
+                self.unix = path
+
+
+def _endpoint_name(endpoint: object) -> str:
+    host, port = getattr(endpoint, "_host", None), getattr(endpoint, "_port", None)
+    if host is not None:
+        return f"{type(endpoint).__name__}({host}:{port})"
+    return repr(endpoint)
+
+
+def _direct(transport: Any) -> bool:
+    """True when ``transport`` is a plain socket transport we may send() on directly."""
+    return (
+        isinstance(transport, tcp.Connection)
+        and type(transport).writeSomeData is tcp.Connection.writeSomeData
+        and not getattr(transport, "TLS", False)
+    )
+
+
+@implementer(IHalfCloseableProtocol)
+class _Leg:
+    """One side of a proxied connection; copies what it reads to the other side.
+
+    ``sink`` is the other side's transport; ``direct`` says it is a plain
+    socket transport, so a read can go straight to send(2) when its buffer is
+    empty instead of through write() + a reactor turn + two epoll_ctl calls.
+    """
+
+    __slots__ = ("direct", "other", "read_done", "sink", "transport", "write_done")
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.sink: Any = None
+        self.direct = False
+        self.other: _Leg | None = None
+        self.read_done = False
+        self.write_done = False
+
+    def dataReceived(self, data: bytes) -> None:
+        sink = self.sink  # after the other side is lost, its dead transport drops writes
+        if (
+            self.direct
+            and not sink.dataBuffer
+            and not sink._tempDataLen
+            and sink.connected
+            and not sink._writeDisconnected
+        ):
+            sent = sink.writeSomeData(data)
+            if sent.__class__ is int:
+                if sent == len(data):
+                    return
+                data = data[sent:]
+        sink.write(data)
+
+    def readConnectionLost(self) -> None:
+        """FIN from this side: pass it on, keep the other direction open."""
+        if self.read_done:
+            return
+        self.read_done = True
+        sink = self.sink
+        if sink is not None:
+            sink.unregisterProducer()  # a paused producer would block the shutdown
+            sink.loseWriteConnection()
+        if self.write_done:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """Our FIN to this side went out; close fully if the other way is done too."""
+        self.write_done = True
+        if self.read_done:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        """This side is gone: flush what we owe the other side, then close it."""
+        sink = self.sink
+        if sink is not None:
+            sink.unregisterProducer()
+            sink.loseConnection()
+        other = self.other
+        if other is not None:
+            self.other = other.other = None  # break the cycle between the legs
+
+    def makeConnection(self, transport: Any) -> None:
+        """Connected to a backend (the backend leg only)."""
+        self.transport = transport
+        front = self.other
+        if isinstance(front, _Front):
+            front.backend_connected(self)
+        else:  # the client left while we were dialling
+            transport.loseConnection()
+
+    def connectionMade(self) -> None:
+        """Nothing: ``makeConnection`` does the work."""
+
+
+@implementer(IHalfCloseableProtocol)
+class _Front(_Leg):
+    """The client leg, and the client factory that dials its backend leg."""
+
+    __slots__ = (
+        "attempt",
+        "connection",
+        "dialing",
+        "pending",
+        "start",
+        "target",
+        "timer",
+        "tried"
+    )
+
+    def __init__(self, target: ProxyTarget, connection: Any) -> None:
+        _Leg.__init__(self)
+        self.target = target
+        self.connection = connection
+        self.transport = connection.transport
+        self.pending: list[bytes] | None = None
+        self.tried: list[str] = []
+        self.start = 0
+        self.attempt = 0
+        self.dialing: Any = None
+        self.timer: Any = None
+
+    # -- before the backend answers ----------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.sink is None:
+            pending = self.pending
+            if pending is None:
+                pending = self.pending = []
+            pending.append(data)
+            if sum(map(len, pending)) >= PENDING_LIMIT:
+                self.transport.pauseProducing()  # resumed by backend_connected
+            return
+        _Leg.dataReceived(self, data)
+
+    def readConnectionLost(self) -> None:
+        if self.sink is None:
+            self.read_done = True  # forwarded once the backend is connected
+            return
+        _Leg.readConnectionLost(self)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.sink is None:  # still dialling
+            self.connection = None
+            self._stop_dialing()
+            back = self.other
+            self.other = None
+            if back is not None:
+                back.other = None
+                if back.transport is not None:
+                    back.transport.loseConnection()
+            return
+        _Leg.connectionLost(self, reason)
+
+    def dial(self) -> None:
+        """Dial the next backend not yet tried for this connection."""
+        target = self.target
+        backends = target.backends
+        backend = backends[(self.start + self.attempt) % len(backends)]
+        self.attempt += 1
+        attempt = self.attempt
+        self.tried.append(backend.name)
+        reactor = target.reactor
+        if backend.tcp is not None:
+            host, port, bind = backend.tcp
+            dialing = reactor.connectTCP(host, port, self, target.connect_timeout, bind)
+        elif backend.unix is not None:
+            dialing = reactor.connectUNIX(backend.unix, self, target.connect_timeout)
+        else:
+            dialing = backend.endpoint.connect(self)
+            dialing.addErrback(self._dial_failed)
+            if not dialing.called:
+                self.timer = reactor.callLater(target.connect_timeout, dialing.cancel)
+        if self.attempt == attempt and self.sink is None and self.connection is not None:
+            self.dialing = dialing  # still this attempt: not failed or connected already
+
+    def _stop_dialing(self) -> None:
+        dialing, self.dialing = self.dialing, None
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if dialing is None:
+            return
+        if hasattr(dialing, "stopConnecting"):
+            if getattr(dialing, "state", None) == "connecting":
+                dialing.stopConnecting()
+        else:
+            dialing.cancel()
+
+    def _dial_failed(self, reason: Failure) -> None:
+        """Try the next backend, or refuse the client once every one failed."""
+        self.dialing = None
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        connection = self.connection
+        if connection is None:
+            return  # the client already left
+        if self.attempt < len(self.target.backends):
+            self.dial()
+            return
+        why = reason.getErrorMessage() if reason is not None else "failed"
+        connection.refuse(
+            refusal.BAD_GATEWAY,
+            f"backend unreachable: tried {', '.join(self.tried)} (last error: {why})",
+        )
+
+    # -- IProtocolFactory, for reactor.connectTCP and endpoints -----------------
+
+    def doStart(self) -> None:
+        """No per-connection factory bookkeeping or logging."""
+
+    def doStop(self) -> None:
+        """No per-connection factory bookkeeping or logging."""
+
+    def startedConnecting(self, connector: Any) -> None:
+        """Nothing to do; the connector is kept in ``dialing``."""
+
+    def buildProtocol(self, addr: IAddress) -> _Leg:
+        back = _Leg()
+        back.other = self
+        self.other = back
+        return back
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self._dial_failed(reason)
+
+    def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
+        """The backend leg's own connectionLost handles this."""
+
+    def logPrefix(self) -> str:
+        return "portmux-proxy"
+
+    # -- connected -------------------------------------------------------------
+
+    def backend_connected(self, back: _Leg) -> None:
+        """Send the header and buffered bytes, then start copying both ways."""
+        self.dialing = None
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        connection = self.connection
+        client = self.transport
+        server = back.transport
+        connection.accept()
+        version = self.target.proxy_header
+        if version is not None:
+            server.write(proxyheader.header(version, connection.peer, client.getHost()))
+        payload = connection.payload
+        if payload:
+            server.write(payload)
+        connection.buffered = b""
+        self.connection = None  # drop the cycle through the sniffer
+        pending, self.pending = self.pending, None
+        if pending:
+            server.write(b"".join(pending))
+        back.sink = client
+        back.direct = _direct(client)
+        self.sink = server
+        self.direct = _direct(server)
+        server.registerProducer(client, True)
+        client.registerProducer(server, True)
+        if self.read_done:
+            self.read_done = False
+            _Leg.readConnectionLost(self)
+        else:
+            client.resumeProducing()
+
+
+@implementer(ITarget)
+class ProxyTarget:
+    """Byte-for-byte proxy to backends, round-robin with failover.
+
+    ``endpoints`` are client endpoint strings (``tcp:``, ``unix:``, ``tls:``...)
+    or IStreamClientEndpoint objects; ``proxy_header`` is None, "v1" or "v2".
+    """
+
+    kind = "proxy"
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoints: Sequence[str | IStreamClientEndpoint],
+        connect_timeout: float = 5.0,
+        proxy_header: str | None = None,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("a proxy target needs at least one backend endpoint")
+        if proxy_header is not None and proxy_header not in PROXY_HEADER_VERSIONS:
+            raise ValueError(f"proxy_header must be 'v1' or 'v2', not {proxy_header!r}")
+        self.reactor = reactor
+        self.backends = tuple(Backend(reactor, spec) for spec in endpoints)
+        self.connect_timeout = connect_timeout
+        self.proxy_header = proxy_header
+        self.first = 0
+        names = ", ".join(b.name for b in self.backends)
+        header = f" (PROXY {proxy_header})" if proxy_header else ""
+        self.description = f"proxy to {names}{header}"
+
+    def start(self) -> None:
+        """Nothing to start: backends are dialled per connection."""
+
+    def stop(self) -> None:
+        """Nothing to stop: open connections finish on their own."""
+
+    def attach(self, connection: Any) -> IProtocol:
+        """Dial a backend and return the client leg.
+
+        The client keeps being read while dialling (so a client that leaves is
+        noticed and the dial cancelled), up to PENDING_LIMIT bytes, then paused.
+        """
+        front = _Front(self, connection)
+        front.start = self.first
+        self.first = (self.first + 1) % len(self.backends)
+        front.dial()
+        return front  # type: ignore[return-value]
+
+
+def from_config(value: Any, ctx: Any) -> ProxyTarget | None:
+    """Build a ProxyTarget from a route's ``proxy`` value, reporting problems on ``ctx``.
+
+    ``value`` is a list of client endpoint strings, or a table with
+    ``endpoints``, ``connect_timeout`` and ``proxy_header``.
+    """
+    key = getattr(ctx, "target_key", "proxy")
+    options: dict[str, Any] = {}
+    if isinstance(value, dict):
+        table = value
+        unknown = sorted(set(table) - set(TABLE_KEYS))
+        for name in unknown:
+            ctx.problem(f"{key}.{name}", f"unknown key; expected one of {', '.join(TABLE_KEYS)}")
+        endpoints = table.get("endpoints")
+        key_endpoints = f"{key}.endpoints"
+        if endpoints is None:
+            ctx.problem(key_endpoints, "missing: list one or more client endpoint strings")
+            return None
+        if "connect_timeout" in table:
+            timeout = table["connect_timeout"]
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+                ctx.problem(f"{key}.connect_timeout", "must be a positive number of seconds")
+                return None
+            options["connect_timeout"] = float(timeout)
+        if "proxy_header" in table:
+            version = table["proxy_header"]
+            if version not in PROXY_HEADER_VERSIONS:
+                ctx.problem(f"{key}.proxy_header", 'must be "v1" or "v2"')
+                return None
+            options["proxy_header"] = version
+        if unknown:
+            return None
+    else:
+        endpoints = value
+        key_endpoints = key
+    if isinstance(endpoints, str):
+        endpoints = [endpoints]
+    if not isinstance(endpoints, list) or not endpoints:
+        ctx.problem(key_endpoints, "must be a non-empty list of client endpoint strings")
+        return None
+    built: list[str | IStreamClientEndpoint] = []
+    ok = True
+    for index, item in enumerate(endpoints):
+        endpoint = client_endpoint(ctx, f"{key_endpoints}[{index}]", item, value)
+        if endpoint is None:
+            ok = False
+        else:
+            built.append(endpoint)
+    if not ok:
+        return None
+    return ProxyTarget(ctx.reactor, built, **options)
+
+
+TABLE_KEYS = ("endpoints", "connect_timeout", "proxy_header", "ca", "client_cert", "server_name")
+"""Keys of the table form.  TLS client options (CA, client certificate) go here too."""
+TLS_KEYS = ("ca", "client_cert", "server_name")
+
+
+def client_endpoint(
+    ctx: Any, key: str, item: Any, table: Any
+) -> str | IStreamClientEndpoint | None:
+    """One backend from config: a client endpoint string, checked by parsing it.
+
+    This is the hook for TLS backend options: given the route's whole ``table``,
+    return an IStreamClientEndpoint built with them (e.g. ``wrapClientTLS``).
+    """
+    if not isinstance(item, str):
+        ctx.problem(key, "must be a client endpoint string such as 'tcp:127.0.0.1:8080'")
+        return None
+    tls_options = {k: table[k] for k in TLS_KEYS if isinstance(table, dict) and k in table}
+    if tls_options or item.split(":", 1)[0].lower() == "tls":
+        from portmux.tlsconfig import client_endpoint_from_config
+
+        return client_endpoint_from_config(ctx, key, item, tls_options)
+    try:
+        clientFromString(ctx.reactor, item)  # type: ignore[no-untyped-call]
+    except Exception as e:  # noqa: BLE001 - endpoint parsers raise many kinds of errors
+        ctx.problem(key, f"unparsable client endpoint {item!r}: {e}")
+        return None
+    return item
