@@ -6,6 +6,8 @@ portmux finds this module by the dotted names ``demo_site:root`` and
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.protocol import Factory, Protocol
 from twisted.web.resource import Resource
 from twisted.web.static import Data
@@ -13,9 +15,11 @@ from twisted.web.static import Data
 
 def root() -> Resource:
     """The site mounted at /demo/: an index page and /demo/hello."""
-    site = Resource()
-    site.putChild(b"", Data(b"<h1>portmux demo</h1><p><a href='hello'>hello</a></p>\n", "text/html"))
-    site.putChild(b"hello", Data(b"hello from an in-process resource\n", "text/plain"))
+    site = Resource()  # type: ignore[no-untyped-call]
+    index: Any = Data(b"<h1>portmux demo</h1><p><a href='hello'>hello</a></p>\n", "text/html")  # type: ignore[no-untyped-call]
+    hello: Any = Data(b"hello from an in-process resource\n", "text/plain")  # type: ignore[no-untyped-call]
+    site.putChild(b"", index)
+    site.putChild(b"hello", hello)
     return site
 
 
@@ -23,7 +27,8 @@ class Upper(Protocol):
     """Answers every chunk it receives in upper case."""
 
     def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data.upper())  # type: ignore[union-attr]
+        transport: Any = self.transport
+        transport.write(data.upper())
 
 
 class UpperFactory(Factory):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 # Subcommands implemented in other modules, wired lazily: name → (module,
 # function adding the arguments, function running it, one-line help).
@@ -90,7 +91,7 @@ def _wire_external(
         add: Callable[[argparse.ArgumentParser], None] = getattr(module, add_name)
         run: Callable[[argparse.Namespace], int] = getattr(module, run_name)
         add(parser)
-    except Exception as e:  # missing or broken module: the command says so
+    except Exception as e:  # noqa: BLE001 - a missing or broken module: the command says so
         reason = f"{type(e).__name__}: {e}"
         parser.description = f"{help_text} (not available: {reason})"
         parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -121,8 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``portmux`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     run = getattr(args, "run", None)
+    if extra and not isinstance(run, _Unavailable):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if run is None:
         parser.print_help(sys.stderr)
         return NOT_AVAILABLE

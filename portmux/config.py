@@ -15,10 +15,11 @@ import pwd
 import re
 import sys
 import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.web.resource import IResource
@@ -26,7 +27,7 @@ from twisted.web.resource import IResource
 from portmux.mux import SniffSettings
 from portmux.routing import Match, Network, Route
 
-if sys.version_info >= (3, 11):
+if sys.version_info >= (3, 11):  # noqa: UP036 - setup.cfg allows 3.10 with tomli
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
@@ -395,7 +396,7 @@ class BuildContext:
     key_path: str
     base_dir: Path
     target_key: str
-    _parser: "_Parser" = field(repr=False)
+    _parser: _Parser = field(repr=False)
     _problems: int = field(default=0, repr=False)
 
     def full_key(self, key: str) -> str:
@@ -436,7 +437,7 @@ class BuildContext:
             return None
         try:
             return import_dotted(dotted, self.base_dir)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - user code must not crash the check
             self.problem(key, f"cannot import {dotted!r}: {_one_line(e)}")
             return None
 
@@ -493,8 +494,8 @@ def _instance_of(
         return obj
     if callable(obj):
         try:
-            made = obj()
-        except Exception as e:
+            made: object = obj()
+        except Exception as e:  # noqa: BLE001 - user code must not crash the check
             ctx.problem(ctx.target_key, f"calling {dotted} failed: {_one_line(e)}")
             return None
         if check(made):
@@ -553,7 +554,8 @@ def build_echo(value: object, ctx: BuildContext) -> object | None:
     from portmux.targets.echo import EchoFactory
     from portmux.targets.factory import FactoryTarget
 
-    return FactoryTarget(EchoFactory()) if _require_true(value, ctx) else None
+    factory: Any = EchoFactory()
+    return FactoryTarget(factory) if _require_true(value, ctx) else None
 
 
 def check_proxy_value(value: object, ctx: BuildContext) -> None:
@@ -578,8 +580,8 @@ def check_proxy_value(value: object, ctx: BuildContext) -> None:
             ctx.problem(f"{key}[{i}]", f"expected a string, got {describe(endpoint)}")
             continue
         try:
-            clientFromString(ctx.reactor, endpoint)
-        except Exception as e:
+            clientFromString(ctx.reactor, endpoint)  # type: ignore[no-untyped-call]
+        except Exception as e:  # noqa: BLE001 - user code must not crash the check
             ctx.problem(f"{key}[{i}]", f"cannot parse client endpoint {endpoint!r}: {_one_line(e)}")
 
 
@@ -683,8 +685,8 @@ class _Parser:
         from twisted.internet.endpoints import serverFromString
 
         try:
-            serverFromString(self.reactor, endpoint)
-        except Exception as e:
+            serverFromString(self.reactor, endpoint)  # type: ignore[no-untyped-call]
+        except Exception as e:  # noqa: BLE001 - user code must not crash the check
             self.report.problem(key, f"cannot parse server endpoint {endpoint!r}: {_one_line(e)}")
             return False
         return True
@@ -696,12 +698,13 @@ class _Parser:
             return None
         out: list[Network] = []
         ok = True
-        for i, item in enumerate(value):  # type: ignore[arg-type]
+        items: list[object] = value  # type: ignore[assignment]
+        for i, item in enumerate(items):
             if not self._expect(join_key(key, i), item, str, "a CIDR string like \"10.0.0.0/8\""):
                 ok = False
                 continue
             try:
-                out.append(ipaddress.ip_network(item, strict=False))
+                out.append(ipaddress.ip_network(str(item), strict=False))
             except ValueError as e:
                 self.report.problem(join_key(key, i), f"not a network: {e}")
                 ok = False
@@ -768,7 +771,8 @@ class _Parser:
             return None
         out: list[int] = []
         ok = True
-        for i, item in enumerate(value):  # type: ignore[arg-type]
+        items: list[object] = value  # type: ignore[assignment]
+        for i, item in enumerate(items):
             path = join_key(key, i)
             if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
                 out.append(item)
@@ -928,7 +932,7 @@ class _Parser:
                 if not callable(built):
                     raise TypeError(f"{TARGET_BUILDERS[key]} is not callable")
                 self._builders[key] = built
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - reported as "not available"
                 self._builders[key] = e
         return self._builders[key]
 
@@ -943,7 +947,7 @@ class _Parser:
         before = len(self.report.errors)
         try:
             target = builder(value, ctx)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - user code must not crash the check
             self.report.problem(join_key(path, key), _one_line(e))
             return None
         if len(self.report.errors) > before:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet import testing
 
 from portmux import config as config_module
 from portmux.config import (
@@ -31,6 +31,12 @@ from portmux.targets.echo import EchoFactory
 from portmux.targets.factory import FactoryTarget
 from portmux.targets.help import HelpTarget
 from portmux.targets.resource import ResourceTarget
+
+
+def MemoryReactorClock() -> Any:
+    """An untyped-call-free MemoryReactorClock."""
+    return testing.MemoryReactorClock()  # type: ignore[no-untyped-call]
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -258,7 +264,7 @@ def test_unparsable_client_endpoint_in_proxy() -> None:
 
 def test_proxy_endpoints_validated_when_proxy_module_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(
-        config_module.TARGET_BUILDERS, "proxy", "portmux.targets.no_such_proxy:from_config"  # type: ignore[arg-type]
+        config_module.TARGET_BUILDERS, "proxy", "portmux.targets.no_such_proxy:from_config"
     )
     errors = errors_of(LISTEN + route('{ protocol = "ssh" }', 'proxy = ["tcp:127.0.0.1"]'))
     messages = {e.key_path: e.message for e in errors}
@@ -268,7 +274,7 @@ def test_proxy_endpoints_validated_when_proxy_module_missing(monkeypatch: pytest
 
 def test_target_not_available(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(
-        config_module.TARGET_BUILDERS, "handoff", "portmux.no_such_module:from_config"  # type: ignore[arg-type]
+        config_module.TARGET_BUILDERS, "handoff", "portmux.no_such_module:from_config"
     )
     error = one_error(LISTEN + route('{ protocol = "ssh" }', 'handoff = { worker = "x" }'))
     assert error.key_path == "route[0].handoff"
@@ -550,7 +556,7 @@ def nested_builder(value: Any, ctx: BuildContext) -> Any:
 
 
 def test_nested_routes_through_build_context(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")  # type: ignore[arg-type]
+    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")
     text = LISTEN + textwrap.dedent(
         """\
         [[route]]
@@ -580,7 +586,7 @@ def test_nested_routes_through_build_context(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_builder_problem_and_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")  # type: ignore[arg-type]
+    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")
     error = one_error(
         LISTEN + route('{ protocol = "tls" }', 'tls = { cert = "certs/a.pem" }'),
     )
@@ -594,13 +600,13 @@ def raising_builder(value: Any, ctx: BuildContext) -> Any:
 
 
 def test_builder_exception_becomes_one_line_problem(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:raising_builder")  # type: ignore[arg-type]
+    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:raising_builder")
     error = one_error(LISTEN + route('{ protocol = "tls" }', "tls = true"))
     assert (error.key_path, error.message) == ("route[0].tls", "RuntimeError: boom")
 
 
 def test_nested_names_must_be_unique_across_levels(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")  # type: ignore[arg-type]
+    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")
     error = one_error(
         LISTEN
         + '[[route]]\nname = "x"\nmatch = { protocol = "tls" }\n'
@@ -682,7 +688,7 @@ def test_example_config_validates() -> None:
 def test_check_config_reports_instead_of_raising(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(LISTEN + route('{ protocol = "ssh", sni = 1 }', "echo = true"))
-    errors, warnings = check_config(bad, MemoryReactorClock())
+    errors, _ = check_config(bad, MemoryReactorClock())
     assert [str(e) for e in errors] == [f"{bad}:5: route[0].match.sni: expected a string, got 1"]
     missing_errors, _ = check_config(tmp_path / "missing.toml", MemoryReactorClock())
     assert "cannot read the file: No such file or directory" in str(missing_errors[0])
@@ -694,8 +700,8 @@ def test_check_config_reports_instead_of_raising(tmp_path: Path) -> None:
 
 
 def test_echo_factory_echoes() -> None:
-    protocol = EchoFactory().buildProtocol(None)
-    transport = StringTransport()
+    protocol: Any = EchoFactory().buildProtocol(None)
+    transport: Any = testing.StringTransport()  # type: ignore[no-untyped-call]
     protocol.makeConnection(transport)
     protocol.dataReceived(b"hello")
     assert transport.value() == b"hello"

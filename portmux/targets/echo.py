@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.protocol import Factory, Protocol
 
 
@@ -9,7 +11,8 @@ class Echo(Protocol):
     """Writes back every byte it receives."""
 
     def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
+        transport: Any = self.transport
+        transport.write(data)
 
 
 class EchoFactory(Factory):
