@@ -386,6 +386,7 @@ class _Reporter:
 class BuildContext:
     """What a target builder gets besides its value.
 
+    ``sniff_settings`` is the config's ``[sniff]`` (for nested sniffing stages).
     ``key_path`` is the route's path (``route[2]``); keys given to ``problem``,
     ``warn`` and ``parse_routes`` are relative to it (``"proxy[1]"``,
     ``"tls.route"``), though a full path starting with ``key_path`` is accepted too.
@@ -397,6 +398,8 @@ class BuildContext:
     base_dir: Path
     target_key: str
     _parser: _Parser = field(repr=False)
+    sniff_settings: SniffSettings = field(default_factory=SniffSettings)
+    probes: Sequence[Any] | None = None  # None: the Multiplexer's default probes
     _problems: int = field(default=0, repr=False)
 
     def full_key(self, key: str) -> str:
@@ -597,6 +600,7 @@ class _Parser:
         self.reactor = reactor
         self.base_dir = base_dir
         self.route_names: dict[str, str] = {}
+        self.sniff_settings = SniffSettings()
         self._builders: dict[str, Callable[..., object] | Exception] = {}
         self._known_protocols: frozenset[str] | None = None
 
@@ -629,7 +633,7 @@ class _Parser:
     def config(self, filename: str) -> Config:
         self._unknown_keys("", self.data, TOP_KEYS)
         listeners = tuple(self.listeners())
-        sniff = self.sniff()
+        sniff = self.sniff_settings = self.sniff()
         routes = tuple(self.routes(self.data.get("route", []), "route"))
         if not self.data.get("route"):
             self.report.warn("route", "no routes: every connection will be refused")
@@ -937,7 +941,15 @@ class _Parser:
         return self._builders[key]
 
     def build_target(self, path: str, key: str, value: object) -> object | None:
-        ctx = BuildContext(self.reactor, self.report.filename, path, self.base_dir, key, self)
+        ctx = BuildContext(
+            self.reactor,
+            self.report.filename,
+            path,
+            self.base_dir,
+            key,
+            self,
+            sniff_settings=self.sniff_settings,
+        )
         builder = self.builder(key)
         if isinstance(builder, Exception):
             if key == "proxy":

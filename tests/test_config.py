@@ -547,6 +547,7 @@ def nested_builder(value: Any, ctx: BuildContext) -> Any:
     """A test builder: ``tls = { route = [...] }`` parsed through ctx.parse_routes."""
     assert ctx.key_path.startswith("route[")
     assert ctx.target_key == "tls"
+    assert ctx.sniff_settings == SniffSettings(silence_timeout=1.0)
     if "cert" in value:
         ctx.problem("tls.cert", f"no such file: {ctx.resolve_path(value['cert'])}")
         return None
@@ -559,6 +560,8 @@ def test_nested_routes_through_build_context(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")
     text = LISTEN + textwrap.dedent(
         """\
+        [sniff]
+        silence_timeout = 1
         [[route]]
         name = "outer"
         match = { protocol = "tls" }
@@ -576,22 +579,24 @@ def test_nested_routes_through_build_context(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(ConfigError) as info:
         parse(text)
     [error] = info.value.errors
-    assert str(error) == "t.toml:13: route[0].tls.route[1].match.sni: expected a string, got 7"
+    assert str(error) == "t.toml:15: route[0].tls.route[1].match.sni: expected a string, got 7"
 
     config = parse(text.replace("sni = 7", 'sni = "x"').replace("inner-bad", "inner-2"))
     outer = config.routes[0]
     assert isinstance(outer.target, _Nested)
     assert [r.name for r in outer.target.routes] == ["inner-http", "inner-2"]
-    assert [str(w) for w in config.warnings] == ["t.toml:6: route[0].tls: just testing"]
+    assert [str(w) for w in config.warnings] == ["t.toml:8: route[0].tls: just testing"]
 
 
 def test_builder_problem_and_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")
     error = one_error(
-        LISTEN + route('{ protocol = "tls" }', 'tls = { cert = "certs/a.pem" }'),
+        LISTEN
+        + "[sniff]\nsilence_timeout = 1\n"
+        + route('{ protocol = "tls" }', 'tls = { cert = "certs/a.pem" }'),
     )
     assert error.key_path == "route[0].tls.cert"
-    assert error.line == 6
+    assert error.line == 8
     assert error.message == f"no such file: {(Path.cwd() / 'certs/a.pem').resolve()}"
 
 
@@ -609,11 +614,12 @@ def test_nested_names_must_be_unique_across_levels(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")
     error = one_error(
         LISTEN
+        + "[sniff]\nsilence_timeout = 1\n"
         + '[[route]]\nname = "x"\nmatch = { protocol = "tls" }\n'
         + 'tls = { route = [{ name = "x", match = { protocol = "http" }, echo = true }] }\n'
     )
     assert error.key_path == "route[0].tls.route[0].name"
-    assert error.line == 6
+    assert error.line == 8
 
 
 # -- warnings ----------------------------------------------------------------------------
