@@ -868,7 +868,13 @@ class _Parser:
                     f"a {special[0]} route matches only on network; remove {', '.join(extra)}",
                 )
                 ok = False
-        return Match(**values) if ok else None
+        if not ok:
+            return None
+        try:
+            return Match(**values)
+        except ValueError as error:  # a malformed service name or via base address
+            self.report.problem(key, str(error))
+            return None
 
     def routes(self, tables: object, prefix: str) -> Iterator[Route]:
         if not isinstance(tables, list):

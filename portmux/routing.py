@@ -86,10 +86,16 @@ class Match:
             prefix = self.path
             yield lambda p, ip: path_prefix_matches(prefix, p.path)
         if self.service is not None:
-            service = naming.parse(self.service)  # MalformedName is a ValueError
+            try:
+                service = naming.parse(self.service)
+            except naming.MalformedName as error:
+                raise ValueError(f"service {self.service!r}: {error}") from None
             yield lambda p, ip: _service_accepts(service, p.service)
         if self.via is not None:
-            base = parse_base_address(self.via)  # ValueError for a bad base address
+            try:
+                base = parse_base_address(self.via)
+            except ValueError as error:
+                raise ValueError(f"via: {error}") from None
             yield lambda p, ip: base.accepts(p.via)
         if self.network:
             networks = self.network

@@ -259,3 +259,59 @@ def test_wire_help_lists_full_names() -> None:
     out, transport = exchange(wire_routes(Recorder()), b"HELP\r\n")
     assert out == b"alice:orders/2\r\norders/1\r\norders/2\r\n"
     assert transport.disconnecting
+
+
+# -- the config file -------------------------------------------------------------
+
+CONFIG = """
+[[listen]]
+endpoint = "tcp:0:interface=127.0.0.1"
+
+[[route]]
+name = "orders2"
+match = { protocol = "tcpmux", service = "alice:orders/2" }
+echo = true
+
+[[route]]
+name = "orders1"
+match = { protocol = "tcpmux", service = "alice:orders/1" }
+echo = true
+
+[[route]]
+name = "wcf-root"
+match = { protocol = "nmf", via = "net.tcp://+/" }
+echo = true
+
+[[route]]
+name = "wcf-orders"
+match = { protocol = "nmf", via = "net.tcp://+/orders/" }
+echo = true
+"""
+
+
+def test_config_routes_by_service_and_via(tmp_path: Any) -> None:
+    from portmux.config import load_config
+
+    path = tmp_path / "portmux.toml"
+    path.write_text(CONFIG)
+    router = Router(load_config(path).routes)
+    assert pick(router, "alice:orders") == "orders2"
+    assert pick(router, "alice:orders/1") == "orders1"
+    nmf = Preamble(protocol="nmf", via="net.tcp://h/orders/svc", version="1.0", mode="duplex")
+    assert router.select(nmf).name == "wcf-orders"  # type: ignore[union-attr]
+
+
+def test_config_reports_malformed_service_and_via(tmp_path: Any) -> None:
+    from portmux.config import validate_file
+
+    path = tmp_path / "portmux.toml"
+    path.write_text(
+        CONFIG.replace('"alice:orders/1"', '"alice:orders/x"').replace(
+            '"net.tcp://+/orders/"', '"orders/"'
+        )
+    )
+    config, errors, _ = validate_file(path)
+    text = "\n".join(str(e) for e in errors)
+    assert config is None
+    assert "route[1].match: service 'alice:orders/x': version 'x' is not numbers" in text
+    assert "route[3].match: via: 'orders/' is not an absolute URI" in text
