@@ -79,6 +79,7 @@ class _Adopting(Factory):
         self.factory = factory
         self.handoff = handoff
         self.built: Any = None
+        self.transport: Any = None
 
     def buildProtocol(self, addr: IAddress) -> Any:
         protocol = self.factory.buildProtocol(self.handoff.peer or addr)
@@ -87,8 +88,28 @@ class _Adopting(Factory):
                 protocol.portmux_handoff = self.handoff
             except AttributeError:
                 pass
+            make_connection = protocol.makeConnection
+
+            def remember(transport: Any) -> None:
+                self.transport = transport
+                make_connection(transport)
+
+            protocol.makeConnection = remember
         self.built = protocol
         return protocol
+
+
+def flush(transport: Any) -> None:
+    """Write what the replay produced now, before a half-close read can drop it.
+
+    Twisted discards unsent bytes when a non-half-closeable protocol sees EOF,
+    and the client may have half-closed while portmux held the connection.
+    """
+    if transport is None or getattr(transport, "disconnecting", True):
+        return
+    do_write = getattr(transport, "doWrite", None)
+    if do_write is not None and getattr(transport, "connected", False):
+        do_write()
 
 
 def adopt(reactor: Any, fd: int, factory: IProtocolFactory, handoff: Handoff) -> Any:
@@ -106,8 +127,9 @@ def adopt(reactor: Any, fd: int, factory: IProtocolFactory, handoff: Handoff) ->
     finally:
         os.close(fd)
     protocol = one_shot.built
-    if protocol is not None and handoff.data and protocol.transport is not None:
+    if protocol is not None and handoff.data:
         protocol.dataReceived(handoff.data)
+        flush(one_shot.transport)
     return protocol
 
 
