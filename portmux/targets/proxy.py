@@ -80,6 +80,27 @@ def _direct(transport: Any) -> bool:
     )
 
 
+def _shut_write(sink: Any, direct: bool) -> None:
+    """Half-close ``sink``: at once when nothing is buffered, else after the flush.
+
+    Doing at once what FileDescriptor.doWrite would do a reactor turn later
+    saves the turn and two epoll_ctl calls per direction.
+    """
+    if (
+        direct
+        and not sink.dataBuffer
+        and not sink._tempDataLen
+        and sink.connected
+        and not sink.disconnecting
+        and not sink._writeDisconnecting
+    ):
+        sink._writeDisconnecting = True
+        sink._writeDisconnected = True
+        sink._closeWriteConnection()  # shutdown(SHUT_WR), then writeConnectionLost
+    else:
+        sink.loseWriteConnection()
+
+
 @implementer(IHalfCloseableProtocol)
 class _Leg:
     """One side of a proxied connection; copies what it reads to the other side.
@@ -123,7 +144,7 @@ class _Leg:
         sink = self.sink
         if sink is not None:
             sink.unregisterProducer()  # a paused producer would block the shutdown
-            sink.loseWriteConnection()
+            _shut_write(sink, self.direct)
         if self.write_done:
             self.transport.loseConnection()
 
@@ -306,21 +327,21 @@ class _Front(_Leg):
         client = self.transport
         server = back.transport
         connection.accept()
-        version = self.target.proxy_header
-        if version is not None:
-            server.write(proxyheader.header(version, connection.peer, client.getHost()))
-        payload = connection.payload
-        if payload:
-            server.write(payload)
-        connection.buffered = b""
-        self.connection = None  # drop the cycle through the sniffer
-        pending, self.pending = self.pending, None
-        if pending:
-            server.write(b"".join(pending))
         back.sink = client
         back.direct = _direct(client)
         self.sink = server
         self.direct = _direct(server)
+        data = connection.payload
+        version = self.target.proxy_header
+        if version is not None:
+            data = proxyheader.header(version, connection.peer, client.getHost()) + data
+        pending, self.pending = self.pending, None
+        if pending:
+            data += b"".join(pending)
+        connection.buffered = b""
+        self.connection = None  # drop the cycle through the sniffer
+        if data:
+            _Leg.dataReceived(self, data)  # one send(2) when the socket takes it all
         server.registerProducer(client, True)
         client.registerProducer(server, True)
         if self.read_done:

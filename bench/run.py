@@ -1,0 +1,343 @@
+"""Benchmark portmux's proxy path against a direct connection and Twisted's portforward.
+
+    python bench/run.py [--quick] [--only direct,portmux,portforward] [--json FILE]
+
+Needs only the venv portmux is installed in, and gcc: the backend and the load
+client are small C programs in bench/src/, compiled into a temporary directory
+at start.  Everything runs on 127.0.0.1; every load loop has a count and a
+time limit.  With two or more CPUs the middlebox runs on CPU 1 and the client
+and backend on CPU 0 (``--no-pin`` to let the scheduler decide).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+
+
+@dataclass
+class Settings:
+    lat_count: int = 2000
+    rate_seconds: float = 5.0
+    rate_concurrency: int = 32
+    bulk_bytes: int = 1_000_000_000
+    pp_seconds: float = 5.0
+    pp_connections: int = 16
+    idle_connections: int = 2000
+    pin: bool = True
+
+
+@dataclass
+class Result:
+    name: str
+    figures: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    """An unused loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, limit: float = 15.0) -> None:
+    """Wait until something accepts on ``port``."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {limit} s")
+
+
+def build(workdir: Path) -> tuple[Path, Path]:
+    """Compile the C backend and load client; returns their paths."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        sys.exit("bench/run.py needs a C compiler (gcc) for its backend and load client")
+    out = []
+    for name in ("backend", "client"):
+        binary = workdir / name
+        subprocess.run(
+            [cc, "-O2", "-o", str(binary), str(HERE / "src" / f"{name}.c")], check=True
+        )
+        out.append(binary)
+    return out[0], out[1]
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size of ``pid`` in KiB, from /proc/PID/smaps_rollup."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    raise RuntimeError("no Pss line")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+class Runner:
+    """Starts processes pinned to CPUs and runs the load client against a port."""
+
+    def __init__(self, settings: Settings, client: Path, logdir: Path) -> None:
+        self.settings = settings
+        self.client = client
+        self.logdir = logdir
+        cpus = sorted(os.sched_getaffinity(0))
+        self.pin = settings.pin and len(cpus) >= 2
+        self.load_cpus = {cpus[0]}
+        self.box_cpus = {cpus[1]} if len(cpus) >= 2 else {cpus[0]}
+
+    def start(self, name: str, argv: list[str], box: bool) -> subprocess.Popen[bytes]:
+        log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if self.pin:
+            os.sched_setaffinity(proc.pid, self.box_cpus if box else self.load_cpus)
+        return proc
+
+    def load(self, mode: str, port: int, amount: float, seconds: float) -> dict[str, Any]:
+        argv = [str(self.client), mode, str(port), str(amount), str(seconds)]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        if self.pin:
+            os.sched_setaffinity(proc.pid, self.load_cpus)
+        out, _ = proc.communicate(timeout=seconds + 60)
+        return json.loads(out.decode().strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+    def measure(
+        self, targets: list[tuple[str, int, subprocess.Popen[bytes] | None]], reps: int
+    ) -> list[Result]:
+        """Latency, connection rate, bulk and ping-pong through every target.
+
+        Tests are interleaved (each test runs on every target in turn, ``reps``
+        times) so background load drifts affect all targets alike; medians kept.
+        """
+        s = self.settings
+        tests: list[tuple[str, int | float, float]] = [
+            ("lat", s.lat_count, 60),
+            ("rate", s.rate_concurrency, s.rate_seconds),
+            ("bulk", s.bulk_bytes, 60),
+            ("pp", s.pp_connections, s.pp_seconds),
+        ]
+        samples: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
+        for mode, amount, seconds in tests:
+            for _ in range(reps):
+                for name, port, box in targets:
+                    print(f"   {mode} {name}", file=sys.stderr, flush=True)
+                    before = cpu_seconds(box.pid) if box else 0.0
+                    t0 = time.monotonic()
+                    out = self.load(mode, port, amount, seconds)
+                    took = time.monotonic() - t0
+                    if box:
+                        cpu.setdefault((name, mode), []).append(
+                            100 * (cpu_seconds(box.pid) - before) / took
+                        )
+                    if mode == "lat":
+                        figures = {"lat_p50_us": out["p50_us"], "lat_p99_us": out["p99_us"]}
+                    elif mode == "rate":
+                        figures = {"conn_per_s": out["per_s"]}
+                    elif mode == "bulk":
+                        figures = {"bulk_mb_s": out["mb_s"] if out.get("complete") else 0.0}
+                    else:
+                        figures = {"pp16_rt_per_s": out["per_s"]}
+                    for key, value in figures.items():
+                        samples.setdefault((name, key), []).append(value)
+                    time.sleep(0.2)
+        results = []
+        for name, _, _ in targets:
+            r = Result(name)
+            for (n, key), values in samples.items():
+                if n == name:
+                    r.figures[key] = statistics.median(values)
+            for (n, mode), values in cpu.items():
+                if n == name:
+                    r.cpu[mode] = statistics.median(values)
+            results.append(r)
+        return results
+
+    def idle(self, port: int, box: subprocess.Popen[bytes]) -> dict[str, float]:
+        """PSS of a fresh middlebox before and while holding idle proxied connections."""
+        count = self.settings.idle_connections
+        time.sleep(0.3)
+        before = pss_kb(box.pid)
+        argv = [str(self.client), "idle", str(port), str(count), "60"]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+        if self.pin:
+            os.sched_setaffinity(proc.pid, self.load_cpus)
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline()
+        held = json.loads(line)["open"] if line else 0
+        time.sleep(0.5)
+        during = pss_kb(box.pid)
+        proc.stdin.close()
+        proc.wait(timeout=30)
+        per = (during - before) * 1024 / held if held else float("nan")
+        return {"idle_open": held, "pss_before_kb": before, "pss_held_kb": during, "pss_per_conn_b": per}
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def middleboxes(backend_port: int) -> dict[str, Any]:
+    """name -> function(port) giving the argv of that middlebox."""
+    backend = f"127.0.0.1:{backend_port}"
+    return {
+        "direct": None,
+        "portmux": lambda port: [
+            PYTHON, str(HERE / "portmux_proxy.py"), "--quiet",
+            "--listen", f"127.0.0.1:{port}", "--http", backend,
+        ],
+        "portforward": lambda port: [
+            PYTHON, str(HERE / "portforward_fwd.py"), "--listen", f"127.0.0.1:{port}", "--to", backend,
+        ],
+    }
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def report(results: list[Result]) -> str:
+    """A Markdown table, with ratios vs direct and vs portforward."""
+    by = {r.name: r for r in results}
+    rows = [
+        ("connect+first byte p50 (us)", "lat_p50_us", False),
+        ("connect+first byte p99 (us)", "lat_p99_us", False),
+        ("new connections/s", "conn_per_s", True),
+        ("bulk MB/s (one stream)", "bulk_mb_s", True),
+        ("round trips/s (16 conns)", "pp16_rt_per_s", True),
+        ("PSS per idle connection (bytes)", "pss_per_conn_b", False),
+        ("PSS before / holding idle (KiB)", "pss_pair", False),
+    ]
+    names = [r.name for r in results]
+    head = "| measure | " + " | ".join(names) + " | portmux/direct | portmux/portforward |"
+    lines = [head, "|" + "---|" * (len(names) + 3)]
+    for label, key, _higher in rows:
+        cells = []
+        for r in results:
+            if key == "pss_pair":
+                f = r.figures
+                cells.append(f"{f['pss_before_kb']:.0f} / {f['pss_held_kb']:.0f}" if "pss_held_kb" in f else "-")
+            else:
+                v = r.figures.get(key)
+                cells.append("-" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:.1f}")
+        pm = by.get("portmux")
+        extra = ["-", "-"]
+        if pm is not None and key != "pss_pair":
+            v = pm.figures.get(key, 0.0)
+            extra = [
+                ratio(v, by["direct"].figures.get(key, 0.0)) if "direct" in by else "-",
+                ratio(v, by["portforward"].figures.get(key, 0.0)) if "portforward" in by else "-",
+            ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
+    cpu = ["", "middlebox CPU % of one core during each test:"]
+    for r in results:
+        if r.cpu:
+            cpu.append(f"- {r.name}: " + ", ".join(f"{k} {v:.0f}%" for k, v in r.cpu.items()))
+    return "\n".join(lines + cpu)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs (~1 min)")
+    parser.add_argument("--only", default="direct,portmux,portforward")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--idle", type=int, default=2000, help="idle connections for PSS")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per test (median)")
+    parser.add_argument("--json", help="also write the raw figures to this file")
+    args = parser.parse_args(argv)
+    settings = Settings(pin=not args.no_pin, idle_connections=args.idle)
+    if args.quick:
+        settings.lat_count = 500
+        settings.rate_seconds = 2.0
+        settings.bulk_bytes = 200_000_000
+        settings.pp_seconds = 2.0
+        args.reps = 1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(soft, min(hard, 2 * settings.idle_connections + 1024))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+    only = [n.strip() for n in args.only.split(",") if n.strip()]
+    with tempfile.TemporaryDirectory(prefix="portmux-bench-") as tmp:
+        workdir = Path(tmp)
+        backend_bin, client_bin = build(workdir)
+        runner = Runner(settings, client_bin, workdir)
+        backend_port = free_port()
+        backend = runner.start("backend", [str(backend_bin), str(backend_port)], box=False)
+        running: list[subprocess.Popen[bytes]] = []
+        try:
+            wait_listening(backend_port)
+            boxes = middleboxes(backend_port)
+            targets: list[tuple[str, int, subprocess.Popen[bytes] | None]] = []
+            for name in only:
+                if name not in boxes:
+                    sys.exit(f"unknown middlebox {name!r}; choose from {', '.join(boxes)}")
+                make = boxes[name]
+                if make is None:
+                    targets.append((name, backend_port, None))
+                    continue
+                port = free_port()
+                box = runner.start(name, make(port), box=True)
+                running.append(box)
+                wait_listening(port)
+                targets.append((name, port, box))
+            results = runner.measure(targets, args.reps)
+            for box in running:
+                stop(box)
+            for result in results:
+                make = boxes[result.name]
+                if make is None:
+                    continue
+                print(f"   idle {result.name}", file=sys.stderr, flush=True)
+                port = free_port()
+                box = runner.start(result.name + "-idle", make(port), box=True)
+                running.append(box)
+                wait_listening(port)
+                result.figures.update(runner.idle(port, box))
+                stop(box)
+        finally:
+            for box in running:
+                stop(box)
+            stop(backend)
+    table = report(results)
+    print(table)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps([{"name": r.name, **r.figures, "cpu": r.cpu} for r in results], indent=2)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
