@@ -11,16 +11,16 @@ import os
 import socket
 import stat
 import struct
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from portmux import protocol_control as pc
-from portmux.registry import Address, Registry, RegistrationError, parse_address
+from portmux.registry import Address, RegistrationError, Registry, parse_address
 from portmux.targets.handoff import PendingHandoff, WorkerGroupTarget
 
 log = Logger(namespace="portmux")
@@ -98,8 +98,9 @@ class ControlProtocol(Protocol):
     uid = -1
     gid = -1
     label = "?"
+    transport: Any
 
-    def __init__(self, factory: "ControlFactory") -> None:
+    def __init__(self, factory: ControlFactory) -> None:
         self.factory = factory
         self.decoder = pc.FrameDecoder()
         self.pending: dict[int, tuple[PendingHandoff, Any]] = {}
@@ -117,12 +118,12 @@ class ControlProtocol(Protocol):
         try:
             self.pid, self.uid, self.gid = factory.credentials(self.transport)
         except OSError as e:
-            log.warn("control: cannot read peer credentials: {error}", error=e)
+            log.warn("control: cannot read peer credentials: {error}", error=e)  # noqa: G010 (twisted.logger)
             self.transport.loseConnection()
             return
         self.label = f"pid {self.pid} uid {self.uid}"
         if not factory.authorized(self.pid, self.uid, self.gid):
-            log.warn("control: refused {label}: uid/gid not in [control] allow_uids/allow_gids", label=self.label)
+            log.warn("control: refused {label}: uid/gid not in [control] allow_uids/allow_gids", label=self.label)  # noqa: G010 (twisted.logger)
             self.send({
                 "op": "error",
                 "error": "Unauthorized",
@@ -136,7 +137,7 @@ class ControlProtocol(Protocol):
         self._last_heard = factory.reactor.seconds()
         self._heartbeat = factory.reactor.callLater(factory.heartbeat, self._beat)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self._gone:
             return
         self._gone = True
@@ -169,7 +170,7 @@ class ControlProtocol(Protocol):
             messages = self.decoder.feed(data)
         except pc.FrameError as e:
             self.send({"op": "error", "error": "BadFrame", "message": str(e)})
-            log.warn("control: {label} sent a bad frame: {error}", label=self.label, error=e)
+            log.warn("control: {label} sent a bad frame: {error}", label=self.label, error=e)  # noqa: G010 (twisted.logger)
             self.transport.loseConnection()
             return
         for message in messages:
@@ -186,7 +187,7 @@ class ControlProtocol(Protocol):
         factory = self.factory
         self._heartbeat = None
         if factory.reactor.seconds() - self._last_heard >= factory.heartbeat_timeout:
-            log.warn("control: {label} silent for {timeout}s; dropping it", label=self.label,
+            log.warn("control: {label} silent for {timeout}s; dropping it", label=self.label,  # noqa: G010 (twisted.logger)
                      timeout=factory.heartbeat_timeout)
             factory.mark_timed_out(self)
             self.transport.abortConnection()
@@ -259,7 +260,6 @@ class ControlProtocol(Protocol):
             if timer.active():
                 timer.cancel()
             handoff.acknowledged()
-        return None
 
     def op_nack(self, message: pc.Message) -> None:
         entry = self.pending.pop(int(message["id"]), None)
@@ -268,7 +268,6 @@ class ControlProtocol(Protocol):
             if timer.active():
                 timer.cancel()
             handoff.failed(f"worker declined: {message.get('reason', 'no reason')}", True)
-        return None
 
     # -- handoff -----------------------------------------------------------
 
@@ -280,14 +279,14 @@ class ControlProtocol(Protocol):
         handoff_id = self._ids
         timer = self.factory.reactor.callLater(self.factory.ack_timeout, self._ack_timed_out, handoff_id)
         self.pending[handoff_id] = (handoff, timer)
-        self.transport.sendFileDescriptor(handoff.fd)  # type: ignore[attr-defined]
+        self.transport.sendFileDescriptor(handoff.fd)
         self.send(handoff.message(handoff_id))
         return True
 
     def _ack_timed_out(self, handoff_id: int) -> None:
         entry = self.pending.pop(handoff_id, None)
         if entry is not None:
-            log.warn("control: {label} did not accept handoff {id} in {timeout}s", label=self.label,
+            log.warn("control: {label} did not accept handoff {id} in {timeout}s", label=self.label,  # noqa: G010 (twisted.logger)
                      id=handoff_id, timeout=self.factory.ack_timeout)
             entry[0].failed("the worker did not accept the connection in time", False)
 
@@ -369,7 +368,7 @@ class ControlService(Service):
 
     def __init__(self, reactor: Any, mux: Any, control_config: Any, reservations: Iterable[Any] = ()) -> None:
         self.reactor = reactor
-        self.path = unix_path(str(getattr(control_config, "endpoint")))
+        self.path = unix_path(str(control_config.endpoint))
         self.factory = ControlFactory(
             reactor,
             mux,
@@ -383,7 +382,7 @@ class ControlService(Service):
         self.port: Any = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         prepare_path(self.path)
         others = (self.factory.allow_uids - {0, self.factory.own_uid}) or self.factory.allow_gids
         old = os.umask(0o177)
@@ -397,7 +396,7 @@ class ControlService(Service):
         log.info("control: listening on unix:{path}", path=self.path)
 
     def stopService(self) -> Any:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         port, self.port = self.port, None
         for connection in list(self.factory.connections):
             connection.transport.loseConnection()

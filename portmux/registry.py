@@ -8,9 +8,12 @@ balanced across its members. See docs/workers.md.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
+
+from twisted.logger import Logger
 
 from portmux import naming
 from portmux.preamble import Preamble
@@ -22,6 +25,8 @@ from portmux.routing import (
     normalize_name,
     path_prefix_matches,
 )
+
+log = Logger(namespace="portmux")
 
 KINDS = ("tcpmux", "http", "tls", "nettcp")
 MODES = ("proxy", "handoff")
@@ -395,8 +400,8 @@ class Registry:
             if stop is not None:
                 try:
                     stop()
-                except Exception:
-                    pass
+                except Exception:  # noqa: BLE001 - one bad target must not keep others alive
+                    log.failure("stopping {target} failed", target=member.target)
 
     def _republish(self) -> None:
         self._publish(self.routes())

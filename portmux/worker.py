@@ -19,8 +19,10 @@ from typing import Any
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress, IFileDescriptorReceiver, IProtocolFactory
+from twisted.internet.interfaces import (
+    IAddress,
+    IFileDescriptorReceiver,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -51,7 +53,7 @@ def control_path(control: str) -> str:
     return rest.split(":", 1)[0]
 
 
-def peer_address(facts: Any) -> IAddress | None:
+def peer_address(facts: Any) -> Any:
     """The real client address portmux saw, as a Twisted address."""
     if not isinstance(facts, dict) or "host" not in facts:
         return None
@@ -75,13 +77,13 @@ class Handoff:
 class _Adopting(Factory):
     """Builds the user's protocol for one adopted socket, with the real peer address."""
 
-    def __init__(self, factory: IProtocolFactory, handoff: Handoff) -> None:
+    def __init__(self, factory: Any, handoff: Handoff) -> None:
         self.factory = factory
         self.handoff = handoff
         self.built: Any = None
         self.transport: Any = None
 
-    def buildProtocol(self, addr: IAddress) -> Any:
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         protocol = self.factory.buildProtocol(self.handoff.peer or addr)
         if protocol is not None:
             try:
@@ -94,7 +96,7 @@ class _Adopting(Factory):
                 self.transport = transport
                 make_connection(transport)
 
-            protocol.makeConnection = remember
+            protocol.makeConnection = remember  # instance attribute shadows the method
         self.built = protocol
         return protocol
 
@@ -112,7 +114,7 @@ def flush(transport: Any) -> None:
         do_write()
 
 
-def adopt(reactor: Any, fd: int, factory: IProtocolFactory, handoff: Handoff) -> Any:
+def adopt(reactor: Any, fd: int, factory: Any, handoff: Handoff) -> Any:
     """Serve the connected socket ``fd`` with ``factory``: greeting, adopt, replay. Closes ``fd``."""
     try:
         probe = socket.socket(fileno=os.dup(fd))
@@ -137,7 +139,9 @@ def adopt(reactor: Any, fd: int, factory: IProtocolFactory, handoff: Handoff) ->
 class WorkerProtocol(Protocol):
     """The worker's end of the control connection."""
 
-    def __init__(self, worker: "Worker") -> None:
+    transport: Any
+
+    def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.decoder = pc.FrameDecoder()
         self.fds: deque[int] = deque()
@@ -150,7 +154,7 @@ class WorkerProtocol(Protocol):
     def connectionMade(self) -> None:
         self._last_heard = self.worker.reactor.seconds()
 
-    def request(self, message: pc.Message) -> "Deferred[pc.Message]":
+    def request(self, message: pc.Message) -> Deferred[pc.Message]:
         """Send ``message`` with a fresh id; fires with the reply, errbacks with ControlError."""
         self._ids += 1
         message = dict(message, id=self._ids)
@@ -207,7 +211,7 @@ class WorkerProtocol(Protocol):
         self.handoffs += 1
         try:
             adopt(self.worker.reactor, fd, self.worker.factory, info)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged; one bad connection must not end the worker
             log.failure("adopting handed-off connection {id} failed", id=handoff_id)
 
     def start_watch(self, interval: float) -> None:
@@ -223,7 +227,7 @@ class WorkerProtocol(Protocol):
 
         self._watch = reactor.callLater(interval, check)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self._watch is not None and self._watch.active():
             self._watch.cancel()
         while self.fds:
@@ -237,7 +241,7 @@ class WorkerProtocol(Protocol):
 class Worker:
     """A connection to portmux's control socket serving ``factory``."""
 
-    def __init__(self, reactor: Any, control: str, factory: IProtocolFactory) -> None:
+    def __init__(self, reactor: Any, control: str, factory: Any) -> None:
         self.reactor = reactor
         self.path = control_path(control)
         self.factory = factory
@@ -246,59 +250,60 @@ class Worker:
         self.lost: Deferred[None] = Deferred()
         self._started = False
 
-    def connect(self) -> "Deferred[Worker]":
+    def connect(self) -> Deferred[Worker]:
         """Connect and say hello; fires with self."""
-        endpoint = UNIXClientEndpoint(self.reactor, self.path)
+        endpoint = UNIXClientEndpoint(self.reactor, self.path)  # type: ignore[no-untyped-call]
         worker = self
 
         class _Factory(Factory):
-            def buildProtocol(self, addr: IAddress) -> WorkerProtocol:
+            def buildProtocol(self, addr: IAddress | None) -> WorkerProtocol:
                 return WorkerProtocol(worker)
 
-        d = endpoint.connect(_Factory())
+        d: Any = endpoint.connect(_Factory())  # type: ignore[no-untyped-call]
 
-        def connected(protocol: WorkerProtocol) -> "Deferred[pc.Message]":
+        def connected(protocol: WorkerProtocol) -> Deferred[pc.Message]:
             self.protocol = protocol
             if not self._started:
                 self._started = True
                 self.factory.doStart()
             return protocol.request({"op": "hello", "version": pc.VERSION, "pid": os.getpid()})
 
-        def greeted(reply: pc.Message) -> "Worker":
+        def greeted(reply: pc.Message) -> Worker:
             self.hello = reply
             assert self.protocol is not None
             self.protocol.start_watch(float(reply.get("heartbeat", 5.0)))
             return self
 
-        return d.addCallback(connected).addCallback(greeted)
+        result: Deferred[Worker] = d.addCallback(connected).addCallback(greeted)
+        return result
 
-    def register(self, address: dict[str, str], mode: str = "handoff", endpoint: str | None = None) -> "Deferred[pc.Message]":
+    def register(self, address: dict[str, str], mode: str = "handoff", endpoint: str | None = None) -> Deferred[pc.Message]:
         """Register ``address`` (e.g. {"kind": "tcpmux", "service": "echo"}); fires with the reply."""
         message: pc.Message = {"op": "register", "address": address, "mode": mode}
         if endpoint is not None:
             message["endpoint"] = endpoint
         return self._request(message)
 
-    def unregister(self, address: dict[str, str]) -> "Deferred[pc.Message]":
+    def unregister(self, address: dict[str, str]) -> Deferred[pc.Message]:
         return self._request({"op": "unregister", "address": address})
 
-    def routes(self) -> "Deferred[pc.Message]":
+    def routes(self) -> Deferred[pc.Message]:
         """Every live route, static and registered, as portmux reports them."""
         return self._request({"op": "routes"})
 
-    def close(self) -> "Deferred[None]":
+    def close(self) -> Deferred[None]:
         """Close the control connection; portmux drops our routes at once."""
         if self.protocol is None or self.protocol.transport is None:
             return succeed(None)
         self.protocol.transport.loseConnection()
         return self.lost
 
-    def _request(self, message: pc.Message) -> "Deferred[pc.Message]":
+    def _request(self, message: pc.Message) -> Deferred[pc.Message]:
         if self.protocol is None:
             raise ControlError("NotConnected", "call connect() first")
         return self.protocol.request(message)
 
-    def _lost(self, reason: Failure) -> None:
+    def _lost(self, reason: Failure | None) -> None:
         self.protocol = None
         if self._started:
             self._started = False

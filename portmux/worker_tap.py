@@ -8,9 +8,15 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
-from twisted.application.service import IServiceCollection, IServiceMaker, MultiService, Service
+from twisted.application.service import (
+    IServiceCollection,
+    IServiceMaker,
+    MultiService,
+    Service,
+)
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
@@ -25,7 +31,7 @@ class Options(usage.Options):
     """Options for ``twistd portmux-worker``; a trailing twistd plugin supplies the factory."""
 
     synopsis = "--control unix:PATH --address ADDR... (--factory MOD:NAME | PLUGIN [plugin options])"
-    optParameters = [
+    optParameters: ClassVar[list[list[Any]]] = [
         ["control", None, None, "portmux's control socket, e.g. unix:/run/portmux/control.sock"],
         ["mode", None, "handoff", "delivery mode: handoff (socket passing) or proxy"],
         ["listen", None, "tcp:0:interface=127.0.0.1",
@@ -35,7 +41,7 @@ class Options(usage.Options):
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self["addresses"] = []
 
     def opt_address(self, text: str) -> None:
@@ -46,7 +52,7 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
     @property
-    def subCommands(self) -> Iterator[tuple[str, None, Any, str]]:  # type: ignore[override]
+    def subCommands(self) -> Iterator[tuple[str, None, Any, str]]:
         for plugin in getPlugins(IServiceMaker):
             if plugin.tapname == "portmux-worker":
                 continue
@@ -93,7 +99,7 @@ def take_factory(service: Any) -> IProtocolFactory | None:
 class WorkerService(Service):
     """Keeps a Worker connected and registered; reconnects when portmux goes away."""
 
-    def __init__(self, reactor: Any, options: Any, factory: IProtocolFactory) -> None:
+    def __init__(self, reactor: Any, options: Any, factory: Any) -> None:
         self.reactor = reactor
         self.options = options
         self.factory = factory
@@ -103,11 +109,11 @@ class WorkerService(Service):
         self._port: Any = None
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         if self.options["mode"] == "proxy":
             from twisted.internet.endpoints import serverFromString
 
-            d = serverFromString(self.reactor, self.options["listen"]).listen(self.factory)
+            d = serverFromString(self.reactor, self.options["listen"]).listen(self.factory)  # type: ignore[no-untyped-call]
             d.addCallback(self._listening)
         else:
             self._connect()
@@ -141,7 +147,7 @@ class WorkerService(Service):
             log.error("portmux refused us: {error}; stopping", error=failure.value)
             self.reactor.stop()
             return
-        log.warn("cannot reach portmux: {error}; retrying", error=failure.getErrorMessage())
+        log.warn("cannot reach portmux: {error}; retrying", error=failure.getErrorMessage())  # noqa: G010 (twisted.logger)
         if self.worker is not None and self.worker.protocol is None:
             self._again()
 
@@ -150,7 +156,7 @@ class WorkerService(Service):
             self._retry = self.reactor.callLater(float(self.options["retry"]), self._connect)
 
     def stopService(self) -> Any:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
@@ -165,12 +171,12 @@ def makeService(options: Options) -> MultiService:
     """The worker service, plus whatever else the wrapped plugin built."""
     from twisted.internet import reactor
 
-    top = MultiService()
+    top = MultiService()  # type: ignore[no-untyped-call]
     if options["factory"]:
         factory = load_factory(options["factory"])
     else:
         plugin = next(p for p in getPlugins(IServiceMaker) if p.tapname == options.subCommand)
-        inner = plugin.makeService(options.subOptions)
+        inner: Any = plugin.makeService(options.subOptions)  # type: ignore[call-arg,misc,no-untyped-call]
         own = getattr(inner, "factory", None)
         if own is not None and hasattr(inner, "endpoint") and IProtocolFactory.providedBy(own):
             factory = own
@@ -181,5 +187,5 @@ def makeService(options: Options) -> MultiService:
                     f"twistd {options.subCommand} built no listening server to take over")
             factory = found
             inner.setServiceParent(top)
-    WorkerService(reactor, options, factory).setServiceParent(top)
+    WorkerService(reactor, options, factory).setServiceParent(top)  # type: ignore[no-untyped-call]
     return top

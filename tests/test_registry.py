@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from portmux.preamble import Preamble
-from portmux.registry import Registry, RegistrationError, parse_address
+from portmux.registry import RegistrationError, Registry, parse_address
 from portmux.routing import Match, Router
 
 

@@ -10,8 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -73,7 +73,7 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 
 def run(*argv: str, stdin: bytes = b"") -> bytes:
-    return subprocess.run(argv, input=stdin, capture_output=True, timeout=15).stdout
+    return subprocess.run(argv, check=False, input=stdin, capture_output=True, timeout=15).stdout
 
 
 def nc_exchange(port: int, data: bytes, expect: bytes) -> bytes:

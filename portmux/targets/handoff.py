@@ -38,7 +38,8 @@ def socket_of(transport: Any) -> socket.socket:
         raise DetachError(f"{type(transport).__name__} is not a plain socket transport")
     if transport.getHandle() is not handle:
         raise DetachError(f"{type(transport).__name__} wraps its socket (TLS?)")
-    return handle
+    result: socket.socket = handle
+    return result
 
 
 def detach(transport: Any) -> None:
@@ -60,7 +61,7 @@ def detach(transport: Any) -> None:
         os.dup2(placeholder.fileno(), handle.fileno())
     finally:
         placeholder.close()
-    transport.connectionLost(Failure(ConnectionDone("socket handed off")))
+    transport.connectionLost(Failure(ConnectionDone("socket handed off")))  # type: ignore[no-untyped-call]
 
 
 def accept_bytes(preamble: Preamble) -> bytes:
@@ -92,14 +93,14 @@ def peer_facts(address: Any) -> dict[str, Any]:
 class _Waiting(Protocol):
     """Receives the connection's events while the worker decides; reading is paused."""
 
-    def __init__(self, pending: "PendingHandoff") -> None:
+    def __init__(self, pending: PendingHandoff) -> None:
         self.pending = pending
 
     def dataReceived(self, data: bytes) -> None:
         # Reading is paused; a transport that delivers anyway gets its bytes queued.
         self.pending.late += data
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.pending.closed = True
 
 
@@ -157,7 +158,7 @@ class PendingHandoff:
         self.done = True
         try:
             detach(self.connection.transport)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged; the worker already owns the socket
             log.failure("detaching a handed-off connection failed")
 
     def failed(self, reason: str, retry: bool) -> None:
@@ -202,4 +203,4 @@ class WorkerGroupTarget:
         connection.transport.pauseProducing()
         waiting = _Waiting(pending)
         pending.next()
-        return waiting
+        return waiting  # type: ignore[return-value]

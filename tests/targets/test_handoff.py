@@ -98,7 +98,7 @@ class DetachTests(TestCase):
 
     async def test_abort_connection_would_taint_it(self) -> None:
         """abortConnection sets SO_LINGER 0 on the shared socket: the worker's close sends RST."""
-        to_client, to_worker, _ = await self.exchange("abort")
+        _, to_worker, _ = await self.exchange("abort")
         self.assertEqual(to_worker, b"from client|reset")
 
 
