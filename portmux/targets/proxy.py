@@ -2,19 +2,26 @@
 
 Per connection: dial the next backend round-robin (failing over to the others
 once each), send an optional PROXY header, the bytes already read, then copy
-both ways with crosswise streaming producers and half-close.  ``tcp:`` and
-``unix:`` backends are dialled with ``reactor.connectTCP``/``connectUNIX`` and
-the connection object itself as the factory (no Deferred, no closure); other
-endpoints go through ``IStreamClientEndpoint.connect``.  See
-docs/performance.md for why the data path looks the way it does.
+both ways with crosswise streaming producers and half-close.  ``tcp:`` backends
+given as IP literals are dialled with our own non-blocking socket wrapped in a
+plain TCP transport; other ``tcp:`` and ``unix:`` backends with
+``reactor.connectTCP``/``connectUNIX`` and the connection object itself as the
+factory (no Deferred, no closure); other endpoints (``tls:``...) through
+``IStreamClientEndpoint.connect``.  See docs/performance.md for why the data
+path looks the way it does.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
+from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import error, tcp
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
@@ -25,6 +32,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
     IProtocol,
+    IReactorFDSet,
     IStreamClientEndpoint,
 )
 from twisted.logger import Logger
@@ -44,7 +52,7 @@ PENDING_LIMIT = 65536
 class Backend:
     """One backend: its display name and how to dial it."""
 
-    __slots__ = ("endpoint", "name", "tcp", "unix")
+    __slots__ = ("address", "endpoint", "family", "name", "tcp", "unix")
 
     def __init__(self, reactor: Any, spec: str | IStreamClientEndpoint) -> None:
         endpoint: Any = clientFromString(reactor, spec) if isinstance(spec, str) else spec  # type: ignore[no-untyped-call]
@@ -53,15 +61,121 @@ class Backend:
         # Fast paths: (host, port, bindAddress) / path for the reactor's own connectors.
         self.tcp: tuple[str, int, Any] | None = None
         self.unix: str | None = None
+        # Fastest path: an IP literal we dial with our own non-blocking socket.
+        self.family = socket.AF_INET
+        self.address: tuple[str, int] | None = None
         if isinstance(endpoint, (TCP4ClientEndpoint, TCP6ClientEndpoint)):
             host = getattr(endpoint, "_host", None)
             port = getattr(endpoint, "_port", None)
             if isinstance(host, str) and isinstance(port, int):
-                self.tcp = (host, port, getattr(endpoint, "_bindAddress", None))
+                bind = getattr(endpoint, "_bindAddress", None)
+                self.tcp = (host, port, bind)
+                if bind is None and IReactorFDSet.providedBy(reactor):
+                    if isIPAddress(host):
+                        self.family, self.address = socket.AF_INET, (host, port)
+                    elif isIPv6Address(host) and "%" not in host:
+                        self.family, self.address = socket.AF_INET6, (host, port)
         elif isinstance(endpoint, UNIXClientEndpoint):
             path = getattr(endpoint, "_path", None)
             if isinstance(path, str) and not getattr(endpoint, "_checkPID", 0):
                 self.unix = path
+
+
+def _failure(exc: BaseException) -> Failure:
+    return Failure(exc)  # type: ignore[no-untyped-call]
+
+
+def _connect_failure(err: int) -> Failure:
+    """The Twisted ConnectError subclass for a connect(2) errno, as a Failure."""
+    return _failure(error.getConnectError((err, os.strerror(err))))  # type: ignore[no-untyped-call]
+
+
+class _Outgoing(tcp.Connection):
+    """A backend connection portmux dialled itself, as an ordinary TCP transport."""
+
+    logstr = "portmux-proxy"
+
+    def __init__(
+        self, skt: socket.socket, protocol: IProtocol, reactor: Any, peer: tuple[str, int]
+    ) -> None:
+        tcp.Connection.__init__(self, skt, protocol, reactor)
+        self.connected = 1
+        self._peer = peer
+        self._family = skt.family
+
+    def _address(self, host: str, port: int) -> IAddress:
+        if self._family == socket.AF_INET6:
+            return IPv6Address("TCP", host, port)  # type: ignore[return-value]
+        return IPv4Address("TCP", host, port)  # type: ignore[return-value]
+
+    def getHost(self) -> IAddress:
+        host, port = self.socket.getsockname()[:2]
+        return self._address(host, port)
+
+    def getPeer(self) -> IAddress:
+        return self._address(*self._peer)
+
+
+class _Dialing:
+    """A non-blocking connect in progress, watched for writability by the reactor."""
+
+    __slots__ = ("address", "front", "skt")
+
+    def __init__(self, front: _Front, skt: socket.socket, address: tuple[str, int]) -> None:
+        self.front: _Front | None = front
+        self.skt = skt
+        self.address = address
+
+    def fileno(self) -> int:
+        return self.skt.fileno()
+
+    def logPrefix(self) -> str:
+        return "portmux-proxy-dial"
+
+    def doWrite(self) -> None:
+        """Writable: the connect finished, one way or the other."""
+        front = self._forget()
+        if front is None:
+            return
+        err = self.skt.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        front.dialing = None
+        if front.timer is not None:
+            if front.timer.active():
+                front.timer.cancel()
+            front.timer = None
+        if err:
+            self.skt.close()
+            front._dial_failed(_connect_failure(err))
+        else:
+            front.connected_socket(self.skt, self.address)
+
+    doRead = doWrite
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Only reached when the reactor drops us (e.g. on shutdown)."""
+        self.cancel()
+
+    def _forget(self) -> _Front | None:
+        front, self.front = self.front, None
+        if front is not None:
+            front.target.reactor.removeWriter(self)
+        return front
+
+    def cancel(self) -> None:
+        """The client left: stop watching and close the socket."""
+        if self._forget() is not None:
+            self.skt.close()
+
+    def timed_out(self) -> None:
+        """No answer within connect_timeout: give up on this backend."""
+        front = self._forget()
+        if front is None:
+            return
+        self.skt.close()
+        front.timer = None
+        front.dialing = None
+        reason = error.TimeoutError(string="connect timed out")  # type: ignore[no-untyped-call]
+        front._dial_failed(_failure(reason))
 
 
 def _endpoint_name(endpoint: object) -> str:
@@ -245,6 +359,9 @@ class _Front(_Leg):
         attempt = self.attempt
         self.tried.append(backend.name)
         reactor = target.reactor
+        if backend.address is not None:
+            self._dial_socket(backend)
+            return
         if backend.tcp is not None:
             host, port, bind = backend.tcp
             dialing = reactor.connectTCP(host, port, self, target.connect_timeout, bind)
@@ -257,6 +374,43 @@ class _Front(_Leg):
                 self.timer = reactor.callLater(target.connect_timeout, dialing.cancel)
         if self.attempt == attempt and self.sink is None and self.connection is not None:
             self.dialing = dialing  # still this attempt: not failed or connected already
+
+    def _dial_socket(self, backend: Backend) -> None:
+        """Dial an IP literal ourselves: no connector, Deferred or callLater(0).
+
+        A loopback connect usually completes inside connect(2), so the second
+        connect_ex says EISCONN and the backend is attached without a reactor turn.
+        """
+        address = backend.address
+        try:
+            skt = socket.socket(backend.family, socket.SOCK_STREAM)
+            skt.setblocking(False)
+            err = skt.connect_ex(address)  # type: ignore[arg-type]
+            if err == EINPROGRESS:
+                err = skt.connect_ex(address)  # type: ignore[arg-type]
+        except OSError as e:
+            reason = error.ConnectError(string=str(e))  # type: ignore[no-untyped-call]
+            self._dial_failed(_failure(reason))
+            return
+        if err == 0 or err == EISCONN:
+            self.connected_socket(skt, address)  # type: ignore[arg-type]
+        elif err in (EINPROGRESS, EALREADY, EWOULDBLOCK):
+            dialing = _Dialing(self, skt, address)  # type: ignore[arg-type]
+            self.dialing = dialing
+            self.target.reactor.addWriter(dialing)
+            self.timer = self.target.reactor.callLater(
+                self.target.connect_timeout, dialing.timed_out
+            )
+        else:
+            skt.close()
+            self._dial_failed(_connect_failure(err))
+
+    def connected_socket(self, skt: socket.socket, address: tuple[str, int]) -> None:
+        """Wrap a connected backend socket as a transport and start proxying."""
+        back = self.buildProtocol(None)  # type: ignore[arg-type]
+        transport = _Outgoing(skt, back, self.target.reactor, address)  # type: ignore[arg-type]
+        transport.startReading()  # type: ignore[no-untyped-call]
+        back.makeConnection(transport)
 
     def _stop_dialing(self) -> None:
         dialing, self.dialing = self.dialing, None
