@@ -268,6 +268,53 @@ class ProxyTests(TestCase):
         self.assertEqual(echoed, REQUEST)
         self.assertEqual(cancelled, [True])
 
+    def full_listener(self) -> int:
+        """A loopback port whose accept queue is full: new connects stay in progress."""
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        self.addCleanup(listener.close)
+        port: int = listener.getsockname()[1]
+        for _ in range(4):  # fill the queue; further SYNs are dropped
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            self.addCleanup(filler.close)
+        return port
+
+    @defer.inlineCallbacks
+    def test_socket_dial_timeout_then_failover(self) -> Any:
+        """An in-progress connect to an IP literal times out and the next backend is used."""
+        backend = BackendFactory(echo=True)
+        target = ProxyTarget(
+            reactor,
+            [f"tcp:127.0.0.1:{self.full_listener()}", f"tcp:127.0.0.1:{self.listen_backend(backend)}"],
+            connect_timeout=0.3,
+        )
+        self.assertIsNotNone(target.backends[0].address)  # the own-socket path
+        port, _ = self.listen_mux(target)
+        echoed = yield threads.deferToThread(exchange, port, REQUEST)
+        self.assertEqual(echoed, REQUEST)
+        self.assertEqual(len(backend.connections), 1)
+
+    @defer.inlineCallbacks
+    def test_socket_dial_cancelled_when_client_resets(self) -> Any:
+        """A client reset while our own connect is in progress stops watching that socket."""
+        target = ProxyTarget(reactor, [f"tcp:127.0.0.1:{self.full_listener()}"], connect_timeout=60)
+        port, mux = self.listen_mux(target)
+
+        def client() -> None:
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(REQUEST)
+                time.sleep(0.2)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+        yield threads.deferToThread(client)
+        yield self.wait_for(lambda: mux.stats.for_route("proxied").active == 0)
+        dialing = [w for w in reactor.getWriters() if type(w).__name__ == "_Dialing"]
+        self.assertEqual(dialing, [])
+        self.assertEqual(mux.stats.refusals["502"], 0)
+
     @defer.inlineCallbacks
     def test_connect_timeout_all_down(self) -> Any:
         """Only hanging backends: a 502 after the timeout."""
