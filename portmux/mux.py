@@ -24,7 +24,7 @@ from zope.interface import implementer
 from portmux import refusal
 from portmux.interfaces import IProbe
 from portmux.preamble import NEED_MORE, NO, Preamble
-from portmux.routing import Match, Route, Router, peer_ip
+from portmux.routing import Match, Network, Route, Router, _in_networks, peer_ip
 from portmux.stats import RouteCounters, Stats
 
 log = Logger(namespace="portmux")
@@ -102,6 +102,7 @@ class SniffingProtocol(Protocol):
     _timer: Any = None
     _target: Any = None
     _counters: RouteCounters | None = None
+    header_from: tuple[Network, ...] = ()
     outer: Preamble | None = None
     """Facts of an enclosing layer (TLS termination), merged by with_outer before routing."""
 
@@ -127,6 +128,31 @@ class SniffingProtocol(Protocol):
         if self._router.silent_route is not None:
             delay = min(delay, settings.silence_timeout)
         self._timer = mux.reactor.callLater(delay, self._timed_out)
+        if self.header_from and _in_networks(self._ip, self.header_from):
+            self.dataReceived = self._header_received  # type: ignore[method-assign]
+
+    def _header_received(self, data: bytes) -> None:
+        """Read a PROXY v1/v2 header from a trusted load balancer, then sniff the rest."""
+        from portmux.proxyheader import parse_header
+
+        self._buffer = self._buffer + data if self._buffer else data
+        header = parse_header(self._buffer)
+        if header is NEED_MORE:
+            if len(self._buffer) >= self.mux.settings.preamble_max_bytes:
+                self.refuse(UNKNOWN, refusal.BAD_REQUEST, "PROXY header too long")
+            return
+        if header is NO:
+            self.refuse(UNKNOWN, refusal.BAD_REQUEST,
+                        "trusted peer sent no valid PROXY header")
+            return
+        del self.dataReceived  # back to the class's sniffing method
+        if header.source is not None:  # type: ignore[union-attr]
+            self.peer = header.source  # type: ignore[union-attr]
+            self._ip = peer_ip(self.peer)
+        rest = self._buffer[header.length:]  # type: ignore[union-attr]
+        self._buffer = b""
+        if rest:
+            self.dataReceived(rest)
 
     def dataReceived(self, data: bytes) -> None:
         self._buffer = self._buffer + data if self._buffer else data
@@ -322,6 +348,27 @@ def _describe(address: object) -> str:
     return str(getattr(address, "name", address))
 
 
+class _HeaderListener(ServerFactory):
+    """Listens for a Multiplexer, expecting PROXY headers from trusted networks."""
+
+    noisy = False
+
+    def __init__(self, mux: "Multiplexer", trusted: tuple[Network, ...]) -> None:
+        self.mux = mux
+        self.trusted = trusted
+
+    def startFactory(self) -> None:
+        self.mux.doStart()
+
+    def stopFactory(self) -> None:
+        self.mux.doStop()
+
+    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:
+        protocol = SniffingProtocol(self.mux, addr)
+        protocol.header_from = self.trusted
+        return protocol
+
+
 class Multiplexer(ServerFactory):
     """Shares one listening port between many services by sniffing each connection.
 
@@ -357,6 +404,12 @@ class Multiplexer(ServerFactory):
 
     def buildProtocol(self, addr: IAddress) -> SniffingProtocol:
         return SniffingProtocol(self, addr)
+
+    def listener_factory(self, proxy_header_from: tuple[Network, ...] = ()) -> ServerFactory:
+        """The factory to listen with; peers in ``proxy_header_from`` must send a PROXY header."""
+        if not proxy_header_from:
+            return self
+        return _HeaderListener(self, proxy_header_from)
 
     # -- routes ------------------------------------------------------------
 

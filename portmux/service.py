@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from portmux.mux import Multiplexer
+from portmux.routing import parse_networks
 
 log = Logger(namespace="portmux")
 
@@ -33,9 +34,15 @@ class PortmuxService(MultiService):
         config = load()
         self.config = config
         self.mux = Multiplexer(reactor, config.routes, settings=config.sniff)
-        endpoints = self._listen_override or [listener.endpoint for listener in config.listeners]
-        for description in endpoints:
-            ListenerService(reactor, description, self.mux).setServiceParent(self)
+        if self._listen_override:
+            listeners = [(description, ()) for description in self._listen_override]
+        else:
+            listeners = [
+                (listener.endpoint, _header_networks(listener)) for listener in config.listeners
+            ]
+        for description, trusted in listeners:
+            factory = self.mux.listener_factory(tuple(trusted))
+            ListenerService(reactor, description, self.mux, factory).setServiceParent(self)
         control_config = getattr(config, "control", None)
         if self._control_override:
             control_config = _control_with_endpoint(control_config, self._control_override)
@@ -105,10 +112,12 @@ class ListenerService(Service):
     A bind failure raises at startup so twistd exits with the reason.
     """
 
-    def __init__(self, reactor: Any, description: str, mux: Multiplexer) -> None:
+    def __init__(self, reactor: Any, description: str, mux: Multiplexer,
+                 factory: Any = None) -> None:
         self.reactor = reactor
         self.description = description
         self.mux = mux
+        self.factory = factory if factory is not None else mux
         self.port: Any = None
 
     def privilegedStartService(self) -> None:
@@ -117,7 +126,7 @@ class ListenerService(Service):
             return
         outcome: list[Any] = []
         endpoint = serverFromString(self.reactor, self.description)
-        endpoint.listen(self.mux).addBoth(outcome.append)
+        endpoint.listen(self.factory).addBoth(outcome.append)
         if not outcome:
             raise RuntimeError(f"{self.description}: the endpoint did not listen at once")
         result = outcome[0]
@@ -146,6 +155,13 @@ class ListenerService(Service):
             return None
         self.mux.listeners[:] = [x for x in self.mux.listeners if not x.startswith(self.description + " (")]
         return maybeDeferred(port.stopListening)
+
+
+def _header_networks(listener: Any) -> tuple[Any, ...]:
+    """Networks whose peers must send a PROXY header (all, when none are listed)."""
+    if not listener.proxy_protocol:
+        return ()
+    return tuple(listener.trusted) or parse_networks(["0.0.0.0/0", "::/0"])
 
 
 def _control_with_endpoint(control: Any, endpoint: str) -> Any:

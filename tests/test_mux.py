@@ -254,3 +254,51 @@ class RouterSwapTests(MuxTestCase):
         names = [r.name for r in self.mux.router.routes]
         self.assertEqual(names, ["w", "static"])
         self.assertIsInstance(self.mux.router, Router)
+
+
+class ProxyHeaderTests(SynchronousTestCase):
+    def make(self, trusted: list[str]) -> Any:
+        from portmux.routing import parse_networks
+
+        self.clock = MemoryReactorClock()
+        self.target = RecordingTarget()
+        mux = Multiplexer(self.clock, [Route("web", Match(protocol="http"), self.target)])
+        self.mux = mux
+        factory = mux.listener_factory(parse_networks(trusted))
+        factory.doStart()
+        protocol = factory.buildProtocol(PEER)
+        self.transport = StringTransport(peerAddress=PEER)
+        protocol.makeConnection(self.transport)
+        return protocol
+
+    def test_trusted_peer_header_sets_the_real_peer_and_is_stripped(self) -> None:
+        protocol = self.make(["127.0.0.0/8"])
+        data = b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 443\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        for cut in (3, 20, 45):
+            protocol = self.make(["127.0.0.0/8"])
+            protocol.dataReceived(data[:cut])
+            protocol.dataReceived(data[cut:])
+            connection = self.target.connections[-1]
+            self.assertEqual((connection.peer.host, connection.peer.port), ("192.0.2.7", 5555))
+            self.assertEqual(self.target.protocols[-1].data, data[data.index(b"GET"):])
+
+    def test_v2_header(self) -> None:
+        from twisted.internet.address import IPv4Address as Address
+
+        from portmux.proxyheader import v2_header
+
+        header = v2_header(Address("TCP", "198.51.100.1", 1000), Address("TCP", "127.0.0.1", 443))
+        protocol = self.make(["127.0.0.1/32"])
+        protocol.dataReceived(header + b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(self.target.connections[0].peer.host, "198.51.100.1")
+
+    def test_trusted_peer_without_header_gets_refused(self) -> None:
+        protocol = self.make(["127.0.0.0/8"])
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(self.target.connections, [])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_untrusted_peer_is_sniffed_normally_and_cannot_claim_an_address(self) -> None:
+        protocol = self.make(["10.0.0.0/8"])
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(self.target.connections[0].peer.host, "127.0.0.1")
