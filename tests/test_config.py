@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import testing
+from twisted.internet import defer, testing
+from twisted.trial import unittest as trial
 
 from portmux import config as config_module
 from portmux.config import (
@@ -711,3 +712,51 @@ def test_echo_factory_echoes() -> None:
     protocol.makeConnection(transport)
     protocol.dataReceived(b"hello")
     assert transport.value() == b"hello"
+
+
+# -- the example served for real ---------------------------------------------------------------
+
+
+def _exchange(port: int, data: bytes, until: bytes) -> bytes:
+    """A blocking client: send ``data``, read until ``until`` appears or the peer closes."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while until not in received:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+class ExampleServedTests(trial.TestCase):
+    """examples/one-port.toml's in-process routes answer real sockets."""
+
+    @defer.inlineCallbacks
+    def test_demo_site_upper_echo_and_help(self) -> Any:
+        from twisted.internet import reactor, threads
+
+        from portmux.mux import Multiplexer
+
+        config = load_config(REPO / "examples" / "one-port.toml", reactor)
+        mux = Multiplexer(reactor, config.routes, settings=config.sniff)
+        port = yield mux.listen("tcp:0:interface=127.0.0.1")
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        http = yield threads.deferToThread(
+            _exchange,
+            number,
+            b"GET /demo/hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            b"in-process resource",
+        )
+        assert b"200 OK" in http
+        assert b"hello from an in-process resource" in http
+        upper = yield threads.deferToThread(_exchange, number, b"upper\r\nhello", b"HELLO")
+        assert upper == b"+\r\nHELLO"
+        echo = yield threads.deferToThread(_exchange, number, b"ECHO\r\nping", b"ping")
+        assert echo == b"+\r\nping"
+        listing = yield threads.deferToThread(_exchange, number, b"HELP\r\n", b"\0")
+        assert listing == b"echo\r\nupper\r\n"
