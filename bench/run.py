@@ -152,18 +152,23 @@ class Runner:
                     t0 = time.monotonic()
                     out = self.load(mode, port, amount, seconds)
                     took = time.monotonic() - t0
+                    used = cpu_seconds(box.pid) - before if box else 0.0
                     if box:
-                        cpu.setdefault((name, mode), []).append(
-                            100 * (cpu_seconds(box.pid) - before) / took
-                        )
+                        cpu.setdefault((name, mode), []).append(100 * used / took)
                     if mode == "lat":
                         figures = {"lat_p50_us": out["p50_us"], "lat_p99_us": out["p99_us"]}
                     elif mode == "rate":
                         figures = {"conn_per_s": out["per_s"]}
+                        if box and out["connections"]:
+                            figures["cpu_us_per_conn"] = 1e6 * used / out["connections"]
                     elif mode == "bulk":
                         figures = {"bulk_mb_s": out["mb_s"] if out.get("complete") else 0.0}
+                        if box and out["bytes"]:
+                            figures["cpu_ms_per_gb"] = 1e3 * used / (out["bytes"] / 1e9)
                     else:
                         figures = {"pp16_rt_per_s": out["per_s"]}
+                        if box and out["round_trips"]:
+                            figures["cpu_us_per_rt"] = 1e6 * used / out["round_trips"]
                     for key, value in figures.items():
                         samples.setdefault((name, key), []).append(value)
                     time.sleep(0.2)
@@ -237,6 +242,9 @@ def report(results: list[Result]) -> str:
         ("new connections/s", "conn_per_s", True),
         ("bulk MB/s (one stream)", "bulk_mb_s", True),
         ("round trips/s (16 conns)", "pp16_rt_per_s", True),
+        ("middlebox CPU us per new connection", "cpu_us_per_conn", False),
+        ("middlebox CPU us per round trip", "cpu_us_per_rt", False),
+        ("middlebox CPU ms per GB bulk", "cpu_ms_per_gb", False),
         ("PSS per idle connection (bytes)", "pss_per_conn_b", False),
         ("PSS before / holding idle (KiB)", "pss_pair", False),
     ]

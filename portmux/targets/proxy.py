@@ -96,12 +96,17 @@ class _Outgoing(tcp.Connection):
     logstr = "portmux-proxy"
 
     def __init__(
-        self, skt: socket.socket, protocol: IProtocol, reactor: Any, peer: tuple[str, int]
+        self,
+        skt: socket.socket,
+        protocol: IProtocol,
+        reactor: Any,
+        peer: tuple[str, int],
+        family: int = socket.AF_INET,
     ) -> None:
         tcp.Connection.__init__(self, skt, protocol, reactor)
         self.connected = 1
         self._peer = peer
-        self._family = skt.family
+        self._family = family
 
     def _address(self, host: str, port: int) -> IAddress:
         if self._family == socket.AF_INET6:
@@ -147,7 +152,7 @@ class _Dialing:
             self.skt.close()
             front._dial_failed(_connect_failure(err))
         else:
-            front.connected_socket(self.skt, self.address)
+            front.connected_socket(self.skt, self.address, self.skt.family)
 
     doRead = doWrite
 
@@ -215,6 +220,29 @@ def _shut_write(sink: Any, direct: bool) -> None:
         sink.loseWriteConnection()
 
 
+_DONE = _failure(error.ConnectionDone())
+"""One shared Failure for clean closes, as twisted.internet.posixbase does for its own."""
+
+
+def _close(transport: Any) -> None:
+    """Close a transport whose both directions already ended.
+
+    FileDescriptor.loseConnection would build a new Failure (walking the
+    exception's MRO) for every connection; ours is shared.
+    """
+    if (
+        _direct(transport)
+        and transport._writeDisconnected
+        and transport.connected
+        and not transport.disconnecting
+    ):
+        transport.stopReading()
+        transport.stopWriting()
+        transport.connectionLost(_DONE)
+    else:
+        transport.loseConnection()
+
+
 @implementer(IHalfCloseableProtocol)
 class _Leg:
     """One side of a proxied connection; copies what it reads to the other side.
@@ -260,13 +288,13 @@ class _Leg:
             sink.unregisterProducer()  # a paused producer would block the shutdown
             _shut_write(sink, self.direct)
         if self.write_done:
-            self.transport.loseConnection()
+            _close(self.transport)
 
     def writeConnectionLost(self) -> None:
         """Our FIN to this side went out; close fully if the other way is done too."""
         self.write_done = True
         if self.read_done:
-            self.transport.loseConnection()
+            _close(self.transport)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         """This side is gone: flush what we owe the other side, then close it."""
@@ -393,7 +421,7 @@ class _Front(_Leg):
             self._dial_failed(_failure(reason))
             return
         if err == 0 or err == EISCONN:
-            self.connected_socket(skt, address)  # type: ignore[arg-type]
+            self.connected_socket(skt, address, backend.family)  # type: ignore[arg-type]
         elif err in (EINPROGRESS, EALREADY, EWOULDBLOCK):
             dialing = _Dialing(self, skt, address)  # type: ignore[arg-type]
             self.dialing = dialing
@@ -405,10 +433,10 @@ class _Front(_Leg):
             skt.close()
             self._dial_failed(_connect_failure(err))
 
-    def connected_socket(self, skt: socket.socket, address: tuple[str, int]) -> None:
+    def connected_socket(self, skt: socket.socket, address: tuple[str, int], family: int) -> None:
         """Wrap a connected backend socket as a transport and start proxying."""
         back = self.buildProtocol(None)  # type: ignore[arg-type]
-        transport = _Outgoing(skt, back, self.target.reactor, address)  # type: ignore[arg-type]
+        transport = _Outgoing(skt, back, self.target.reactor, address, family)  # type: ignore[arg-type]
         transport.startReading()  # type: ignore[no-untyped-call]
         back.makeConnection(transport)
 
