@@ -45,6 +45,7 @@ from portmux.interfaces import ITarget
 log = Logger(namespace="portmux")
 
 PROXY_HEADER_VERSIONS = ("v1", "v2")
+_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)  # Linux: one ioctl less per dial
 PENDING_LIMIT = 65536
 """Bytes read from a client while its backend is dialled before reading pauses."""
 
@@ -238,6 +239,7 @@ def _close(transport: Any) -> None:
     ):
         transport.stopReading()
         transport.stopWriting()
+        transport._shouldShutdown = False  # both halves are shut: skip a failing shutdown(2)
         transport.connectionLost(_DONE)
     else:
         transport.loseConnection()
@@ -411,8 +413,9 @@ class _Front(_Leg):
         """
         address = backend.address
         try:
-            skt = socket.socket(backend.family, socket.SOCK_STREAM)
-            skt.setblocking(False)
+            skt = socket.socket(backend.family, socket.SOCK_STREAM | _NONBLOCK)
+            if not _NONBLOCK:
+                skt.setblocking(False)
             err = skt.connect_ex(address)  # type: ignore[arg-type]
             if err == EINPROGRESS:
                 err = skt.connect_ex(address)  # type: ignore[arg-type]
