@@ -399,7 +399,7 @@ class Multiplexer(ServerFactory):
         self.settings = settings
         self.stats = Stats()
         self._running = False
-        self._started: list[Any] = []
+        self._started: dict[int, Any] = {}  # id(target) -> target, in start order
         self._site: Any = None
 
     def buildProtocol(self, addr: IAddress) -> SniffingProtocol:
@@ -433,12 +433,12 @@ class Multiplexer(ServerFactory):
         """Swap in a new Router, starting new targets and stopping ones no route uses."""
         self.router = router
         if self._running:
-            for target in router.targets():
+            targets = router.targets()
+            for target in targets:
                 self._start_target(target)
-            in_use = router.targets()
-            for target in [t for t in self._started if not any(t is u for u in in_use)]:
-                self._started.remove(target)
-                self._stop_target(target)
+            in_use = {id(target) for target in targets}
+            for key in [key for key in self._started if key not in in_use]:
+                self._stop_target(self._started.pop(key))
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -457,8 +457,8 @@ class Multiplexer(ServerFactory):
 
     def stopFactory(self) -> None:
         self._running = False
-        started, self._started = self._started, []
-        for target in reversed(started):
+        started, self._started = self._started, {}
+        for target in reversed(list(started.values())):
             self._stop_target(target)
 
     @staticmethod
@@ -471,9 +471,9 @@ class Multiplexer(ServerFactory):
                 log.failure("stopping target {target} failed", target=target)
 
     def _start_target(self, target: Any) -> None:
-        if any(t is target for t in self._started):
+        if id(target) in self._started:
             return
-        self._started.append(target)
+        self._started[id(target)] = target
         start = getattr(target, "start", None)
         if start is not None:
             start()

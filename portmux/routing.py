@@ -256,8 +256,7 @@ class Router:
 
     def targets(self) -> tuple[object, ...]:
         """Every distinct target, in route order."""
-        seen: list[object] = []
+        seen: dict[int, object] = {}
         for route in self.routes:
-            if not any(t is route.target for t in seen):
-                seen.append(route.target)
-        return tuple(seen)
+            seen.setdefault(id(route.target), route.target)
+        return tuple(seen.values())
