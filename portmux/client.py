@@ -77,7 +77,7 @@ class _Negotiator(_Base):
     ) -> None:
         self.reactor = reactor
         self.service = service
-        self._wrapped_factory = factory
+        self._wrapped_factory: Any = factory
         self.timeout = timeout
         self.answered: Deferred[IProtocol] = Deferred()
         self._buffer = b""
@@ -128,7 +128,7 @@ class _Negotiator(_Base):
             self._timer.cancel()
         self._timer = None
         transport = self._transport
-        inner = self._wrapped_factory.buildProtocol(transport.getPeer())
+        inner: Any = self._wrapped_factory.buildProtocol(transport.getPeer())
         if inner is None:
             self._fail(ConnectionClosed("the factory declined the connection"))
             transport.loseConnection()
