@@ -82,6 +82,18 @@ class Backend:
                 self.unix = path
 
 
+def _no_delay(transport: Any) -> None:
+    """Disable Nagle on a socket transport: a proxy must not delay what the peer sent.
+
+    A client that set TCP_NODELAY itself would otherwise see its small writes held
+    back by portmux until the backend ACKs the previous segment.
+    """
+    try:
+        transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass  # UNIX sockets have no Nagle
+
+
 def _failure(exc: BaseException) -> Failure:
     return Failure(exc)  # type: ignore[no-untyped-call]
 
@@ -416,6 +428,7 @@ class _Front(_Leg):
             skt = socket.socket(backend.family, socket.SOCK_STREAM | _NONBLOCK)
             if not _NONBLOCK:
                 skt.setblocking(False)
+            skt.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             err = skt.connect_ex(address)  # type: ignore[arg-type]
             if err == EINPROGRESS:
                 err = skt.connect_ex(address)  # type: ignore[arg-type]
@@ -514,6 +527,10 @@ class _Front(_Leg):
         connection.accept()
         back.sink = client
         back.direct = _direct(client)
+        if back.direct:
+            _no_delay(client)
+        if self.direct and type(server) is not _Outgoing:
+            _no_delay(server)  # connectTCP's transports (ours already have it)
         self.sink = server
         self.direct = _direct(server)
         data = connection.payload

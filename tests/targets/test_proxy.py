@@ -162,6 +162,31 @@ class ProxyTests(TestCase):
         echoed = yield threads.deferToThread(exchange, port, REQUEST + b"abc")
         self.assertEqual(echoed, REQUEST + b"abc")
 
+    @defer.inlineCallbacks
+    def test_nagle_disabled_both_legs(self) -> Any:
+        """Both of portmux's sockets of a proxied TCP connection have TCP_NODELAY set."""
+        held: list[Backend] = []
+        backend = BackendFactory(on_connect=held.append, on_eof=lambda b: None)
+        port, mux = self.listen_mux(ProxyTarget(reactor, [f"tcp:127.0.0.1:{self.listen_backend(backend)}"]))
+        s = socket.create_connection(("127.0.0.1", port))
+        self.addCleanup(s.close)
+        s.sendall(REQUEST)
+        yield self.wait_for(lambda: bool(held) and bool(held[0].received))
+        from twisted.internet.tcp import Connection
+
+        mine = [
+            t for t in _transports()
+            if isinstance(t, Connection)
+            and t.getPeer().port in (s.getsockname()[1], held[0].transport.getHost().port)
+            and getattr(t, "socket", None) is not None
+        ]
+        self.assertEqual(len(mine), 2)
+        for t in mine:
+            self.assertEqual(t.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+        s.close()
+        held[0].transport.loseConnection()
+        yield self.wait_for(lambda: mux.stats.for_route("proxied").active == 0)
+
     # -- PROXY headers -----------------------------------------------------------
 
     @defer.inlineCallbacks
