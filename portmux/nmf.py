@@ -196,18 +196,20 @@ def parse_base_address(uri: str) -> BaseAddress:
 
 
 class ViaIndex(Generic[T]):
-    """Immutable Via lookup over (base address, item) pairs in route order."""
+    """Immutable Via lookup over (base address, item) pairs in route order.
+
+    Keyed by (rank, path), so a lookup costs a few dict probes per Via path segment.
+    """
 
     def __init__(self, entries: Iterable[tuple[str, T]]) -> None:
-        ordered: list[tuple[int, int, int, BaseAddress, T]] = []
-        for order, (uri, item) in enumerate(entries):
+        table: dict[tuple[int, str], list[tuple[BaseAddress, T]]] = {}
+        for uri, item in entries:
             base = parse_base_address(uri)
-            ordered.append((base.rank, -len(base.path), order, base, item))
-        ordered.sort(key=lambda entry: entry[:3])
-        self._entries = tuple((entry[3], entry[4]) for entry in ordered)
+            table.setdefault((base.rank, base.path), []).append((base, item))
+        self._table = {key: tuple(value) for key, value in table.items()}
 
     def __bool__(self) -> bool:
-        return bool(self._entries)
+        return bool(self._table)
 
     def lookup(self, via: str) -> Iterator[T]:
         """Items whose base address takes ``via``: strong, exact, weak; longest prefix first."""
@@ -215,9 +217,15 @@ class ViaIndex(Generic[T]):
             parsed = parse_via(via)
         except ValueError:
             return
-        for base, item in self._entries:
-            if base.matches(parsed):
-                yield item
+        prefixes = [parsed.path.rstrip("/")]
+        while prefixes[-1]:
+            prefixes.append(prefixes[-1].rpartition("/")[0])
+        table = self._table
+        for rank in (0, 1, 2):
+            for prefix in prefixes:
+                for base, item in table.get((rank, prefix), ()):
+                    if base.matches(parsed):
+                        yield item
 
 
 def via_matches(base_address: str, via: str | None) -> bool:

@@ -90,7 +90,7 @@ class Match:
                 service = naming.parse(self.service)
             except naming.MalformedName as error:
                 raise ValueError(f"service {self.service!r}: {error}") from None
-            yield lambda p, ip: _service_accepts(service, p.service)
+            yield _service_check(service)
         if self.via is not None:
             try:
                 base = parse_base_address(self.via)
@@ -128,14 +128,24 @@ class Match:
         return not self.network or _in_networks(ip, self.network)
 
 
-def _service_accepts(route_name: naming.ServiceName, requested: str | None) -> bool:
-    """Whether a client asking for ``requested`` may reach ``route_name`` (see portmux.naming)."""
-    if requested is None:
-        return False
-    try:
-        return route_name.accepts(naming.parse(requested))
-    except naming.MalformedName:
-        return False
+def _service_check(route_name: naming.ServiceName) -> Check:
+    """A check admitting the names that may reach ``route_name`` (see portmux.naming)."""
+    base, full, versioned = route_name.base, str(route_name), route_name.base + "/"
+
+    def check(preamble: Preamble, ip: str) -> bool:
+        requested = preamble.service
+        if requested is None:
+            return False
+        if requested == base or requested == full:  # the common cases, without parsing
+            return True
+        if not requested.lower().startswith(versioned):
+            return requested.lower() in (base, full)
+        try:
+            return route_name.accepts(naming.parse(requested))
+        except naming.MalformedName:
+            return False
+
+    return check
 
 
 def _in_networks(ip: str, networks: Sequence[Network]) -> bool:
@@ -196,6 +206,15 @@ class Router:
                 ranked = tuple(r for _, r in by_version)
                 for _, route in members:
                     self._newest[id(route)] = ranked
+        # Only routes for the asked name (and routes without a service) can match.
+        self._unnamed = tuple(r for r in self._ordered if not r.match.service)
+        self._by_service: dict[str, tuple[Route, ...]] = {
+            name.base: tuple(
+                r for r in self._ordered
+                if not r.match.service or naming.parse(r.match.service).key == name.key
+            )
+            for name in self._service_names
+        }
         # net.tcp Via base addresses: strong > exact > weak, longest prefix, any order.
         self._via_index: ViaIndex[Route] = ViaIndex(
             (r.match.via, r) for r in self._ordered if r.match.via
@@ -213,7 +232,13 @@ class Router:
             for route in self._via_index.lookup(preamble.via):
                 if route.match.accepts(preamble, ip):
                     return route
-        for route in self._ordered:
+        service = preamble.service
+        if service is None:
+            candidates = self._unnamed
+        else:
+            base = service.partition("/")[0].lower()
+            candidates = self._by_service.get(base, self._unnamed)
+        for route in candidates:
             if route.match.accepts(preamble, ip):
                 ranked = self._newest.get(id(route))
                 if ranked is not None and "/" not in str(preamble.service):
