@@ -320,3 +320,55 @@ def _turn() -> Deferred[None]:
     from twisted.internet.task import deferLater
 
     return deferLater(reactor, 0.01, lambda: None)
+
+
+class TlsTests(TestCase):
+    """--tls: the name line travels inside TLS to a listener with a certificate."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_services_and_endpoint_over_tls(self) -> Any:
+        import os
+        import sys
+        import tempfile
+
+        import trustme
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        folder = tempfile.mkdtemp(prefix="portmux-tls-")
+        key_pem = os.path.join(folder, "server.pem")
+        cert.private_key_and_cert_chain_pem.write_to_path(key_pem)
+        ca_pem = os.path.join(folder, "ca.pem")
+        ca.cert_pem.write_to_path(ca_pem)
+        os.mkdir(os.path.join(folder, "roots"))
+        ca.cert_pem.write_to_path(os.path.join(folder, "roots", "ca.pem"))
+
+        mux = Multiplexer(reactor)
+        mux.add_route("echo", FactoryTarget(Factory.forProtocol(Echo)),
+                      protocol="tcpmux", service="echo")
+        mux.add_route("help", HelpTarget(), protocol="tcpmux", service="help")
+        port = yield mux.listen(f"ssl:0:interface=127.0.0.1:privateKey={key_pem}")
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+
+        env = {**os.environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])}
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "portmux", "services", "--tls-ca", ca_pem, f"127.0.0.1:{number}"],
+            env=env,
+        )
+        self.assertEqual((code, out), (0, b"echo\n"), err.decode("utf-8", "replace"))
+
+        roots = os.path.join(folder, "roots")
+        endpoint = clientFromString(
+            reactor, rf"portmux:tls\:localhost\:{number}\:trustRoots\={roots}:service=echo"
+        )
+        collect = Collect()
+        yield endpoint.connect(Factory.forProtocol(lambda: collect))
+        collect.transport.write(b"secret")  # type: ignore[union-attr]
+        self.assertEqual((yield collect.wait_for(6)), b"secret")
+        collect.transport.loseConnection()  # type: ignore[union-attr]
+        yield collect.closed

@@ -1,7 +1,8 @@
 """Client endpoint strings ``portmux:<endpoint>:service=NAME`` (import-light for discovery).
 
 Example: ``clientFromString(reactor, "portmux:tcp\\:example.com\\:443:service=orders")``;
-the nested endpoint (colons escaped) may be any client endpoint string, ``tls:`` too.
+the nested endpoint may be any client endpoint string, ``tls:`` too, with its ``:``
+and ``=`` escaped (``portmux:tls\\:h\\:443\\:trustRoots\\=/etc/ca:service=x``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class PortmuxClientParser:
 
         if len(args) != 1:
             raise ValueError(
-                "portmux: give one nested endpoint with escaped colons, "
+                "portmux: give one nested endpoint with its ':' and '=' escaped, "
                 "e.g. portmux:tcp\\:example.com\\:443:service=orders"
             )
         service = kwargs.pop("service", None) or kwargs.pop("name", None)
