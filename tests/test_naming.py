@@ -315,3 +315,12 @@ def test_config_reports_malformed_service_and_via(tmp_path: Any) -> None:
     assert config is None
     assert "route[1].match: service 'alice:orders/x': version 'x' is not numbers" in text
     assert "route[3].match: via: 'orders/' is not an absolute URI" in text
+
+
+def test_wire_help_lists_canonical_names() -> None:
+    routes = [
+        Route("a", Match(protocol="tcpmux", service="Alice:Orders/2.0"), Recorder()),
+        Route("help", Match(protocol="tcpmux", service="HELP"), HelpTarget()),
+    ]
+    out, _ = exchange(routes, b"help\r\n")
+    assert out == b"alice:orders/2\r\n"

@@ -8,12 +8,13 @@ from twisted.internet.interfaces import IProtocol
 from zope.interface import implementer
 
 from portmux.interfaces import ITarget
+from portmux.naming import parse as parse_service
 
 
 def service_names(router: Any) -> list[str]:
     """Every TCPMUX service name the router's routes answer, sorted, without 'help'."""
     names = {
-        route.match.service.lower()
+        str(parse_service(route.match.service))  # canonical: "alice:orders/2"
         for route in router.routes
         if route.match.service and route.match.protocol in (None, "tcpmux")
     }
