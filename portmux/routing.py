@@ -193,27 +193,28 @@ class Router:
                 self.silent_route = route
         # Service names: each (namespace, name) group, newest version first.
         named = [
-            (naming.parse(r.match.service), r) for r in self._ordered if r.match.service
+            (position, naming.parse(r.match.service), r)
+            for position, r in enumerate(self._ordered) if r.match.service
         ]
-        self._service_names = tuple(name for name, _ in named)
-        groups: dict[tuple[str, str], list[tuple[naming.ServiceName, Route]]] = {}
-        for name, route in named:
-            groups.setdefault(name.key, []).append((name, route))
+        self._service_names = tuple(name for _, name, _ in named)
+        groups: dict[str, list[tuple[int, naming.ServiceName, Route]]] = {}
+        for entry in named:
+            groups.setdefault(entry[1].base, []).append(entry)
         self._newest: dict[int, tuple[Route, ...]] = {}
         for members in groups.values():
             if len(members) > 1:
-                by_version = sorted(members, key=lambda m: m[0].version, reverse=True)
-                ranked = tuple(r for _, r in by_version)
-                for _, route in members:
+                by_version = sorted(members, key=lambda m: m[1].version, reverse=True)
+                ranked = tuple(r for _, _, r in by_version)
+                for _, _, route in members:
                     self._newest[id(route)] = ranked
-        # Only routes for the asked name (and routes without a service) can match.
-        self._unnamed = tuple(r for r in self._ordered if not r.match.service)
+        # Only routes for the asked name (and routes without a service) can match:
+        # per name, its routes merged in route order with the unnamed ones.
+        unnamed = [(i, r) for i, r in enumerate(self._ordered) if not r.match.service]
+        self._unnamed = tuple(r for _, r in unnamed)
         self._by_service: dict[str, tuple[Route, ...]] = {
-            name.base: tuple(
-                r for r in self._ordered
-                if not r.match.service or naming.parse(r.match.service).key == name.key
-            )
-            for name in self._service_names
+            base: tuple(r for _, r in sorted([(i, r) for i, _, r in members] + unnamed,
+                                             key=lambda entry: entry[0]))
+            for base, members in groups.items()
         }
         # net.tcp Via base addresses: strong > exact > weak, longest prefix, any order.
         self._via_index: ViaIndex[Route] = ViaIndex(

@@ -324,3 +324,14 @@ def test_wire_help_lists_canonical_names() -> None:
     ]
     out, _ = exchange(routes, b"help\r\n")
     assert out == b"alice:orders/2\r\n"
+
+
+def test_routes_without_a_service_keep_their_place_in_the_order() -> None:
+    catch_all = Route("catch-all", Match(protocol="tcpmux"), object())
+    first = Router([catch_all, route("v1", "orders/1"), route("v2", "orders/2")])
+    assert pick(first, "orders") == "catch-all"
+    last = Router([route("v1", "orders/1"), route("v2", "orders/2"), catch_all])
+    assert pick(last, "orders") == "v2"
+    assert pick(last, "orders/7") == "catch-all"
+    assert pick(last, "anything") == "catch-all"
+    assert pick(Router([route("v1", "orders/1")]), "anything") is None
