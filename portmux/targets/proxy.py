@@ -238,10 +238,10 @@ _DONE = _failure(error.ConnectionDone())
 
 
 def _close(transport: Any) -> None:
-    """Close a transport whose both directions already ended.
+    """``transport.loseConnection()``, cheaper once its write side is shut.
 
-    FileDescriptor.loseConnection would build a new Failure (walking the
-    exception's MRO) for every connection; ours is shared.
+    Then FileDescriptor.loseConnection closes at once with a new Failure
+    (walking the exception's MRO) per socket; we do the same with a shared one.
     """
     if (
         _direct(transport)
@@ -251,7 +251,7 @@ def _close(transport: Any) -> None:
     ):
         transport.stopReading()
         transport.stopWriting()
-        transport._shouldShutdown = False  # both halves are shut: skip a failing shutdown(2)
+        transport._shouldShutdown = False  # write side already shut: close(2) is enough
         transport.connectionLost(_DONE)
     else:
         transport.loseConnection()
@@ -278,18 +278,20 @@ class _Leg:
 
     def dataReceived(self, data: bytes) -> None:
         sink = self.sink  # after the other side is lost, its dead transport drops writes
-        if (
-            self.direct
-            and not sink.dataBuffer
-            and not sink._tempDataLen
-            and sink.connected
-            and not sink._writeDisconnected
-        ):
-            sent = sink.writeSomeData(data)
-            if sent.__class__ is int:
-                if sent == len(data):
-                    return
-                data = data[sent:]
+        if self.direct:
+            if (
+                not sink.dataBuffer
+                and not sink._tempDataLen
+                and sink.connected
+                and not sink._writeDisconnected
+            ):
+                sent = sink.writeSomeData(data)
+                if sent.__class__ is int:
+                    if sent == len(data):
+                        return
+                    data = data[sent:]
+            if sink.producer is None:  # backpressure can only start now that we buffer
+                sink.registerProducer(self.transport, True)
         sink.write(data)
 
     def readConnectionLost(self) -> None:
@@ -299,7 +301,8 @@ class _Leg:
         self.read_done = True
         sink = self.sink
         if sink is not None:
-            sink.unregisterProducer()  # a paused producer would block the shutdown
+            if not self.direct or sink.producer is not None:
+                sink.unregisterProducer()  # a paused producer would block the shutdown
             _shut_write(sink, self.direct)
         if self.write_done:
             _close(self.transport)
@@ -314,8 +317,9 @@ class _Leg:
         """This side is gone: flush what we owe the other side, then close it."""
         sink = self.sink
         if sink is not None:
-            sink.unregisterProducer()
-            sink.loseConnection()
+            if not self.direct or sink.producer is not None:
+                sink.unregisterProducer()
+            _close(sink)
         other = self.other
         if other is not None:
             self.other = other.other = None  # break the cycle between the legs
@@ -527,12 +531,18 @@ class _Front(_Leg):
         connection.accept()
         back.sink = client
         back.direct = _direct(client)
-        if back.direct:
-            _no_delay(client)
-        if self.direct and type(server) is not _Outgoing:
-            _no_delay(server)  # connectTCP's transports (ours already have it)
         self.sink = server
         self.direct = _direct(server)
+        # Plain socket sinks get their producer registered on the first write
+        # that has to buffer (see dataReceived); other transports right away.
+        if back.direct:
+            _no_delay(client)
+        else:
+            client.registerProducer(server, True)
+        if not self.direct:
+            server.registerProducer(client, True)
+        elif type(server) is not _Outgoing:
+            _no_delay(server)  # connectTCP's transports (ours already have it)
         data = connection.payload
         version = self.target.proxy_header
         if version is not None:
@@ -544,13 +554,11 @@ class _Front(_Leg):
         self.connection = None  # drop the cycle through the sniffer
         if data:
             _Leg.dataReceived(self, data)  # one send(2) when the socket takes it all
-        server.registerProducer(client, True)
-        client.registerProducer(server, True)
         if self.read_done:
             self.read_done = False
             _Leg.readConnectionLost(self)
-        else:
-            client.resumeProducing()
+        elif pending:
+            client.resumeProducing()  # in case PENDING_LIMIT paused it
 
 
 @implementer(ITarget)

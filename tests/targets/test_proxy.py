@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor, task, threads
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
@@ -435,6 +435,54 @@ class ProxyTests(TestCase):
         backend.connections[0].transport.abortConnection()  # the paused pair never reads EOF
         yield self.wait_for(lambda: mux.stats.for_route("proxied").active == 0)
         yield self.wait_for(lambda: not backend.connections[0].transport.connected)
+
+    @defer.inlineCallbacks
+    def test_backpressure_bounded_towards_client(self) -> Any:
+        """A client that does not read pauses a backend that streams; buffers stay bounded."""
+        sent = [0]
+        paused = [False]
+
+        @implementer(IPushProducer)
+        class Streamer:
+            def __init__(self, transport: Any) -> None:
+                self.transport = transport
+
+            def pauseProducing(self) -> None:
+                paused[0] = True
+
+            def resumeProducing(self) -> None:
+                paused[0] = False
+                self.pump()
+
+            def stopProducing(self) -> None:
+                paused[0] = True
+
+            def pump(self) -> None:
+                while not paused[0] and sent[0] < 50_000_000:
+                    self.transport.write(b"z" * 65536)
+                    sent[0] += 65536
+
+        def on_connect(b: Backend) -> None:
+            streamer = Streamer(b.transport)
+            b.transport.registerProducer(streamer, True)
+            reactor.callLater(0, streamer.pump)
+
+        backend = BackendFactory(on_connect=on_connect, on_eof=lambda b: None)
+        port, mux = self.listen_mux(ProxyTarget(reactor, [f"tcp:127.0.0.1:{self.listen_backend(backend)}"]))
+        s = socket.create_connection(("127.0.0.1", port))
+        self.addCleanup(s.close)
+        s.sendall(REQUEST)  # and never read
+        yield self.wait_for(lambda: paused[0])
+        previous = -1
+        while sent[0] != previous:  # until the backend stays paused
+            previous = sent[0]
+            yield self.settle(0.1)
+        self.assertLess(sent[0], 50_000_000, "the backend was never paused")
+        buffered = max(len(t.dataBuffer) + t._tempDataLen for t in _transports())
+        self.assertLess(buffered, 1_000_000)
+        s.close()
+        backend.connections[0].transport.abortConnection()
+        yield self.wait_for(lambda: mux.stats.for_route("proxied").active == 0)
 
     @defer.inlineCallbacks
     def test_backend_dies_mid_stream(self) -> Any:
