@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from typing import Any
 
-from twisted.internet import error, tcp
+from twisted.internet import abstract, error, tcp
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import (
@@ -116,7 +116,11 @@ class _Outgoing(tcp.Connection):
         peer: tuple[str, int],
         family: int = socket.AF_INET,
     ) -> None:
-        tcp.Connection.__init__(self, skt, protocol, reactor)
+        # tcp.Connection.__init__ minus its setblocking(False): one ioctl less.
+        abstract.FileDescriptor.__init__(self, reactor=reactor)
+        self.socket = skt
+        self.fileno = skt.fileno
+        self.protocol = protocol
         self.connected = 1
         self._peer = peer
         self._family = family
@@ -349,7 +353,6 @@ class _Front(_Leg):
         "start",
         "target",
         "timer",
-        "tried"
     )
 
     def __init__(self, target: ProxyTarget, connection: Any) -> None:
@@ -358,7 +361,6 @@ class _Front(_Leg):
         self.connection = connection
         self.transport = connection.transport
         self.pending: list[bytes] | None = None
-        self.tried: list[str] = []
         self.start = 0
         self.attempt = 0
         self.dialing: Any = None
@@ -403,7 +405,6 @@ class _Front(_Leg):
         backend = backends[(self.start + self.attempt) % len(backends)]
         self.attempt += 1
         attempt = self.attempt
-        self.tried.append(backend.name)
         reactor = target.reactor
         if backend.address is not None:
             self._dial_socket(backend)
@@ -473,6 +474,11 @@ class _Front(_Leg):
         else:
             dialing.cancel()
 
+    def tried(self) -> list[str]:
+        """Names of the backends dialled for this connection so far, in order."""
+        backends = self.target.backends
+        return [backends[(self.start + i) % len(backends)].name for i in range(self.attempt)]
+
     def _dial_failed(self, reason: Failure) -> None:
         """Try the next backend, or refuse the client once every one failed."""
         self.dialing = None
@@ -488,7 +494,7 @@ class _Front(_Leg):
         why = reason.getErrorMessage() if reason is not None else "failed"
         connection.refuse(
             refusal.BAD_GATEWAY,
-            f"backend unreachable: tried {', '.join(self.tried)} (last error: {why})",
+            f"backend unreachable: tried {', '.join(self.tried())} (last error: {why})",
         )
 
     # -- IProtocolFactory, for reactor.connectTCP and endpoints -----------------
