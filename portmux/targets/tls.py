@@ -1,0 +1,255 @@
+"""TLS termination: decrypt with an SNI-chosen certificate, then sniff the plaintext again.
+
+The inner stage is an ordinary Multiplexer (not listening) whose preambles carry
+the outer facts: sni, the negotiated ALPN protocol, the TLS version and
+``tls_terminated=True`` (see portmux.mux.with_outer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from twisted.internet.interfaces import IHandshakeListener, IProtocol
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from portmux import refusal
+from portmux.interfaces import IProbe, ITarget
+from portmux.mux import UNKNOWN, Multiplexer, SniffingProtocol, SniffSettings, with_outer
+from portmux.preamble import Preamble
+from portmux.routing import Route, Router
+from portmux.tlsconfig import CertificateError, CertificateStore, TLSSettings
+
+log = Logger(namespace="portmux")
+
+__all__ = ["TLSTarget", "from_config"]
+
+
+@implementer(IHandshakeListener)
+class _InnerSniffer(SniffingProtocol):
+    """Sniffs decrypted bytes; learns the outer facts when the handshake completes."""
+
+    client_hello: Preamble | None = None
+
+    def handshakeCompleted(self) -> None:
+        tls = self.transport
+        handle = tls.getHandle()  # type: ignore[union-attr]
+        negotiated = tls.negotiatedProtocol  # type: ignore[union-attr]
+        hello = self.client_hello or Preamble(protocol="tls")
+        raw_name = handle.get_servername()
+        sni = raw_name.decode("ascii", "replace").lower() if raw_name else hello.sni
+        self.outer = Preamble(
+            protocol="tls",
+            sni=sni,
+            alpn=(negotiated.decode("ascii", "replace"),) if negotiated else (),
+            tls_versions=hello.tls_versions,
+            tls_version=handle.get_protocol_version_name(),
+            tls_terminated=True,
+        )
+        route = _route_without_content(self.mux.router, self.outer, self._ip)
+        if route is not None:
+            self._attach(route, with_outer(UNKNOWN, self.outer))
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        if self.outer is None and self._target is None:
+            self.mux.stats.refusals["tls-handshake"] += 1
+            log.info(
+                "TLS handshake with {peer} failed: {reason}",
+                peer=_describe(self.peer),
+                reason=_reason_text(reason),
+            )
+        super().connectionLost(reason)
+
+
+class _InnerMultiplexer(Multiplexer):
+    """The plaintext stage behind TLS termination; never listens itself."""
+
+    def buildProtocol(self, addr: Any) -> _InnerSniffer:
+        return _InnerSniffer(self, addr)
+
+
+@implementer(ITarget)
+class TLSTarget:
+    """Terminates TLS with ``store``'s certificates and routes the plaintext by ``inner_routes``."""
+
+    kind = "tls"
+
+    def __init__(
+        self,
+        reactor: Any,
+        store: CertificateStore,
+        inner_routes: Iterable[Route] = (),
+        probes: Sequence[IProbe] | None = None,
+        settings: SniffSettings = SniffSettings(),
+    ) -> None:
+        self.reactor = reactor
+        self.store = store
+        self.inner = _InnerMultiplexer(reactor, inner_routes, probes=probes, settings=settings)
+        self._tls_factory = TLSMemoryBIOFactory(store, False, self.inner, clock=reactor)
+        names = ", ".join(store.names()) or "-"
+        self.description = f"tls termination for {names} → {len(self.inner.router.routes)} route(s)"
+
+    def start(self) -> None:
+        self.inner.startFactory()
+
+    def stop(self) -> None:
+        self.inner.stopFactory()
+
+    def reload(self) -> bool:
+        """Reload certificates (SIGHUP); open connections keep their context."""
+        return self.store.reload()
+
+    def attach(self, connection: Any) -> IProtocol | None:
+        hello: Preamble = connection.preamble
+        if self.store.refuses(hello.sni):
+            connection.refuse(refusal.NOT_FOUND, f"no certificate for server name {hello.sni}")
+            return None
+        protocol = self._tls_factory.buildProtocol(connection.peer)
+        sniffer = protocol.wrappedProtocol
+        sniffer.client_hello = hello
+        protocol.makeConnection(connection.transport)
+        payload = connection.payload
+        if payload:
+            protocol.dataReceived(payload)
+        return protocol
+
+
+CONTENT_FIELDS = {"protocol": None, "host": None, "path": None, "service": None, "via": None}
+
+
+def _route_without_content(router: Router, outer: Preamble, ip: str) -> Route | None:
+    """The route decided by the TLS facts alone, before any plaintext arrives.
+
+    A route like ``{ sni = "b.example.com" }`` takes the connection at once, so
+    server-speaks-first and short-message protocols need not wait for sniffing;
+    a route that looks at the plaintext and could still match comes first.
+    """
+    for route in router.routes:
+        match = route.match
+        if match.silent or match.default:
+            continue
+        if not dataclasses.replace(match, **CONTENT_FIELDS).accepts(outer, ip):
+            continue
+        if any(getattr(match, name) is not None for name in CONTENT_FIELDS):
+            return None
+        return route
+    return None
+
+
+def _describe(address: object) -> str:
+    host = getattr(address, "host", None)
+    return f"{host}:{getattr(address, 'port', None)}" if host is not None else str(address)
+
+
+def _reason_text(reason: Failure) -> str:
+    value = reason.value
+    args = getattr(value, "args", ())
+    if args and isinstance(args[0], list) and args[0]:
+        entry = args[0][0]
+        if isinstance(entry, tuple) and entry:
+            return str(entry[-1])
+    return str(value) or type(value).__name__
+
+
+def _as_list(value: Any, key: str, ctx: Any) -> list[Any] | None:
+    if isinstance(value, (str, dict)):
+        return [value]
+    if isinstance(value, list):
+        return value
+    ctx.problem(key, "must be a path or a list of paths")
+    return None
+
+
+def _source(item: Any, key: str, ctx: Any) -> Any:
+    """A certificate source: "path" or {cert = "...", key = "..."}."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, dict) and isinstance(item.get("cert"), str):
+        extra = set(item) - {"cert", "key"}
+        if extra:
+            ctx.problem(key, f"unknown key(s) {', '.join(sorted(extra))}; use cert and key")
+            return None
+        if isinstance(item.get("key"), str):
+            return (item["cert"], item["key"])
+        return item["cert"]
+    ctx.problem(key, 'must be a path or a table { cert = "...", key = "..." }')
+    return None
+
+
+TLS_KEYS = {
+    "certificates",
+    "default_certificate",
+    "unknown_sni",
+    "alpn",
+    "min_version",
+    "max_version",
+    "ciphers",
+    "route",
+}
+
+
+def from_config(value: Any, ctx: Any, key: str = "tls") -> TLSTarget | None:
+    """Build a TLSTarget from a ``[route.tls]`` table; problems are reported on ``ctx``."""
+    if not isinstance(value, dict):
+        ctx.problem(key, "must be a table")
+        return None
+    unknown = set(value) - TLS_KEYS
+    if unknown:
+        ctx.problem(key, f"unknown key(s) {', '.join(sorted(unknown))}")
+        return None
+    raw = value.get("certificates")
+    if raw is None:
+        ctx.problem(f"{key}.certificates", "is required: PEM files or directories of them")
+        return None
+    items = _as_list(raw, f"{key}.certificates", ctx)
+    if items is None:
+        return None
+    sources = []
+    for index, item in enumerate(items):
+        source = _source(item, f"{key}.certificates[{index}]", ctx)
+        if source is None:
+            return None
+        sources.append(source)
+    default = value.get("default_certificate")
+    if default is not None:
+        default = _source(default, f"{key}.default_certificate", ctx)
+        if default is None:
+            return None
+    alpn = value.get("alpn", [])
+    if isinstance(alpn, str):
+        alpn = [alpn]
+    if not isinstance(alpn, list) or not all(isinstance(a, str) for a in alpn):
+        ctx.problem(f"{key}.alpn", 'must be a list of protocol ids, e.g. ["h2", "http/1.1"]')
+        return None
+    options: dict[str, Any] = {"alpn": tuple(alpn)}
+    for name in ("unknown_sni", "min_version", "max_version", "ciphers"):
+        if name in value:
+            if not isinstance(value[name], str):
+                ctx.problem(f"{key}.{name}", "must be a string")
+                return None
+            options[name] = value[name]
+    try:
+        settings = TLSSettings(**options)
+    except ValueError as e:
+        ctx.problem(key, str(e))
+        return None
+    try:
+        store = CertificateStore(sources, default, settings, base_dir=ctx.base_dir)
+    except (CertificateError, ValueError) as e:
+        ctx.problem(f"{key}.certificates", str(e))
+        return None
+    except Exception as e:  # OpenSSL rejecting options (e.g. a cipher string)
+        ctx.problem(key, f"cannot build the TLS context: {e}")
+        return None
+    inner = value.get("route", [])
+    if not isinstance(inner, list):
+        ctx.problem(f"{key}.route", "must be an array of tables ([[route.tls.route]])")
+        return None
+    routes = ctx.parse_routes(inner, f"{key}.route")
+    probes = getattr(ctx, "probes", None)
+    settings_sniff = getattr(ctx, "sniff_settings", None) or SniffSettings()
+    return TLSTarget(ctx.reactor, store, routes or (), probes=probes, settings=settings_sniff)
