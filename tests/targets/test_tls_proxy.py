@@ -1,0 +1,180 @@
+"""TLS passthrough by SNI and re-encryption to verified TLS backends."""
+
+from __future__ import annotations
+
+import socket
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import trustme
+from twisted.internet import ssl as tssl
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from portmux.mux import Multiplexer
+from portmux.routing import Match, Route
+from portmux.targets.proxy import ProxyTarget
+from portmux.tlsconfig import BackendTLSError, client_endpoint, load_pem
+from tests.targets.test_tls_support import TIMEOUT, echo_factory, in_thread, make_pki, reactor, tls_exchange
+
+
+def tls_backend(testcase: TestCase, cert: trustme.LeafCert, client_ca: trustme.CA | None = None) -> int:
+    """A Twisted TLS echo server with ``cert``; requires client certificates from ``client_ca``."""
+    kwargs: dict[str, Any] = {}
+    if client_ca is not None:
+        kwargs["trustRoot"] = tssl.Certificate.loadPEM(client_ca.cert_pem.bytes())
+    pem = cert.private_key_and_cert_chain_pem.bytes()
+    private = tssl.PrivateCertificate.loadPEM(pem)
+    options = tssl.CertificateOptions(
+        privateKey=private.privateKey.original, certificate=private.original, **kwargs
+    )
+    port = reactor.listenSSL(0, echo_factory(b"tls-backend:"), options, interface="127.0.0.1")
+    testcase.addCleanup(port.stopListening)
+    return port.getHost().port  # type: ignore[no-any-return]
+
+
+def plain_exchange(port: int, send: bytes) -> bytes:
+    """Blocking plaintext request; read until close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as conn:
+        conn.sendall(send)
+        data = b""
+        while True:
+            try:
+                chunk = conn.recv(65536)
+            except (ConnectionError, TimeoutError):
+                break
+            if not chunk:
+                break
+            data += chunk
+            if b"tls-backend:" in data and data.endswith(send):
+                break
+        return data
+
+
+@inlineCallbacks
+def wait_closed(mux: Multiplexer, route: str) -> Any:
+    """Let proxied connections finish closing (bounded), so the reactor is clean."""
+    for _ in range(100):
+        counters = mux.stats.routes.get(route)
+        if counters is None or counters.active == 0:
+            break
+        yield deferLater(reactor, 0.02, lambda: None)
+    yield deferLater(reactor, 0.05, lambda: None)
+
+
+class PassthroughTests(TestCase):
+    @inlineCallbacks
+    def test_client_hello_reaches_backend_unchanged(self) -> Any:
+        """portmux holds no key for pass.example.com; the backend's own certificate verifies."""
+        pki = make_pki(Path(tempfile.mkdtemp()))
+        backend = tls_backend(self, pki.ca.issue_cert("pass.example.com"))
+        mux = Multiplexer(
+            reactor,
+            [Route("pass", Match(protocol="tls", sni="pass.example.com"),
+                   ProxyTarget(reactor, [f"tcp:127.0.0.1:{backend}"]))],
+        )
+        port = reactor.listenTCP(0, mux, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(wait_closed, mux, "pass")
+        result = yield in_thread(
+            tls_exchange, port.getHost().port, "pass.example.com", pki.ca_file, b"hi",
+            read_until=b"hi",
+        )
+        self.assertEqual(result.names, ("pass.example.com",))
+        self.assertEqual(result.data, b"tls-backend:hi")
+        split = yield in_thread(
+            tls_exchange, port.getHost().port, "pass.example.com", pki.ca_file, b"split",
+            byte_by_byte=True, read_until=b"split",
+        )
+        self.assertEqual(split.data, b"tls-backend:split")
+
+
+class ReencryptionTests(TestCase):
+    def setUp(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp())
+        self.pki = make_pki(self.tmp)
+        self.client_cert = self.tmp / "client.pem"
+        self.pki.ca.issue_cert("portmux.client").private_key_and_cert_chain_pem.write_to_path(
+            str(self.client_cert)
+        )
+
+    def front(self, endpoint: Any) -> int:
+        mux = Multiplexer(
+            reactor, [Route("re", Match(protocol="http"), ProxyTarget(reactor, [endpoint], 5.0))]
+        )
+        port = reactor.listenTCP(0, mux, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.addCleanup(wait_closed, mux, "re")
+        return port.getHost().port  # type: ignore[no-any-return]
+
+    @inlineCallbacks
+    def test_verified_backend(self) -> Any:
+        backend = tls_backend(self, self.pki.ca.issue_cert("backend.example.com"))
+        endpoint = client_endpoint(
+            reactor, f"tls:127.0.0.1:{backend}", ca=self.pki.ca_file, server_name="backend.example.com"
+        )
+        request = b"GET / HTTP/1.0\r\n\r\n"
+        data = yield in_thread(plain_exchange, self.front(endpoint), request)
+        self.assertEqual(data, b"tls-backend:" + request)
+
+    @inlineCallbacks
+    def test_client_certificate(self) -> Any:
+        backend = tls_backend(self, self.pki.ca.issue_cert("backend.example.com"), client_ca=self.pki.ca)
+        with_cert = client_endpoint(
+            reactor, f"tls:127.0.0.1:{backend}:server_name=backend.example.com",
+            ca=self.pki.ca_file, client_cert=self.client_cert,
+        )
+        request = b"GET / HTTP/1.0\r\n\r\n"
+        data = yield in_thread(plain_exchange, self.front(with_cert), request)
+        self.assertEqual(data, b"tls-backend:" + request)
+        without = client_endpoint(
+            reactor, f"tls:127.0.0.1:{backend}", ca=self.pki.ca_file, server_name="backend.example.com"
+        )
+        # TLS 1.3: the client's handshake finishes before the backend checks the client
+        # certificate, so the backend's alert closes the connection after it was accepted.
+        data = yield in_thread(plain_exchange, self.front(without), request)
+        self.assertNotIn(b"tls-backend:", data)
+
+    @inlineCallbacks
+    def test_wrong_name_refused(self) -> Any:
+        backend = tls_backend(self, self.pki.ca.issue_cert("other.example.com"))
+        endpoint = client_endpoint(
+            reactor, f"tls:127.0.0.1:{backend}", ca=self.pki.ca_file, server_name="backend.example.com"
+        )
+        data = yield in_thread(plain_exchange, self.front(endpoint), b"GET / HTTP/1.0\r\n\r\n")
+        self.assertTrue(data.startswith(b"HTTP/1.1 502"), data)
+        self.assertIn(b"does not match 'backend.example.com'", data)
+
+    @inlineCallbacks
+    def test_untrusted_certificate_refused(self) -> Any:
+        stranger = trustme.CA().issue_cert("backend.example.com")
+        backend = tls_backend(self, stranger)
+        endpoint = client_endpoint(
+            reactor, f"tls:127.0.0.1:{backend}", ca=self.pki.ca_file, server_name="backend.example.com"
+        )
+        data = yield in_thread(plain_exchange, self.front(endpoint), b"GET / HTTP/1.0\r\n\r\n")
+        self.assertTrue(data.startswith(b"HTTP/1.1 502"), data)
+        self.assertIn(b"is not trusted", data)
+
+    @inlineCallbacks
+    def test_endpoint_errback_is_clear(self) -> Any:
+        """connect() fails with BackendTLSError, not a half-open protocol."""
+        backend = tls_backend(self, self.pki.ca.issue_cert("other.example.com"))
+        endpoint = client_endpoint(
+            reactor, f"tls:127.0.0.1:{backend}", ca=self.pki.ca_file, server_name="backend.example.com"
+        )
+        error = yield self.assertFailure(endpoint.connect(echo_factory(b"")), BackendTLSError)
+        self.assertIn("backend.example.com", str(error))
+
+    def test_bad_strings(self) -> None:
+        with self.assertRaises(ValueError):
+            client_endpoint(reactor, "tcp:127.0.0.1:1", ca=self.pki.ca_file)
+        with self.assertRaises(ValueError):
+            client_endpoint(reactor, "tls:127.0.0.1")
+        with self.assertRaises(ValueError):
+            client_endpoint(reactor, "tls:127.0.0.1:443:bogus=1")
+        self.assertEqual(load_pem(self.client_cert).names, ("portmux.client",))
+
