@@ -208,3 +208,14 @@ def test_fuzz_never_raises() -> None:
     for seed, data in enumerate([SPEC_DUPLEX, SPEC_MSMQ]):
         for variant in mutations(data, 400, seed):
             assert_verdict(probe_nmf(variant))
+
+
+@pytest.mark.parametrize("data", [SPEC_DUPLEX, SPEC_MSMQ], ids=["duplex", "msmq"])
+def test_other_builtin_probes_say_no_at_once(data: bytes) -> None:
+    from portmux.probes import builtin_probes
+
+    others = [p for p in builtin_probes() if p.name != "nmf"]
+    assert others
+    for probe in others:
+        assert probe.probe(data[:2]) is NO, probe.name
+        assert probe.probe(data) is NO, probe.name
