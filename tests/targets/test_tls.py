@@ -26,6 +26,7 @@ from tests.targets.test_tls_support import (
     run,
     site_root,
     tls_exchange,
+    wait_closed,
 )
 
 
@@ -57,6 +58,7 @@ class TerminationTests(TestCase):
         self.mux = Multiplexer(reactor, [Route("https", Match(protocol="tls"), self.target)])
         port = listen(self.mux)
         self.addCleanup(port.stopListening)
+        self.addCleanup(wait_closed, self.mux, "https")
         self.port = port.getHost().port
 
     def exchange(self, name: str | None, send: bytes, **kw: Any) -> Any:

@@ -11,14 +11,21 @@ from typing import Any
 import trustme
 from twisted.internet import ssl as tssl
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from portmux.mux import Multiplexer
 from portmux.routing import Match, Route
 from portmux.targets.proxy import ProxyTarget
 from portmux.tlsconfig import BackendTLSError, client_endpoint, load_pem
-from tests.targets.test_tls_support import TIMEOUT, echo_factory, in_thread, make_pki, reactor, tls_exchange
+from tests.targets.test_tls_support import (
+    TIMEOUT,
+    echo_factory,
+    in_thread,
+    make_pki,
+    reactor,
+    tls_exchange,
+    wait_closed,
+)
 
 
 def tls_backend(testcase: TestCase, cert: trustme.LeafCert, client_ca: trustme.CA | None = None) -> int:
@@ -52,17 +59,6 @@ def plain_exchange(port: int, send: bytes) -> bytes:
             if b"tls-backend:" in data and data.endswith(send):
                 break
         return data
-
-
-@inlineCallbacks
-def wait_closed(mux: Multiplexer, route: str) -> Any:
-    """Let proxied connections finish closing (bounded), so the reactor is clean."""
-    for _ in range(100):
-        counters = mux.stats.routes.get(route)
-        if counters is None or counters.active == 0:
-            break
-        yield deferLater(reactor, 0.02, lambda: None)
-    yield deferLater(reactor, 0.05, lambda: None)
 
 
 class PassthroughTests(TestCase):

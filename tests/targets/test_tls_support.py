@@ -12,7 +12,8 @@ from typing import Any
 
 import trustme
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.web.resource import Resource
@@ -208,3 +209,14 @@ def run(command: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess[b
     return subprocess.run(
         command, input=stdin, capture_output=True, timeout=TIMEOUT, check=False
     )
+
+
+@inlineCallbacks
+def wait_closed(mux: Any, route: str) -> Any:
+    """Let a route's connections finish closing (bounded), so the reactor is clean."""
+    for _ in range(100):
+        counters = mux.stats.routes.get(route)
+        if counters is None or counters.active == 0:
+            break
+        yield deferLater(reactor, 0.02, lambda: None)
+    yield deferLater(reactor, 0.05, lambda: None)
