@@ -15,9 +15,9 @@ from twisted.web.static import Data
 
 def root() -> Resource:
     """The site mounted at /demo/: an index page and /demo/hello."""
-    site = Resource()  # type: ignore[no-untyped-call]
-    index: Any = Data(b"<h1>portmux demo</h1><p><a href='hello'>hello</a></p>\n", "text/html")  # type: ignore[no-untyped-call]
-    hello: Any = Data(b"hello from an in-process resource\n", "text/plain")  # type: ignore[no-untyped-call]
+    site = Resource()
+    index: Any = Data(b"<h1>portmux demo</h1><p><a href='hello'>hello</a></p>\n", "text/html")
+    hello: Any = Data(b"hello from an in-process resource\n", "text/plain")
     site.putChild(b"", index)
     site.putChild(b"hello", hello)
     return site

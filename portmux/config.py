@@ -583,7 +583,7 @@ def check_proxy_value(value: object, ctx: BuildContext) -> None:
             ctx.problem(f"{key}[{i}]", f"expected a string, got {describe(endpoint)}")
             continue
         try:
-            clientFromString(ctx.reactor, endpoint)  # type: ignore[no-untyped-call]
+            clientFromString(ctx.reactor, endpoint)
         except Exception as e:  # noqa: BLE001 - user code must not crash the check
             ctx.problem(f"{key}[{i}]", f"cannot parse client endpoint {endpoint!r}: {_one_line(e)}")
 
@@ -689,7 +689,7 @@ class _Parser:
         from twisted.internet.endpoints import serverFromString
 
         try:
-            serverFromString(self.reactor, endpoint)  # type: ignore[no-untyped-call]
+            serverFromString(self.reactor, endpoint)
         except Exception as e:  # noqa: BLE001 - user code must not crash the check
             self.report.problem(key, f"cannot parse server endpoint {endpoint!r}: {_one_line(e)}")
             return False

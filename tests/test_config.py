@@ -36,7 +36,7 @@ from portmux.targets.resource import ResourceTarget
 
 def MemoryReactorClock() -> Any:
     """An untyped-call-free MemoryReactorClock."""
-    return testing.MemoryReactorClock()  # type: ignore[no-untyped-call]
+    return testing.MemoryReactorClock()
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -708,7 +708,7 @@ def test_check_config_reports_instead_of_raising(tmp_path: Path) -> None:
 
 def test_echo_factory_echoes() -> None:
     protocol: Any = EchoFactory().buildProtocol(None)
-    transport: Any = testing.StringTransport()  # type: ignore[no-untyped-call]
+    transport: Any = testing.StringTransport()
     protocol.makeConnection(transport)
     protocol.dataReceived(b"hello")
     assert transport.value() == b"hello"
