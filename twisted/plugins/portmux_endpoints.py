@@ -36,7 +36,7 @@ class PortmuxClientParser:
         timeout = float(kwargs.pop("timeout", DEFAULT_TIMEOUT))
         if kwargs:
             raise ValueError(f"portmux: unknown parameter(s) {', '.join(sorted(kwargs))}")
-        nested = endpoints.clientFromString(reactor, args[0])  # type: ignore[no-untyped-call]
+        nested = endpoints.clientFromString(reactor, args[0])
         return PortmuxClientEndpoint(reactor, nested, service, timeout)
 
 
