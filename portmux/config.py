@@ -427,7 +427,9 @@ class BuildContext:
 
     def parse_routes(self, tables: object, key_prefix: str) -> list[Route]:
         """Parse nested ``[[...route]]`` tables (e.g. behind a TLS target) into Routes."""
-        return list(self._parser.routes(tables, self.full_key(key_prefix)))
+        routes = list(self._parser.routes(tables, self.full_key(key_prefix)))
+        self._parser.route_warnings(routes)
+        return routes
 
     def resolve_path(self, value: str) -> Path:
         """A file path from the config, relative to the config file's directory."""
@@ -640,6 +642,7 @@ class _Parser:
         control = self.control()
         reservations = tuple(self.reservations())
         self.route_warnings(routes)
+        self.report.warnings.sort(key=_by_line)
         return Config(
             listeners=listeners,
             sniff=sniff,

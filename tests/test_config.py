@@ -588,6 +588,15 @@ def test_nested_routes_through_build_context(monkeypatch: pytest.MonkeyPatch) ->
     assert [r.name for r in outer.target.routes] == ["inner-http", "inner-2"]
     assert [str(w) for w in config.warnings] == ["t.toml:8: route[0].tls: just testing"]
 
+    shadowed = parse(text.replace("inner-bad", "inner-2").replace(", sni = 7", ""))
+    assert [str(w) for w in shadowed.warnings] == [
+        "t.toml:8: route[0].tls: just testing",
+        (
+            "t.toml:13: route[0].tls.route[1]: route 'inner-2' is never chosen: "
+            "route[0].tls.route[0] has the same match"
+        ),
+    ]
+
 
 def test_builder_problem_and_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")
