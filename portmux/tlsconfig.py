@@ -13,9 +13,10 @@ optional client certificate; its ``connect`` fires only after a verified handsha
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -208,7 +209,7 @@ class _Snapshot:
         for key in self.keys:
             for name in key.names:
                 table = self.wildcard if name.startswith("*.") else self.exact
-                table.setdefault(name[2:] if name.startswith("*.") else name, key)
+                table.setdefault(name.removeprefix("*."), key)
         self.options = _server_options(default, settings, self.context_for_server_name)
 
     def lookup(self, name: str | None) -> CertifiedKey | None:

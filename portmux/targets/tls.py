@@ -19,7 +19,13 @@ from zope.interface import implementer
 
 from portmux import refusal
 from portmux.interfaces import IProbe, ITarget
-from portmux.mux import UNKNOWN, Multiplexer, SniffingProtocol, SniffSettings, with_outer
+from portmux.mux import (
+    UNKNOWN,
+    Multiplexer,
+    SniffingProtocol,
+    SniffSettings,
+    with_outer,
+)
 from portmux.preamble import Preamble
 from portmux.routing import Route, Router
 from portmux.tlsconfig import CertificateError, CertificateStore, TLSSettings
