@@ -22,6 +22,8 @@ Refuser = Callable[[Preamble, int, str], bytes]
 
 def http_refusal(preamble: Preamble, status: int, reason: str) -> bytes:
     """A short, complete HTTP/1.1 response that closes the connection."""
+    if preamble.http_version == "HTTP/2":  # h2 negotiated by ALPN inside TLS
+        return h2c_refusal(preamble, status, reason)
     phrase = RESPONSES.get(status, b"Error")
     body = f"{status} {phrase.decode('latin-1')}: {reason}\n".encode("utf-8", "replace")
     head = (
