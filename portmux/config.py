@@ -57,7 +57,6 @@ TARGET_BUILDERS: Mapping[str, str] = {
     "resource": "portmux.config:build_resource",
     "factory": "portmux.config:build_factory",
     "tls": "portmux.targets.tls:from_config",
-    "handoff": "portmux.targets.handoff:from_config",
     "status": "portmux.admin:from_config",
     "help": "portmux.config:build_help",
     "echo": "portmux.config:build_echo",
