@@ -508,7 +508,7 @@ def client_endpoint_from_config(
                 options[name] = (cert, private) if private else cert
                 continue
         if not isinstance(value, str):
-            ctx.problem(name, "must be a string")
+            ctx.problem(f"{getattr(ctx, 'target_key', 'proxy')}.{name}", "must be a string")
             return None
     try:
         return client_endpoint(ctx.reactor, item, base_dir=ctx.base_dir, **options)
