@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,13 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet import epollreactor
 
     epollreactor.install()
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
     from twisted.protocols.portforward import ProxyFactory
 
     host, _, port = args.to.rpartition(":")
     lhost, _, lport = args.listen.rpartition(":")
-    reactor.listenTCP(int(lport), ProxyFactory(host, int(port)), backlog=4096, interface=lhost)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.listenTCP(int(lport), ProxyFactory(host, int(port)), backlog=4096, interface=lhost)
+    reactor.run()
     return 0
 
 

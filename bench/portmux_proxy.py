@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -31,14 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet import epollreactor
 
     epollreactor.install()
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from portmux.mux import Multiplexer
     from portmux.targets.proxy import ProxyTarget
 
     if not args.quiet:
-        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])  # type: ignore[list-item]
     mux = Multiplexer(reactor)
     host, port = _host_port(args.http)
     mux.add_route(
@@ -49,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         host, port = _host_port(args.default)
         mux.add_route("default", ProxyTarget(reactor, [f"tcp:{host}:{port}"]), default=True)
     host, port = _host_port(args.listen)
-    reactor.listenTCP(port, mux, backlog=4096, interface=host)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.listenTCP(port, mux, backlog=4096, interface=host)
+    reactor.run()
     return 0
 
 
