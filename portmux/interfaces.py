@@ -5,7 +5,7 @@ from __future__ import annotations
 from zope.interface import Attribute, Interface
 
 
-class IProbe(Interface):
+class IProbe(Interface):  # type: ignore[misc]  # zope.interface is untyped
     """Recognises one protocol from a connection's first bytes, without I/O."""
 
     name = Attribute("Lower-case protocol name routes match on, e.g. 'tls'.")
@@ -17,7 +17,7 @@ class IProbe(Interface):
         """
 
 
-class ITarget(Interface):
+class ITarget(Interface):  # type: ignore[misc]  # zope.interface is untyped
     """Takes a classified connection together with the bytes already read."""
 
     description = Attribute("One-line human description, for logs and status.")
@@ -30,8 +30,8 @@ class ITarget(Interface):
         IHalfCloseableProtocol).
         """
 
-    def start() -> None:
+    def start() -> None:  # type: ignore[misc]  # zope: no self
         """Called once when the listener starts (e.g. factory.doStart)."""
 
-    def stop() -> object:
+    def stop() -> object:  # type: ignore[misc]  # zope: no self
         """Called once when the listener stops; may return a Deferred."""

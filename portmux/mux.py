@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -12,7 +13,6 @@ from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IListeningPort,
     IProtocol,
-    IReactorTime,
     IStreamServerEndpoint,
     ITransport,
 )
@@ -26,6 +26,9 @@ from portmux.interfaces import IProbe
 from portmux.preamble import NEED_MORE, NO, Preamble
 from portmux.routing import Match, Network, Route, Router, _in_networks, peer_ip
 from portmux.stats import RouteCounters, Stats
+
+if TYPE_CHECKING:
+    from portmux.proxyheader import ProxyHeader
 
 log = Logger(namespace="portmux")
 
@@ -45,17 +48,17 @@ class SniffSettings:
 class Classified:
     """One classified connection, handed to a target's ``attach``."""
 
-    __slots__ = ("transport", "buffered", "preamble", "peer", "route", "mux", "_sniffer")
+    __slots__ = ("_sniffer", "buffered", "mux", "peer", "preamble", "route", "transport")
 
     def __init__(
         self,
-        sniffer: "SniffingProtocol",
+        sniffer: SniffingProtocol,
         transport: ITransport,
         buffered: bytes,
         preamble: Preamble,
         peer: IAddress,
         route: Route,
-        mux: "Multiplexer",
+        mux: Multiplexer,
     ) -> None:
         self._sniffer = sniffer
         self.transport = transport
@@ -78,7 +81,9 @@ class Classified:
     def accept(self, text: str = "") -> None:
         """Send the protocol's positive answer, if it has one (TCPMUX ``+``)."""
         if self.preamble.protocol == "tcpmux":
-            self.transport.write(b"+" + text.encode("utf-8", "replace") + b"\r\n")
+            self.transport.write(  # type: ignore[call-arg,misc]  # zope: no self
+                b"+" + text.encode("utf-8", "replace") + b"\r\n"
+            )
 
     def refuse(self, status: int, reason: str) -> None:
         """Send the protocol's refusal, log it, count it, and close."""
@@ -106,7 +111,7 @@ class SniffingProtocol(Protocol):
     outer: Preamble | None = None
     """Facts of an enclosing layer (TLS termination), merged by with_outer before routing."""
 
-    def __init__(self, mux: "Multiplexer", peer: IAddress) -> None:
+    def __init__(self, mux: Multiplexer, peer: IAddress) -> None:
         self.mux = mux
         self.peer = peer
         self._buffer = b""
@@ -146,10 +151,11 @@ class SniffingProtocol(Protocol):
                         "trusted peer sent no valid PROXY header")
             return
         del self.dataReceived  # back to the class's sniffing method
-        if header.source is not None:  # type: ignore[union-attr]
-            self.peer = header.source  # type: ignore[union-attr]
+        proxy = cast("ProxyHeader", header)
+        if proxy.source is not None:
+            self.peer = cast(IAddress, proxy.source)
             self._ip = peer_ip(self.peer)
-        rest = self._buffer[header.length:]  # type: ignore[union-attr]
+        rest = self._buffer[proxy.length:]
         self._buffer = b""
         if rest:
             self.dataReceived(rest)
@@ -163,7 +169,7 @@ class SniffingProtocol(Protocol):
         if target is None:
             if not self._buffer:
                 self._stop_sniffing()
-                self.transport.loseConnection()
+                self.transport.loseConnection()  # type: ignore[union-attr,misc]  # zope: no self
                 return
             self._classify(final=True)
             target = self._target
@@ -171,16 +177,16 @@ class SniffingProtocol(Protocol):
                 return
         half = IHalfCloseableProtocol(target, None)
         if half is not None:
-            half.readConnectionLost()
+            half.readConnectionLost()  # type: ignore[misc]  # zope: no self
         else:
             self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
         half = IHalfCloseableProtocol(self._target, None)
         if half is not None:
-            half.writeConnectionLost()
+            half.writeConnectionLost()  # type: ignore[misc]  # zope: no self
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         target = self._target
         if target is not None:
             if self._counters is not None:
@@ -197,7 +203,7 @@ class SniffingProtocol(Protocol):
         first_match: Preamble | None = None
         keep: list[IProbe] = []
         for probe in self._candidates:
-            verdict = probe.probe(buffer)
+            verdict = probe.probe(buffer)  # type: ignore[call-arg,misc]  # zope: no self
             if verdict is NO:
                 continue
             if verdict is NEED_MORE:
@@ -281,13 +287,14 @@ class SniffingProtocol(Protocol):
         counters.active += 1
         self._counters = counters
         connection = Classified(
-            self, self.transport, self._buffer, preamble, self.peer, route, self.mux
+            self, cast(ITransport, self.transport), self._buffer, preamble, self.peer, route,
+            self.mux,
         )
         self._buffer = b""
         self._target = _Closed()
         try:
             target = route.target.attach(connection)  # type: ignore[attr-defined]
-        except Exception:
+        except Exception:  # noqa: BLE001  # a failing target must not crash the listener
             log.failure("target of route {route} failed to attach", route=route.name)
             self.refuse(preamble, refusal.BAD_GATEWAY, "internal error", route=route.name)
             return
@@ -315,8 +322,8 @@ class SniffingProtocol(Protocol):
             return
         data = refusal.refusal_bytes(preamble, status, reason)
         if data:
-            transport.write(data)
-        transport.loseConnection()
+            transport.write(data)  # type: ignore[call-arg,misc]  # zope: no self
+        transport.loseConnection()  # type: ignore[misc]  # zope: no self
 
 
 def with_outer(preamble: Preamble, outer: Preamble) -> Preamble:
@@ -353,17 +360,17 @@ class _HeaderListener(ServerFactory):
 
     noisy = False
 
-    def __init__(self, mux: "Multiplexer", trusted: tuple[Network, ...]) -> None:
+    def __init__(self, mux: Multiplexer, trusted: tuple[Network, ...]) -> None:
         self.mux = mux
         self.trusted = trusted
 
     def startFactory(self) -> None:
-        self.mux.doStart()
+        self.mux.doStart()  # type: ignore[no-untyped-call]
 
     def stopFactory(self) -> None:
-        self.mux.doStop()
+        self.mux.doStop()  # type: ignore[no-untyped-call]
 
-    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:
+    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]
         protocol = SniffingProtocol(self.mux, addr)
         protocol.header_from = self.trusted
         return protocol
@@ -376,7 +383,7 @@ class Multiplexer(ServerFactory):
     Router current when they were accepted.
     """
 
-    protocol = SniffingProtocol  # type: ignore[assignment]
+    protocol = SniffingProtocol
     noisy = False
 
     def __init__(
@@ -402,7 +409,7 @@ class Multiplexer(ServerFactory):
         self._started: dict[int, Any] = {}  # id(target) -> target, in start order
         self._site: Any = None
 
-    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:
+    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]
         return SniffingProtocol(self, addr)
 
     def listener_factory(self, proxy_header_from: tuple[Network, ...] = ()) -> ServerFactory:
@@ -442,13 +449,13 @@ class Multiplexer(ServerFactory):
 
     # -- lifecycle ---------------------------------------------------------
 
-    def listen(self, endpoint: str | IStreamServerEndpoint) -> "Deferred[IListeningPort]":
+    def listen(self, endpoint: str | IStreamServerEndpoint) -> Deferred[IListeningPort]:
         """Listen on an endpoint object or a Twisted server endpoint string."""
         if isinstance(endpoint, str):
             from twisted.internet.endpoints import serverFromString
 
-            endpoint = serverFromString(self.reactor, endpoint)
-        return endpoint.listen(self)
+            endpoint = cast(IStreamServerEndpoint, serverFromString(self.reactor, endpoint))
+        return endpoint.listen(self)  # type: ignore[call-arg,misc]  # zope: no self
 
     def startFactory(self) -> None:
         self._running = True
@@ -467,7 +474,7 @@ class Multiplexer(ServerFactory):
         if stop is not None:
             try:
                 stop()
-            except Exception:
+            except Exception:  # noqa: BLE001
                 log.failure("stopping target {target} failed", target=target)
 
     def _start_target(self, target: Any) -> None:

@@ -22,19 +22,19 @@ class FactoryTarget:
         self.description = f"factory {type(factory).__module__}.{type(factory).__qualname__}"
 
     def start(self) -> None:
-        self.factory.doStart()
+        self.factory.doStart()  # type: ignore[misc]  # zope interface method, no self
 
     def stop(self) -> None:
-        self.factory.doStop()
+        self.factory.doStop()  # type: ignore[misc]  # zope interface method, no self
 
     def attach(self, connection: Any) -> IProtocol | None:
-        protocol = self.factory.buildProtocol(connection.peer)
+        protocol = self.factory.buildProtocol(connection.peer)  # type: ignore[call-arg,misc]  # zope
         if protocol is None:
             connection.refuse(refusal.UNAVAILABLE, "service declined the connection")
             return None
         connection.accept()
-        protocol.makeConnection(connection.transport)
+        protocol.makeConnection(connection.transport)  # type: ignore[call-arg,misc]  # zope
         payload = connection.payload
         if payload:
-            protocol.dataReceived(payload)
+            protocol.dataReceived(payload)  # type: ignore[call-arg,misc]  # zope
         return protocol
