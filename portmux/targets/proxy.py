@@ -56,7 +56,7 @@ class Backend:
     __slots__ = ("address", "endpoint", "family", "name", "tcp", "unix")
 
     def __init__(self, reactor: Any, spec: str | IStreamClientEndpoint) -> None:
-        endpoint: Any = clientFromString(reactor, spec) if isinstance(spec, str) else spec  # type: ignore[no-untyped-call]
+        endpoint: Any = clientFromString(reactor, spec) if isinstance(spec, str) else spec
         self.name = spec if isinstance(spec, str) else _endpoint_name(spec)
         self.endpoint = endpoint
         # Fast paths: (host, port, bindAddress) / path for the reactor's own connectors.
@@ -95,12 +95,12 @@ def _no_delay(transport: Any) -> None:
 
 
 def _failure(exc: BaseException) -> Failure:
-    return Failure(exc)  # type: ignore[no-untyped-call]
+    return Failure(exc)
 
 
 def _connect_failure(err: int) -> Failure:
     """The Twisted ConnectError subclass for a connect(2) errno, as a Failure."""
-    return _failure(error.getConnectError((err, os.strerror(err))))  # type: ignore[no-untyped-call]
+    return _failure(error.getConnectError((err, os.strerror(err))))
 
 
 class _Outgoing(tcp.Connection):
@@ -196,7 +196,7 @@ class _Dialing:
         self.skt.close()
         front.timer = None
         front.dialing = None
-        reason = error.TimeoutError(string="connect timed out")  # type: ignore[no-untyped-call]
+        reason = error.TimeoutError(string="connect timed out")
         front._dial_failed(_failure(reason))
 
 
@@ -438,7 +438,7 @@ class _Front(_Leg):
             if err == EINPROGRESS:
                 err = skt.connect_ex(address)  # type: ignore[arg-type]
         except OSError as e:
-            reason = error.ConnectError(string=str(e))  # type: ignore[no-untyped-call]
+            reason = error.ConnectError(string=str(e))
             self._dial_failed(_failure(reason))
             return
         if err == 0 or err == EISCONN:
@@ -691,7 +691,7 @@ def client_endpoint(
 
         return client_endpoint_from_config(ctx, key, item, tls_options)
     try:
-        clientFromString(ctx.reactor, item)  # type: ignore[no-untyped-call]
+        clientFromString(ctx.reactor, item)
     except Exception as e:  # noqa: BLE001 - endpoint parsers raise many kinds of errors
         ctx.problem(key, f"unparsable client endpoint {item!r}: {e}")
         return None
