@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
+
+from twisted.web.resource import IResource
 
 from portmux.admin.status import Metrics, StatusJSON, StatusPage, status_snapshot
 from portmux.targets.resource import ResourceTarget
 
-__all__ = ["Metrics", "StatusJSON", "StatusPage", "from_config", "status_target", "status_snapshot"]
+__all__ = ["Metrics", "StatusJSON", "StatusPage", "from_config", "status_snapshot", "status_target"]
 
 
 def status_target() -> ResourceTarget:
     """A resource target serving the status page of the multiplexer it is routed on."""
-    target = ResourceTarget(StatusPage())
+    target = ResourceTarget(cast(IResource, StatusPage()))
     target.description = "built-in status page"
     return target
 

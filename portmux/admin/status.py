@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import html
 import json
-from typing import Any
+from typing import Any, cast
 
-from twisted.web.resource import Resource
-
+from twisted.web.resource import IResource, Resource
 
 
 def status_snapshot(mux: Any) -> dict[str, Any]:
@@ -91,14 +90,14 @@ class StatusPage(Resource):
     """``/``: a small HTML page; children ``status.json`` and ``metrics``."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.putChild(b"status.json", StatusJSON())
-        self.putChild(b"metrics", Metrics())
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.putChild(b"status.json", cast(IResource, StatusJSON()))  # type: ignore[no-untyped-call]
+        self.putChild(b"metrics", cast(IResource, Metrics()))  # type: ignore[no-untyped-call]
 
     def getChild(self, path: bytes, request: Any) -> Resource:
         if path == b"":
             return self
-        return super().getChild(path, request)  # type: ignore[no-any-return]
+        return cast(Resource, super().getChild(path, request))  # type: ignore[no-untyped-call]
 
     def render_GET(self, request: Any) -> bytes:
         snap = status_snapshot(_mux_of(request))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.interfaces import IProtocol
 from twisted.web.pages import notFound
@@ -68,7 +68,7 @@ class _Dispatcher(Resource):
     """Root resource that picks the first resource route matching each request."""
 
     def __init__(self, mux: Any) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._mux = mux
         self._preambles: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
@@ -89,7 +89,7 @@ class _Dispatcher(Resource):
         return notFound(brief="No Such Resource", message="No route serves this host and path.")
 
     def render(self, request: Any) -> bytes:
-        return notFound().render(request)  # type: ignore[no-any-return]
+        return cast(bytes, notFound().render(request))  # type: ignore[call-arg,misc]  # zope: no self
 
 
 def _descend(route: Any, resource: IResource, request: Any) -> IResource:
@@ -108,7 +108,7 @@ def _descend(route: Any, resource: IResource, request: Any) -> IResource:
     if request.postpath == [b""] and _renders_at_mount_point(resource):
         request.prepath.append(request.postpath.pop())
         return resource
-    return getChildForRequest(resource, request)
+    return cast(IResource, getChildForRequest(resource, request))
 
 
 def _renders_at_mount_point(resource: Any) -> bool:
