@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import signal
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import maybeDeferred
@@ -26,7 +27,7 @@ class PortmuxService(MultiService):
 
     def __init__(self, reactor: Any, load: Callable[[], Any], listen: list[str] | None = None,
                  control: str | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.reactor = reactor
         self._load = load
         self._listen_override = list(listen or [])
@@ -42,14 +43,15 @@ class PortmuxService(MultiService):
             ]
         for description, trusted in listeners:
             factory = self.mux.listener_factory(tuple(trusted))
-            ListenerService(reactor, description, self.mux, factory).setServiceParent(self)
+            listener_service = ListenerService(reactor, description, self.mux, factory)
+            listener_service.setServiceParent(self)  # type: ignore[no-untyped-call]
         control_config = getattr(config, "control", None)
         if self._control_override:
             control_config = _control_with_endpoint(control_config, self._control_override)
         if control_config is not None:
             from portmux.control import ControlService
 
-            ControlService(
+            ControlService(  # type: ignore[no-untyped-call]
                 reactor, self.mux, control_config, getattr(config, "reservations", ())
             ).setServiceParent(self)
         self._previous_sighup: Any = None
@@ -62,7 +64,7 @@ class PortmuxService(MultiService):
                 match=route.match.describe(),
                 target=getattr(route.target, "description", route.kind),
             )
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         try:
             self._previous_sighup = signal.signal(
                 signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload)
@@ -74,7 +76,7 @@ class PortmuxService(MultiService):
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
-        return super().stopService()
+        return super().stopService()  # type: ignore[no-untyped-call]
 
     def reload(self) -> bool:
         """Re-read the config and swap routes; on any error keep the running config."""
@@ -85,13 +87,15 @@ class PortmuxService(MultiService):
         except ConfigError as error:
             log.error("reload refused, keeping the running config:\n{errors}", errors=str(error))
             return False
-        except Exception:
+        except Exception:  # noqa: BLE001  # keep running on any reload failure
             log.failure("reload failed, keeping the running config")
             return False
         old_listeners = [listener.endpoint for listener in self.config.listeners]
         new_listeners = [listener.endpoint for listener in config.listeners]
         if not self._listen_override and old_listeners != new_listeners:
-            log.warn("reload: listeners changed in the config; restart portmux to apply them")
+            log.warn(  # noqa: G010  # twisted.logger.Logger has no .warning
+                "reload: listeners changed in the config; restart portmux to apply them"
+            )
         self.config = config
         self.mux.settings = config.sniff
         self.mux.set_static_routes(config.routes)
@@ -100,7 +104,7 @@ class PortmuxService(MultiService):
             if reload_target is not None:
                 try:
                     reload_target()
-                except Exception:
+                except Exception:  # noqa: BLE001
                     log.failure("reloading target {target} failed", target=target)
         log.info("reloaded: {count} routes", count=len(self.mux.router.routes))
         return True
@@ -121,7 +125,7 @@ class ListenerService(Service):
         self.port: Any = None
 
     def privilegedStartService(self) -> None:
-        super().privilegedStartService()
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
         if self.port is not None:
             return
         outcome: list[Any] = []
@@ -131,7 +135,7 @@ class ListenerService(Service):
             raise RuntimeError(f"{self.description}: the endpoint did not listen at once")
         result = outcome[0]
         if isinstance(result, Failure):
-            raise RuntimeError(
+            raise RuntimeError(  # noqa: TRY004  # a failed listen, not a type error
                 f"cannot listen on {self.description}: {result.getErrorMessage()}"
             )
         self.port = result
@@ -146,10 +150,10 @@ class ListenerService(Service):
     def startService(self) -> None:
         if self.port is None:
             self.privilegedStartService()
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
 
     def stopService(self) -> Any:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         port, self.port = self.port, None
         if port is None:
             return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.python import usage
 
@@ -18,15 +18,15 @@ class Options(usage.Options):
         "worker process. Without --config the embedded default runs: 127.0.0.1:8080 "
         "with the status page (HTTP) and TCPMUX echo and HELP."
     )
-    optParameters = [
+    optParameters: ClassVar[list[list[Any]]] = [
         ["config", "c", None, "TOML config file (see docs/config.md). Default: embedded default."],
         ["control", None, None,
-         "Control socket endpoint for worker processes, e.g. unix:/run/portmux/control.sock "
-         "(overrides [control].endpoint)."],
+         ("Control socket endpoint for worker processes, e.g. unix:/run/portmux/control.sock "
+          "(overrides [control].endpoint).")],
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
 
     def opt_listen(self, endpoint: str) -> None:

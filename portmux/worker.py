@@ -252,14 +252,14 @@ class Worker:
 
     def connect(self) -> Deferred[Worker]:
         """Connect and say hello; fires with self."""
-        endpoint = UNIXClientEndpoint(self.reactor, self.path)  # type: ignore[no-untyped-call]
+        endpoint = UNIXClientEndpoint(self.reactor, self.path)
         worker = self
 
         class _Factory(Factory):
             def buildProtocol(self, addr: IAddress | None) -> WorkerProtocol:
                 return WorkerProtocol(worker)
 
-        d: Any = endpoint.connect(_Factory())  # type: ignore[no-untyped-call]
+        d: Any = endpoint.connect(_Factory())
 
         def connected(protocol: WorkerProtocol) -> Deferred[pc.Message]:
             self.protocol = protocol

@@ -113,7 +113,7 @@ class WorkerService(Service):
         if self.options["mode"] == "proxy":
             from twisted.internet.endpoints import serverFromString
 
-            d = serverFromString(self.reactor, self.options["listen"]).listen(self.factory)  # type: ignore[no-untyped-call]
+            d = serverFromString(self.reactor, self.options["listen"]).listen(self.factory)
             d.addCallback(self._listening)
         else:
             self._connect()
@@ -171,12 +171,12 @@ def makeService(options: Options) -> MultiService:
     """The worker service, plus whatever else the wrapped plugin built."""
     from twisted.internet import reactor
 
-    top = MultiService()  # type: ignore[no-untyped-call]
+    top = MultiService()
     if options["factory"]:
         factory = load_factory(options["factory"])
     else:
         plugin = next(p for p in getPlugins(IServiceMaker) if p.tapname == options.subCommand)
-        inner: Any = plugin.makeService(options.subOptions)  # type: ignore[call-arg,misc,no-untyped-call]
+        inner: Any = plugin.makeService(options.subOptions)  # type: ignore[call-arg,misc]
         own = getattr(inner, "factory", None)
         if own is not None and hasattr(inner, "endpoint") and IProtocolFactory.providedBy(own):
             factory = own

@@ -8,5 +8,5 @@ Other distributions may ship modules into their own ``portmux/plugins`` director
 
 from twisted.plugin import pluginPackagePaths
 
-__path__.extend(pluginPackagePaths(__name__))  # type: ignore[no-untyped-call]
+__path__.extend(pluginPackagePaths(__name__))
 __all__: list[str] = []

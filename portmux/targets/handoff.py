@@ -61,7 +61,7 @@ def detach(transport: Any) -> None:
         os.dup2(placeholder.fileno(), handle.fileno())
     finally:
         placeholder.close()
-    transport.connectionLost(Failure(ConnectionDone("socket handed off")))  # type: ignore[no-untyped-call]
+    transport.connectionLost(Failure(ConnectionDone("socket handed off")))
 
 
 def accept_bytes(preamble: Preamble) -> bytes:

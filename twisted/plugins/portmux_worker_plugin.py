@@ -2,7 +2,7 @@
 
 from twisted.application.service import ServiceMaker
 
-portmux_worker = ServiceMaker(  # type: ignore[no-untyped-call]
+portmux_worker = ServiceMaker(
     "portmux-worker",
     "portmux.worker_tap",
     "Run a factory (or another twistd plugin's server) as a portmux worker.",
