@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -61,7 +61,7 @@ PEM_SUFFIXES = (".pem", ".crt", ".cer")
 UNKNOWN_SNI_POLICIES = ("default", "refuse")
 
 PathLike = Union[str, "os.PathLike[str]"]
-CertificateSource = Union[PathLike, tuple[PathLike, PathLike]]
+CertificateSource = PathLike | tuple[PathLike, PathLike]
 """A PEM path (key + chain, or chain with ``<stem>.key`` beside it), a directory, or (cert, key)."""
 
 
@@ -116,7 +116,7 @@ def _names_of(cert: x509.Certificate) -> tuple[str, ...]:
     """Lower-cased SAN dNSNames, or the subject CN when there is no SAN."""
     try:
         san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
-        names = san.value.get_values_for_type(x509.DNSName)
+        names = cast(x509.SubjectAlternativeName, san.value).get_values_for_type(x509.DNSName)
     except x509.ExtensionNotFound:
         names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     return tuple(dict.fromkeys(n.lower().rstrip(".") for n in names if n))
@@ -494,7 +494,8 @@ def client_endpoint(
         raise ValueError(f"unknown option(s) {', '.join(sorted(keywords))} in {description!r}")
     name = server_name or host
     creator = client_tls_options(name, ca=ca, client_cert=client_cert, base_dir=base_dir)
-    return VerifiedTLSEndpoint(reactor, _ClientTLS(host, port, timeout, name, creator))
+    endpoint = VerifiedTLSEndpoint(reactor, _ClientTLS(host, port, timeout, name, creator))
+    return cast(IStreamClientEndpoint, endpoint)
 
 
 def client_endpoint_from_config(
@@ -514,7 +515,7 @@ def client_endpoint_from_config(
         return client_endpoint(ctx.reactor, item, base_dir=ctx.base_dir, **options)
     except (CertificateError, ValueError) as e:
         ctx.problem(key, str(e))
-    except Exception as e:  # endpoint parsers raise many kinds of errors
+    except Exception as e:  # noqa: BLE001  # endpoint parsers raise many kinds of errors
         ctx.problem(key, f"unparsable client endpoint {item!r}: {e}")
     return None
 
@@ -545,9 +546,11 @@ class VerifiedTLSEndpoint:
 
         done: Deferred[IProtocol] = Deferred(cancel)
         waiter_factory = _WaiterFactory(protocolFactory, done, spec.server_name)
-        tls = TLSMemoryBIOFactory(spec.creator, True, waiter_factory, clock=self._reactor)
+        tls = TLSMemoryBIOFactory(
+            spec.creator, True, cast(IProtocolFactory, waiter_factory), clock=self._reactor
+        )
         tcp = HostnameEndpoint(self._reactor, spec.host, spec.port, timeout=spec.timeout)
-        connecting = tcp.connect(tls)
+        connecting = tcp.connect(cast(IProtocolFactory, tls))
 
         def failed(reason: Failure) -> None:
             if not done.called:
@@ -601,21 +604,21 @@ class _HandshakeWaiter(Protocol):
         if owner.done.called:  # timed out meanwhile
             tls.abortConnection()  # type: ignore[union-attr]
             return
-        protocol = owner.wrapped.buildProtocol(self.addr)
+        protocol = owner.wrapped.buildProtocol(self.addr)  # type: ignore[call-arg,misc]  # zope
         if protocol is None:
-            tls.loseConnection()  # type: ignore[union-attr]
+            tls.loseConnection()  # type: ignore[union-attr,misc]  # zope: no self
             owner.done.errback(ConnectionRefusedError("factory declined the connection"))
             return
         tls.wrappedProtocol = protocol  # type: ignore[union-attr]
-        protocol.makeConnection(tls)
+        protocol.makeConnection(tls)  # type: ignore[call-arg,misc]  # zope: no self
         if self.pending:
-            protocol.dataReceived(self.pending)
+            protocol.dataReceived(self.pending)  # type: ignore[call-arg,misc]  # zope: no self
         owner.done.callback(protocol)
 
     def dataReceived(self, data: bytes) -> None:
         self.pending += data
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         owner = self.owner
         if owner.done.called:
             return

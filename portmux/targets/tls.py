@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet.interfaces import IHandshakeListener, IProtocol
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLServerConnectionCreator,
+    IProtocol,
+    IProtocolFactory,
+)
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -60,7 +65,7 @@ class _InnerSniffer(SniffingProtocol):
         if route is not None:
             self._attach(route, with_outer(UNKNOWN, self.outer))
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         if self.outer is None and self._target is None:
             self.mux.stats.refusals["tls-handshake"] += 1
             log.info(
@@ -90,12 +95,17 @@ class TLSTarget:
         store: CertificateStore,
         inner_routes: Iterable[Route] = (),
         probes: Sequence[IProbe] | None = None,
-        settings: SniffSettings = SniffSettings(),
+        settings: SniffSettings = SniffSettings(),  # noqa: B008  # frozen dataclass
     ) -> None:
         self.reactor = reactor
         self.store = store
         self.inner = _InnerMultiplexer(reactor, inner_routes, probes=probes, settings=settings)
-        self._tls_factory = TLSMemoryBIOFactory(store, False, self.inner, clock=reactor)
+        self._tls_factory = TLSMemoryBIOFactory(
+            cast(IOpenSSLServerConnectionCreator, store),
+            False,
+            cast(IProtocolFactory, self.inner),
+            clock=reactor,
+        )
         names = ", ".join(store.names()) or "-"
         self.description = f"tls termination for {names} → {len(self.inner.router.routes)} route(s)"
 
@@ -121,10 +131,12 @@ class TLSTarget:
         payload = connection.payload
         if payload:
             protocol.dataReceived(payload)
-        return protocol
+        return cast(IProtocol, protocol)
 
 
-CONTENT_FIELDS = {"protocol": None, "host": None, "path": None, "service": None, "via": None}
+CONTENT_FIELDS: dict[str, Any] = {
+    "protocol": None, "host": None, "path": None, "service": None, "via": None
+}
 
 
 def _route_without_content(router: Router, outer: Preamble, ip: str) -> Route | None:
@@ -248,7 +260,7 @@ def from_config(value: Any, ctx: Any, key: str = "tls") -> TLSTarget | None:
     except (CertificateError, ValueError) as e:
         ctx.problem(f"{key}.certificates", str(e))
         return None
-    except Exception as e:  # OpenSSL rejecting options (e.g. a cipher string)
+    except Exception as e:  # noqa: BLE001  # OpenSSL rejecting options (e.g. a cipher string)
         ctx.problem(key, f"cannot build the TLS context: {e}")
         return None
     inner = value.get("route", [])
