@@ -11,12 +11,12 @@ from portmux.targets.proxy import ProxyTarget
 from portmux.targets.resource import ResourceTarget
 
 __all__ = [
+    "NEED_MORE",
+    "NO",
     "Classified",
     "FactoryTarget",
     "Match",
     "Multiplexer",
-    "NEED_MORE",
-    "NO",
     "Preamble",
     "ProxyTarget",
     "ResourceTarget",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Union
 
 
 class Verdict(enum.Enum):
@@ -53,4 +52,4 @@ class Preamble:
     error: str | None = None
 
 
-ProbeResult = Union[Preamble, Verdict]
+ProbeResult = Preamble | Verdict

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from twisted.web.http import RESPONSES
 

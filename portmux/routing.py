@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence, Union
 
 from portmux import naming
 from portmux.nmf import ViaIndex, parse_base_address
 from portmux.preamble import Preamble
 
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Check = Callable[[Preamble, str], bool]
 
 
 def normalize_name(name: str) -> str:
     """Lower-case a host name and strip one trailing dot."""
     name = name.lower()
-    return name[:-1] if name.endswith(".") else name
+    return name.removesuffix(".")
 
 
 def host_pattern_matches(pattern: str, name: str | None) -> bool:
@@ -271,11 +271,11 @@ class Router:
                 return route
         return None
 
-    def with_route(self, route: Route) -> "Router":
+    def with_route(self, route: Route) -> Router:
         """A new Router with ``route`` appended."""
         return Router(self.routes + (route,))
 
-    def without(self, names: Iterable[str]) -> "Router":
+    def without(self, names: Iterable[str]) -> Router:
         """A new Router without the routes named in ``names``."""
         drop = set(names)
         return Router(r for r in self.routes if r.name not in drop)
