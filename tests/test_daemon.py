@@ -11,8 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -60,12 +60,14 @@ def tcpmux(port: int, data: bytes) -> bytes:
 
 
 def test_twistd_lists_the_plugin() -> None:
-    out = subprocess.run([*TWISTD, "--help"], capture_output=True, timeout=60).stdout
-    assert re.search(rb"^\s+portmux\s", out, re.M), out
+    out = subprocess.run([*TWISTD, "--help"], check=False, capture_output=True, timeout=60).stdout
+    assert re.search(rb"^\s+portmux\s", out, re.MULTILINE), out
 
 
 def test_twistd_portmux_help_documents_every_option() -> None:
-    out = subprocess.run([*TWISTD, "portmux", "--help"], capture_output=True, timeout=60).stdout
+    out = subprocess.run(
+        [*TWISTD, "portmux", "--help"], check=False, capture_output=True, timeout=60
+    ).stdout
     for option in (b"--config", b"--listen", b"--control"):
         assert option in out
 
@@ -74,11 +76,11 @@ def test_twistd_portmux_help_documents_every_option() -> None:
 def test_default_config_serves_status_page_to_curl(portmux: tuple[int, Path]) -> None:
     port, log = portmux
     page = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/"],
-                          capture_output=True, timeout=30)
+                          check=False, capture_output=True, timeout=30)
     assert page.returncode == 0
     assert b"<h1>portmux</h1>" in page.stdout and b"echo" in page.stdout
     status = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/status.json"],
-                            capture_output=True, timeout=30)
+                            check=False, capture_output=True, timeout=30)
     snapshot = json.loads(status.stdout)
     names = [route["name"] for route in snapshot["routes"]]
     assert names == ["status", "help", "echo"]
@@ -92,7 +94,7 @@ def test_default_config_serves_status_page_to_curl(portmux: tuple[int, Path]) ->
 def test_default_config_answers_tcpmux_echo_and_help_to_nc(portmux: tuple[int, Path]) -> None:
     port, _ = portmux
     echoed = subprocess.run(["nc", "-q", "1", "127.0.0.1", str(port)],
-                            input=b"echo\r\nhello", capture_output=True, timeout=30)
+                            input=b"echo\r\nhello", check=False, capture_output=True, timeout=30)
     assert echoed.stdout == b"+\r\nhello"
     assert tcpmux(port, b"HELP\r\n") == b"echo\r\n"
     refused = tcpmux(port, b"nosuch\r\n")
@@ -105,7 +107,7 @@ def test_bad_config_refuses_to_start_with_the_key_path(tmp_path: Path) -> None:
     config.write_text('[[listen]]\nendpoint = "tcp:0"\n\n[[route]]\nname = "x"\n'
                       'match = { protocol = "tls", sni = 42 }\nproxy = ["tcp:127.0.0.1:1"]\n')
     result = subprocess.run([*TWISTD, "-n", "--pidfile=", "portmux", "--config", str(config)],
-                            capture_output=True, timeout=60, cwd=tmp_path)
+                            check=False, capture_output=True, timeout=60, cwd=tmp_path)
     assert result.returncode != 0
     assert b"route[0].match.sni" in result.stdout + result.stderr
 

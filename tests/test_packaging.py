@@ -15,7 +15,7 @@ def test_plain_install_ships_the_plugin_and_twistd_lists_it(tmp_path: Path) -> N
     build = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps",
          "--target", str(target), str(REPO)],
-        capture_output=True, timeout=300, cwd=tmp_path,
+        check=False, capture_output=True, timeout=300, cwd=tmp_path,
     )
     assert build.returncode == 0, build.stderr.decode()[-2000:]
     plugins = target / "twisted" / "plugins"
@@ -26,6 +26,6 @@ def test_plain_install_ships_the_plugin_and_twistd_lists_it(tmp_path: Path) -> N
     env = dict(os.environ, PYTHONPATH=str(target))
     listed = subprocess.run(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--help"],
-        capture_output=True, timeout=120, cwd=tmp_path, env=env,
+        check=False, capture_output=True, timeout=120, cwd=tmp_path, env=env,
     )
     assert b"portmux " in listed.stdout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-
 import tempfile
 from pathlib import Path
 from typing import Any

@@ -13,8 +13,8 @@ from typing import Any
 import trustme
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.web.resource import Resource
 from twisted.web.static import Data
@@ -48,8 +48,7 @@ def make_pki(directory: Path) -> PKI:
     a.private_key_and_cert_chain_pem.write_to_path(str(certs / "a.pem"))
     b = ca.issue_cert("b.example.com")
     with open(certs / "b.pem", "wb") as f:
-        for blob in b.cert_chain_pems:
-            f.write(blob.bytes())
+        f.writelines(blob.bytes() for blob in b.cert_chain_pems)
     b.private_key_pem.write_to_path(str(certs / "b.key"))
     wild = ca.issue_cert("*.wild.example.com")
     wild.private_key_and_cert_chain_pem.write_to_path(str(certs / "wild.pem"))
