@@ -27,7 +27,7 @@ from twisted.web.resource import IResource
 from portmux.mux import SniffSettings
 from portmux.routing import Match, Network, Route
 
-if sys.version_info >= (3, 11):  # noqa: UP036 - setup.cfg allows 3.10 with tomli
+if sys.version_info >= (3, 11):  # setup.cfg allows 3.10 with tomli
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
