@@ -47,6 +47,14 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], limit: float = 
     raise RuntimeError("sshd did not start listening")
 
 
+def _peer_port(selectable: Any) -> int | None:
+    """The remote port of a connected TCP selectable (any kind of leg), else None."""
+    try:
+        return int(selectable.getPeer().port)
+    except Exception:  # noqa: BLE001 - listening ports, pipes, closed sockets
+        return None
+
+
 class SshThroughConnectTests(TestCase):
     """ssh -o ProxyCommand='portmux connect 127.0.0.1:PORT ssh' reaches a real sshd."""
 
@@ -110,8 +118,7 @@ class SshThroughConnectTests(TestCase):
         for _ in range(200):
             legs = [
                 s for s in reactor.getReaders() + reactor.getWriters()
-                if getattr(getattr(s, "realAddress", None), "__getitem__", None)
-                and s.realAddress[1] == self.sshd_port
+                if _peer_port(s) == self.sshd_port
             ]
             if not legs:
                 return
