@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -335,8 +334,7 @@ def with_outer(preamble: Preamble, outer: Preamble) -> Preamble:
     protocol, host = preamble.protocol, preamble.host
     if protocol == "h2c" and outer.alpn == ("h2",):
         protocol, host = "http", host or outer.sni
-    return dataclasses.replace(
-        preamble,
+    return preamble.replace(
         protocol=protocol,
         host=host,
         sni=outer.sni,

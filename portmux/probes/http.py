@@ -6,6 +6,8 @@ a space, so the other probes are never kept waiting by it.
 
 from __future__ import annotations
 
+import re
+
 from portmux.preamble import NEED_MORE, NO, Preamble, ProbeResult
 from portmux.probes.base import FunctionProbe
 
@@ -18,6 +20,9 @@ METHODS = frozenset(
 
 _LONGEST_METHOD = max(len(m) for m in METHODS)
 _VERSIONS = (b"HTTP/1.0", b"HTTP/1.1")
+_CONTROL_OR_SPACE = re.compile(rb"[\x00-\x20\x7f]")
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+_HOST_VALUE = re.compile(rb"\n[ \t]*host[ \t]*:([^\n]*)", re.IGNORECASE)
 
 
 def split_host_port(authority: str) -> tuple[str | None, int | None]:
@@ -59,7 +64,7 @@ def _method_verdict(data: bytes) -> ProbeResult | int:
 def _partial_line_plausible(rest: bytes) -> bool:
     """Can ``rest`` (request line after the method, no LF yet) still be valid?"""
     target, space, version = rest.partition(b" ")
-    if any(b < 0x21 or b == 0x7F for b in target):
+    if _CONTROL_OR_SPACE.search(target) is not None:
         return False
     if not space:
         return True
@@ -97,22 +102,16 @@ def probe_http(data: bytes) -> ProbeResult:
         return NO
     if not _partial_line_plausible(parts[1]):
         return NO
+    # The header block ends at the first empty line (CRLF or bare LF) after the request line.
+    blank = _BLANK_LINE.search(data, line_end)
+    if blank is None:
+        return NEED_MORE
     host_header: str | None = None
     hosts: set[str] = set()
-    pos = line_end + 1
-    while True:
-        end = data.find(b"\n", pos)
-        if end < 0:
-            return NEED_MORE
-        header = data[pos:end].removesuffix(b"\r")
-        pos = end + 1
-        if not header:
-            break
-        name, colon, value = header.partition(b":")
-        if colon and name.strip().lower() == b"host":
-            text = value.strip().decode("latin-1")
-            hosts.add(text.lower())
-            host_header = text
+    for raw in _HOST_VALUE.findall(data, line_end, blank.start() + 1):
+        text = raw.removesuffix(b"\r").strip().decode("latin-1")
+        hosts.add(text.lower())
+        host_header = text
     method = parts[0].decode("ascii")
     target = parts[1].decode("latin-1")
     authority, path = _parse_target(method, target)

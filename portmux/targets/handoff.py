@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import os
 import socket
-from dataclasses import fields
 from typing import Any
 
 from twisted.internet.error import ConnectionDone
@@ -72,11 +71,10 @@ def accept_bytes(preamble: Preamble) -> bytes:
 def preamble_facts(preamble: Preamble) -> dict[str, Any]:
     """The preamble's set fields, JSON-ready."""
     facts: dict[str, Any] = {}
-    for f in fields(preamble):
-        value = getattr(preamble, f.name)
+    for name, value in preamble._asdict().items():
         if value is None or value == () or value is False:
             continue
-        facts[f.name] = list(value) if isinstance(value, tuple) else value
+        facts[name] = list(value) if isinstance(value, tuple) else value
     return facts
 
 

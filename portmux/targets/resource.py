@@ -7,7 +7,6 @@ different resources.
 
 from __future__ import annotations
 
-import dataclasses
 import weakref
 from typing import Any, cast
 
@@ -61,7 +60,7 @@ def _request_preamble(request: Any, preambles: Any) -> Any:
         from portmux.preamble import Preamble
 
         base = Preamble(protocol="http")
-    return dataclasses.replace(base, host=host or base.host, path=path)
+    return base.replace(host=host or base.host, path=path)
 
 
 class _Dispatcher(Resource):
