@@ -207,10 +207,22 @@ def _endpoint_name(endpoint: object) -> str:
     return repr(endpoint)
 
 
+_PRIVATE_TRANSPORT_API = (
+    "_writeDisconnecting", "_writeDisconnected", "dataBuffer", "_shouldShutdown",
+    "_closeWriteConnection", "writeSomeData",
+)
+DIRECT_SUPPORTED = all(hasattr(tcp.Connection, name) for name in _PRIVATE_TRANSPORT_API) and (
+    "_tempDataLen" in abstract.FileDescriptor.__init__.__code__.co_names
+)
+"""The direct-send fast path uses tcp.Connection internals; if this Twisted's differ,
+every leg falls back to the public write()/loseConnection() path."""
+
+
 def _direct(transport: Any) -> bool:
     """True when ``transport`` is a plain socket transport we may send() on directly."""
     return (
-        isinstance(transport, tcp.Connection)
+        DIRECT_SUPPORTED
+        and isinstance(transport, tcp.Connection)
         and type(transport).writeSomeData is tcp.Connection.writeSomeData
         and not getattr(transport, "TLS", False)
     )
@@ -541,14 +553,13 @@ class _Front(_Leg):
         self.direct = _direct(server)
         # Plain socket sinks get their producer registered on the first write
         # that has to buffer (see dataReceived); other transports right away.
-        if back.direct:
-            _no_delay(client)
-        else:
+        _no_delay(client)
+        if type(server) is not _Outgoing:
+            _no_delay(server)  # connectTCP's transports (ours already have it)
+        if not back.direct:
             client.registerProducer(server, True)
         if not self.direct:
             server.registerProducer(client, True)
-        elif type(server) is not _Outgoing:
-            _no_delay(server)  # connectTCP's transports (ours already have it)
         data = connection.payload
         version = self.target.proxy_header
         if version is not None:

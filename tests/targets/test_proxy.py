@@ -561,6 +561,15 @@ def _transports() -> list[Any]:
     return [s for s in reactor.getReaders() + reactor.getWriters() if hasattr(s, "dataBuffer")]
 
 
+class PublicTransportAPITests(ProxyTests):
+    """Every proxy test again with the direct-send fast path off (public API only)."""
+
+    def setUp(self) -> None:
+        from portmux.targets import proxy
+
+        self.patch(proxy, "DIRECT_SUPPORTED", False)
+
+
 class FromConfigTests(SynchronousTestCase):
     """from_config builds targets and reports problems with key paths."""
 
