@@ -1,19 +1,24 @@
 """TLS handshakes/s and HTTPS request latency: portmux termination vs a direct Twisted HTTPS server.
 
-Both servers run in this process on loopback with the same certificate and options;
-clients are Python ssl sockets in a worker thread. Bounded in count and time.
+Both servers run in one child process (pinned to CPU 1 when there are two) on
+loopback, with the same certificate and TLS options; the client is this process
+(CPU 0), Python ssl sockets. Repetitions alternate direct/portmux and medians are
+reported, so background load hits both alike. Bounded in count and time.
 
-    /work/venv/bin/python bench/tls_bench.py [--handshakes 300] [--requests 1000]
+    python bench/tls_bench.py [--handshakes 300] [--requests 1000] [--reps 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import socket
 import ssl
 import statistics
 import sys
 import tempfile
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import trustme  # noqa: E402
 from twisted.internet import reactor as _reactor  # noqa: E402
-from twisted.internet.threads import deferToThread  # noqa: E402
 from twisted.web.server import Site  # noqa: E402
 
 from portmux.mux import Multiplexer  # noqa: E402
@@ -83,32 +87,15 @@ def latencies(port: int, context: ssl.SSLContext, count: int) -> list[float]:
     return times
 
 
-def run(args: argparse.Namespace, direct_port: int, mux_port: int, ca_file: str) -> None:
-    context = ssl.create_default_context(cafile=ca_file)
-    context.set_alpn_protocols(["http/1.1"])
-    results: dict[str, tuple[float, list[float]]] = {}
-    for label, port in (("direct", direct_port), ("portmux", mux_port)):
-        latencies(port, context, 50)  # warm up
-        rate = handshakes(port, context, args.handshakes)
-        times = latencies(port, context, args.requests)
-        results[label] = (rate, times)
-    print(f"{'server':<10} {'handshakes/s':>13} {'median µs':>10} {'p99 µs':>9}")
-    for label, (rate, times) in results.items():
-        times.sort()
-        p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
-        print(f"{label:<10} {rate:13.0f} {statistics.median(times):10.0f} {p99:9.0f}")
-    (d_rate, d_times), (m_rate, m_times) = results["direct"], results["portmux"]
-    print(
-        f"portmux/direct: handshakes {m_rate / d_rate:.2f}x, "
-        f"median latency {statistics.median(m_times) / statistics.median(d_times):.2f}x"
-    )
+def pin(cpu: int) -> None:
+    """Pin this process to ``cpu`` when the machine has more than one."""
+    if (os.cpu_count() or 1) > 1 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--handshakes", type=int, default=300)
-    parser.add_argument("--requests", type=int, default=1000)
-    args = parser.parse_args()
+def serve() -> None:
+    """Child role: both HTTPS servers on ephemeral loopback ports; print them, then serve."""
+    pin(1)
     tmp = Path(tempfile.mkdtemp())
     ca = trustme.CA()
     ca_file = tmp / "ca.pem"
@@ -116,17 +103,63 @@ def main() -> None:
     cert = tmp / "cert.pem"
     ca.issue_cert(NAME).private_key_and_cert_chain_pem.write_to_path(str(cert))
     store = CertificateStore([cert], settings=TLSSettings(alpn=("http/1.1",)))
-
     direct = reactor.listenSSL(0, Site(root()), store.options, interface="127.0.0.1")
     target = TLSTarget(
         reactor, store, [Route("site", Match(protocol="http"), ResourceTarget(root()))]
     )
     mux = Multiplexer(reactor, [Route("https", Match(protocol="tls"), target)])
     port = reactor.listenTCP(0, mux, interface="127.0.0.1")
-    d = deferToThread(run, args, direct.getHost().port, port.getHost().port, str(ca_file))
-    d.addErrback(lambda f: print(f.getTraceback(), file=sys.stderr))
-    d.addBoth(lambda _: reactor.stop())
+    ports = {"direct": direct.getHost().port, "portmux": port.getHost().port, "ca": str(ca_file)}
+    print(json.dumps(ports), flush=True)
+    reactor.callLater(DEADLINE * 10, reactor.stop)  # never outlive a lost parent for long
     reactor.run()
+
+
+def measure(args: argparse.Namespace, ports: dict[str, Any]) -> None:
+    """Alternate direct/portmux ``args.reps`` times; print medians and ratios."""
+    context = ssl.create_default_context(cafile=ports["ca"])
+    context.set_alpn_protocols(["http/1.1"])
+    rates: dict[str, list[float]] = {"direct": [], "portmux": []}
+    times: dict[str, list[float]] = {"direct": [], "portmux": []}
+    for label in rates:
+        latencies(ports[label], context, 50)  # warm up
+    for _ in range(args.reps):
+        for label in rates:
+            rates[label].append(handshakes(ports[label], context, args.handshakes))
+            times[label].extend(latencies(ports[label], context, args.requests))
+    print(f"{'server':<10} {'handshakes/s':>13} {'median µs':>10} {'p99 µs':>9}")
+    for label in rates:
+        series = sorted(times[label])
+        p99 = series[min(len(series) - 1, int(len(series) * 0.99))]
+        print(f"{label:<10} {statistics.median(rates[label]):13.0f} "
+              f"{statistics.median(series):10.0f} {p99:9.0f}")
+    d_rate, m_rate = statistics.median(rates["direct"]), statistics.median(rates["portmux"])
+    d_lat, m_lat = statistics.median(times["direct"]), statistics.median(times["portmux"])
+    print(f"portmux/direct: handshakes/s {m_rate / d_rate:.2f}x, "
+          f"median request latency {m_lat / d_lat:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--handshakes", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--role", choices=("client", "server"), default="client")
+    args = parser.parse_args()
+    if args.role == "server":
+        serve()
+        return
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--role", "server"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        ports = json.loads(child.stdout.readline())
+        pin(0)
+        measure(args, ports)
+    finally:
+        child.terminate()
+        child.wait(10)
 
 
 if __name__ == "__main__":
