@@ -29,6 +29,12 @@ SERVICE = b"bench"
 
 # -- child roles ---------------------------------------------------------------
 
+def pin(cpu: int) -> None:
+    """Pin this process to ``cpu`` on a multi-core machine: stable placement, stable figures."""
+    if (os.cpu_count() or 1) > 1 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
 def run_mux(control: str) -> None:
     from twisted.internet import reactor
 
@@ -169,11 +175,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.role == "mux":
+        pin(1)  # idle once a connection is handed off
         run_mux(args.control)
         return 0
     if args.role == "worker":
+        pin(1)  # the server side, on its own core as in bench/run.py
         run_worker(args.control)
         return 0
+    pin(0)
 
     directory = tempfile.mkdtemp(prefix="pmxbench")
     control = os.path.join(directory, "control.sock")
