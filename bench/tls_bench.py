@@ -16,24 +16,24 @@ import os
 import socket
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import trustme  # noqa: E402
-from twisted.internet import reactor as _reactor  # noqa: E402
-from twisted.web.server import Site  # noqa: E402
+import trustme
+from twisted.internet import reactor as _reactor
+from twisted.web.server import Site
 
-from portmux.mux import Multiplexer  # noqa: E402
-from portmux.routing import Match, Route  # noqa: E402
-from portmux.targets.resource import ResourceTarget  # noqa: E402
-from portmux.targets.tls import TLSTarget  # noqa: E402
-from portmux.tlsconfig import CertificateStore, TLSSettings  # noqa: E402
+from portmux.mux import Multiplexer
+from portmux.routing import Match, Route
+from portmux.targets.resource import ResourceTarget
+from portmux.targets.tls import TLSTarget
+from portmux.tlsconfig import CertificateStore, TLSSettings
 
 reactor: Any = _reactor
 NAME = "bench.example.com"
@@ -121,15 +121,16 @@ def measure(args: argparse.Namespace, ports: dict[str, Any]) -> None:
     context.set_alpn_protocols(["http/1.1"])
     rates: dict[str, list[float]] = {"direct": [], "portmux": []}
     times: dict[str, list[float]] = {"direct": [], "portmux": []}
-    for label in rates:
+    labels = ("direct", "portmux")
+    for label in labels:
         latencies(ports[label], context, 50)  # warm up
     for _ in range(args.reps):
-        for label in rates:
+        for label in labels:
             rates[label].append(handshakes(ports[label], context, args.handshakes))
             times[label].extend(latencies(ports[label], context, args.requests))
     print(f"{'server':<10} {'handshakes/s':>13} {'median µs':>10} {'p99 µs':>9}")
-    for label in rates:
-        series = sorted(times[label])
+    for label, samples in times.items():
+        series = sorted(samples)
         p99 = series[min(len(series) - 1, int(len(series) * 0.99))]
         print(f"{label:<10} {statistics.median(rates[label]):13.0f} "
               f"{statistics.median(series):10.0f} {p99:9.0f}")
