@@ -104,6 +104,7 @@ class SniffingProtocol(Protocol):
     """
 
     _timer: Any = None
+    _sniffing = False
     _target: Any = None
     _counters: RouteCounters | None = None
     header_from: tuple[Network, ...] = ()
@@ -125,6 +126,7 @@ class SniffingProtocol(Protocol):
         mux = self.mux
         mux.stats.accepted += 1
         mux.stats.sniffing += 1
+        self._sniffing = True
         settings = mux.settings
         now = mux.reactor.seconds()
         self._deadline = now + settings.preamble_timeout
@@ -262,10 +264,12 @@ class SniffingProtocol(Protocol):
         self.refuse(UNKNOWN, refusal.TIMEOUT, "no preamble before the deadline")
 
     def _stop_sniffing(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        """Leave the sniffing state once: cancel the deadline, update the gauge."""
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if self._sniffing:
+            self._sniffing = False
             self.mux.stats.sniffing -= 1
 
     # -- routing and attaching --------------------------------------------

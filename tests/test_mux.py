@@ -199,6 +199,15 @@ class RefusalTests(MuxTestCase):
         self.clock.advance(3.1)
         self.assertEqual(self.transport.value(), b"")
         self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(self.mux.stats.sniffing, 0)
+
+    def test_timeout_with_partial_preamble_leaves_the_sniffing_gauge(self) -> None:
+        protocol = self.make([], preamble_timeout=2.0)
+        protocol.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.assertEqual(self.mux.stats.sniffing, 1)
+        self.clock.advance(2.5)
+        protocol.connectionLost(None)
+        self.assertEqual(self.mux.stats.sniffing, 0)
 
     def test_attach_failure_is_a_502(self) -> None:
         class Broken(RecordingTarget):
@@ -223,6 +232,7 @@ class SilentRouteTests(MuxTestCase):
         target = RecordingTarget()
         self.make([Route("smtp", Match(silent=True), target)], silence_timeout=2.0)
         self.clock.advance(2.0)
+        self.assertEqual(self.mux.stats.sniffing, 0)
         self.assertEqual(target.connections[0].preamble.protocol, "silent")
         self.assertEqual(target.protocols[0].data, b"")
 
