@@ -311,6 +311,10 @@ class SniffingProtocol(Protocol):
     ) -> None:
         """Answer ``preamble``'s protocol with a refusal, log one line, and close."""
         self._stop_sniffing()
+        if self._target is None:  # refused while sniffing: what else arrives is dropped
+            self._target = _Closed()
+            self._buffer = b""
+            self.dataReceived = self._target.dataReceived  # type: ignore[method-assign]
         self.mux.stats.refusals[str(status)] += 1
         log.info(
             "refused {peer} protocol={protocol} route={route} status={status}: {reason}",

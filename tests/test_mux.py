@@ -185,6 +185,18 @@ class RefusalTests(MuxTestCase):
         self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 431 "))
         self.assertTrue(self.transport.disconnecting)
 
+    def test_bytes_after_a_refusal_are_dropped_not_classified_again(self) -> None:
+        target = RecordingTarget()
+        protocol = self.make([Route("rest", Match(default=True), target)],
+                             preamble_max_bytes=1024)
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 2000)
+        protocol.dataReceived(b"b" * 5000)
+        protocol.readConnectionLost()
+        self.assertEqual(self.mux.stats.refusals["431"], 1)
+        self.assertEqual(sum(self.mux.stats.refusals.values()), 1)
+        self.assertEqual(target.connections, [])
+        self.assertEqual(self.transport.value().count(b"HTTP/1.1 431 "), 1)
+
     def test_preamble_timeout_refuses(self) -> None:
         protocol = self.make([], preamble_timeout=5.0)
         protocol.dataReceived(b"GET / HTTP/1.1\r\n")
