@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +52,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_mux(control: str) -> None:
-    from twisted.internet import reactor
+    from twisted.internet import reactor as installed
 
     from portmux.control import ControlFactory
     from portmux.mux import Multiplexer
 
+    reactor: Any = installed
     mux = Multiplexer(reactor, [])
-    reactor.listenUNIX(control, ControlFactory(reactor, mux))  # type: ignore[attr-defined]
-    port = reactor.listenTCP(0, mux, interface="127.0.0.1")  # type: ignore[attr-defined]
+    reactor.listenUNIX(control, ControlFactory(reactor, mux))
+    port = reactor.listenTCP(0, mux, interface="127.0.0.1")
     print(port.getHost().port, flush=True)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 def socket_options(transport: Any) -> dict[str, int]:
@@ -76,16 +78,19 @@ def socket_options(transport: Any) -> dict[str, int]:
 
 
 def run_worker(control: str, report: str, nodelay: bool) -> None:
-    from twisted.internet import reactor
+    from twisted.internet import reactor as installed
     from twisted.internet.defer import Deferred
     from twisted.internet.protocol import Factory, Protocol
 
     from portmux.worker import Worker
 
+    reactor: Any = installed
     seen: dict[str, dict[str, int]] = {}
 
     class Bench(Protocol):
         """backend.c's semantics: the first request head picks echo, sink-N-then-'K' or a response."""
+
+        transport: Any
 
         def __init__(self) -> None:
             self.mode = "head"
@@ -99,38 +104,38 @@ def run_worker(control: str, report: str, nodelay: bool) -> None:
                 with open(report, "w") as f:
                     json.dump(seen, f)
             if nodelay:
-                self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
+                self.transport.setTcpNoDelay(True)
 
         def dataReceived(self, data: bytes) -> None:
             if self.mode == "echo":
-                self.transport.write(data)  # type: ignore[union-attr]
+                self.transport.write(data)
                 return
             if self.mode == "sink":
                 self.remaining -= len(data)
                 if self.remaining <= 0:
-                    self.transport.write(b"K")  # type: ignore[union-attr]
+                    self.transport.write(b"K")
                     self.mode, self.head = "head", b""
                 return
             self.head += data
             end = self.head.find(b"\r\n\r\n")
             if end < 0:
                 if len(self.head) > MAX_HEAD:
-                    self.transport.loseConnection()  # type: ignore[union-attr]
+                    self.transport.loseConnection()
                 return
             if self.head.startswith(b"GET /echo"):
                 self.mode = "echo"
-                self.transport.write(self.head)  # type: ignore[union-attr]
+                self.transport.write(self.head)
             elif self.head.startswith(b"GET /sink?n="):
                 digits = self.head[12:end].split(b" ", 1)[0].split(b"&", 1)[0]
                 self.remaining = int(digits) - (len(self.head) - end - 4) if digits.isdigit() else 0
                 self.mode = "sink"
                 self.dataReceived(b"")
             else:
-                self.transport.write(RESPONSE)  # type: ignore[union-attr]
-                self.transport.loseConnection()  # type: ignore[union-attr]
+                self.transport.write(RESPONSE)
+                self.transport.loseConnection()
 
     factory = Factory.forProtocol(Bench)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1", backlog=1024)  # type: ignore[attr-defined]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1", backlog=1024)
     worker = Worker(reactor, f"unix:{control}", factory)
 
     async def go() -> None:
@@ -139,7 +144,7 @@ def run_worker(control: str, report: str, nodelay: bool) -> None:
         print(port.getHost().port, flush=True)
 
     Deferred.fromCoroutine(go())
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 # -- orchestration ---------------------------------------------------------------
@@ -154,12 +159,31 @@ def build(workdir: str) -> str:
     return binary
 
 
-def load(client: str, mode: str, port: int, amount: int, seconds: float, cpu: int) -> dict[str, Any]:
-    """Run the C client once, pinned to ``cpu``; its JSON result."""
+def socket_count(pid: int) -> int:
+    """How many socket descriptors ``pid`` holds."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return count
+
+
+def load(client: str, mode: str, port: int, amount: int, seconds: float,
+         midway: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Run the C client once (pinned like this process: CPU 0); its JSON result.
+
+    ``midway`` is called once, half-way through the run's time limit, if the run lasts that long.
+    """
     argv = [client, mode, str(port), str(amount), str(seconds)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            preexec_fn=lambda: pin(cpu))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)  # inherits CPU 0 from us
     try:
+        if midway is not None:
+            try:
+                proc.wait(seconds / 2)
+            except subprocess.TimeoutExpired:
+                midway()
         out, _ = proc.communicate(timeout=seconds + 60)
     finally:
         if proc.poll() is None:
@@ -231,13 +255,22 @@ def main() -> int:
         values: dict[str, dict[str, list[float]]] = {p: {} for p in paths}
         ratios: dict[str, list[float]] = {}
         mux_steady_cpu = 0.0
+        held: list[int] = []  # portmux's extra sockets during handoff pp16
         for rnd in range(args.rounds):
             order = ["direct", "handoff"] if rnd % 2 == 0 else ["handoff", "direct"]
             for name, mode, amount, seconds, key in tests:
                 got: dict[str, dict[str, Any]] = {}
                 for path in order:
                     before = cpu_seconds(mux_pid)
-                    got[path] = load(client, mode, paths[path], amount, seconds, 0)
+                    midway: Callable[[], None] | None = None
+                    if path == "handoff" and name == "pp16":
+                        baseline = socket_count(mux_pid)
+
+                        def midway_check(base: int = baseline) -> None:
+                            held.append(socket_count(mux_pid) - base)
+
+                        midway = midway_check
+                    got[path] = load(client, mode, paths[path], amount, seconds, midway)
                     if path == "handoff" and mode in ("pp", "bulk"):
                         mux_steady_cpu += cpu_seconds(mux_pid) - before
                     if mode == "bulk" and not got[path].get("complete"):
@@ -268,7 +301,9 @@ def main() -> int:
         with open(report) as f:
             print("worker socket options as the socket arrives:", f.read())
         print(f"portmux CPU while handed-off connections ran pp/bulk: {mux_steady_cpu * 1e3:.0f} ms "
-              f"in total (includes accepting and handing off those {3 * args.rounds} connections)")
+              f"in total (includes accepting and handing off those {18 * args.rounds} connections)")
+        print(f"sockets portmux held beyond its idle set, midway through handoff pp16 runs: {held} "
+              "(16 would mean it kept the handed-off connections)")
         verdict = []
         for name in ("pp1", "pp16", "bulk"):
             r = statistics.median(ratios[name])
