@@ -47,6 +47,22 @@ def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
     raise AssertionError(f"nothing listening on {port}")
 
 
+BANNER_SERVER = """
+import socket, sys
+server = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+while True:
+    conn, _ = server.accept()
+    try:
+        with conn:
+            conn.sendall(b"220 mail.example ESMTP ready\\r\\n")
+            line = conn.recv(200)
+            if line:
+                conn.sendall(b"250 heard " + line)
+    except OSError:  # e.g. the readiness probe, which hangs up at once
+        pass
+"""
+
+
 class Backends:
     """Real backend processes on loopback ports, stopped by PID at the end."""
 
@@ -104,11 +120,22 @@ def one_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, obj
             f"StrictModes no\nPidFile {root / 'sshd.pid'}\n")
         os.makedirs("/run/sshd", exist_ok=True)
         backends.start([SSHD, "-D", "-e", "-f", str(root / "sshd_config")], ssh_port)
+        # A server-speaks-first backend (SMTP-like banner) for the silent route.
+        banner_port = free_port()
+        backends.start([sys.executable, "-c", BANNER_SERVER, str(banner_port)], banner_port)
 
         config = root / "one-port.toml"
         config.write_text(f"""
 [[listen]]
 endpoint = "tcp:0:interface=127.0.0.1"
+
+[sniff]
+silence_timeout = 0.5
+
+[[route]]
+name = "smtp"
+match = {{ silent = true }}
+proxy = ["tcp:127.0.0.1:{banner_port}"]
 
 [[route]]
 name = "web"
@@ -192,3 +219,12 @@ def test_ssh_reaches_sshd_through_the_shared_port(one_port: dict[str, object]) -
 def test_nc_tcpmux_echo_in_process(one_port: dict[str, object]) -> None:
     result = run(["nc", "-q", "1", "127.0.0.1", str(one_port["port"])], b"echo\r\nhello")
     assert result.stdout == b"+\r\nhello"
+
+
+def test_silent_client_reaches_the_server_speaks_first_backend(one_port: dict[str, object]) -> None:
+    port = int(str(one_port["port"]))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline() == b"220 mail.example ESMTP ready\r\n"  # after ~0.5 s of silence
+        sock.sendall(b"EHLO client\r\n")
+        assert reader.readline() == b"250 heard EHLO client\r\n"
