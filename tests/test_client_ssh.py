@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,31 +17,12 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from portmux.mux import Multiplexer
 from portmux.targets.help import HelpTarget
+from tests.support import SSHD, start_sshd, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SSH = shutil.which("ssh")
 PORTMUX = [sys.executable, "-m", "portmux"]
 reactor: Any = global_reactor
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes], limit: float = 10.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"sshd exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("sshd did not start listening")
 
 
 def _peer_port(selectable: Any) -> int | None:
@@ -67,37 +45,8 @@ class SshThroughConnectTests(TestCase):
             raise SkipTest("sshd in this test logs in as root")
         self.dir = Path(tempfile.mkdtemp(prefix="portmux-ssh-"))
         self.addCleanup(shutil.rmtree, self.dir, True)
-        for name in ("host", "user"):
-            subprocess.run(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / name)],
-                check=True,
-            )
-        (self.dir / "authorized_keys").write_bytes((self.dir / "user.pub").read_bytes())
-        self.sshd_port = _free_port()
-        config = self.dir / "sshd_config"
-        config.write_text(
-            f"ListenAddress 127.0.0.1\nPort {self.sshd_port}\n"
-            f"HostKey {self.dir / 'host'}\nAuthorizedKeysFile {self.dir / 'authorized_keys'}\n"
-            "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-            f"PidFile {self.dir / 'sshd.pid'}\n"
-        )
-        os.makedirs("/run/sshd", exist_ok=True)
-        self.sshd = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(config), "-h", str(self.dir / "host")],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "sshd.log", "wb"),  # noqa: SIM115
-        )
-        self.addCleanup(self._stop_sshd)
-        _wait_listening(self.sshd_port, self.sshd)
-
-    def _stop_sshd(self) -> None:
-        self.sshd.terminate()
-        try:
-            self.sshd.wait(5)
-        except subprocess.TimeoutExpired:
-            self.sshd.kill()
-            self.sshd.wait()
+        self.sshd, self.sshd_port = start_sshd(self.dir)
+        self.addCleanup(stop_process, self.sshd)
 
     @inlineCallbacks
     def _listen(self) -> Any:

@@ -13,38 +13,19 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support import SSHD, free_port, start_sshd, wait_listening
 from tests.test_daemon import start_portmux
 
 NEEDED = ["curl", "openssl", "ssh", "ssh-keygen", "nc"]
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(
     any(shutil.which(n) is None for n in NEEDED) or not os.path.exists(SSHD),
     reason="needs curl, openssl, nc, openssh client and server",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"backend exited with {process.returncode}"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listening on {port}")
 
 
 BANNER_SERVER = """
@@ -108,18 +89,8 @@ def one_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, obj
         backends.start(["openssl", "s_server", "-quiet", "-accept", f"127.0.0.1:{tls_port}",
                         "-cert", str(root / "tls.pem"), "-www"], tls_port)
         # SSH backend
-        for name in ("host", "user"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                            str(root / name)], check=True)
-        shutil.copy(root / "user.pub", root / "authorized_keys")
-        ssh_port = free_port()
-        (root / "sshd_config").write_text(
-            f"ListenAddress 127.0.0.1\nPort {ssh_port}\nHostKey {root / 'host'}\n"
-            f"AuthorizedKeysFile {root / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-            f"StrictModes no\nPidFile {root / 'sshd.pid'}\n")
-        os.makedirs("/run/sshd", exist_ok=True)
-        backends.start([SSHD, "-D", "-e", "-f", str(root / "sshd_config")], ssh_port)
+        sshd, ssh_port = start_sshd(root)
+        backends.processes.append(sshd)
         # A server-speaks-first backend (SMTP-like banner) for the silent route.
         banner_port = free_port()
         backends.start([sys.executable, "-c", BANNER_SERVER, str(banner_port)], banner_port)
