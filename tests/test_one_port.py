@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import SSHD, free_port, start_sshd, wait_listening
+from tests.support import SSHD, free_port, start_sshd, stop_process, wait_listening
 from tests.test_daemon import start_portmux
 
 NEEDED = ["curl", "openssl", "ssh", "ssh-keygen", "nc"]
@@ -59,12 +59,7 @@ class Backends:
 
     def stop(self) -> None:
         for process in self.processes:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 @pytest.fixture(scope="module")
