@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 
 from portmux import naming
-from portmux.mux import Multiplexer
 from portmux.preamble import Preamble
 from portmux.routing import Match, Route, Router, parse_networks
 from portmux.targets.help import HelpTarget
+from tests.support import feed_mux
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -199,12 +199,7 @@ class Recorder:
 
 
 def exchange(routes: list[Route], data: bytes) -> tuple[bytes, StringTransport]:
-    mux = Multiplexer(MemoryReactorClock(), routes)
-    mux.startFactory()
-    protocol = mux.buildProtocol(PEER)
-    transport = StringTransport(peerAddress=PEER)
-    protocol.makeConnection(transport)
-    protocol.dataReceived(data)
+    transport = feed_mux(routes, data)
     return transport.value(), transport
 
 

@@ -10,7 +10,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from portmux import refusal
@@ -25,6 +25,7 @@ from portmux.nmf import (
 )
 from portmux.preamble import Preamble
 from portmux.routing import Match, Route, Router
+from tests.support import feed_mux
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 reactor: Any = global_reactor
@@ -223,13 +224,7 @@ class Recording(Refusing):
 
 
 def exchange(routes: list[Route], data: bytes) -> StringTransport:
-    mux = Multiplexer(MemoryReactorClock(), routes)
-    mux.startFactory()
-    protocol = mux.buildProtocol(PEER)
-    transport = StringTransport(peerAddress=PEER)
-    protocol.makeConnection(transport)
-    protocol.dataReceived(data)
-    return transport
+    return feed_mux(routes, data)  # type: ignore[no-any-return]
 
 
 def app_routes(target: Any) -> list[Route]:
