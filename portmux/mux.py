@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from portmux import refusal
+from portmux.deadlines import DeadlineQueue
 from portmux.interfaces import IProbe
 from portmux.preamble import NEED_MORE, NO, Preamble
 from portmux.routing import Match, Network, Route, Router, _in_networks, peer_ip
@@ -104,6 +105,7 @@ class SniffingProtocol(Protocol):
     """
 
     _timer: Any = None
+    _queue: DeadlineQueue[SniffingProtocol] | None = None
     _sniffing = False
     _target: Any = None
     _counters: RouteCounters | None = None
@@ -128,12 +130,12 @@ class SniffingProtocol(Protocol):
         mux.stats.sniffing += 1
         self._sniffing = True
         settings = mux.settings
-        now = mux.reactor.seconds()
-        self._deadline = now + settings.preamble_timeout
         delay = settings.preamble_timeout
+        self._deadline = mux.reactor.seconds() + delay
         if self._router.silent_route is not None:
             delay = min(delay, settings.silence_timeout)
-        self._timer = mux.reactor.callLater(delay, self._timed_out)
+        queue = self._queue = mux.deadline_queue(delay)
+        queue.add(self)
         if self.header_from and _in_networks(self._ip, self.header_from):
             self.dataReceived = self._header_received  # type: ignore[method-assign]
 
@@ -247,6 +249,7 @@ class SniffingProtocol(Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
+        self._queue = None  # the queue already forgot us
         if self._target is not None:
             return
         now = self.mux.reactor.seconds()
@@ -265,6 +268,9 @@ class SniffingProtocol(Protocol):
 
     def _stop_sniffing(self) -> None:
         """Leave the sniffing state once: cancel the deadline, update the gauge."""
+        queue, self._queue = self._queue, None
+        if queue is not None:
+            queue.discard(self)
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
@@ -414,6 +420,21 @@ class Multiplexer(ServerFactory):
         self._running = False
         self._started: dict[int, Any] = {}  # id(target) -> target, in start order
         self._site: Any = None
+        self._deadlines: dict[float, DeadlineQueue[SniffingProtocol]] = {}
+
+    def deadline_queue(self, delay: float) -> DeadlineQueue[SniffingProtocol]:
+        """The shared timer queue for sniffing connections that time out after ``delay``.
+
+        One per distinct delay (settings can change on reload); empty ones are
+        dropped when a new delay appears.
+        """
+        queue = self._deadlines.get(delay)
+        if queue is None:
+            self._deadlines = {d: q for d, q in self._deadlines.items() if len(q)}
+            queue = self._deadlines[delay] = DeadlineQueue(
+                self.reactor, delay, SniffingProtocol._timed_out
+            )
+        return queue
 
     def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]
         return SniffingProtocol(self, addr)
