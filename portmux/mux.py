@@ -311,6 +311,9 @@ class SniffingProtocol(Protocol):
             target = _Closed()
         self._target = target
         self.dataReceived = target.dataReceived  # type: ignore[method-assign]
+        if IHalfCloseableProtocol.providedBy(target):  # EOFs go straight to the target too
+            self.readConnectionLost = target.readConnectionLost  # type: ignore[method-assign]
+            self.writeConnectionLost = target.writeConnectionLost  # type: ignore[method-assign]
 
     def refuse(
         self, preamble: Preamble, status: int, reason: str, route: str | None = None
