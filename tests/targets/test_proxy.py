@@ -400,6 +400,28 @@ class ProxyTests(TestCase):
         yield self.wait_for(lambda: backend.connections[0].eof)
         self.assertEqual(backend.connections[0].data(), REQUEST + b"after-fin")
 
+    @defer.inlineCallbacks
+    def test_backend_answers_and_closes_at_once(self) -> Any:
+        """A backend that answers and closes (HTTP/1.0 style): answer, then EOF, then all closed.
+
+        The answer and the FIN usually arrive together; both must reach the
+        client in order, and every socket of the connection must be closed after.
+        """
+
+        def on_data(b: Backend) -> None:
+            b.transport.write(b"HTTP/1.0 200 OK\r\n\r\nbody")
+            b.transport.loseConnection()
+
+        backend = BackendFactory(on_data=on_data, on_eof=lambda b: None)
+        port, mux = self.listen_mux(ProxyTarget(reactor, [f"tcp:127.0.0.1:{self.listen_backend(backend)}"]))
+        before = len(_transports())  # the two listening ports
+        for _ in range(20):
+            answer = yield threads.deferToThread(exchange, port, REQUEST, False)
+            self.assertEqual(answer, b"HTTP/1.0 200 OK\r\n\r\nbody")
+        yield self.wait_for(lambda: mux.stats.for_route("proxied").active == 0)
+        yield self.wait_for(lambda: len(_transports()) == before)
+        self.assertEqual(mux.stats.for_route("proxied").connections, 20)
+
     # -- backpressure and failures -------------------------------------------------------
 
     @defer.inlineCallbacks
