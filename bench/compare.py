@@ -72,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             per_conn: dict[str, list[float]] = {}
             per_rt: dict[str, list[float]] = {}
             rate: dict[str, list[float]] = {}
-            for _ in range(args.reps):
-                for name, port, proc in boxes:
+            for rep in range(args.reps):
+                # Rotate the order every rep, as bench/run.py does: whoever runs right
+                # after a connection-rate test pays for its TIME_WAIT sockets in connect(2).
+                shift = rep % len(boxes)
+                for name, port, proc in boxes[shift:] + boxes[:shift]:
                     before = cpu_seconds(proc.pid)
                     out = runner.load("rate", port, 32, args.seconds)
                     used = cpu_seconds(proc.pid) - before
