@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
+from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from portmux.mux import Multiplexer, SniffSettings
 from portmux.preamble import NEED_MORE, NO, Preamble, ProbeResult
@@ -239,6 +241,60 @@ class RefusalTests(MuxTestCase):
         self.assertEqual(self.mux.stats.sniffing, 0)
 
 
+class SharedDeadlineTests(MuxTestCase):
+    """Sniffing connections share one timer per delay, yet each keeps its own deadline."""
+
+    def connect(self) -> tuple[Any, StringTransport]:
+        protocol = self.mux.buildProtocol(PEER)
+        transport = StringTransport(peerAddress=PEER)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_many_connections_one_timer_each_own_deadline(self) -> None:
+        self.make([], preamble_timeout=5.0)
+        first = self.transport
+        others = []
+        for _ in range(20):
+            self.clock.advance(0.1)
+            others.append(self.connect()[1])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(3.0)  # the first connection's deadline
+        self.assertTrue(first.disconnecting)
+        self.assertFalse(others[0].disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(others[0].disconnecting)
+        self.assertFalse(others[1].disconnecting)
+        self.clock.advance(5.0)
+        self.assertTrue(all(t.disconnecting for t in others))
+        self.assertEqual(self.mux.stats.sniffing, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_classified_connections_leave_the_queue(self) -> None:
+        target = RecordingTarget()
+        self.make([Route("web", Match(protocol="http"), target)], preamble_timeout=5.0)
+        protocols = [self.connect() for _ in range(10)]
+        for protocol, _ in protocols:
+            protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(5.0)  # only the first, silent one times out
+        self.assertTrue(self.transport.disconnecting)
+        self.assertFalse(any(t.disconnecting for _, t in protocols))
+        self.assertEqual(len(target.connections), 10)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_new_settings_apply_to_new_connections_only(self) -> None:
+        self.make([], preamble_timeout=10.0)
+        old = self.transport
+        self.mux.settings = SniffSettings(preamble_timeout=2.0)
+        _, new = self.connect()
+        self.clock.advance(2.0)
+        self.assertTrue(new.disconnecting)
+        self.assertFalse(old.disconnecting)
+        self.clock.advance(8.0)
+        self.assertTrue(old.disconnecting)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 class SilentRouteTests(MuxTestCase):
     def test_silent_connection_goes_to_the_silent_route(self) -> None:
         target = RecordingTarget()
@@ -324,3 +380,35 @@ class ProxyHeaderTests(SynchronousTestCase):
         protocol = self.make(["10.0.0.0/8"])
         protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         self.assertEqual(self.target.connections[0].peer.host, "127.0.0.1")
+
+
+class SilentFloodTests(TestCase):
+    """Real sockets: a flood of connections that never speak is cut off on time, leak-free."""
+
+    timeout = 30
+
+    async def test_silent_flood_is_refused_on_deadline(self) -> None:
+        from twisted.internet import reactor
+
+        mux = Multiplexer(reactor, [], settings=SniffSettings(preamble_timeout=0.5))
+        port = reactor.listenTCP(0, mux, backlog=512, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        address = ("127.0.0.1", port.getHost().port)
+        clients = []
+        for _ in range(200):
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex(address)
+            clients.append(client)
+        self.addCleanup(lambda: [c.close() for c in clients])
+        waited = 0.0
+        while mux.stats.accepted < 200 or mux.stats.sniffing:
+            await task.deferLater(reactor, 0.05, lambda: None)
+            waited += 0.05
+            self.assertLess(waited, 10, f"sniffing={mux.stats.sniffing}")
+        self.assertEqual(mux.stats.refusals["408"], 200)
+        for client in clients:  # every client sees the server's close (EOF), nothing else
+            client.setblocking(True)
+            client.settimeout(5)
+            self.assertEqual(client.recv(10), b"")
+        self.assertEqual(len(mux._deadlines[0.5]), 0)
