@@ -160,30 +160,33 @@ class _Outgoing(tcp.Connection):
         byte says whether the FIN arrived, without a failing recv per read.
         """
         skt = self.socket
-        protocol: Any = self.protocol
-        try:
-            data = skt.recv(self.bufferSize)
-        except OSError as e:
-            return None if e.args[0] == EWOULDBLOCK else main.CONNECTION_LOST
-        if not data:
-            return main.CONNECTION_DONE
-        protocol.dataReceived(data)
+        got = self._receive(skt)
+        if got.__class__ is not int:
+            return got
         if (
-            len(data) < self.bufferSize
+            got < self.bufferSize
             and self._reading
             and self.connected
             and not self.disconnecting
             and _CLOSE_WAIT is not None
             and skt.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1) == _CLOSE_WAIT
         ):
-            try:
-                data = skt.recv(self.bufferSize)
-            except OSError as e:
-                return None if e.args[0] == EWOULDBLOCK else main.CONNECTION_LOST
-            if not data:
-                return main.CONNECTION_DONE
-            protocol.dataReceived(data)
+            got = self._receive(skt)
+            if got.__class__ is not int:
+                return got
         return None
+
+    def _receive(self, skt: socket.socket) -> Any:
+        """One recv(2) handed to the protocol: the byte count, or what doRead must return."""
+        try:
+            data = skt.recv(self.bufferSize)
+        except OSError as e:
+            return None if e.args[0] == EWOULDBLOCK else main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        protocol: Any = self.protocol
+        protocol.dataReceived(data)
+        return len(data)
 
     def connectionLost(self, reason: Failure) -> None:
         """As tcp.Connection's, minus its Failure.check for an abort on our shared clean close.
