@@ -212,17 +212,6 @@ class _Outgoing(tcp.Connection):
             log.failure("proxy leg failed on EOF")
             self.connectionLost(Failure())
 
-    def _closeWriteConnection(self) -> None:
-        try:
-            self.socket.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        try:
-            self.protocol.writeConnectionLost()
-        except BaseException:  # noqa: BLE001 - as tcp.Connection does
-            log.failure("proxy leg failed after half-close")
-            self.connectionLost(Failure())
-
 
 class _Dialing:
     """A non-blocking connect in progress, watched for writability by the reactor."""

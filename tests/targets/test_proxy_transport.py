@@ -8,13 +8,16 @@ import time
 from typing import Any
 
 from twisted.internet import main
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from portmux.targets import proxy
 from portmux.targets.proxy import _Outgoing
 
 
+@implementer(IHalfCloseableProtocol)
 class Recorder:
     """A half-closeable protocol stand-in that records what the transport tells it."""
 
@@ -105,7 +108,7 @@ class OutgoingReadTests(SynchronousTestCase):
         self.assertEqual(self.recorder.data, [])
 
     def test_half_close_tells_the_leg(self) -> None:
-        """_closeWriteConnection shuts our write side and tells the protocol directly."""
+        """A half-close shuts our write side (the peer sees EOF) and tells the leg."""
         self.transport._closeWriteConnection()
         self.assertEqual(self.recorder.events, ["write-lost"])
         self.peer.settimeout(5)
