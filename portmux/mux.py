@@ -256,7 +256,7 @@ class SniffingProtocol(Protocol):
         if not self._buffer and self._router.silent_route is not None:
             route = self._router.select_silent(self._ip)
             if route is not None:
-                self._attach(route, SILENT)
+                self._attach(route, SILENT if self.outer is None else with_outer(SILENT, self.outer))
                 return
         if now < self._deadline:
             self._timer = self.mux.reactor.callLater(self._deadline - now, self._timed_out)

@@ -149,6 +149,38 @@ class TerminationTests(TestCase):
         self.assertIn(preamble.tls_version, ("TLSv1.2", "TLSv1.3"))
         self.assertEqual(preamble.path, "/x")
 
+    @inlineCallbacks
+    def test_silent_inner_route_carries_outer_facts(self) -> Any:
+        """A client that says nothing after the handshake reaches the silent route, with its SNI."""
+        from portmux.mux import SniffSettings
+
+        seen: list[Any] = []
+
+        class Greeter:
+            kind = "greeter"
+            description = "server speaks first"
+
+            def start(self) -> None:
+                pass
+
+            def stop(self) -> None:
+                pass
+
+            def attach(self, connection: Any) -> None:
+                seen.append(connection.preamble)
+                connection.transport.write(b"220 hello\r\n")
+                connection.transport.loseConnection()
+
+        inner = self.target.inner
+        inner.settings = SniffSettings(silence_timeout=0.2)
+        inner.set_static_routes(list(inner.static_routes) + [Route("quiet", Match(silent=True), Greeter())])
+        result = yield self.exchange("a.example.com", b"", read_until=b"\r\n")
+        self.assertEqual(result.data, b"220 hello\r\n")
+        [preamble] = seen
+        self.assertEqual(preamble.protocol, "silent")
+        self.assertEqual(preamble.sni, "a.example.com")
+        self.assertTrue(preamble.tls_terminated)
+
     # -- real clients -------------------------------------------------------
 
     def curl(self, *args: str) -> Any:
