@@ -4,9 +4,11 @@
 
 Each DIR holds a ``portmux`` package (a copy of an older commit, say); each is
 run as bench/portmux_proxy.py with PYTHONPATH=DIR, plus Twisted's portforward
-as the yardstick.  Runs are interleaved and repeated; the report gives the
-median middlebox CPU time per new connection and per 16-connection round
-trip, which varies much less with background load than throughput does.
+as the yardstick.  Runs are interleaved, repeated and rotated (each rep
+starts with the next tree, so none always runs after a connection-rate
+test); the report gives the median middlebox CPU time per new connection
+and per 16-connection round trip, which varies much less with background
+load than throughput does.
 Needs gcc, like bench/run.py.
 """
 
