@@ -30,6 +30,28 @@ from tests.targets.test_tls_support import (
 )
 
 
+class Spy:
+    """An inner target that records each connection's preamble, answers ``reply`` and closes."""
+
+    kind = "spy"
+    description = "spy"
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.seen: list[Any] = []
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def attach(self, connection: Any) -> None:
+        self.seen.append(connection.preamble)
+        connection.transport.write(self.reply)
+        connection.transport.loseConnection()
+
+
 class TerminationTests(TestCase):
     """One port: TLS terminated, then three inner targets chosen by SNI/Host."""
 
@@ -117,31 +139,15 @@ class TerminationTests(TestCase):
 
     @inlineCallbacks
     def test_inner_preamble_carries_outer_facts(self) -> Any:
-        seen: list[Any] = []
-
-        class Spy:
-            kind = "spy"
-            description = "spy"
-
-            def start(self) -> None:
-                pass
-
-            def stop(self) -> None:
-                pass
-
-            def attach(self, connection: Any) -> None:
-                seen.append(connection.preamble)
-                connection.transport.write(b"seen")
-                connection.transport.loseConnection()
-
+        spy = Spy(b"seen")
         self.target.inner.set_static_routes(
-            [Route("spy", Match(protocol="http", sni="a.example.com", alpn="http/1.1"), Spy())]
+            [Route("spy", Match(protocol="http", sni="a.example.com", alpn="http/1.1"), spy)]
             + list(self.target.inner.static_routes)
         )
         yield self.exchange(
             "a.example.com", b"GET /x HTTP/1.1\r\nHost: a.example.com\r\n\r\n", alpn=("http/1.1",)
         )
-        [preamble] = seen
+        [preamble] = spy.seen
         self.assertEqual(preamble.protocol, "http")
         self.assertEqual(preamble.sni, "a.example.com")
         self.assertEqual(preamble.alpn, ("http/1.1",))
@@ -154,29 +160,13 @@ class TerminationTests(TestCase):
         """A client that says nothing after the handshake reaches the silent route, with its SNI."""
         from portmux.mux import SniffSettings
 
-        seen: list[Any] = []
-
-        class Greeter:
-            kind = "greeter"
-            description = "server speaks first"
-
-            def start(self) -> None:
-                pass
-
-            def stop(self) -> None:
-                pass
-
-            def attach(self, connection: Any) -> None:
-                seen.append(connection.preamble)
-                connection.transport.write(b"220 hello\r\n")
-                connection.transport.loseConnection()
-
+        greeter = Spy(b"220 hello\r\n")
         inner = self.target.inner
         inner.settings = SniffSettings(silence_timeout=0.2)
-        inner.set_static_routes(list(inner.static_routes) + [Route("quiet", Match(silent=True), Greeter())])
+        inner.set_static_routes(list(inner.static_routes) + [Route("quiet", Match(silent=True), greeter)])
         result = yield self.exchange("a.example.com", b"", read_until=b"\r\n")
         self.assertEqual(result.data, b"220 hello\r\n")
-        [preamble] = seen
+        [preamble] = greeter.seen
         self.assertEqual(preamble.protocol, "silent")
         self.assertEqual(preamble.sni, "a.example.com")
         self.assertTrue(preamble.tls_terminated)
