@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import sys
 import time
@@ -51,6 +52,13 @@ def wait_state(skt: socket.socket, state: int, limit: float = 5.0) -> None:
         time.sleep(0.005)
 
 
+def wait_readable(skt: socket.socket, limit: float = 5.0) -> None:
+    """Wait until ``skt`` has data or an EOF queued."""
+    readable, _, _ = select.select([skt], [], [], limit)
+    if not readable:
+        raise AssertionError("socket never became readable")
+
+
 class OutgoingReadTests(SynchronousTestCase):
     """doRead delivers data, and an EOF queued right behind it in the same call."""
 
@@ -82,7 +90,7 @@ class OutgoingReadTests(SynchronousTestCase):
     def test_data_without_eof(self) -> None:
         """No FIN yet: the data is delivered and the connection stays open."""
         self.peer.sendall(b"part")
-        time.sleep(0.05)
+        wait_readable(self.ours)
         self.assertIsNone(self.transport.doRead())
         self.assertEqual(self.recorder.data, [b"part"])
         self.assertIsNone(self.transport.doRead())  # nothing more: EAGAIN is not an error
@@ -95,7 +103,7 @@ class OutgoingReadTests(SynchronousTestCase):
         if sys.platform.startswith("linux"):
             wait_state(self.ours, 8)
         else:
-            time.sleep(0.05)
+            wait_readable(self.ours)
         self.assertIsNone(self.transport.doRead())
         self.assertEqual(self.recorder.data, [b"answer"])
         self.transport.resumeProducing()
@@ -103,7 +111,7 @@ class OutgoingReadTests(SynchronousTestCase):
 
     def test_eof_alone(self) -> None:
         self.peer.shutdown(socket.SHUT_WR)
-        time.sleep(0.05)
+        wait_readable(self.ours)
         self.assertIs(self.transport.doRead(), main.CONNECTION_DONE)
         self.assertEqual(self.recorder.data, [])
 
