@@ -100,6 +100,19 @@ def exchange(port: int, send: bytes, shut: bool = True, timeout: float = 10.0) -
         return b"".join(chunks)
 
 
+class Hanging:
+    """A backend endpoint whose connect never completes; counts cancellations."""
+
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        def cancel(d: defer.Deferred[Any]) -> None:
+            self.cancelled += 1
+
+        return defer.Deferred(cancel)
+
+
 class ProxyTests(TestCase):
     """Integration tests: client socket → Multiplexer → ProxyTarget → backend."""
 
@@ -278,20 +291,15 @@ class ProxyTests(TestCase):
     @defer.inlineCallbacks
     def test_connect_timeout_then_failover(self) -> Any:
         """A backend whose connect never completes is cancelled after connect_timeout."""
-        cancelled: list[bool] = []
-
-        class Hanging:
-            def connect(self, factory: Any) -> defer.Deferred[Any]:
-                return defer.Deferred(lambda d: cancelled.append(True))
-
+        hanging = Hanging()
         backend = BackendFactory(echo=True)
         target = ProxyTarget(
-            reactor, [Hanging(), f"tcp:127.0.0.1:{self.listen_backend(backend)}"], connect_timeout=0.2  # type: ignore[list-item]
+            reactor, [hanging, f"tcp:127.0.0.1:{self.listen_backend(backend)}"], connect_timeout=0.2  # type: ignore[list-item]
         )
         port, _ = self.listen_mux(target)
         echoed = yield threads.deferToThread(exchange, port, REQUEST)
         self.assertEqual(echoed, REQUEST)
-        self.assertEqual(cancelled, [True])
+        self.assertEqual(hanging.cancelled, 1)
 
     def full_listener(self) -> int:
         """A loopback port whose accept queue is full: new connects stay in progress."""
@@ -343,10 +351,6 @@ class ProxyTests(TestCase):
     @defer.inlineCallbacks
     def test_connect_timeout_all_down(self) -> Any:
         """Only hanging backends: a 502 after the timeout."""
-
-        class Hanging:
-            def connect(self, factory: Any) -> defer.Deferred[Any]:
-                return defer.Deferred()
 
         port, _ = self.listen_mux(ProxyTarget(reactor, [Hanging()], connect_timeout=0.1), protocol="http")  # type: ignore[list-item]
         answer = yield threads.deferToThread(exchange, port, REQUEST, False)
@@ -523,13 +527,8 @@ class ProxyTests(TestCase):
     @defer.inlineCallbacks
     def test_client_leaves_while_dialling(self) -> Any:
         """A client that resets before the backend answers cancels the dial."""
-        cancelled: list[bool] = []
-
-        class Hanging:
-            def connect(self, factory: Any) -> defer.Deferred[Any]:
-                return defer.Deferred(lambda d: cancelled.append(True))
-
-        port, mux = self.listen_mux(ProxyTarget(reactor, [Hanging()], connect_timeout=60))  # type: ignore[list-item]
+        hanging = Hanging()
+        port, mux = self.listen_mux(ProxyTarget(reactor, [hanging], connect_timeout=60))  # type: ignore[list-item]
 
         def client() -> None:
             with socket.create_connection(("127.0.0.1", port)) as s:
@@ -539,7 +538,7 @@ class ProxyTests(TestCase):
             # closed with RST: a FIN alone would be a half-close, still worth proxying
 
         yield threads.deferToThread(client)
-        yield self.wait_for(lambda: bool(cancelled))
+        yield self.wait_for(lambda: hanging.cancelled > 0)
         self.assertEqual(mux.stats.refusals["502"], 0)
         self.assertEqual(mux.stats.for_route("proxied").active, 0)
 
