@@ -54,8 +54,8 @@ def cpu_seconds(pid: int) -> float:
 def run_mux(control: str) -> None:
     from twisted.internet import reactor as installed
 
-    from portmux.control import ControlFactory
-    from portmux.mux import Multiplexer
+    from portmux.control._server import ControlFactory
+    from portmux.core.mux import Multiplexer
 
     reactor: Any = installed
     mux = Multiplexer(reactor, [])
@@ -82,7 +82,7 @@ def run_worker(control: str, report: str, nodelay: bool) -> None:
     from twisted.internet.defer import Deferred
     from twisted.internet.protocol import Factory, Protocol
 
-    from portmux.worker import Worker
+    from portmux.worker._library import Worker
 
     reactor: Any = installed
     seen: dict[str, dict[str, int]] = {}

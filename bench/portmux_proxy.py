@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     reactor: Any = _reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from portmux.mux import Multiplexer
+    from portmux.core.mux import Multiplexer
     from portmux.targets.proxy import ProxyTarget
 
     if not args.quiet:

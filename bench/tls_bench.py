@@ -29,11 +29,11 @@ import trustme
 from twisted.internet import reactor as _reactor
 from twisted.web.server import Site
 
-from portmux.mux import Multiplexer
-from portmux.routing import Match, Route
+from portmux.core.mux import Multiplexer
+from portmux.core.routing import Match, Route
 from portmux.targets.resource import ResourceTarget
 from portmux.targets.tls import TLSTarget
-from portmux.tlsconfig import CertificateStore, TLSSettings
+from portmux.tls import CertificateStore, TLSSettings
 
 reactor: Any = _reactor
 NAME = "bench.example.com"

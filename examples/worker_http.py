@@ -18,7 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from portmux.worker import Worker
+from portmux.worker._library import Worker
 
 control = sys.argv[1] if len(sys.argv) > 1 else "unix:/tmp/portmux/control.sock"
 host = sys.argv[2] if len(sys.argv) > 2 else "*"

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
-from portmux.worker import Worker
+from portmux.worker._library import Worker
 
 
 @implementer(IHalfCloseableProtocol)

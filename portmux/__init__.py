@@ -3,9 +3,9 @@
 The public API, re-exported; see README.md for the three-line embedding.
 """
 
-from portmux.mux import Classified, Multiplexer, SniffSettings
-from portmux.preamble import NEED_MORE, NO, Preamble, Verdict
-from portmux.routing import Match, Route, Router
+from portmux.core.mux import Classified, Multiplexer, SniffSettings
+from portmux.core.preamble import NEED_MORE, NO, Preamble, Verdict
+from portmux.core.routing import Match, Route, Router
 from portmux.targets.factory import FactoryTarget
 from portmux.targets.proxy import ProxyTarget
 from portmux.targets.resource import ResourceTarget

@@ -13,19 +13,19 @@ from typing import Any
 # function adding the arguments, function running it, one-line help).
 EXTERNAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "connect": (
-        "portmux.client_cli",
+        "portmux.client.cli",
         "add_connect_arguments",
         "run_connect",
         "connect to a service by name and bridge stdin/stdout (ssh ProxyCommand)",
     ),
     "services": (
-        "portmux.client_cli",
+        "portmux.client.cli",
         "add_services_arguments",
         "run_services",
         "list the TCPMUX service names a portmux port answers (HELP)",
     ),
     "routes": (
-        "portmux.control_cli",
+        "portmux.control.cli",
         "add_routes_arguments",
         "run_routes",
         "list the routes of a running portmux, registered ones included",
@@ -57,7 +57,7 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     """Validate each file; print errors (and warnings) to stderr; 1 if any file is bad."""
-    from portmux.config import validate_file
+    from portmux.daemon.config import validate_file
 
     status = 0
     for filename in args.files:

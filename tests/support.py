@@ -79,7 +79,7 @@ def feed_mux(routes: list[Any], data: bytes) -> Any:
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-    from portmux.mux import Multiplexer
+    from portmux.core.mux import Multiplexer
 
     peer = IPv4Address("TCP", "127.0.0.1", 40000)
     mux = Multiplexer(MemoryReactorClock(), routes)

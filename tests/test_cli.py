@@ -161,7 +161,7 @@ def test_python_m_portmux_check_ok_and_bad(good: Path, bad: Path) -> None:
 
 def test_python_m_portmux_checks_example_and_default(tmp_path: Path) -> None:
     example = REPO / "examples" / "one-port.toml"
-    default = REPO / "portmux" / "default.toml"
+    default = REPO / "portmux" / "daemon" / "default.toml"
     result = run_module("check", str(example), str(default), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [

@@ -22,7 +22,7 @@ def test_plain_install_ships_the_plugin_and_twistd_lists_it(tmp_path: Path) -> N
     assert (plugins / "portmux_plugin.py").exists()
     assert not (target / "twisted" / "__init__.py").exists()
     assert not (plugins / "__init__.py").exists()
-    assert (target / "portmux" / "default.toml").exists()
+    assert (target / "portmux" / "daemon" / "default.toml").exists()
     env = dict(os.environ, PYTHONPATH=str(target))
     listed = subprocess.run(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--help"],

@@ -1,7 +1,7 @@
 """Drop-in plugin modules for portmux (probes, targets), found with twisted.plugin.
 
 A module here exposes objects that provide both ``twisted.plugin.IPlugin`` and a
-portmux interface, e.g. ``PROBE = portmux.probes.PluginProbe("name", function)``.
+portmux interface, e.g. ``PROBE = portmux.protocols.PluginProbe("name", function)``.
 Other distributions may ship modules into their own ``portmux/plugins`` directory
 (without an ``__init__.py``); the idiom below adds those directories.
 """

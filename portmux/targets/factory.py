@@ -7,8 +7,8 @@ from typing import Any
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from zope.interface import implementer
 
-from portmux import refusal
-from portmux.interfaces import ITarget
+from portmux.core import refusal
+from portmux.core.interfaces import ITarget
 
 
 @implementer(ITarget)

@@ -19,9 +19,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from portmux import refusal
-from portmux.interfaces import ITarget
-from portmux.preamble import Preamble
+from portmux.core import refusal
+from portmux.core.interfaces import ITarget
+from portmux.core.preamble import Preamble
+from portmux.protocols import tcpmux
 
 log = Logger(namespace="portmux")
 
@@ -65,7 +66,7 @@ def detach(transport: Any) -> None:
 
 def accept_bytes(preamble: Preamble) -> bytes:
     """What Classified.accept would write: the worker writes it before serving."""
-    return b"+\r\n" if preamble.protocol == "tcpmux" else b""
+    return tcpmux.accept_bytes() if preamble.protocol == "tcpmux" else b""
 
 
 def preamble_facts(preamble: Preamble) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from typing import Any
 from twisted.internet.interfaces import IProtocol
 from zope.interface import implementer
 
-from portmux.interfaces import ITarget
-from portmux.naming import parse as parse_service
+from portmux.core.interfaces import ITarget
+from portmux.protocols.tcpmux import parse as parse_service
 
 
 def service_names(router: Any) -> list[str]:

@@ -40,8 +40,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from portmux import proxyheader, refusal
-from portmux.interfaces import ITarget
+from portmux.core import refusal
+from portmux.core.interfaces import ITarget
+from portmux.protocols import proxyheader
 
 log = Logger(namespace="portmux")
 
@@ -800,7 +801,7 @@ def client_endpoint(
         return None
     tls_options = {k: table[k] for k in TLS_KEYS if isinstance(table, dict) and k in table}
     if tls_options or item.split(":", 1)[0].lower() == "tls":
-        from portmux.tlsconfig import client_endpoint_from_config
+        from portmux.tls import client_endpoint_from_config
 
         return client_endpoint_from_config(ctx, key, item, tls_options)
     try:

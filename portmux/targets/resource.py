@@ -16,8 +16,8 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from portmux.interfaces import ITarget
-from portmux.routing import normalize_name, peer_ip
+from portmux.core.interfaces import ITarget
+from portmux.core.routing import normalize_name, peer_ip
 
 
 @implementer(ITarget)
@@ -57,7 +57,7 @@ def _request_preamble(request: Any, preambles: Any) -> Any:
         host = normalize_name(host.decode("latin-1").rsplit(":", 1)[0].strip("[]"))
     path = request.path.decode("latin-1")
     if base is None:
-        from portmux.preamble import Preamble
+        from portmux.core.preamble import Preamble
 
         base = Preamble(protocol="http")
     return base.replace(host=host or base.host, path=path)

@@ -2,7 +2,7 @@
 
 The inner stage is an ordinary Multiplexer (not listening) whose preambles carry
 the outer facts: sni, the negotiated ALPN protocol, the TLS version and
-``tls_terminated=True`` (see portmux.mux.with_outer).
+``tls_terminated=True`` (see portmux.core.mux.with_outer).
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from portmux import refusal
-from portmux.interfaces import IProbe, ITarget
-from portmux.mux import (
+from portmux.core import refusal
+from portmux.core.interfaces import IProbe, ITarget
+from portmux.core.mux import (
     UNKNOWN,
     Multiplexer,
     SniffingProtocol,
     SniffSettings,
     with_outer,
 )
-from portmux.preamble import Preamble
-from portmux.routing import Route, Router
-from portmux.tlsconfig import CertificateError, CertificateStore, TLSSettings
+from portmux.core.preamble import Preamble
+from portmux.core.routing import Route, Router
+from portmux.tls import CertificateError, CertificateStore, TLSSettings
 
 log = Logger(namespace="portmux")
 

@@ -14,7 +14,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from portmux.preamble import Preamble
+from portmux.core.preamble import Preamble
 from portmux.targets.handoff import (
     DetachError,
     accept_bytes,

@@ -19,7 +19,7 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from portmux.mux import Multiplexer
+from portmux.core.mux import Multiplexer
 from portmux.targets.proxy import ProxyTarget, from_config
 
 REQUEST = b"GET /x HTTP/1.1\r\nHost: example.test\r\n\r\n"

@@ -10,7 +10,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.static import Data
 
-from portmux.mux import Multiplexer
+from portmux.core.mux import Multiplexer
 from portmux.targets.resource import ResourceTarget
 
 

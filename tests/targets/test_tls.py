@@ -9,13 +9,13 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from portmux.mux import Multiplexer
-from portmux.routing import Match, Route
+from portmux.core.mux import Multiplexer
+from portmux.core.routing import Match, Route
 from portmux.targets.factory import FactoryTarget
 from portmux.targets.proxy import ProxyTarget
 from portmux.targets.resource import ResourceTarget
 from portmux.targets.tls import TLSTarget
-from portmux.tlsconfig import CertificateStore, TLSSettings
+from portmux.tls import CertificateStore, TLSSettings
 from tests.targets.test_tls_support import (
     echo_factory,
     in_thread,
@@ -158,7 +158,7 @@ class TerminationTests(TestCase):
     @inlineCallbacks
     def test_silent_inner_route_carries_outer_facts(self) -> Any:
         """A client that says nothing after the handshake reaches the silent route, with its SNI."""
-        from portmux.mux import SniffSettings
+        from portmux.core.mux import SniffSettings
 
         greeter = Spy(b"220 hello\r\n")
         inner = self.target.inner

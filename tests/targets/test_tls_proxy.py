@@ -12,10 +12,10 @@ from twisted.internet import ssl as tssl
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from portmux.mux import Multiplexer
-from portmux.routing import Match, Route
+from portmux.core.mux import Multiplexer
+from portmux.core.routing import Match, Route
 from portmux.targets.proxy import ProxyTarget
-from portmux.tlsconfig import BackendTLSError, client_endpoint, load_pem
+from portmux.tls import BackendTLSError, client_endpoint, load_pem
 from tests.targets.test_tls_support import (
     TIMEOUT,
     echo_factory,

@@ -23,7 +23,7 @@ class PortmuxClientParser:
     def parseStreamClient(self, reactor: Any, *args: str, **kwargs: str) -> Any:
         from twisted.internet import endpoints
 
-        from portmux.client import DEFAULT_TIMEOUT, PortmuxClientEndpoint
+        from portmux.client._connect import DEFAULT_TIMEOUT, PortmuxClientEndpoint
 
         if len(args) != 1:
             raise ValueError(

@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 portmux = ServiceMaker(
     "portmux",
-    "portmux.tap",
+    "portmux.daemon.tap",
     "One TCP port, every service: a protocol-sniffing port multiplexer.",
     "portmux",
 )

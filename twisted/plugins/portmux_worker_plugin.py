@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 portmux_worker = ServiceMaker(
     "portmux-worker",
-    "portmux.worker_tap",
+    "portmux.worker.tap",
     "Run a factory (or another twistd plugin's server) as a portmux worker.",
     "portmux-worker",
 )

@@ -1,0 +1,405 @@
+"""The control socket (server side): workers register routes and receive connections.
+
+A UNIX stream socket, created mode 0600; peers are checked with SO_PEERCRED
+against the allow-list. Protocol: portmux.control._framing, docs/control-protocol.md.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+import struct
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from portmux.control import _framing as pc
+from portmux.control._registry import Address, RegistrationError, Registry, parse_address
+from portmux.targets.handoff import PendingHandoff, WorkerGroupTarget
+
+log = Logger(namespace="portmux")
+
+HEARTBEAT = 5.0
+"""Seconds between pings to each worker."""
+HEARTBEAT_TIMEOUT = 15.0
+"""A worker silent this long is considered gone: its routes are dropped."""
+ACK_TIMEOUT = 10.0
+"""A handoff not acknowledged this long is refused to the client."""
+
+PeerCred = tuple[int, int, int]
+
+
+def peer_credentials(transport: Any) -> PeerCred:
+    """(pid, uid, gid) of a UNIX socket peer, from SO_PEERCRED."""
+    handle = transport.getHandle()
+    raw = handle.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def supplementary_gids(pid: int) -> set[int]:
+    """The peer's supplementary groups from /proc (empty if unreadable)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()
+
+
+def unix_path(endpoint: str) -> str:
+    """The path of a ``unix:/path`` or ``unix:path=/path`` endpoint string."""
+    if not endpoint.startswith("unix:"):
+        raise ValueError(f"control endpoint {endpoint!r} must be unix:/path")
+    rest = endpoint[len("unix:"):]
+    for part in rest.split(":"):
+        if part.startswith("path="):
+            return part[len("path="):]
+    path = rest.split(":", 1)[0]
+    if not path:
+        raise ValueError(f"control endpoint {endpoint!r} has no path")
+    return path
+
+
+def prepare_path(path: str, uid: int | None = None) -> None:
+    """Make ``path`` free to bind: refuse one owned by someone else or in use; drop a stale socket."""
+    uid = os.getuid() if uid is None else uid
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if info.st_uid != uid:
+        raise OSError(errno.EEXIST, f"{path} exists and belongs to uid {info.st_uid}, not {uid}; refusing to replace it")
+    if not stat.S_ISSOCK(info.st_mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # stale: nobody listens
+        return
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, f"{path} is in use by a running control server")
+
+
+class ControlProtocol(Protocol):
+    """One worker's (or CLI's) control connection; it owns that worker's registrations."""
+
+    pid = 0
+    uid = -1
+    gid = -1
+    label = "?"
+    transport: Any
+
+    def __init__(self, factory: ControlFactory) -> None:
+        self.factory = factory
+        self.decoder = pc.FrameDecoder()
+        self.pending: dict[int, tuple[PendingHandoff, Any]] = {}
+        self.addresses: list[Address] = []
+        self._ids = 0
+        self._heartbeat: Any = None
+        self._last_heard = 0.0
+        self._authorized = False
+        self._gone = False
+
+    # -- connection --------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        try:
+            self.pid, self.uid, self.gid = factory.credentials(self.transport)
+        except OSError as e:
+            log.warn("control: cannot read peer credentials: {error}", error=e)  # noqa: G010 (twisted.logger)
+            self.transport.loseConnection()
+            return
+        self.label = f"pid {self.pid} uid {self.uid}"
+        if not factory.authorized(self.pid, self.uid, self.gid):
+            log.warn("control: refused {label}: uid/gid not in [control] allow_uids/allow_gids", label=self.label)  # noqa: G010 (twisted.logger)
+            self.send({
+                "op": "error",
+                "error": "Unauthorized",
+                "message": f"uid {self.uid} gid {self.gid} may not use this control socket; "
+                           "add it to [control] allow_uids or allow_gids",
+            })
+            self.transport.loseConnection()
+            return
+        self._authorized = True
+        factory.connections.append(self)
+        self._last_heard = factory.reactor.seconds()
+        self._heartbeat = factory.reactor.callLater(factory.heartbeat, self._beat)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._gone:
+            return
+        self._gone = True
+        if self._heartbeat is not None and self._heartbeat.active():
+            self._heartbeat.cancel()
+        self._heartbeat = None
+        if not self._authorized:
+            return
+        factory = self.factory
+        if self in factory.connections:
+            factory.connections.remove(self)
+        gone = factory.registry.unregister_all(self)
+        if gone:
+            log.info("control: {label} disconnected; dropped {routes}", label=self.label,
+                     routes=", ".join(str(a) for a in gone))
+        pending, self.pending = self.pending, {}
+        # The peer closed (or died): descriptors in flight died with it, so retry.
+        # We timed it out: it may still adopt what it holds, so never offer twice.
+        retry = not self.factory.timed_out(self)
+        for handoff, timer in pending.values():
+            if timer.active():
+                timer.cancel()
+            handoff.failed("the worker went away before accepting the connection", retry)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._authorized:
+            return
+        self._last_heard = self.factory.reactor.seconds()
+        try:
+            messages = self.decoder.feed(data)
+        except pc.FrameError as e:
+            self.send({"op": "error", "error": "BadFrame", "message": str(e)})
+            log.warn("control: {label} sent a bad frame: {error}", label=self.label, error=e)  # noqa: G010 (twisted.logger)
+            self.transport.loseConnection()
+            return
+        for message in messages:
+            if self._gone:
+                return
+            self.handle(message)
+
+    def send(self, message: pc.Message) -> None:
+        self.transport.write(pc.encode(message))
+
+    # -- heartbeat ---------------------------------------------------------
+
+    def _beat(self) -> None:
+        factory = self.factory
+        self._heartbeat = None
+        if factory.reactor.seconds() - self._last_heard >= factory.heartbeat_timeout:
+            log.warn("control: {label} silent for {timeout}s; dropping it", label=self.label,  # noqa: G010 (twisted.logger)
+                     timeout=factory.heartbeat_timeout)
+            factory.mark_timed_out(self)
+            self.transport.abortConnection()
+            return
+        self.send({"op": "ping"})
+        self._heartbeat = factory.reactor.callLater(factory.heartbeat, self._beat)
+
+    # -- messages ----------------------------------------------------------
+
+    def handle(self, message: pc.Message) -> None:
+        op = message["op"]
+        request_id = message.get("id")
+        handler: Callable[[pc.Message], pc.Message | None] | None = getattr(self, f"op_{op}", None)
+        if handler is None:
+            self.send({"op": "error", "id": request_id, "error": "UnknownOp", "message": f"unknown op {op!r}"})
+            return
+        try:
+            reply = handler(message)
+        except RegistrationError as e:
+            log.info("control: refused {op} from {label}: {code}: {message}", op=op, label=self.label,
+                     code=e.code, message=e.message)
+            reply = {"op": "error", "error": e.code, "message": e.message}
+        except (KeyError, TypeError, ValueError) as e:
+            reply = {"op": "error", "error": "BadRequest", "message": f"malformed {op}: {e}"}
+        if reply is not None:
+            if request_id is not None:
+                reply["id"] = request_id
+            self.send(reply)
+
+    def op_hello(self, message: pc.Message) -> pc.Message:
+        version = message.get("version")
+        if version != pc.VERSION:
+            raise RegistrationError("UnsupportedVersion", f"this portmux speaks control protocol version {pc.VERSION}")
+        return {"op": "hello", "version": pc.VERSION, "server": "portmux", "pid": os.getpid(),
+                "uid": self.uid, "heartbeat": self.factory.heartbeat,
+                "max_pending": self.factory.max_pending}
+
+    def op_register(self, message: pc.Message) -> pc.Message:
+        address = parse_address(message.get("address"))
+        mode = message.get("mode", "handoff")
+        endpoint = message.get("endpoint")
+        if endpoint is not None and not isinstance(endpoint, str):
+            raise RegistrationError("BadMode", "endpoint must be a client endpoint string")
+        group = self.factory.registry.register(self, address, mode, endpoint)
+        self.addresses.append(address)
+        log.info("control: {label} registered {name} ({members} in group)", label=self.label,
+                 name=group.name, members=len(group.members))
+        return {"op": "registered", "route": group.name, "members": len(group.members)}
+
+    def op_unregister(self, message: pc.Message) -> pc.Message:
+        address = parse_address(message.get("address"))
+        if not self.factory.registry.unregister(self, address):
+            raise RegistrationError("NotRegistered", f"{address} is not registered by this connection")
+        return {"op": "unregistered", "address": address.to_json()}
+
+    def op_routes(self, message: pc.Message) -> pc.Message:
+        return {"op": "routes", "registered": self.factory.registry.describe(),
+                "static": self.factory.static_routes(), "pid": os.getpid()}
+
+    def op_ping(self, message: pc.Message) -> pc.Message:
+        return {"op": "pong"}
+
+    def op_pong(self, message: pc.Message) -> None:
+        return None
+
+    def op_ack(self, message: pc.Message) -> None:
+        entry = self.pending.pop(int(message["id"]), None)
+        if entry is not None:
+            handoff, timer = entry
+            if timer.active():
+                timer.cancel()
+            handoff.acknowledged()
+
+    def op_nack(self, message: pc.Message) -> None:
+        entry = self.pending.pop(int(message["id"]), None)
+        if entry is not None:
+            handoff, timer = entry
+            if timer.active():
+                timer.cancel()
+            handoff.failed(f"worker declined: {message.get('reason', 'no reason')}", True)
+
+    # -- handoff -----------------------------------------------------------
+
+    def offer(self, handoff: PendingHandoff) -> bool:
+        """Send ``handoff`` with its descriptor; False when this worker's queue is full."""
+        if self._gone or len(self.pending) >= self.factory.max_pending:
+            return False
+        self._ids += 1
+        handoff_id = self._ids
+        timer = self.factory.reactor.callLater(self.factory.ack_timeout, self._ack_timed_out, handoff_id)
+        self.pending[handoff_id] = (handoff, timer)
+        self.transport.sendFileDescriptor(handoff.fd)
+        self.send(handoff.message(handoff_id))
+        return True
+
+    def _ack_timed_out(self, handoff_id: int) -> None:
+        entry = self.pending.pop(handoff_id, None)
+        if entry is not None:
+            log.warn("control: {label} did not accept handoff {id} in {timeout}s", label=self.label,  # noqa: G010 (twisted.logger)
+                     id=handoff_id, timeout=self.factory.ack_timeout)
+            entry[0].failed("the worker did not accept the connection in time", False)
+
+
+class ControlFactory(ServerFactory):
+    """Builds ControlProtocols sharing one Registry and the multiplexer."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        mux: Any,
+        allow_uids: Iterable[int] = (),
+        allow_gids: Iterable[int] = (),
+        reservations: Iterable[Any] = (),
+        max_pending: int = 100,
+        heartbeat: float = HEARTBEAT,
+        heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
+        ack_timeout: float = ACK_TIMEOUT,
+        credentials: Callable[[Any], PeerCred] = peer_credentials,
+        own_uid: int | None = None,
+        make_proxy: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.mux = mux
+        self.allow_uids = frozenset(allow_uids)
+        self.allow_gids = frozenset(allow_gids)
+        self.max_pending = max_pending
+        self.heartbeat = heartbeat
+        self.heartbeat_timeout = heartbeat_timeout
+        self.ack_timeout = ack_timeout
+        self.credentials = credentials
+        self.own_uid = os.getuid() if own_uid is None else own_uid
+        self.connections: list[ControlProtocol] = []
+        self._timed_out: list[ControlProtocol] = []
+        self.registry = Registry(
+            mux.set_registered_routes, reservations, WorkerGroupTarget,
+            make_proxy or self._make_proxy,
+        )
+
+    def buildProtocol(self, addr: Any) -> ControlProtocol:
+        return ControlProtocol(self)
+
+    def authorized(self, pid: int, uid: int, gid: int) -> bool:
+        """portmux's own uid and root always; others by allow_uids or (any of their) gids."""
+        if uid in (0, self.own_uid) or uid in self.allow_uids:
+            return True
+        if not self.allow_gids:
+            return False
+        return gid in self.allow_gids or bool(supplementary_gids(pid) & self.allow_gids)
+
+    def mark_timed_out(self, protocol: ControlProtocol) -> None:
+        self._timed_out.append(protocol)
+
+    def timed_out(self, protocol: ControlProtocol) -> bool:
+        if protocol in self._timed_out:
+            self._timed_out.remove(protocol)
+            return True
+        return False
+
+    def static_routes(self) -> list[dict[str, Any]]:
+        """The multiplexer's configured routes, JSON-ready."""
+        out = []
+        for route in getattr(self.mux, "static_routes", ()):
+            match = {k: v for k, v in vars(route.match).items()
+                     if not k.startswith("_") and v not in (None, (), False)}
+            match = {k: (list(map(str, v)) if isinstance(v, tuple) else v) for k, v in match.items()}
+            out.append({"name": route.name, "kind": route.kind, "match": match,
+                        "description": str(getattr(route.target, "description", ""))})
+        return out
+
+    def _make_proxy(self, endpoint: str) -> Any:
+        from portmux.targets.proxy import ProxyTarget
+
+        return ProxyTarget(self.reactor, [endpoint])
+
+
+class ControlService(Service):
+    """Listens on the [control] UNIX socket while the service runs."""
+
+    def __init__(self, reactor: Any, mux: Any, control_config: Any, reservations: Iterable[Any] = ()) -> None:
+        self.reactor = reactor
+        self.path = unix_path(str(control_config.endpoint))
+        self.factory = ControlFactory(
+            reactor,
+            mux,
+            allow_uids=getattr(control_config, "allow_uids", ()) or (),
+            allow_gids=getattr(control_config, "allow_gids", ()) or (),
+            reservations=reservations,
+            max_pending=int(getattr(control_config, "max_pending", 100) or 100),
+            heartbeat=float(getattr(control_config, "heartbeat", HEARTBEAT) or HEARTBEAT),
+            heartbeat_timeout=float(getattr(control_config, "heartbeat_timeout", HEARTBEAT_TIMEOUT) or HEARTBEAT_TIMEOUT),
+        )
+        self.port: Any = None
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        prepare_path(self.path)
+        others = (self.factory.allow_uids - {0, self.factory.own_uid}) or self.factory.allow_gids
+        old = os.umask(0o177)
+        try:
+            self.port = self.reactor.listenUNIX(self.path, self.factory, backlog=50, mode=0o600)
+        finally:
+            os.umask(old)
+        if others:
+            # Other accounts need connect permission; SO_PEERCRED does the refusing.
+            os.chmod(self.path, 0o666)
+        log.info("control: listening on unix:{path}", path=self.path)
+
+    def stopService(self) -> Any:
+        super().stopService()  # type: ignore[no-untyped-call]
+        port, self.port = self.port, None
+        for connection in list(self.factory.connections):
+            connection.transport.loseConnection()
+        if port is not None:
+            return port.stopListening()
+        return None

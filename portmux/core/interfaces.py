@@ -1,0 +1,37 @@
+"""The extension points: probes recognise protocols, targets take connections."""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IProbe(Interface):  # type: ignore[misc]  # zope.interface is untyped
+    """Recognises one protocol from a connection's first bytes, without I/O."""
+
+    name = Attribute("Lower-case protocol name routes match on, e.g. 'tls'.")
+
+    def probe(data: bytes) -> object:
+        """Return a Preamble (match), NO, or NEED_MORE for the bytes so far.
+
+        Called again with the whole, grown buffer after every read.
+        """
+
+
+class ITarget(Interface):  # type: ignore[misc]  # zope.interface is untyped
+    """Takes a classified connection together with the bytes already read."""
+
+    description = Attribute("One-line human description, for logs and status.")
+
+    def attach(connection: object) -> object:
+        """Take over ``connection`` (a portmux.core.mux.Classified).
+
+        Return the IProtocol that receives the connection's further events
+        (dataReceived, connectionLost, and readConnectionLost if it provides
+        IHalfCloseableProtocol).
+        """
+
+    def start() -> None:  # type: ignore[misc]  # zope: no self
+        """Called once when the listener starts (e.g. factory.doStart)."""
+
+    def stop() -> object:  # type: ignore[misc]  # zope: no self
+        """Called once when the listener stops; may return a Deferred."""

@@ -1,0 +1,525 @@
+"""The sniffing protocol and the Multiplexer factory: probe → route → attach."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IListeningPort,
+    IProtocol,
+    IStreamServerEndpoint,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from portmux.core import refusal
+from portmux.core.deadlines import DeadlineQueue
+from portmux.core.interfaces import IProbe
+from portmux.core.preamble import NEED_MORE, NO, Preamble
+from portmux.core.routing import Match, Network, Route, Router, _in_networks, peer_ip
+from portmux.core.stats import RouteCounters, Stats
+from portmux.protocols import refusal_bytes, tcpmux
+
+if TYPE_CHECKING:
+    from portmux.protocols.proxyheader import ProxyHeader
+
+log = Logger(namespace="portmux")
+
+SILENT = Preamble(protocol="silent")
+UNKNOWN = Preamble(protocol="unknown")
+
+
+@dataclass(frozen=True)
+class SniffSettings:
+    """Bounds on classification: total deadline, byte cap, and the silence deadline."""
+
+    preamble_timeout: float = 10.0
+    preamble_max_bytes: int = 16384
+    silence_timeout: float = 2.0
+
+
+class Classified:
+    """One classified connection, handed to a target's ``attach``."""
+
+    __slots__ = ("_sniffer", "buffered", "mux", "peer", "preamble", "route", "transport")
+
+    def __init__(
+        self,
+        sniffer: SniffingProtocol,
+        transport: ITransport,
+        buffered: bytes,
+        preamble: Preamble,
+        peer: IAddress,
+        route: Route,
+        mux: Multiplexer,
+    ) -> None:
+        self._sniffer = sniffer
+        self.transport = transport
+        self.buffered = buffered
+        self.preamble = preamble
+        self.peer = peer
+        self.route = route
+        self.mux = mux
+
+    @property
+    def payload(self) -> bytes:
+        """The bytes read so far that belong to the target (after the consumed prefix)."""
+        consumed = self.preamble.consumed
+        return self.buffered[consumed:] if consumed else self.buffered
+
+    @property
+    def reactor(self) -> Any:
+        return self.mux.reactor
+
+    def accept(self, text: str = "") -> None:
+        """Send the protocol's positive answer, if it has one (TCPMUX ``+``)."""
+        if self.preamble.protocol == "tcpmux":
+            self.transport.write(tcpmux.accept_bytes(text))  # type: ignore[call-arg,misc]  # zope: no self
+
+    def refuse(self, status: int, reason: str) -> None:
+        """Send the protocol's refusal, log it, count it, and close."""
+        self.mux.stats.for_route(self.route.name).refused += 1
+        self._sniffer.refuse(self.preamble, status, reason, route=self.route.name)
+
+
+@implementer(IProtocol)
+class _Closed(Protocol):
+    """Stands in when a target took the connection but returned no protocol."""
+
+
+@implementer(IHalfCloseableProtocol)
+class SniffingProtocol(Protocol):
+    """Buffers a connection's first bytes until a probe matches, then hands over.
+
+    After attaching, ``dataReceived`` is rebound to the target protocol's own
+    method so the data path adds no Python call per read.
+    """
+
+    _timer: Any = None
+    _queue: DeadlineQueue[SniffingProtocol] | None = None
+    _sniffing = False
+    _target: Any = None
+    _counters: RouteCounters | None = None
+    header_from: tuple[Network, ...] = ()
+    outer: Preamble | None = None
+    """Facts of an enclosing layer (TLS termination), merged by with_outer before routing."""
+
+    def __init__(self, mux: Multiplexer, peer: IAddress) -> None:
+        self.mux = mux
+        self.peer = peer
+        self._buffer = b""
+        self._candidates: Sequence[IProbe] = mux.probes
+        self._router = mux.router
+        self._ip = peer_ip(peer)
+        self._deadline = 0.0
+
+    # -- connection events -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        mux = self.mux
+        mux.stats.accepted += 1
+        mux.stats.sniffing += 1
+        self._sniffing = True
+        settings = mux.settings
+        delay = settings.preamble_timeout
+        self._deadline = mux.reactor.seconds() + delay
+        if self._router.silent_route is not None:
+            delay = min(delay, settings.silence_timeout)
+        queue = self._queue = mux.deadline_queue(delay)
+        queue.add(self)
+        if self.header_from and _in_networks(self._ip, self.header_from):
+            self.dataReceived = self._header_received  # type: ignore[method-assign]
+
+    def _header_received(self, data: bytes) -> None:
+        """Read a PROXY v1/v2 header from a trusted load balancer, then sniff the rest."""
+        from portmux.protocols.proxyheader import parse_header
+
+        self._buffer = self._buffer + data if self._buffer else data
+        header = parse_header(self._buffer)
+        if header is NEED_MORE:
+            if len(self._buffer) >= self.mux.settings.preamble_max_bytes:
+                self.refuse(UNKNOWN, refusal.BAD_REQUEST, "PROXY header too long")
+            return
+        if header is NO:
+            self.refuse(UNKNOWN, refusal.BAD_REQUEST,
+                        "trusted peer sent no valid PROXY header")
+            return
+        del self.dataReceived  # back to the class's sniffing method
+        proxy = cast("ProxyHeader", header)
+        if proxy.source is not None:
+            self.peer = cast(IAddress, proxy.source)
+            self._ip = peer_ip(self.peer)
+        rest = self._buffer[proxy.length:]
+        self._buffer = b""
+        if rest:
+            self.dataReceived(rest)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer = self._buffer + data if self._buffer else data
+        self._classify(final=False)
+
+    def readConnectionLost(self) -> None:
+        target = self._target
+        if target is None:
+            if not self._buffer:
+                self._stop_sniffing()
+                self.transport.loseConnection()  # type: ignore[union-attr,misc]  # zope: no self
+                return
+            self._classify(final=True)
+            target = self._target
+            if target is None:
+                return
+        half = IHalfCloseableProtocol(target, None)
+        if half is not None:
+            half.readConnectionLost()  # type: ignore[misc]  # zope: no self
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        half = IHalfCloseableProtocol(self._target, None)
+        if half is not None:
+            half.writeConnectionLost()  # type: ignore[misc]  # zope: no self
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        target = self._target
+        if target is not None:
+            if self._counters is not None:
+                self._counters.active -= 1
+            target.connectionLost(reason)
+        else:
+            self._stop_sniffing()
+
+    # -- classification ----------------------------------------------------
+
+    def _classify(self, final: bool, timed_out: bool = False) -> None:
+        buffer = self._buffer
+        undecided = False
+        first_match: Preamble | None = None
+        keep: list[IProbe] = []
+        for probe in self._candidates:
+            verdict = probe.probe(buffer)  # type: ignore[call-arg,misc]  # zope: no self
+            if verdict is NO:
+                continue
+            if verdict is NEED_MORE:
+                undecided = True
+                keep.append(probe)
+                continue
+            if not undecided:
+                self._route(verdict)  # type: ignore[arg-type]
+                return
+            keep.append(probe)
+            if first_match is None:
+                first_match = verdict  # type: ignore[assignment]
+        self._candidates = keep
+        if not keep:
+            self._route(UNKNOWN)
+        elif final or timed_out or len(buffer) >= self.mux.settings.preamble_max_bytes:
+            if first_match is not None:
+                self._route(first_match)
+            elif timed_out:
+                self.refuse(
+                    self._guess(keep),
+                    refusal.TIMEOUT,
+                    f"preamble incomplete after {self.mux.settings.preamble_timeout:g} s",
+                )
+            elif final:
+                self._route(UNKNOWN)
+            else:
+                self.refuse(
+                    self._guess(keep),
+                    refusal.TOO_LARGE,
+                    f"preamble exceeds {self.mux.settings.preamble_max_bytes} bytes",
+                )
+
+    @staticmethod
+    def _guess(candidates: Sequence[IProbe]) -> Preamble:
+        """The protocol a refusal should speak when classification did not finish."""
+        if len(candidates) == 1:
+            return Preamble(protocol=candidates[0].name)
+        return UNKNOWN
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._queue = None  # the queue already forgot us
+        if self._target is not None:
+            return
+        now = self.mux.reactor.seconds()
+        if not self._buffer and self._router.silent_route is not None:
+            route = self._router.select_silent(self._ip)
+            if route is not None:
+                self._attach(route, SILENT if self.outer is None else with_outer(SILENT, self.outer))
+                return
+        if now < self._deadline:
+            self._timer = self.mux.reactor.callLater(self._deadline - now, self._timed_out)
+            return
+        if self._buffer:
+            self._classify(final=False, timed_out=True)
+            return
+        self.refuse(UNKNOWN, refusal.TIMEOUT, "no preamble before the deadline")
+
+    def _stop_sniffing(self) -> None:
+        """Leave the sniffing state once: cancel the deadline, update the gauge."""
+        queue, self._queue = self._queue, None
+        if queue is not None:
+            queue.discard(self)
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        if self._sniffing:
+            self._sniffing = False
+            self.mux.stats.sniffing -= 1
+
+    # -- routing and attaching --------------------------------------------
+
+    def _route(self, preamble: Preamble) -> None:
+        if self.outer is not None:
+            preamble = with_outer(preamble, self.outer)
+        route = self._router.select(preamble, self._ip)
+        if route is None:
+            self.refuse(preamble, refusal.NOT_FOUND, self._router.refusal_reason(preamble))
+            return
+        self._attach(route, preamble)
+
+    def _attach(self, route: Route, preamble: Preamble) -> None:
+        self._stop_sniffing()
+        counters = self.mux.stats.for_route(route.name)
+        counters.connections += 1
+        counters.active += 1
+        self._counters = counters
+        connection = Classified(
+            self, cast(ITransport, self.transport), self._buffer, preamble, self.peer, route,
+            self.mux,
+        )
+        self._buffer = b""
+        self._target = _Closed()
+        try:
+            target = route.target.attach(connection)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001  # a failing target must not crash the listener
+            log.failure("target of route {route} failed to attach", route=route.name)
+            self.refuse(preamble, refusal.BAD_GATEWAY, "internal error", route=route.name)
+            return
+        if target is None:
+            target = _Closed()
+        self._target = target
+        self.dataReceived = target.dataReceived  # type: ignore[method-assign]
+        if IHalfCloseableProtocol.providedBy(target):  # EOFs go straight to the target too
+            self.readConnectionLost = target.readConnectionLost  # type: ignore[method-assign]
+            self.writeConnectionLost = target.writeConnectionLost  # type: ignore[method-assign]
+
+    def refuse(
+        self, preamble: Preamble, status: int, reason: str, route: str | None = None
+    ) -> None:
+        """Answer ``preamble``'s protocol with a refusal, log one line, and close."""
+        self._stop_sniffing()
+        if self._target is None:  # refused while sniffing: what else arrives is dropped
+            self._target = _Closed()
+            self._buffer = b""
+            self.dataReceived = self._target.dataReceived  # type: ignore[method-assign]
+        self.mux.stats.refusals[str(status)] += 1
+        log.info(
+            "refused {peer} protocol={protocol} route={route} status={status}: {reason}",
+            peer=_describe(self.peer),
+            protocol=preamble.protocol,
+            route=route or "-",
+            status=status,
+            reason=reason,
+        )
+        transport = self.transport
+        if transport is None:
+            return
+        data = refusal_bytes(preamble, status, reason)
+        if data:
+            transport.write(data)  # type: ignore[call-arg,misc]  # zope: no self
+        transport.loseConnection()  # type: ignore[misc]  # zope: no self
+
+
+def with_outer(preamble: Preamble, outer: Preamble) -> Preamble:
+    """``preamble`` seen inside TLS: the outer sni/alpn/version facts replace the inner ones.
+
+    HTTP/2 negotiated by ALPN (the h2c preface inside TLS) becomes protocol "http"
+    with http_version "HTTP/2", and its host defaults to the SNI.
+    """
+    protocol, host = preamble.protocol, preamble.host
+    if protocol == "h2c" and outer.alpn == ("h2",):
+        protocol, host = "http", host or outer.sni
+    return preamble.replace(
+        protocol=protocol,
+        host=host,
+        sni=outer.sni,
+        alpn=outer.alpn,
+        tls_versions=outer.tls_versions,
+        tls_version=outer.tls_version,
+        tls_terminated=outer.tls_terminated,
+    )
+
+
+def _describe(address: object) -> str:
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None:
+        return f"{host}:{port}"
+    return str(getattr(address, "name", address))
+
+
+class _HeaderListener(ServerFactory):
+    """Listens for a Multiplexer, expecting PROXY headers from trusted networks."""
+
+    noisy = False
+
+    def __init__(self, mux: Multiplexer, trusted: tuple[Network, ...]) -> None:
+        self.mux = mux
+        self.trusted = trusted
+
+    def startFactory(self) -> None:
+        self.mux.doStart()  # type: ignore[no-untyped-call]
+
+    def stopFactory(self) -> None:
+        self.mux.doStop()  # type: ignore[no-untyped-call]
+
+    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]
+        protocol = SniffingProtocol(self.mux, addr)
+        protocol.header_from = self.trusted
+        return protocol
+
+
+class Multiplexer(ServerFactory):
+    """Shares one listening port between many services by sniffing each connection.
+
+    ``router`` can be replaced at any time; connections classify against the
+    Router current when they were accepted.
+    """
+
+    protocol = SniffingProtocol
+    noisy = False
+
+    def __init__(
+        self,
+        reactor: Any,
+        routes: Iterable[Route] = (),
+        probes: Sequence[IProbe] | None = None,
+        settings: SniffSettings = SniffSettings(),
+    ) -> None:
+        if probes is None:
+            from portmux.protocols import all_probes
+
+            probes = all_probes()
+        self.reactor = reactor
+        self.static_routes: tuple[Route, ...] = tuple(routes)
+        self.registered_routes: tuple[Route, ...] = ()
+        self.router = Router(self.static_routes)
+        self.listeners: list[str] = []
+        self.probes: tuple[IProbe, ...] = tuple(probes)
+        self.settings = settings
+        self.stats = Stats()
+        self._running = False
+        self._started: dict[int, Any] = {}  # id(target) -> target, in start order
+        self._site: Any = None
+        self._deadlines: dict[float, DeadlineQueue[SniffingProtocol]] = {}
+
+    def deadline_queue(self, delay: float) -> DeadlineQueue[SniffingProtocol]:
+        """The shared timer queue for sniffing connections that time out after ``delay``.
+
+        One per distinct delay (settings can change on reload); empty ones are
+        dropped when a new delay appears.
+        """
+        queue = self._deadlines.get(delay)
+        if queue is None:
+            self._deadlines = {d: q for d, q in self._deadlines.items() if len(q)}
+            queue = self._deadlines[delay] = DeadlineQueue(
+                self.reactor, delay, SniffingProtocol._timed_out
+            )
+        return queue
+
+    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]
+        return SniffingProtocol(self, addr)
+
+    def listener_factory(self, proxy_header_from: tuple[Network, ...] = ()) -> ServerFactory:
+        """The factory to listen with; peers in ``proxy_header_from`` must send a PROXY header."""
+        if not proxy_header_from:
+            return self
+        return _HeaderListener(self, proxy_header_from)
+
+    # -- routes ------------------------------------------------------------
+
+    def add_route(self, name: str, target: Any, **match: Any) -> Route:
+        """Append a static route sending connections matching ``match`` to ``target``."""
+        route = Route(name, Match(**match), target)
+        self.set_static_routes(self.static_routes + (route,))
+        return route
+
+    def set_static_routes(self, routes: Iterable[Route]) -> None:
+        """Replace the configured routes (e.g. on reload), keeping registered ones."""
+        self.static_routes = tuple(routes)
+        self.set_router(Router(self.registered_routes + self.static_routes))
+
+    def set_registered_routes(self, routes: Iterable[Route]) -> None:
+        """Replace the routes registered at run time by workers; they come first."""
+        self.registered_routes = tuple(routes)
+        self.set_router(Router(self.registered_routes + self.static_routes))
+
+    def set_router(self, router: Router) -> None:
+        """Swap in a new Router, starting new targets and stopping ones no route uses."""
+        self.router = router
+        if self._running:
+            targets = router.targets()
+            for target in targets:
+                self._start_target(target)
+            in_use = {id(target) for target in targets}
+            for key in [key for key in self._started if key not in in_use]:
+                self._stop_target(self._started.pop(key))
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def listen(self, endpoint: str | IStreamServerEndpoint) -> Deferred[IListeningPort]:
+        """Listen on an endpoint object or a Twisted server endpoint string."""
+        if isinstance(endpoint, str):
+            from twisted.internet.endpoints import serverFromString
+
+            endpoint = cast(IStreamServerEndpoint, serverFromString(self.reactor, endpoint))
+        return endpoint.listen(self)  # type: ignore[call-arg,misc]  # zope: no self
+
+    def startFactory(self) -> None:
+        self._running = True
+        for target in self.router.targets():
+            self._start_target(target)
+
+    def stopFactory(self) -> None:
+        self._running = False
+        started, self._started = self._started, {}
+        for target in reversed(list(started.values())):
+            self._stop_target(target)
+
+    @staticmethod
+    def _stop_target(target: Any) -> None:
+        stop = getattr(target, "stop", None)
+        if stop is not None:
+            try:
+                stop()
+            except Exception:  # noqa: BLE001
+                log.failure("stopping target {target} failed", target=target)
+
+    def _start_target(self, target: Any) -> None:
+        if id(target) in self._started:
+            return
+        self._started[id(target)] = target
+        start = getattr(target, "start", None)
+        if start is not None:
+            start()
+
+    @property
+    def site(self) -> Any:
+        """The one twisted.web Site shared by this multiplexer's resource routes."""
+        if self._site is None:
+            from portmux.targets.resource import dispatching_site
+
+            self._site = dispatching_site(self)
+            self._site.portmux_mux = self
+        return self._site

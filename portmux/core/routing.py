@@ -1,0 +1,288 @@
+"""Routes, their match predicates, and the Router that picks one for a preamble."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from portmux.core.preamble import Preamble
+from portmux.protocols import tcpmux as naming
+from portmux.protocols.nmf import ViaIndex, parse_base_address
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Check = Callable[[Preamble, str], bool]
+
+
+def normalize_name(name: str) -> str:
+    """Lower-case a host name and strip one trailing dot."""
+    name = name.lower()
+    return name.removesuffix(".")
+
+
+def host_pattern_matches(pattern: str, name: str | None) -> bool:
+    """Match ``name`` against an exact name, ``*.suffix`` (any depth) or ``*``."""
+    if name is None:
+        return False
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return name.endswith(pattern[1:]) and len(name) > len(pattern) - 1
+    return name == pattern
+
+
+def path_prefix_matches(prefix: str, path: str | None) -> bool:
+    """Match a path prefix on segment boundaries: ``/app/`` and ``/app`` both take ``/app/x``."""
+    if path is None:
+        return False
+    if prefix in ("", "/"):
+        return True
+    base = prefix.rstrip("/")
+    return path == base or path.startswith(base + "/")
+
+
+def peer_ip(address: object) -> str:
+    """The IP text of a Twisted address, or '' for non-IP (UNIX) peers."""
+    return str(getattr(address, "host", "") or "")
+
+
+@dataclass(frozen=True)
+class Match:
+    """A predicate over a Preamble and the peer's IP; unset fields match anything.
+
+    ``silent`` matches connections that sent nothing before the silence timeout;
+    ``default`` matches when no other route did.
+    """
+
+    protocol: str | None = None
+    sni: str | None = None
+    host: str | None = None
+    alpn: str | None = None
+    path: str | None = None
+    service: str | None = None
+    via: str | None = None
+    network: tuple[Network, ...] = ()
+    silent: bool = False
+    default: bool = False
+    _checks: tuple[Check, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_checks", tuple(self._build_checks()))
+
+    def _build_checks(self) -> Iterable[Check]:
+        if self.protocol is not None:
+            protocol = self.protocol.lower()
+            yield lambda p, ip: p.protocol == protocol
+        if self.sni is not None:
+            sni = normalize_name(self.sni)
+            yield lambda p, ip: host_pattern_matches(sni, p.sni)
+        if self.host is not None:
+            host = normalize_name(self.host)
+            yield lambda p, ip: host_pattern_matches(host, p.host)
+        if self.alpn is not None:
+            alpn = self.alpn
+            yield lambda p, ip: alpn in p.alpn
+        if self.path is not None:
+            prefix = self.path
+            yield lambda p, ip: path_prefix_matches(prefix, p.path)
+        if self.service is not None:
+            try:
+                service = naming.parse(self.service)
+            except naming.MalformedName as error:
+                raise ValueError(f"service {self.service!r}: {error}") from None
+            yield _service_check(service)
+        if self.via is not None:
+            try:
+                base = parse_base_address(self.via)
+            except ValueError as error:
+                raise ValueError(f"via: {error}") from None
+            yield lambda p, ip: base.accepts(p.via)
+        if self.network:
+            networks = self.network
+            yield lambda p, ip: _in_networks(ip, networks)
+
+    def describe(self) -> str:
+        """A short text form for logs and the status page, e.g. ``protocol=http host=a.example``."""
+        parts = []
+        for name in ("protocol", "sni", "host", "alpn", "path", "service", "via"):
+            value = getattr(self, name)
+            if value is not None:
+                parts.append(f"{name}={value}")
+        if self.network:
+            parts.append("network=" + ",".join(str(n) for n in self.network))
+        if self.silent:
+            parts.append("silent")
+        if self.default:
+            parts.append("default")
+        return " ".join(parts) or "any"
+
+    def accepts(self, preamble: Preamble, ip: str = "") -> bool:
+        """True when every set field accepts ``preamble`` from peer ``ip``."""
+        for check in self._checks:
+            if not check(preamble, ip):
+                return False
+        return True
+
+    def accepts_peer(self, ip: str) -> bool:
+        """True when the network constraint (if any) admits ``ip``."""
+        return not self.network or _in_networks(ip, self.network)
+
+
+def _service_check(route_name: naming.ServiceName) -> Check:
+    """A check admitting the names that may reach ``route_name`` (see portmux.protocols.tcpmux)."""
+    base, full, versioned = route_name.base, str(route_name), route_name.base + "/"
+
+    def check(preamble: Preamble, ip: str) -> bool:
+        requested = preamble.service
+        if requested is None:
+            return False
+        if requested == base or requested == full:  # the common cases, without parsing
+            return True
+        if not requested.lower().startswith(versioned):
+            return requested.lower() in (base, full)
+        try:
+            return route_name.accepts(naming.parse(requested))
+        except naming.MalformedName:
+            return False
+
+    return check
+
+
+def _in_networks(ip: str, networks: Sequence[Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in net for net in networks)
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """Parse CIDR strings (``10.0.0.0/8``, ``::1``); raises ValueError on bad input."""
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A named match and the target that takes matching connections."""
+
+    name: str
+    match: Match
+    target: object  # an ITarget provider
+
+    @property
+    def kind(self) -> str:
+        return str(getattr(self.target, "kind", type(self.target).__name__))
+
+
+class Router:
+    """An immutable, ordered set of routes; replace the whole Router to change it."""
+
+    def __init__(self, routes: Iterable[Route] = ()) -> None:
+        self.routes: tuple[Route, ...] = tuple(routes)
+        self.silent_route: Route | None = None
+        self.default_routes: tuple[Route, ...] = tuple(
+            r for r in self.routes if r.match.default
+        )
+        self._ordered = tuple(
+            r for r in self.routes if not (r.match.silent or r.match.default)
+        )
+        for route in self.routes:
+            if route.match.silent and self.silent_route is None:
+                self.silent_route = route
+        # Service names: each (namespace, name) group, newest version first.
+        named = [
+            (position, naming.parse(r.match.service), r)
+            for position, r in enumerate(self._ordered) if r.match.service
+        ]
+        self._service_names = tuple(name for _, name, _ in named)
+        groups: dict[str, list[tuple[int, naming.ServiceName, Route]]] = {}
+        for entry in named:
+            groups.setdefault(entry[1].base, []).append(entry)
+        self._newest: dict[int, tuple[Route, ...]] = {}
+        for members in groups.values():
+            if len(members) > 1:
+                by_version = sorted(members, key=lambda m: m[1].version, reverse=True)
+                ranked = tuple(r for _, _, r in by_version)
+                for _, _, route in members:
+                    self._newest[id(route)] = ranked
+        # Only routes for the asked name (and routes without a service) can match:
+        # per name, its routes merged in route order with the unnamed ones.
+        unnamed = [(i, r) for i, r in enumerate(self._ordered) if not r.match.service]
+        self._unnamed = tuple(r for _, r in unnamed)
+        self._by_service: dict[str, tuple[Route, ...]] = {
+            base: tuple(r for _, r in sorted([(i, r) for i, _, r in members] + unnamed,
+                                             key=lambda entry: entry[0]))
+            for base, members in groups.items()
+        }
+        # net.tcp Via base addresses: strong > exact > weak, longest prefix, any order.
+        self._via_index: ViaIndex[Route] = ViaIndex(
+            (r.match.via, r) for r in self._ordered if r.match.via
+        )
+
+    def select(self, preamble: Preamble, ip: str = "") -> Route | None:
+        """The route for ``preamble``: by Via for net.tcp, else the first accepting one.
+
+        A service asked for without a version gets its newest accepting version;
+        a preamble carrying an ``error`` gets no route. Then the first admitting default.
+        """
+        if preamble.error is not None:
+            return None
+        if preamble.via is not None and self._via_index:
+            for route in self._via_index.lookup(preamble.via):
+                if route.match.accepts(preamble, ip):
+                    return route
+        service = preamble.service
+        if service is None:
+            candidates = self._unnamed
+        else:
+            base = service.partition("/")[0].lower()
+            candidates = self._by_service.get(base, self._unnamed)
+        for route in candidates:
+            if route.match.accepts(preamble, ip):
+                ranked = self._newest.get(id(route))
+                if ranked is not None and "/" not in str(preamble.service):
+                    for newer in ranked:
+                        if newer.match.accepts(preamble, ip):
+                            return newer
+                return route
+        for route in self.default_routes:
+            if route.match.accepts_peer(ip):
+                return route
+        return None
+
+    def refusal_reason(self, preamble: Preamble) -> str:
+        """One line saying why ``select`` found no route for ``preamble``."""
+        if preamble.error is not None:
+            return f"{preamble.protocol} preamble refused: {preamble.error}"
+        if preamble.protocol == "tcpmux" and preamble.service is not None:
+            return naming.resolution_failure(preamble.service, self._service_names)
+        what = preamble.protocol
+        detail = preamble.sni or preamble.host or preamble.service or preamble.via
+        if detail:
+            what = f"{what} {detail}"
+        return f"no route for {what}"
+
+    def select_silent(self, ip: str = "") -> Route | None:
+        """The route for a connection that has sent nothing, if any admits ``ip``."""
+        for route in self.routes:
+            if route.match.silent and route.match.accepts_peer(ip):
+                return route
+        return None
+
+    def with_route(self, route: Route) -> Router:
+        """A new Router with ``route`` appended."""
+        return Router(self.routes + (route,))
+
+    def without(self, names: Iterable[str]) -> Router:
+        """A new Router without the routes named in ``names``."""
+        drop = set(names)
+        return Router(r for r in self.routes if r.name not in drop)
+
+    def targets(self) -> tuple[object, ...]:
+        """Every distinct target, in route order."""
+        seen: dict[int, object] = {}
+        for route in self.routes:
+            seen.setdefault(id(route.target), route.target)
+        return tuple(seen.values())

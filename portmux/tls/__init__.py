@@ -1,0 +1,41 @@
+"""TLS for portmux: the server certificate store and client (re-encryption) contexts.
+
+``CertificateStore`` serves SNI-selected certificates for termination and reloads
+them atomically; ``client_endpoint`` dials a backend over verified TLS. The TLS
+termination *target* is ``portmux.targets.tls``; the ClientHello probe is
+``portmux.protocols.tls``.
+"""
+
+from portmux.tls._certificates import (
+    CertificateError,
+    CertificateSource,
+    CertificateStore,
+    CertifiedKey,
+    TLSSettings,
+    load_pem,
+    parse_tls_version,
+)
+from portmux.tls._client import (
+    BackendTLSError,
+    VerifiedTLSEndpoint,
+    client_endpoint,
+    client_endpoint_from_config,
+    client_tls_options,
+    is_tls_endpoint,
+)
+
+__all__ = [
+    "BackendTLSError",
+    "CertificateError",
+    "CertificateSource",
+    "CertificateStore",
+    "CertifiedKey",
+    "TLSSettings",
+    "VerifiedTLSEndpoint",
+    "client_endpoint",
+    "client_endpoint_from_config",
+    "client_tls_options",
+    "is_tls_endpoint",
+    "load_pem",
+    "parse_tls_version",
+]

@@ -1,0 +1,323 @@
+"""Client TLS contexts for re-encryption to a backend.
+
+``client_endpoint`` wraps a ``tls:`` endpoint string with hostname verification, a
+private CA bundle and an optional client certificate; its ``connect`` fires only
+after a verified handshake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+log = Logger(namespace="portmux")
+
+__all__ = [
+    "BackendTLSError",
+    "VerifiedTLSEndpoint",
+    "client_endpoint",
+    "client_endpoint_from_config",
+    "client_tls_options",
+    "is_tls_endpoint",
+]
+
+from portmux.tls._certificates import (
+    CertificateError,
+    CertificateSource,
+    PathLike,
+    _expand,
+    load_pem,
+)
+
+
+class BackendTLSError(ConnectionError):
+    """The backend's TLS handshake failed: untrusted or wrong-name certificate, or no TLS."""
+
+
+def _split_endpoint(description: str) -> list[str]:
+    """Split an endpoint string on unescaped colons (``\\:`` escapes, as Twisted's)."""
+    parts, current, escaped = [], [], False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _load_ca(path: Path) -> Any:
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as e:
+        raise CertificateError(f"{path}: cannot read the CA bundle: {e.strerror}") from None
+    except ValueError:
+        raise CertificateError(f"{path}: no PEM certificate in the CA bundle") from None
+    return ssl.trustRootFromCertificates(
+        [ssl.Certificate(crypto.X509.from_cryptography(c)) for c in certs]
+    )
+
+
+def _load_client_certificate(source: CertificateSource, base_dir: Path) -> Any:
+    (cert_path, key_path), *_ = _expand(source, base_dir)
+    key = load_pem(cert_path, key_path)
+    pem_key = key.key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    pem_cert = key.certificate.public_bytes(serialization.Encoding.PEM)
+    return ssl.PrivateCertificate.loadPEM(pem_cert + pem_key)
+
+
+@dataclass(frozen=True)
+class _ClientTLS:
+    host: str
+    port: int
+    timeout: float
+    server_name: str
+    creator: Any
+
+
+def client_tls_options(
+    server_name: str,
+    ca: PathLike | None = None,
+    client_cert: CertificateSource | None = None,
+    base_dir: PathLike = ".",
+    alpn: Sequence[str] = (),
+) -> Any:
+    """Client connection creator verifying ``server_name`` against ``ca`` (or the system roots)."""
+    base = Path(base_dir)
+    trust = _load_ca(base / Path(ca)) if ca is not None else ssl.platformTrust()
+    client = _load_client_certificate(client_cert, base) if client_cert is not None else None
+    protocols = [p.encode("ascii") for p in alpn] or None
+    return ssl.optionsForClientTLS(
+        server_name, trustRoot=trust, clientCertificate=client, acceptableProtocols=protocols
+    )
+
+
+def is_tls_endpoint(description: str) -> bool:
+    """True for a ``tls:`` client endpoint string."""
+    return description.split(":", 1)[0].lower() == "tls"
+
+
+def client_endpoint(
+    reactor: Any,
+    description: str,
+    ca: PathLike | None = None,
+    client_cert: CertificateSource | None = None,
+    server_name: str | None = None,
+    base_dir: PathLike = ".",
+    timeout: float = 10.0,
+) -> IStreamClientEndpoint:
+    """A client endpoint; ``tls:HOST:PORT[:timeout=S]`` re-encrypts with verification.
+
+    Other strings go to Twisted's ``clientFromString`` unchanged (``ca``,
+    ``client_cert`` and ``server_name`` then raise ValueError).
+    """
+    from twisted.internet.endpoints import clientFromString
+
+    if not is_tls_endpoint(description):
+        if ca is not None or client_cert is not None or server_name is not None:
+            raise ValueError(
+                f"ca, client_cert and server_name need a tls: endpoint, not {description!r}"
+            )
+        return clientFromString(reactor, description)  # type: ignore[no-any-return]
+    args = _split_endpoint(description)[1:]
+    positional = [a for a in args if "=" not in a]
+    keywords = dict(a.split("=", 1) for a in args if "=" in a)
+    if len(positional) != 2:
+        raise ValueError(f"expected tls:HOST:PORT, got {description!r}")
+    host, port_text = positional
+    try:
+        port = int(port_text)
+        timeout = float(keywords.pop("timeout", timeout))
+    except ValueError:
+        raise ValueError(f"bad port or timeout in {description!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range in {description!r}")
+    ca = keywords.pop("ca", None) if ca is None else ca
+    server_name = keywords.pop("server_name", None) if server_name is None else server_name
+    if keywords:
+        raise ValueError(f"unknown option(s) {', '.join(sorted(keywords))} in {description!r}")
+    name = server_name or host
+    creator = client_tls_options(name, ca=ca, client_cert=client_cert, base_dir=base_dir)
+    endpoint = VerifiedTLSEndpoint(reactor, _ClientTLS(host, port, timeout, name, creator))
+    return cast(IStreamClientEndpoint, endpoint)
+
+
+def client_endpoint_from_config(
+    ctx: Any, key: str, item: str, options: dict[str, Any]
+) -> IStreamClientEndpoint | None:
+    """The proxy table's hook: ``item`` with ``ca``/``client_cert``/``server_name``; problems on ctx."""
+    for name, value in options.items():
+        if name == "client_cert" and isinstance(value, dict):
+            cert, private = value.get("cert"), value.get("key")
+            if isinstance(cert, str) and (private is None or isinstance(private, str)):
+                options[name] = (cert, private) if private else cert
+                continue
+        if not isinstance(value, str):
+            ctx.problem(f"{getattr(ctx, 'target_key', 'proxy')}.{name}", "must be a string")
+            return None
+    try:
+        return client_endpoint(ctx.reactor, item, base_dir=ctx.base_dir, **options)
+    except (CertificateError, ValueError) as e:
+        ctx.problem(key, str(e))
+    except Exception as e:  # noqa: BLE001  # endpoint parsers raise many kinds of errors
+        ctx.problem(key, f"unparsable client endpoint {item!r}: {e}")
+    return None
+
+
+@implementer(IStreamClientEndpoint)
+class VerifiedTLSEndpoint:
+    """TLS over TCP whose ``connect`` fires with the protocol only after a verified handshake."""
+
+    def __init__(self, reactor: Any, spec: _ClientTLS) -> None:
+        self._reactor = reactor
+        self._spec = spec
+        self.description = f"tls:{spec.host}:{spec.port} (verifying {spec.server_name})"
+
+    def __repr__(self) -> str:
+        return f"<VerifiedTLSEndpoint {self.description}>"
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        from twisted.internet.endpoints import HostnameEndpoint
+
+        spec = self._spec
+        connecting: Deferred[Any]
+
+        def cancel(done: Deferred[IProtocol]) -> None:
+            connecting.cancel()
+            waiter = waiter_factory.waiter
+            if waiter is not None and waiter.transport is not None:
+                waiter.transport.abortConnection()
+
+        done: Deferred[IProtocol] = Deferred(cancel)
+        waiter_factory = _WaiterFactory(protocolFactory, done, spec.server_name)
+        tls = TLSMemoryBIOFactory(
+            spec.creator, True, cast(IProtocolFactory, waiter_factory), clock=self._reactor
+        )
+        tcp = HostnameEndpoint(self._reactor, spec.host, spec.port, timeout=spec.timeout)
+        connecting = tcp.connect(cast(IProtocolFactory, tls))
+
+        def failed(reason: Failure) -> None:
+            if not done.called:
+                done.errback(reason)
+
+        connecting.addErrback(failed)
+        timer = self._reactor.callLater(spec.timeout, self._expire, done, cancel)
+
+        def finished(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        done.addBoth(finished)
+        return done
+
+    def _expire(
+        self, done: Deferred[IProtocol], cancel: Callable[[Deferred[IProtocol]], None]
+    ) -> None:
+        if done.called:
+            return
+        spec = self._spec
+        done.errback(BackendTLSError(f"TLS connection to {spec.host}:{spec.port} timed out"))
+        cancel(done)
+
+
+class _WaiterFactory(Factory):
+    def __init__(self, wrapped: IProtocolFactory, done: Deferred[IProtocol], name: str) -> None:
+        self.wrapped = wrapped
+        self.done = done
+        self.name = name
+        self.waiter: _HandshakeWaiter | None = None
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        self.waiter = _HandshakeWaiter(self, addr)
+        return self.waiter
+
+
+@implementer(IHandshakeListener)
+class _HandshakeWaiter(Protocol):
+    """Stands in until the handshake is verified, then swaps the real protocol in."""
+
+    def __init__(self, factory: _WaiterFactory, addr: Any) -> None:
+        self.owner = factory
+        self.addr = addr
+        self.pending = b""
+
+    def handshakeCompleted(self) -> None:
+        tls = self.transport
+        owner = self.owner
+        if owner.done.called:  # timed out meanwhile
+            tls.abortConnection()  # type: ignore[union-attr]
+            return
+        protocol = owner.wrapped.buildProtocol(self.addr)  # type: ignore[call-arg,misc]  # zope
+        if protocol is None:
+            tls.loseConnection()  # type: ignore[union-attr,misc]  # zope: no self
+            owner.done.errback(ConnectionRefusedError("factory declined the connection"))
+            return
+        tls.wrappedProtocol = protocol  # type: ignore[union-attr]
+        protocol.makeConnection(tls)  # type: ignore[call-arg,misc]  # zope: no self
+        if self.pending:
+            protocol.dataReceived(self.pending)  # type: ignore[call-arg,misc]  # zope: no self
+        owner.done.callback(protocol)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.pending += data
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        owner = self.owner
+        if owner.done.called:
+            return
+        owner.done.errback(BackendTLSError(_explain(reason, owner.name)))
+
+
+def _explain(reason: Failure, name: str) -> str:
+    """A short sentence for a failed backend handshake."""
+    value = reason.value
+    if isinstance(value, ssl.VerificationError):
+        return f"backend certificate does not match {name!r}: {_first(value)}"
+    if isinstance(value, SSL.Error):
+        text = _first(value)
+        if "certificate verify failed" in text:
+            return f"backend certificate for {name!r} is not trusted ({text})"
+        return f"TLS handshake with backend {name!r} failed: {text}"
+    return f"backend {name!r} closed before the TLS handshake finished: {value}"
+
+
+def _first(error: BaseException) -> str:
+    """The most telling text of an OpenSSL or verification error."""
+    args = error.args
+    if args and isinstance(args[0], list) and args[0]:
+        entry = args[0][0]
+        if isinstance(entry, tuple) and entry:
+            return str(entry[-1])
+    if args:
+        return str(args[0])
+    return type(error).__name__

@@ -1,0 +1,771 @@
+"""Tests for portmux.daemon.config: schema, key paths, line numbers, builders, warnings."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import defer, testing
+from twisted.trial import unittest as trial
+
+from portmux.core.mux import SniffSettings
+from portmux.core.preamble import Preamble
+from portmux.core.routing import Match, Route
+from portmux.daemon import config as config_module
+from portmux.daemon.config import (
+    BuildContext,
+    Config,
+    ConfigError,
+    ConfigProblem,
+    check_config,
+    default_config,
+    load_config,
+    locate_lines,
+    parse_config,
+    split_key_path,
+)
+from portmux.targets.echo import EchoFactory
+from portmux.targets.factory import FactoryTarget
+from portmux.targets.help import HelpTarget
+from portmux.targets.resource import ResourceTarget
+
+
+def MemoryReactorClock() -> Any:
+    """An untyped-call-free MemoryReactorClock."""
+    return testing.MemoryReactorClock()
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+LISTEN = '[[listen]]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
+
+
+def parse(text: str, base_dir: Path | None = None) -> Config:
+    return parse_config(textwrap.dedent(text), "t.toml", MemoryReactorClock(), base_dir)
+
+
+def errors_of(text: str, base_dir: Path | None = None) -> list[ConfigProblem]:
+    with pytest.raises(ConfigError) as info:
+        parse(text, base_dir)
+    return info.value.errors
+
+
+def lines_of(text: str) -> list[str]:
+    return [str(e) for e in errors_of(text)]
+
+
+def one_error(text: str) -> ConfigProblem:
+    errors = errors_of(text)
+    assert len(errors) == 1, [str(e) for e in errors]
+    return errors[0]
+
+
+def route(match: str, target: str, name: str = "r") -> str:
+    return f'[[route]]\nname = "{name}"\nmatch = {match}\n{target}\n'
+
+
+# -- a good config ---------------------------------------------------------------
+
+
+def test_full_config_builds_routes_in_order() -> None:
+    config = parse(
+        LISTEN
+        + """
+[sniff]
+preamble_timeout = 5
+preamble_max_bytes = 4096
+silence_timeout = 1.5
+"""
+        + route('{ protocol = "tcpmux", service = "echo" }', "echo = true", "echo")
+        + route('{ protocol = "tcpmux", service = "help" }', "help = true", "help")
+        + route(
+            '{ protocol = "http", host = "*.example.com", path = "/app/" }',
+            'resource = "twisted.web.resource:Resource"',
+            "site",
+        )
+        + route(
+            '{ protocol = "ssh", network = ["10.0.0.0/8", "::1"] }',
+            'factory = "portmux.targets.echo:EchoFactory"',
+            "ssh",
+        )
+        + route("{ default = true }", "echo = true", "rest")
+    )
+    assert [r.name for r in config.routes] == ["echo", "help", "site", "ssh", "rest"]
+    assert config.sniff == SniffSettings(5.0, 4096, 1.5)
+    assert isinstance(config.sniff.preamble_timeout, float)
+    assert config.listeners[0].endpoint == "tcp:0:interface=127.0.0.1"
+    assert config.filename == "t.toml"
+    echo, help_, site, ssh, rest = config.routes
+    assert isinstance(echo.target, FactoryTarget)
+    assert isinstance(echo.target.factory, EchoFactory)
+    assert isinstance(help_.target, HelpTarget)
+    assert isinstance(site.target, ResourceTarget)
+    assert site.match == Match(protocol="http", host="*.example.com", path="/app/")
+    assert isinstance(ssh.target, FactoryTarget)
+    assert ssh.match.network == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    assert rest.match.default
+    assert echo.match.accepts(Preamble(protocol="tcpmux", service="echo"))
+
+
+def test_sniff_defaults_when_absent() -> None:
+    config = parse(LISTEN + route("{ protocol = \"ssh\" }", "echo = true"))
+    assert config.sniff == SniffSettings()
+    assert config.control is None
+    assert config.reservations == ()
+
+
+def test_listener_proxy_protocol_and_trusted() -> None:
+    config = parse(
+        """
+[[listen]]
+endpoint = "tcp:0"
+proxy_protocol = true
+trusted = ["127.0.0.1/32", "10.0.0.0/8"]
+"""
+        + route("{ protocol = \"ssh\" }", "echo = true")
+    )
+    listener = config.listeners[0]
+    assert listener.proxy_protocol is True
+    assert listener.trusted == (
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("10.0.0.0/8"),
+    )
+
+
+def test_network_as_single_string() -> None:
+    config = parse(LISTEN + route('{ network = "192.168.0.0/16", protocol = "ssh" }', "echo = true"))
+    assert config.routes[0].match.network == (ipaddress.ip_network("192.168.0.0/16"),)
+
+
+def test_control_and_reservations() -> None:
+    config = parse(
+        LISTEN
+        + """
+[control]
+endpoint = "unix:/tmp/portmux-test-control.sock"
+allow_uids = [0, "root"]
+allow_gids = [0]
+max_pending = 8
+
+[[reservation]]
+match = { protocol = "http", host = "api.example.com" }
+uids = [1000]
+"""
+        + route('{ protocol = "ssh" }', "echo = true")
+    )
+    assert config.control is not None
+    assert config.control.endpoint == "unix:/tmp/portmux-test-control.sock"
+    assert config.control.allow_uids == (0, 0)
+    assert config.control.allow_gids == (0,)
+    assert config.control.max_pending == 8
+    assert len(config.reservations) == 1
+    reservation = config.reservations[0]
+    assert reservation.match == Match(protocol="http", host="api.example.com")
+    assert reservation.uids == (1000,)
+
+
+def test_control_errors() -> None:
+    errors = lines_of(
+        LISTEN
+        + """
+[control]
+allow_uids = ["no-such-user-portmux"]
+max_pending = 0
+"""
+        + route('{ protocol = "ssh" }', "echo = true")
+    )
+    assert any("control.endpoint: missing" in e for e in errors)
+    assert any("control.allow_uids[0]: no such user: 'no-such-user-portmux'" in e for e in errors)
+    assert any("control.max_pending: must be greater than 0, got 0" in e for e in errors)
+
+
+# -- every error kind, with its key path and line ------------------------------------
+
+
+def test_wrong_type_names_key_path_and_line() -> None:
+    text = LISTEN + "\n" + route('{ protocol = "tls", sni = 42 }', "echo = true")
+    error = one_error(text)
+    assert str(error) == "t.toml:6: route[0].match.sni: expected a string, got 42"
+    assert error.line == 6
+    assert error.key_path == "route[0].match.sni"
+
+
+def test_unknown_match_key() -> None:
+    error = one_error(LISTEN + route('{ protocol = "tls", snii = "x" }', "echo = true"))
+    assert error.key_path == "route[0].match.snii"
+    assert error.message.startswith("unknown key")
+    assert error.line == 5
+
+
+def test_unknown_keys_everywhere() -> None:
+    errors = errors_of(
+        """
+bogus = 1
+[[listen]]
+endpoint = "tcp:0"
+colour = "red"
+[sniff]
+speed = 3
+"""
+        + route('{ protocol = "ssh" }', "echo = true\nextra = 1")
+    )
+    paths = [e.key_path for e in errors]
+    assert paths == ["bogus", "listen[0].colour", "sniff.speed", "route[0].extra"]
+    assert all("unknown key" in e.message for e in errors)
+    assert [e.line for e in errors] == [2, 5, 7, 12]
+
+
+def test_unknown_protocol() -> None:
+    error = one_error(LISTEN + route('{ protocol = "smtpx" }', "echo = true"))
+    assert error.key_path == "route[0].match.protocol"
+    assert "unknown protocol 'smtpx'" in error.message
+    assert "tls" in error.message and "ssh" in error.message
+
+
+def test_protocol_names_are_case_insensitive_and_unknown_is_known() -> None:
+    config = parse(
+        LISTEN
+        + route('{ protocol = "SSH" }', "echo = true", "a")
+        + route('{ protocol = "unknown" }', "echo = true", "b")
+    )
+    assert config.routes[0].match.accepts(Preamble(protocol="ssh"))
+
+
+def test_unparsable_server_endpoint() -> None:
+    error = one_error('[[listen]]\nendpoint = "tcpx:80"\n' + route('{ protocol = "ssh" }', "echo = true"))
+    assert error.key_path == "listen[0].endpoint"
+    assert error.line == 2
+    assert "cannot parse server endpoint 'tcpx:80'" in error.message
+    assert "Unknown endpoint type" in error.message
+
+
+def test_server_endpoint_is_not_bound() -> None:
+    reactor = MemoryReactorClock()
+    parse_config(LISTEN + route('{ protocol = "ssh" }', "echo = true"), "t.toml", reactor)
+    assert reactor.tcpServers == []
+
+
+def test_unparsable_client_endpoint_in_proxy() -> None:
+    errors = errors_of(
+        LISTEN + route('{ protocol = "ssh" }', 'proxy = ["tcp:127.0.0.1:22", "tcp:127.0.0.1", "bogus:x"]')
+    )
+    paths = [e.key_path for e in errors]
+    assert "route[0].proxy[1]" in paths
+    assert "route[0].proxy[2]" in paths
+    assert "route[0].proxy[0]" not in paths
+    assert all(e.line == 6 for e in errors)
+
+
+def test_proxy_endpoints_validated_when_proxy_module_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(
+        config_module.TARGET_BUILDERS, "proxy", "portmux.targets.no_such_proxy:from_config"
+    )
+    errors = errors_of(LISTEN + route('{ protocol = "ssh" }', 'proxy = ["tcp:127.0.0.1"]'))
+    messages = {e.key_path: e.message for e in errors}
+    assert "cannot parse client endpoint 'tcp:127.0.0.1'" in messages["route[0].proxy[0]"]
+    assert messages["route[0].proxy"].startswith("target 'proxy' is not available: ModuleNotFoundError")
+
+
+def test_target_not_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(
+        config_module.TARGET_BUILDERS, "handoff", "portmux.no_such_module:from_config"
+    )
+    error = one_error(LISTEN + route('{ protocol = "ssh" }', 'handoff = { worker = "x" }'))
+    assert error.key_path == "route[0].handoff"
+    assert error.message == (
+        "target 'handoff' is not available: "
+        "ModuleNotFoundError: No module named 'portmux.no_such_module'"
+    )
+
+
+def test_dotted_name_that_does_not_import() -> None:
+    errors = errors_of(
+        LISTEN
+        + route('{ protocol = "http" }', 'resource = "nosuch_pkg_portmux.site:root"', "a")
+        + route('{ protocol = "ssh" }', 'factory = "portmux.targets.echo:NoSuchFactory"', "b")
+        + route('{ protocol = "tcpmux" }', 'factory = "portmux.targets.nosuch.Factory"', "c")
+    )
+    assert [e.key_path for e in errors] == ["route[0].resource", "route[1].factory", "route[2].factory"]
+    assert "cannot import 'nosuch_pkg_portmux.site:root': ModuleNotFoundError" in errors[0].message
+    assert "AttributeError" in errors[1].message
+    assert "ModuleNotFoundError" in errors[2].message
+    assert [e.line for e in errors] == [6, 10, 14]
+
+
+def test_dotted_name_of_wrong_kind() -> None:
+    errors = errors_of(
+        LISTEN
+        + route('{ protocol = "http" }', 'resource = "portmux.targets.echo:EchoFactory"', "a")
+        + route('{ protocol = "ssh" }', 'factory = "twisted.web.resource:Resource"', "b")
+        + route('{ protocol = "ssh" }', "factory = 3", "c")
+    )
+    assert "not an IResource" in errors[0].message
+    assert "not an IProtocolFactory" in errors[1].message
+    assert errors[2].message == 'expected a dotted name like "pkg.mod:attr", got 3'
+
+
+def test_dotted_forms(tmp_path: Path) -> None:
+    config = parse(
+        LISTEN
+        + route('{ protocol = "ssh" }', 'factory = "portmux.targets.echo.EchoFactory"', "a")
+        + route('{ protocol = "tcpmux" }', 'factory = "portmux.targets.echo:EchoFactory"', "b"),
+    )
+    assert all(isinstance(r.target, FactoryTarget) for r in config.routes)
+
+
+def test_modules_beside_the_config_file_import(tmp_path: Path) -> None:
+    module = "portmux_test_beside_" + tmp_path.name.replace("-", "_")
+    (tmp_path / f"{module}.py").write_text(
+        "from twisted.web.static import Data\n"
+        "def root():\n    return Data(b'hi', 'text/plain')\n"
+    )
+    path = tmp_path / "c.toml"
+    path.write_text(LISTEN + route('{ protocol = "http" }', f'resource = "{module}:root"'))
+    before = list(sys.path)
+    try:
+        config = load_config(path, MemoryReactorClock())
+    finally:
+        sys.modules.pop(module, None)
+    assert isinstance(config.routes[0].target, ResourceTarget)
+    assert sys.path == before
+
+
+def test_duplicate_route_name() -> None:
+    error = one_error(
+        LISTEN
+        + route('{ protocol = "ssh" }', "echo = true", "same")
+        + route('{ protocol = "http" }', "echo = true", "same")
+    )
+    assert str(error) == "t.toml:8: route[1].name: duplicate route name 'same' (first used by route[0])"
+
+
+def test_missing_target() -> None:
+    error = one_error(LISTEN + '[[route]]\nname = "x"\nmatch = { protocol = "ssh" }\n')
+    assert error.key_path == "route[0]"
+    assert error.line == 3
+    assert error.message.startswith("missing target: add one of proxy, resource, factory")
+
+
+def test_two_targets() -> None:
+    error = one_error(LISTEN + route('{ protocol = "ssh" }', 'echo = true\nhelp = true'))
+    assert error.key_path == "route[0].help"
+    assert error.line == 7
+    assert error.message == "more than one target (echo, help); keep exactly one"
+
+
+def test_missing_name_and_match() -> None:
+    errors = errors_of(LISTEN + "[[route]]\necho = true\n")
+    assert [e.key_path for e in errors] == ["route[0].name", "route[0].match"]
+    assert all(e.message.startswith("missing") for e in errors)
+
+
+def test_target_value_types() -> None:
+    errors = errors_of(LISTEN + route('{ protocol = "tcpmux" }', "echo = 1", "a") + route('{ protocol = "tcpmux" }', 'help = "yes"', "b"))
+    assert [(e.key_path, e.message) for e in errors] == [
+        ("route[0].echo", "expected true, got 1"),
+        ("route[1].help", 'expected true, got "yes"'),
+    ]
+
+
+def test_match_value_errors() -> None:
+    errors = errors_of(
+        LISTEN
+        + route('{ protocol = "http", path = "app" }', "echo = true", "a")
+        + route('{ network = ["10.0.0.0/33"] }', "echo = true", "b")
+        + route('{ silent = "yes" }', "echo = true", "c")
+        + route('{ silent = true, protocol = "ssh" }', "echo = true", "d")
+        + route('{ silent = true, default = true }', "echo = true", "e")
+        + route('"ssh"', "echo = true", "f")
+    )
+    got = {e.key_path: e.message for e in errors}
+    assert got["route[0].match.path"] == "must start with '/', got \"app\""
+    assert got["route[1].match.network[0]"].startswith("not a network")
+    assert got["route[2].match.silent"] == 'expected true or false, got "yes"'
+    assert got["route[3].match.protocol"].startswith("a silent route matches only on network")
+    assert got["route[4].match"] == "silent and default cannot both be true"
+    assert got["route[5].match"].startswith("expected an inline table")
+
+
+def test_sniff_value_errors() -> None:
+    errors = errors_of(
+        LISTEN
+        + """
+[sniff]
+preamble_timeout = -1
+preamble_max_bytes = 1.5
+silence_timeout = true
+"""
+        + route('{ protocol = "ssh" }', "echo = true")
+    )
+    assert [(e.key_path, e.message) for e in errors] == [
+        ("sniff.preamble_timeout", "must be greater than 0, got -1"),
+        ("sniff.preamble_max_bytes", "expected an integer, got 1.5"),
+        ("sniff.silence_timeout", "expected a number, got true"),
+    ]
+
+
+def test_listen_errors() -> None:
+    assert one_error(route('{ protocol = "ssh" }', "echo = true")).key_path == "listen"
+    error = one_error('[listen]\nendpoint = "tcp:0"\n' + route('{ protocol = "ssh" }', "echo = true"))
+    assert error.message == "expected an array of tables: write [[listen]], not [listen]"
+    errors = errors_of(
+        '[[listen]]\nendpoint = 80\ntrusted = ["nope"]\n[[listen]]\nproxy_protocol = 1\n'
+        + route('{ protocol = "ssh" }', "echo = true")
+    )
+    assert [(e.key_path, e.line) for e in errors] == [
+        ("listen[0].endpoint", 2),
+        ("listen[0].trusted[0]", 3),
+        ("listen[1].endpoint", 4),
+        ("listen[1].proxy_protocol", 5),
+    ]
+
+
+def test_toml_syntax_error_has_line() -> None:
+    error = one_error(LISTEN + "[[route]]\nname = \n")
+    assert error.line == 4
+    assert error.message.startswith("invalid TOML: ")
+    assert "line" not in error.message
+
+
+def test_several_errors_at_once_all_reported_in_line_order() -> None:
+    text = """\
+[[listen]]
+endpoint = "nope:1"
+
+[sniff]
+preamble_timeout = "soon"
+
+[[route]]
+name = "a"
+match = { protocol = "gopher", sni = 42 }
+proxy = ["tcp:127.0.0.1:22"]
+
+[[route]]
+name = "a"
+match = { protocol = "ssh" }
+
+[[route]]
+name = "c"
+match = { protocol = "http" }
+resource = "no_such_portmux_module:root"
+echo = true
+"""
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    errors = info.value.errors
+    assert [(e.line, e.key_path) for e in errors] == [
+        (2, "listen[0].endpoint"),
+        (5, "sniff.preamble_timeout"),
+        (9, "route[0].match.sni"),
+        (9, "route[0].match.protocol"),
+        (12, "route[1]"),
+        (13, "route[1].name"),
+        (20, "route[2].echo"),
+    ]
+    # str() is one line per error
+    lines = str(info.value).splitlines()
+    assert len(lines) == len(errors) == 7
+    assert lines[2] == "t.toml:9: route[0].match.sni: expected a string, got 42"
+
+
+def test_problem_str_without_line_or_key() -> None:
+    assert str(ConfigProblem("f.toml", None, "route[1]", "bad")) == "f.toml: route[1]: bad"
+    assert str(ConfigProblem("f.toml", 3, "", "bad")) == "f.toml:3: bad"
+
+
+# -- the line locator -------------------------------------------------------------------
+
+
+def test_locate_lines_arrays_inline_tables_and_nested_tables() -> None:
+    text = textwrap.dedent(
+        """\
+        # comment with [[route]] in it
+        [[route]]
+        name = "a"   # trailing comment
+        match = { protocol = "tls", "quoted.key" = 'x' }
+        proxy = [
+          "tcp:a:1",  # first
+          'tcp:b:2',
+        ]
+        [route.tls]
+        cert = \"\"\"multi
+        line\"\"\"
+        [[route.tls.route]]
+        name = "inner"
+        [[route]]
+        name = "b"
+        a.b.c = 1
+        """
+    )
+    lines = locate_lines(text)
+    assert lines[("route", 0)] == 2
+    assert lines[("route", 0, "name")] == 3
+    assert lines[("route", 0, "match", "protocol")] == 4
+    assert lines[("route", 0, "match", "quoted.key")] == 4
+    assert lines[("route", 0, "proxy", 0)] == 6
+    assert lines[("route", 0, "proxy", 1)] == 7
+    assert lines[("route", 0, "tls")] == 9
+    assert lines[("route", 0, "tls", "cert")] == 10
+    assert lines[("route", 0, "tls", "route", 0)] == 12
+    assert lines[("route", 0, "tls", "route", 0, "name")] == 13
+    assert lines[("route", 1, "name")] == 15
+    assert lines[("route", 1, "a", "b", "c")] == 16
+
+
+def test_locate_lines_survives_garbage() -> None:
+    assert isinstance(locate_lines("[[[ = = {"), dict)
+    assert split_key_path("route[3].match.sni") == ("route", 3, "match", "sni")
+    assert split_key_path("route[2].tls.route[0]") == ("route", 2, "tls", "route", 0)
+
+
+def test_multiline_array_element_line() -> None:
+    errors = errors_of(
+        LISTEN
+        + '[[route]]\nname = "a"\nmatch = { protocol = "ssh" }\nproxy = [\n  "tcp:127.0.0.1:22",\n  "tcp:nope",\n]\n'
+    )
+    assert [(e.key_path, e.line) for e in errors] == [("route[0].proxy[1]", 8)]
+
+
+# -- builder context: nested routes and problems from builders --------------------------------
+
+
+class _Nested:
+    kind = "nested"
+    description = "nested routes"
+
+    def __init__(self, routes: list[Route]) -> None:
+        self.routes = routes
+
+
+def nested_builder(value: Any, ctx: BuildContext) -> Any:
+    """A test builder: ``tls = { route = [...] }`` parsed through ctx.parse_routes."""
+    assert ctx.key_path.startswith("route[")
+    assert ctx.target_key == "tls"
+    assert ctx.sniff_settings == SniffSettings(silence_timeout=1.0)
+    if "cert" in value:
+        ctx.problem("tls.cert", f"no such file: {ctx.resolve_path(value['cert'])}")
+        return None
+    routes = ctx.parse_routes(value.get("route", []), "tls.route")
+    ctx.warn("tls", "just testing")
+    return _Nested(routes)
+
+
+def test_nested_routes_through_build_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")
+    text = LISTEN + textwrap.dedent(
+        """\
+        [sniff]
+        silence_timeout = 1
+        [[route]]
+        name = "outer"
+        match = { protocol = "tls" }
+        [route.tls]
+        [[route.tls.route]]
+        name = "inner-http"
+        match = { protocol = "http" }
+        echo = true
+        [[route.tls.route]]
+        name = "inner-bad"
+        match = { protocol = "http", sni = 7 }
+        echo = true
+        """
+    )
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    [error] = info.value.errors
+    assert str(error) == "t.toml:15: route[0].tls.route[1].match.sni: expected a string, got 7"
+
+    config = parse(text.replace("sni = 7", 'sni = "x"').replace("inner-bad", "inner-2"))
+    outer = config.routes[0]
+    assert isinstance(outer.target, _Nested)
+    assert [r.name for r in outer.target.routes] == ["inner-http", "inner-2"]
+    assert [str(w) for w in config.warnings] == ["t.toml:8: route[0].tls: just testing"]
+
+    shadowed = parse(text.replace("inner-bad", "inner-2").replace(", sni = 7", ""))
+    assert [str(w) for w in shadowed.warnings] == [
+        "t.toml:8: route[0].tls: just testing",
+        (
+            "t.toml:13: route[0].tls.route[1]: route 'inner-2' is never chosen: "
+            "route[0].tls.route[0] has the same match"
+        ),
+    ]
+
+
+def test_builder_problem_and_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")
+    error = one_error(
+        LISTEN
+        + "[sniff]\nsilence_timeout = 1\n"
+        + route('{ protocol = "tls" }', 'tls = { cert = "certs/a.pem" }'),
+    )
+    assert error.key_path == "route[0].tls.cert"
+    assert error.line == 8
+    assert error.message == f"no such file: {(Path.cwd() / 'certs/a.pem').resolve()}"
+
+
+def raising_builder(value: Any, ctx: BuildContext) -> Any:
+    raise RuntimeError("boom\nsecond line")
+
+
+def test_builder_exception_becomes_one_line_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:raising_builder")
+    error = one_error(LISTEN + route('{ protocol = "tls" }', "tls = true"))
+    assert (error.key_path, error.message) == ("route[0].tls", "RuntimeError: boom")
+
+
+def test_nested_names_must_be_unique_across_levels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")
+    error = one_error(
+        LISTEN
+        + "[sniff]\nsilence_timeout = 1\n"
+        + '[[route]]\nname = "x"\nmatch = { protocol = "tls" }\n'
+        + 'tls = { route = [{ name = "x", match = { protocol = "http" }, echo = true }] }\n'
+    )
+    assert error.key_path == "route[0].tls.route[0].name"
+    assert error.line == 8
+
+
+# -- warnings ----------------------------------------------------------------------------
+
+
+def test_warnings() -> None:
+    config = parse(
+        """
+[[listen]]
+endpoint = "tcp:0"
+trusted = ["127.0.0.1/32"]
+[[listen]]
+endpoint = "tcp:0"
+proxy_protocol = true
+"""
+        + route('{ protocol = "http", path = "/app/" }', 'proxy = ["tcp:127.0.0.1:9000"]', "app")
+        + route('{ protocol = "http", path = "/f/" }', 'factory = "portmux.targets.echo:EchoFactory"', "f")
+        + route('{ protocol = "http", path = "/ok/" }', 'resource = "twisted.web.resource:Resource"', "ok")
+        + route('{ protocol = "tcpmux", service = "echo" }', "echo = true", "e1")
+        + route('{ protocol = "tcpmux", service = "echo" }', "echo = true", "e2")
+        + route("{}", "echo = true", "all")
+        + route('{ protocol = "ssh" }', "echo = true", "after")
+        + route("{ silent = true }", "echo = true", "s1")
+        + route("{ silent = true }", "echo = true", "s2")
+    )
+    got = [(w.key_path, w.message) for w in config.warnings]
+    assert got[0] == ("listen[0].trusted", "has no effect without proxy_protocol = true")
+    assert got[1][0] == "listen[1].proxy_protocol"
+    assert got[2][0] == "route[0].match.path" and "first HTTP request" in got[2][1]
+    assert got[3][0] == "route[1].match.path"
+    assert got[4] == ("route[4]", "route 'e2' is never chosen: route[3] has the same match")
+    assert got[5] == ("route[6]", "route 'after' is never chosen: route[5] matches every connection first")
+    assert got[6][0] == "route[8]" and "silent" in got[6][1]
+    assert len(got) == 7
+
+
+def test_no_routes_is_a_warning() -> None:
+    config = parse(LISTEN)
+    assert [w.key_path for w in config.warnings] == ["route"]
+
+
+# -- files: default, example, check_config -------------------------------------------------
+
+
+def test_default_config() -> None:
+    config = default_config(MemoryReactorClock())
+    assert [l.endpoint for l in config.listeners] == ["tcp:8080:interface=127.0.0.1"]
+    assert [(r.name, r.kind) for r in config.routes] == [
+        ("status", config.routes[0].kind),
+        ("help", "help"),
+        ("echo", "factory"),
+    ]
+    assert config.routes[0].match == Match(protocol="http")
+    assert config.routes[1].match == Match(protocol="tcpmux", service="help")
+    assert config.routes[2].match == Match(protocol="tcpmux", service="echo")
+    assert config.sniff == SniffSettings()
+    assert config.warnings == ()
+
+
+def test_example_config_validates() -> None:
+    path = REPO / "examples" / "one-port.toml"
+    errors, warnings = check_config(path, MemoryReactorClock())
+    assert errors == []
+    assert warnings == []
+    config = load_config(path, MemoryReactorClock())
+    assert len(config.routes) == 8
+    kinds = {r.name: r.kind for r in config.routes}
+    assert kinds["demo-site"] == "resource"
+    assert kinds["upper"] == "factory"
+
+
+def test_check_config_reports_instead_of_raising(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(LISTEN + route('{ protocol = "ssh", sni = 1 }', "echo = true"))
+    errors, _ = check_config(bad, MemoryReactorClock())
+    assert [str(e) for e in errors] == [f"{bad}:5: route[0].match.sni: expected a string, got 1"]
+    missing_errors, _ = check_config(tmp_path / "missing.toml", MemoryReactorClock())
+    assert "cannot read the file: No such file or directory" in str(missing_errors[0])
+    with pytest.raises(ConfigError):
+        load_config(tmp_path / "missing.toml", MemoryReactorClock())
+
+
+# -- the echo target ----------------------------------------------------------------------------
+
+
+def test_echo_factory_echoes() -> None:
+    protocol: Any = EchoFactory().buildProtocol(None)
+    transport: Any = testing.StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"hello")
+    assert transport.value() == b"hello"
+
+
+# -- the example served for real ---------------------------------------------------------------
+
+
+def _exchange(port: int, data: bytes, until: bytes) -> bytes:
+    """A blocking client: send ``data``, read until ``until`` appears or the peer closes."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while until not in received:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+        return received
+
+
+class ExampleServedTests(trial.TestCase):
+    """examples/one-port.toml's in-process routes answer real sockets."""
+
+    @defer.inlineCallbacks
+    def test_demo_site_upper_echo_and_help(self) -> Any:
+        from twisted.internet import reactor, threads
+
+        from portmux.core.mux import Multiplexer
+
+        config = load_config(REPO / "examples" / "one-port.toml", reactor)
+        mux = Multiplexer(reactor, config.routes, settings=config.sniff)
+        port = yield mux.listen("tcp:0:interface=127.0.0.1")
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        http = yield threads.deferToThread(
+            _exchange,
+            number,
+            b"GET /demo/hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            b"in-process resource",
+        )
+        assert b"200 OK" in http
+        assert b"hello from an in-process resource" in http
+        upper = yield threads.deferToThread(_exchange, number, b"upper\r\nhello", b"HELLO")
+        assert upper == b"+\r\nHELLO"
+        echo = yield threads.deferToThread(_exchange, number, b"ECHO\r\nping", b"ping")
+        assert echo == b"+\r\nping"
+        listing = yield threads.deferToThread(_exchange, number, b"HELP\r\n", b"\0")
+        assert listing == b"echo\r\nupper\r\n"

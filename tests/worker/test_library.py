@@ -1,0 +1,70 @@
+"""Worker-side helpers and the twistd portmux-worker options."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from twisted.application.service import MultiService
+from twisted.application.strports import service as strports_service
+from twisted.internet.address import IPv6Address
+from twisted.python import usage
+
+from portmux.targets.echo import EchoFactory
+from portmux.worker._library import Handoff, control_path, parse_address_text
+from portmux.worker.tap import Options, load_factory, take_factory
+
+
+def test_address_text() -> None:
+    assert parse_address_text("tcpmux:alice:echo/2") == {"kind": "tcpmux", "service": "alice:echo/2"}
+    assert parse_address_text("http:example.com/api") == {
+        "kind": "http", "host": "example.com", "path": "/api"}
+    assert parse_address_text("http:") == {"kind": "http", "host": "*", "path": "/"}
+    assert parse_address_text("tls:a.example") == {"kind": "tls", "sni": "a.example"}
+    assert parse_address_text("net.tcp://+/app/") == {"kind": "nettcp", "via": "net.tcp://+/app/"}
+    with pytest.raises(ValueError):
+        parse_address_text("gopher:x")
+
+
+def test_control_path_and_handoff_facts() -> None:
+    assert control_path("unix:/run/p.sock") == "/run/p.sock"
+    assert control_path("unix:path=/run/p.sock:lockfile=0") == "/run/p.sock"
+    assert control_path("/run/p.sock") == "/run/p.sock"
+    info = Handoff({"route": "r", "data": "aGk=", "greeting": "KwoN",
+                    "peer": {"type": "TCP", "host": "::1", "port": 7}, "preamble": {"protocol": "x"}})
+    assert (info.data, info.route, info.preamble) == (b"hi", "r", {"protocol": "x"})
+    assert info.peer == IPv6Address("TCP", "::1", 7)
+
+
+def test_options_validate() -> None:
+    options = Options()
+    options.parseOptions(["--control", "unix:/x", "--address", "tcpmux:e",
+                          "--factory", "portmux.targets.echo:EchoFactory"])
+    assert options["addresses"] == [{"kind": "tcpmux", "service": "e"}]
+    for argv in (["--address", "tcpmux:e", "--factory", "a:b"],
+                 ["--control", "unix:/x", "--factory", "a:b"],
+                 ["--control", "unix:/x", "--address", "tcpmux:e"],
+                 ["--control", "unix:/x", "--address", "bogus:e", "--factory", "a:b"],
+                 ["--control", "unix:/x", "--address", "tcpmux:e", "--mode", "x", "--factory", "a:b"]):
+        with pytest.raises(usage.UsageError):
+            Options().parseOptions(argv)
+
+
+def test_factory_loading_and_taking_a_plugins_server() -> None:
+    assert isinstance(load_factory("portmux.targets.echo:EchoFactory"), EchoFactory)
+    with pytest.raises(usage.UsageError):
+        load_factory("portmux.targets.echo")
+    top = MultiService()
+    factory = EchoFactory()
+    listener = strports_service("tcp:0:interface=127.0.0.1", factory)
+    listener.setServiceParent(top)
+    assert take_factory(top) is factory
+    assert list(top) == []  # it will not listen on its own port
+
+
+def test_twistd_lists_the_worker_plugin() -> None:
+    twistd = str(Path(sys.executable).with_name("twistd"))
+    out = subprocess.run([twistd, "--help"], capture_output=True, text=True, timeout=60, check=False)
+    assert "portmux-worker" in out.stdout
