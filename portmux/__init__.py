@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_packaging,tests.core.test_mux -*-
 """portmux: one TCP port, every service.
 
 The public API, re-exported; see README.md for the three-line embedding.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_cli,tests.test_layers -*-
 """The ``portmux`` command: ``check`` configs, ``connect`` to services, list ``routes``."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.protocols.test_registry -*-
 """Stable home of the probe list for plugin authors and fuzzers (see portmux.protocols).
 
 ``all_probes()`` lists every probe (built-in, then drop-in plugins) as an ``IProbe``

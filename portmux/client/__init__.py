@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.client.test_connect -*-
 """The client side: connect to a service by name through a portmux port.
 
 ``connect_service`` and ``PortmuxClientEndpoint`` speak TCPMUX with Moniker-style

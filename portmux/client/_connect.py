@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.client.test_connect -*-
 """Connect to a service by name (RFC 1078 TCPMUX with Moniker names) over any endpoint.
 
 ``connect_service`` sends ``NAME\\r\\n``, reads the one-line answer, and on ``+``

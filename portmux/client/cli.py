@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.client.test_connect -*-
 """``portmux connect HOST:PORT SERVICE`` (stdin/stdout bridge) and ``portmux services``.
 
 ``ssh -o ProxyCommand='portmux connect %h:443 ssh' host`` reaches the SSH service

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.control.test_framing,tests.control.test_server,tests.test_layers -*-
 """The control side: the control socket server, the worker registry and their framing.
 
 Workers connect to the control socket (``_server``), speak length-prefixed JSON

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.control.test_framing,tests.control.test_server -*-
 """The control protocol's framing: netstrings of UTF-8 JSON objects, version 1.
 
 A frame is ``<decimal length>:<JSON object>,`` so a session can be read (and

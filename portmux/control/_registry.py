@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.control.test_registry -*-
 """Routes registered at run time by workers: addresses, reservations, groups, conflicts.
 
 A registration lives as long as the control connection that made it. Workers of

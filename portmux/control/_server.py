@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.control.test_server -*-
 """The control socket (server side): workers register routes and receive connections.
 
 A UNIX stream socket, created mode 0600; peers are checked with SO_PEERCRED

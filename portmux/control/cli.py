@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.control.test_server,tests.worker.test_integration -*-
 """``portmux routes --control unix:/path``: list a running portmux's live routes."""
 
 from __future__ import annotations

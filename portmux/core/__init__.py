@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.protocols.test_nmf_routing,tests.test_layers -*-
 """The library kernel: preamble values, interfaces, routing and the sniffing multiplexer.
 
 Layers (enforced by tests/test_layers.py): ``preamble``, ``interfaces``, ``refusal``

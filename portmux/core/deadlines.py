@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.core.test_deadlines,tests.test_layers -*-
 """One reactor timer for many connections that share the same timeout.
 
 Every sniffing connection needs a deadline, and almost every one is classified

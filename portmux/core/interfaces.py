@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.protocols.test_registry,tests.test_layers -*-
 """The extension points: probes recognise protocols, targets take connections."""
 
 from __future__ import annotations

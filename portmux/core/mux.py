@@ -1,10 +1,11 @@
+# -*- test-case-name: tests.client.test_connect,tests.client.test_ssh,tests.control.test_server,tests.core.test_mux -*-
 """The sniffing protocol and the Multiplexer factory: probe → route → attach."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -30,6 +31,8 @@ from portmux.protocols import refusal_bytes, tcpmux
 
 if TYPE_CHECKING:
     from portmux.protocols.proxyheader import ProxyHeader
+
+T = TypeVar("T")
 
 log = Logger(namespace="portmux")
 
@@ -421,7 +424,7 @@ class Multiplexer(ServerFactory):
         self.stats = Stats()
         self._running = False
         self._started: dict[int, Any] = {}  # id(target) -> target, in start order
-        self._site: Any = None
+        self._shared: dict[str, Any] = {}
         self._deadlines: dict[float, DeadlineQueue[SniffingProtocol]] = {}
 
     def deadline_queue(self, delay: float) -> DeadlineQueue[SniffingProtocol]:
@@ -514,12 +517,14 @@ class Multiplexer(ServerFactory):
         if start is not None:
             start()
 
-    @property
-    def site(self) -> Any:
-        """The one twisted.web Site shared by this multiplexer's resource routes."""
-        if self._site is None:
-            from portmux.targets.resource import dispatching_site
+    def shared(self, key: str, build: Callable[[Multiplexer], T]) -> T:
+        """The object ``build(self)`` made on first use of ``key``, shared by this multiplexer.
 
-            self._site = dispatching_site(self)
-            self._site.portmux_mux = self
-        return self._site
+        Targets keep per-multiplexer state here (the resource routes' one Site) without
+        the core knowing what it is.
+        """
+        try:
+            return cast(T, self._shared[key])
+        except KeyError:
+            value = self._shared[key] = build(self)
+            return value

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.control.test_registry,tests.core.test_mux,tests.core.test_routing,tests.daemon.test_config -*-
 """What a probe learned from a connection's first bytes, and the probe verdicts."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.protocols.test_nmf_routing,tests.test_layers -*-
 """The status vocabulary of refusals, shared by every protocol.
 
 HTTP-style status codes are the common words; each protocol module

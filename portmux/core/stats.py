@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.core.test_mux,tests.daemon.test_daemon -*-
 """Live per-route counters owned by one multiplexer (no global state)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.daemon.test_config,tests.protocols.test_tcpmux_naming,tests.tls.test_certificates -*-
 """TOML configuration → listeners, sniff settings and routes.
 
 Every problem names the file, the line (when it can be found) and the TOML key

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.daemon.test_daemon,tests.daemon.test_one_port -*-
 """Assembles the running daemon: listeners, the multiplexer, control; reload; stop."""
 
 from __future__ import annotations

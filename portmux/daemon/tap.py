@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.daemon.test_daemon -*-
 """``twistd portmux``: command-line options and the service maker."""
 
 from __future__ import annotations

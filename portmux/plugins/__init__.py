@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.protocols.test_registry -*-
 """Drop-in plugin modules for portmux (probes, targets), found with twisted.plugin.
 
 A module here exposes objects that provide both ``twisted.plugin.IPlugin`` and a

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.protocols.test_http_fastpath,tests.protocols.test_matrix,tests.protocols.test_nmf,tests.protocols.test_nmf_routing -*-
 """One module per protocol, each owning all of that protocol's rules, and their tables.
 
 A protocol module has a ``PROBE`` (a pure function of the first bytes) and, when the

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.core.test_mux -*-
 """A probe made from a pure function of bytes."""
 
 from __future__ import annotations

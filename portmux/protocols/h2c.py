@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.protocols.test_h2c,tests.protocols.test_matrix,tests.protocols.test_registry -*-
 """HTTP/2 prior-knowledge probe: the 24-byte connection preface (RFC 9113 §3.4)."""
 
 from __future__ import annotations

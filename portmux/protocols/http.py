@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.protocols.test_http,tests.protocols.test_http_fastpath,tests.protocols.test_matrix -*-
 """HTTP/1.x probe: request line (RFC 9112 §3) and the Host header.
 
 Answers NO as soon as the first bytes cannot start a known method followed by

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.protocols.test_matrix,tests.protocols.test_nmf,tests.protocols.test_nmf_routing -*-
 """.NET Message Framing ([MC-NMF], net.tcp): every rule of the protocol lives here.
 
 The probe (the preamble and its Via URI), record sizes, Fault records (the

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.core.test_mux,tests.protocols.test_proxyheader -*-
 """PROXY protocol v1/v2 headers: a writer, and a parser adapter over Twisted's.
 
 The writer follows the byte layout of HAProxy's public PROXY protocol

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.protocols.test_matrix,tests.protocols.test_ssh -*-
 """SSH probe: the client's protocol version exchange line (RFC 4253 §4.2)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.client.test_connect,tests.protocols.test_matrix,tests.protocols.test_tcpmux,tests.protocols.test_tcpmux_naming -*-
 """TCPMUX (RFC 1078) with Moniker-style names: every rule of the protocol lives here.
 
 The probe (a service-name line, ``HELP`` included), the name grammar

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.protocols.test_matrix,tests.protocols.test_tls -*-
 """TLS probe: parse the record layer and the ClientHello for SNI, ALPN and versions.
 
 Byte layouts follow RFC 8446 §4.1.2 / RFC 5246 §7.4.1.2 (ClientHello),

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.control.test_server,tests.daemon.test_config,tests.worker.test_integration,tests.worker.test_library -*-
 """A tiny in-process echo service (RFC 862 over TCP), for the default config and tests."""
 
 from __future__ import annotations

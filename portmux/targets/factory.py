@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.client.test_connect,tests.core.test_mux,tests.daemon.test_config,tests.targets.test_tls -*-
 """Serve a classified connection in-process with any IProtocolFactory."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.targets.test_handoff -*-
 """Hand a classified connection's socket to a registered worker process (SCM_RIGHTS).
 
 portmux pauses the connection, sends the descriptor plus the bytes already read,

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.client.test_connect,tests.client.test_ssh,tests.core.test_mux,tests.daemon.test_config -*-
 """TCPMUX ``HELP``: list the service names routed on this port, one per line."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.client.test_ssh,tests.protocols.test_nmf_routing,tests.targets.test_proxy,tests.targets.test_proxy_transport -*-
 """Proxy a classified connection byte-for-byte to one of several backends.
 
 Per connection: dial the next backend round-robin (failing over to the others

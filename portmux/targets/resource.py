@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.daemon.test_config,tests.targets.test_resource,tests.targets.test_tls -*-
 """In-process twisted.web resources, all served by one Site per multiplexer.
 
 Every resource route of a multiplexer shares one Site whose root re-matches each
@@ -37,7 +38,7 @@ class ResourceTarget:
         """Nothing to stop."""
 
     def attach(self, connection: Any) -> IProtocol | None:
-        site = connection.mux.site
+        site = connection.mux.shared("portmux.targets.resource.site", dispatching_site)
         site.resource.remember(connection.transport, connection.preamble)
         channel = site.buildProtocol(connection.peer)
         channel.makeConnection(connection.transport)
@@ -124,4 +125,5 @@ def dispatching_site(mux: Any) -> Site:
     """The shared Site whose root dispatches per request over ``mux``'s routes."""
     site = Site(_Dispatcher(mux))
     site.displayTracebacks = False
+    site.portmux_mux = mux  # the admin pages find the multiplexer through request.site
     return site

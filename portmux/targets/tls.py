@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.targets.test_tls,tests.tls.test_certificates -*-
 """TLS termination: decrypt with an SNI-chosen certificate, then sniff the plaintext again.
 
 The inner stage is an ordinary Multiplexer (not listening) whose preambles carry

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.targets.test_tls,tests.targets.test_tls_proxy,tests.test_layers,tests.tls.test_certificates -*-
 """TLS for portmux: the server certificate store and client (re-encryption) contexts.
 
 ``CertificateStore`` serves SNI-selected certificates for termination and reloads

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.tls.test_certificates -*-
 """The server certificate store: PEM files or directories, SNI selection, ALPN, reload.
 
 PEM files or directories are loaded into one immutable snapshot of per-name

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.targets.test_tls_proxy -*-
 """Client TLS contexts for re-encryption to a backend.
 
 ``client_endpoint`` wraps a ``tls:`` endpoint string with hostname verification, a

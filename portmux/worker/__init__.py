@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.worker.test_library -*-
 """The worker side: register routes with a portmux daemon and receive its connections.
 
 ``Worker`` connects to the control socket, registers addresses and adopts handed-off

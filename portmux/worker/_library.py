@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.control.test_server,tests.worker.test_library -*-
 """The worker side: register routes with portmux and serve handed-off connections.
 
     worker = Worker(reactor, "unix:/run/portmux/control.sock", factory)

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.worker.test_library -*-
 """``twistd portmux-worker``: serve any factory, or another twistd plugin's server, behind portmux.
 
     twistd -n portmux-worker --control unix:/run/portmux.sock --address http:*/ web --path /srv

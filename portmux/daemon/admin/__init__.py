@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.daemon.test_daemon -*-
 """The built-in status page, usable as a route target (``status = true`` in config)."""
 
 from __future__ import annotations

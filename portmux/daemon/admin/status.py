@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.daemon.test_daemon -*-
 """The built-in status page: listeners, routes and live counters as HTML, JSON and metrics."""
 
 from __future__ import annotations
