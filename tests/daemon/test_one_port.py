@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import SSHD, free_port, start_sshd, stop_process, wait_listening
 from tests.daemon.test_daemon import start_portmux
+from tests.support import SSHD, free_port, start_sshd, stop_process, wait_listening
 
 NEEDED = ["curl", "openssl", "ssh", "ssh-keygen", "nc"]
 pytestmark = pytest.mark.skipif(
