@@ -287,7 +287,8 @@ class SniffingProtocol(Protocol):
             preamble = with_outer(preamble, self.outer)
         route = self._router.select(preamble, self._ip)
         if route is None:
-            self.refuse(preamble, refusal.NOT_FOUND, self._router.refusal_reason(preamble))
+            status = refusal.NOT_FOUND if preamble.error is None else refusal.BAD_REQUEST
+            self.refuse(preamble, status, self._router.refusal_reason(preamble))
             return
         self._attach(route, preamble)
 

@@ -19,22 +19,36 @@ from portmux.core.preamble import NEED_MORE, NO, Preamble, ProbeResult
 from portmux.protocols import h2c
 from portmux.protocols.base import FunctionProbe
 
-__all__ = ["METHODS", "PROBE", "probe_http", "split_host_port"]
+__all__ = ["METHODS", "PROBE", "probe_http", "split_host_port", "valid_host"]
 
 METHODS = frozenset(
     {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH"}
 )
-"""Request methods recognised; any other token is not taken for HTTP."""
+"""The standard methods. Any other RFC 9110 token is an extension method (PROPFIND,
+QUERY, ...) and is HTTP too when its target is origin-form (``/...``) or ``*``."""
 
-_LONGEST_METHOD = max(len(m) for m in METHODS)
+_LONGEST_METHOD = 24
+"""Longest method token accepted (registered methods are at most 17 characters)."""
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_HOST = re.compile(
+    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]{0,5})?\Z"
+)
 _VERSIONS = (b"HTTP/1.0", b"HTTP/1.1")
 _CONTROL_OR_SPACE = re.compile(rb"[\x00-\x20\x7f]")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 _HOST_VALUE = re.compile(rb"\n[ \t]*host[ \t]*:([^\n]*)", re.IGNORECASE)
 
 
+def valid_host(authority: str) -> bool:
+    """True when ``authority`` is RFC 9110's ``uri-host [ ":" port ]`` (ASCII digits only)."""
+    return _HOST.match(authority.strip().rpartition("@")[2]) is not None
+
+
 def split_host_port(authority: str) -> tuple[str | None, int | None]:
-    """Split "host[:port]" (IPv6 as "[::1]:8080"); host lower-cased, None if empty."""
+    """Split "host[:port]" (IPv6 as "[::1]:8080"); host lower-cased, None if empty.
+
+    A port is ASCII digits only (``str.isdigit`` also takes "²", which ``int`` refuses).
+    """
     authority = authority.strip()
     if "@" in authority:
         authority = authority.rpartition("@")[2]
@@ -43,13 +57,13 @@ def split_host_port(authority: str) -> tuple[str | None, int | None]:
         host, bracket, rest = authority[1:].partition("]")
         if not bracket:
             return None, None
-        if rest.startswith(":") and rest[1:].isdigit():
+        if rest.startswith(":") and _ascii_digits(rest[1:]):
             port = int(rest[1:])
     else:
         host, colon, digits = authority.rpartition(":")
         if not colon:
             host = digits
-        elif digits.isdigit():
+        elif _ascii_digits(digits):
             port = int(digits)
         elif digits:
             host = authority
@@ -59,14 +73,31 @@ def split_host_port(authority: str) -> tuple[str | None, int | None]:
     return (host or None), port
 
 
+def _ascii_digits(text: str) -> bool:
+    """True for a non-empty run of ASCII 0-9."""
+    return text.isascii() and text.isdigit()
+
+
 def _method_verdict(data: bytes) -> ProbeResult | int:
-    """The index of the space after the method, or a verdict if not yet known."""
+    """The index of the space after the method token, or a verdict if not yet known.
+
+    An extension method (not in METHODS) must be followed by an origin-form or ``*``
+    target, so a banner such as ``SSH-2.0-x y`` is rejected at its first space.
+    """
     space = data.find(b" ", 0, _LONGEST_METHOD + 1)
     if space < 0:
-        if len(data) <= _LONGEST_METHOD and any(m.startswith(data) for m in METHODS):
+        if not data or (len(data) <= _LONGEST_METHOD and _TOKEN.match(data)):
             return NEED_MORE
         return NO
-    return space if data[:space] in METHODS else NO
+    if space == 0 or _TOKEN.match(data, 0, space) is None:
+        return NO
+    if data[:space] not in METHODS:
+        first = data[space + 1 : space + 2]
+        if not first:
+            return NEED_MORE
+        if first not in (b"/", b"*"):
+            return NO
+    return space
 
 
 def _partial_line_plausible(rest: bytes) -> bool:
@@ -125,6 +156,11 @@ def _probe_http_full(data: bytes) -> ProbeResult:
     authority, path = _parse_target(method, target)
     if authority is None and len(hosts) == 1:
         authority = host_header
+    error = None
+    if authority is not None and not valid_host(authority) and method != "CONNECT":
+        error, authority = "invalid Host", None  # refused with 400, never routed
+    elif any(not valid_host(h) for h in hosts):
+        error = "invalid Host"
     # Conflicting Host headers are ambiguous: route on no host rather than guess.
     host = split_host_port(authority)[0] if authority is not None else None
     return Preamble(
@@ -134,6 +170,7 @@ def _probe_http_full(data: bytes) -> ProbeResult:
         path=path,
         host=host,
         http_version=parts[2].decode("ascii"),
+        error=error,
     )
 
 
@@ -154,9 +191,9 @@ def _probe_http_full(data: bytes) -> ProbeResult:
 # nothing after them could match anyway: they change no match, and only stop a long
 # bad line from being retried character by character.
 _OTHER_LINE = r"[^hH \t\r\n][^\n]*+\n"
-_HOST_LINE = r"[hH][oO][sS][tT][ \t]*:[ \t]*(?P<host>[A-Za-z0-9.-]++)(?::[0-9]++)?[ \t]*\r?\n"
+_HOST_LINE = r"[hH][oO][sS][tT][ \t]*:[ \t]*(?P<host>[A-Za-z0-9.-]++)(?::[0-9]{1,5})?[ \t]*\r?\n"
 _COMMON_PATTERN = (
-    "(?P<method>" + "|".join(sorted(m.decode("ascii") for m in METHODS - {b"CONNECT"})) + ")"
+    r"(?!CONNECT )(?P<method>[!#$%&'*+.^_`|~0-9A-Za-z-]{1," + str(_LONGEST_METHOD) + "})"
     r" (?P<target>(?P<path>/[^?#\x00-\x20\x7f]*+)(?:[?#][^\x00-\x20\x7f]*+)?)"
     r" (?P<version>HTTP/1\.[01])\r?\n"
     rf"(?:{_OTHER_LINE})*+"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from portmux.core.preamble import NEED_MORE, NO, Preamble
@@ -50,9 +52,9 @@ def test_fixture(name: str) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"\x16", b"X", b"g", b"GEX", b"GETX", b"GET\t", b"get / HTTP/1.1\r\n\r\n",
-     b"PR", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"SSH-2.0-x\r\n", b"echo\r\n",
-     b"HELP\r\n", b"CONNECTX", b"OPTIONSS "],
+    [b"\x16", b"GET\t", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"SSH-2.0-x\r\n",
+     b"SSH-2.0-OpenSSH_9.2p1 Debian", b"echo\r\n", b"HELP\r\n", b"OPTIONSS x",
+     b"PROPFIND http://a/ HTTP/1.1", b"A" * 25, b"G(T / HTTP/1.1", b" GET / HTTP/1.1"],
 )
 def test_no_early(data: bytes) -> None:
     assert probe_http(data) is NO
@@ -176,3 +178,45 @@ def test_probe_object() -> None:
     assert PROBE.probe(b"GET / HTTP/1.0\r\n\r\n") == http(
         method="GET", target="/", path="/", http_version="HTTP/1.0"
     )
+
+
+@pytest.mark.parametrize(
+    "method", [b"PROPFIND", b"QUERY", b"MKCOL", b"VERSION-CONTROL", b"M-SEARCH", b"get", b"X"]
+)
+def test_any_token_method_is_http(method: bytes) -> None:
+    data = method + b" /dav/x?q=1 HTTP/1.1\r\nHost: a.example:8080\r\n\r\n"
+    result = probe_http(data)
+    assert isinstance(result, Preamble)
+    assert (result.method, result.path, result.host, result.error) == (
+        method.decode(), "/dav/x", "a.example", None)
+    assert_splits(probe_http, data)
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["a:\u00b2".encode("utf-8"), b"a:\xb2", b"a:\xd9\xa3", b"a b", b"a:99999999", b"\xff\xfe",
+     b"[::1", b"a:1:2"],
+)
+def test_invalid_host_is_an_error_not_a_crash(host: bytes) -> None:
+    result = probe_http(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert isinstance(result, Preamble)
+    assert result.error == "invalid Host" and result.host is None
+
+
+def test_split_host_port_takes_ascii_digits_only() -> None:
+    assert split_host_port("a:\u00b2") == ("a:\u00b2", None)
+    assert split_host_port("[::1]:\u0663") == ("::1", None)
+
+
+def test_fuzz_non_ascii_in_every_field_never_raises() -> None:
+    rng = random.Random(9110)
+    fields = [b"GET", b"/p", b"HTTP/1.1", b"Host", b"a.example:80", b"X-Other", b"v"]
+    for _ in range(3000):
+        parts = list(fields)
+        index = rng.randrange(len(parts))
+        junk = bytes(rng.randrange(0x80, 0x100) for _ in range(rng.randrange(1, 4)))
+        cut = rng.randrange(len(parts[index]) + 1)
+        parts[index] = parts[index][:cut] + junk + parts[index][cut:]
+        data = b"%s %s %s\r\n%s: %s\r\n%s: %s\r\n\r\n" % tuple(parts)
+        result = probe_http(data)
+        assert result is NO or result is NEED_MORE or isinstance(result, Preamble)

@@ -104,8 +104,6 @@ UNUSUAL = [
     request(b"GET / HTTP/1.2"),
     request(b"GET / HTTP/2.0"),
     request(b"GET / http/1.1"),
-    request(b"get / HTTP/1.1"),
-    request(b"GETS / HTTP/1.1"),
     request(b"GET  / HTTP/1.1"),
     request(b"GET / HTTP/1.1 x"),
     request(b"GET /a\x00b HTTP/1.1"),
