@@ -96,3 +96,62 @@ class MountPointTests(TestCase):
             self.assertTrue(bodies[3].startswith(b"404 "))
 
         return d.addCallback(listening).addCallback(check)
+
+
+class DavResource(Resource):
+    isLeaf = True
+
+    def render_PROPFIND(self, request: Any) -> bytes:
+        request.setResponseCode(207)
+        return b"<multistatus/>"
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes (bounded)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class MethodAndHostTests(TestCase):
+    def setUp(self) -> Any:
+        self.mux = Multiplexer(reactor)
+        self.mux.add_route("dav", ResourceTarget(DavResource()), protocol="http")
+        d = self.mux.listen("tcp:0:interface=127.0.0.1")
+
+        def listening(port: Any) -> None:
+            self.port = port.getHost().port
+            self.addCleanup(port.stopListening)
+
+        return d.addCallback(listening)
+
+    def test_curl_extension_method_reaches_the_resource(self) -> Any:
+        import shutil
+        import subprocess
+
+        curl = shutil.which("curl")
+        if curl is None:
+            self.skipTest("curl is not installed")
+
+        def run() -> bytes:
+            return subprocess.run(
+                [curl, "-sS", "-X", "PROPFIND", "-w", " %{http_code}",
+                 f"http://127.0.0.1:{self.port}/dav/"],
+                capture_output=True, timeout=20, check=True).stdout
+
+        d = threads.deferToThread(run)
+        d.addCallback(self.assertEqual, b"<multistatus/> 207")
+        return d
+
+    def test_unicode_digit_in_host_port_gets_400_not_a_traceback(self) -> Any:
+        d = threads.deferToThread(
+            raw_exchange, self.port, b"GET / HTTP/1.1\r\nHost: a:\xc2\xb2\r\n\r\n")
+
+        def check(answer: bytes) -> None:
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer)
+            self.assertIn(b"invalid Host", answer)
+
+        return d.addCallback(check)
