@@ -79,6 +79,16 @@ def run_check(args: argparse.Namespace) -> int:
     return status
 
 
+def package_version() -> str:
+    """The installed distribution's version, or "unknown" when run from a bare source tree."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("portmux")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -107,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="portmux",
         description="One TCP port, every service. Run the server with `twistd -n portmux`.",
     )
+    parser.add_argument("--version", action="version", version=f"portmux {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     check = sub.add_parser(
         "check",

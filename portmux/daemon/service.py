@@ -9,12 +9,12 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from portmux.core.mux import Multiplexer
 from portmux.core.routing import parse_networks
+from portmux.daemon.endpoints import EndpointStringError, parse_server_endpoint
 
 log = Logger(namespace="portmux")
 
@@ -111,6 +111,17 @@ class PortmuxService(MultiService):
         return True
 
 
+class StartupError(SystemExit):
+    """A startup failure told in one line: twistd prints it and exits with status 1.
+
+    A SystemExit with a message is how a Python program says "stop, here is why"
+    without a traceback; twistd lets it through from privilegedStartService.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"portmux: {message}")
+
+
 class ListenerService(Service):
     """Listens on one endpoint string with the multiplexer; binds in privilegedStartService.
 
@@ -130,15 +141,16 @@ class ListenerService(Service):
         if self.port is not None:
             return
         outcome: list[Any] = []
-        endpoint = serverFromString(self.reactor, self.description)
-        endpoint.listen(self.factory).addBoth(outcome.append)
+        try:
+            endpoint = parse_server_endpoint(self.reactor, self.description)
+            endpoint.listen(self.factory).addBoth(outcome.append)
+        except (EndpointStringError, OSError) as error:
+            raise StartupError(f"cannot listen on {self.description}: {error}") from None
         if not outcome:
-            raise RuntimeError(f"{self.description}: the endpoint did not listen at once")
+            raise StartupError(f"{self.description}: the endpoint did not listen at once")
         result = outcome[0]
         if isinstance(result, Failure):
-            raise RuntimeError(  # noqa: TRY004  # a failed listen, not a type error
-                f"cannot listen on {self.description}: {result.getErrorMessage()}"
-            )
+            raise StartupError(f"cannot listen on {self.description}: {result.getErrorMessage()}")
         self.port = result
         address = result.getHost()
         where = f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}"

@@ -38,8 +38,16 @@ class Options(usage.Options):
     opt_l = opt_listen
 
     def postOptions(self) -> None:
-        from portmux.daemon.config import ConfigError
+        from twisted.internet import reactor
 
+        from portmux.daemon.config import ConfigError
+        from portmux.daemon.endpoints import EndpointStringError, parse_server_endpoint
+
+        for endpoint in self["listen"]:
+            try:
+                parse_server_endpoint(reactor, endpoint)
+            except EndpointStringError as error:
+                raise usage.UsageError(f"--listen {endpoint!r}: {error}") from None
         try:
             self.loader()()
         except ConfigError as error:

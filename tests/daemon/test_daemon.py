@@ -137,3 +137,93 @@ def test_sighup_reloads_routes_and_keeps_a_bad_config_out(tmp_path: Path) -> Non
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(10)
+
+
+def _twistd_exit(args: list[str], tmp_path: Path, env: dict[str, str] | None = None
+                 ) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*TWISTD, "-n", "--pidfile=", "portmux", *args], cwd=tmp_path,
+                          check=False, capture_output=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_bad_listen_endpoint_is_one_line_and_non_zero(tmp_path: Path) -> None:
+    done = _twistd_exit(["--listen", "tpc:1234"], tmp_path)
+    assert done.returncode != 0
+    assert b"--listen 'tpc:1234': Unknown endpoint type: 'tpc'" in done.stdout + done.stderr
+    assert b"Traceback" not in done.stderr + done.stdout
+
+
+def test_address_in_use_is_one_line_and_non_zero(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = _twistd_exit(["--listen", f"tcp:{port}:interface=127.0.0.1"], tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert b"Address already in use" in out and b"portmux: cannot listen on" in out
+    assert b"Traceback" not in out
+
+
+def test_systemd_endpoint_without_inherited_socket_is_explained(tmp_path: Path) -> None:
+    done = _twistd_exit(["--listen", "systemd:domain=INET:name=web"], tmp_path,
+                        env={"LISTEN_FDS": "0"})
+    assert done.returncode != 0
+    assert b"systemd passed no sockets" in done.stdout + done.stderr
+    assert b"Traceback" not in done.stdout + done.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None or shutil.which("curl") is None,
+                    reason="systemd-socket-activate or curl not installed")
+@pytest.mark.parametrize(("names", "endpoint"), [
+    (None, "systemd:domain=INET:index=0"),
+    ("web", "systemd:domain=INET:name=web"),
+])
+def test_systemd_socket_activation_with_and_without_names(
+        tmp_path: Path, names: str | None, endpoint: str) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}"]
+    if names:
+        command.append(f"--fdname={names}")
+    log = tmp_path / "portmux.log"
+    process = subprocess.Popen(
+        [*command, *TWISTD, "-n", "--pidfile=", "-l", str(log), "portmux", "--listen", endpoint],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        answer = subprocess.CompletedProcess[bytes]([], 1, b"", b"")
+        while time.monotonic() < deadline:
+            # systemd-socket-activate starts twistd on the first connection; curl waits.
+            answer = subprocess.run(["curl", "-sf", "-m", "20", f"http://127.0.0.1:{port}/status.json"],
+                                    check=False, capture_output=True, timeout=30)
+            if answer.returncode == 0:
+                break
+            time.sleep(0.2)
+        assert answer.returncode == 0, (answer, log.read_text() if log.exists() else "")
+        assert "routes" in json.loads(answer.stdout)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def test_inherited_sockets_follow_sd_listen_fds_rules() -> None:
+    from portmux.daemon.systemd import inherited_sockets
+
+    none = inherited_sockets({"LISTEN_PID": "1", "LISTEN_FDS": "2"}, pid=2)
+    assert none.descriptors == ()
+    unnamed = inherited_sockets({"LISTEN_PID": "7", "LISTEN_FDS": "2"}, pid=7)
+    assert unnamed.descriptors == (3, 4) and unnamed.by_index(1) == 4
+    named = inherited_sockets({"LISTEN_PID": "7", "LISTEN_FDS": "2",
+                               "LISTEN_FDNAMES": "web:admin"}, pid=7)
+    assert named.by_name("admin") == 4
+    with pytest.raises(KeyError, match="no inherited socket named 'x'"):
+        named.by_name("x")
+    with pytest.raises(KeyError, match="at index 2"):
+        unnamed.by_index(2)
