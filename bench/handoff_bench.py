@@ -140,7 +140,7 @@ def run_worker(control: str, report: str, nodelay: bool) -> None:
 
     async def go() -> None:
         await worker.connect()
-        await worker.register({"kind": "http", "host": HOST, "path": "/"}, mode="handoff")
+        await worker.register({"protocol": "http", "host": HOST, "path": "/"}, mode="handoff")
         print(port.getHost().port, flush=True)
 
     Deferred.fromCoroutine(go())

@@ -31,7 +31,7 @@ worker = Worker(reactor, control, Site(root))
 
 async def main() -> None:
     await worker.connect()
-    reply = await worker.register({"kind": "http", "host": host, "path": path}, mode="handoff")
+    reply = await worker.register({"protocol": "http", "host": host, "path": path}, mode="handoff")
     print(f"registered {reply['route']} ({reply['members']} worker(s) in the group)", flush=True)
     await worker.lost
     print("portmux closed the control connection; exiting", flush=True)

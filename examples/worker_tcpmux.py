@@ -46,7 +46,7 @@ async def main() -> None:
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         endpoint = f"tcp:127.0.0.1:{port.getHost().port}"
     await worker.connect()
-    reply = await worker.register({"kind": "tcpmux", "service": service}, mode, endpoint)
+    reply = await worker.register({"protocol": "tcpmux", "service": service}, mode, endpoint)
     print(f"registered {reply['route']}", flush=True)
     await worker.lost
     reactor.stop()

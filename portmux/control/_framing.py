@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.control.test_framing,tests.control.test_server -*-
-"""The control protocol's framing: netstrings of UTF-8 JSON objects, version 1.
+"""The control protocol's framing: netstrings of UTF-8 JSON objects; protocol version 2.
 
 A frame is ``<decimal length>:<JSON object>,`` so a session can be read (and
 typed) with ``socat - UNIX-CONNECT:/path``. See docs/control-protocol.md.
@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-VERSION = 1
+VERSION = 2
+"""Version 2 registers a ``match`` (config route keys); 1 registered an ``address`` with a ``kind``."""
+VERSIONS = (1, 2)
+"""Versions a server still speaks; protocol 1's addresses are translated (portmux.control._keys)."""
 MAX_FRAME = 1 << 20
 """Largest frame either side accepts (a handoff carries at most the sniff buffer)."""
 

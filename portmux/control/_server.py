@@ -21,7 +21,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from portmux.control import _framing as pc
-from portmux.control._registry import Address, RegistrationError, Registry, parse_address
+from portmux.control._keys import registration_match
+from portmux.control._registry import RegistrationError, Registry
 from portmux.targets.handoff import PendingHandoff, WorkerGroupTarget
 
 log = Logger(namespace="portmux")
@@ -105,7 +106,7 @@ class ControlProtocol(Protocol):
         self.factory = factory
         self.decoder = pc.FrameDecoder()
         self.pending: dict[int, tuple[PendingHandoff, Any]] = {}
-        self.addresses: list[Address] = []
+        self.version = pc.VERSION
         self._ids = 0
         self._heartbeat: Any = None
         self._last_heard = 0.0
@@ -153,7 +154,7 @@ class ControlProtocol(Protocol):
         gone = factory.registry.unregister_all(self)
         if gone:
             log.info("control: {label} disconnected; dropped {routes}", label=self.label,
-                     routes=", ".join(str(a) for a in gone))
+                     routes=", ".join(m.describe(",") for m in gone))
         pending, self.pending = self.pending, {}
         # The peer closed (or died): descriptors in flight died with it, so retry.
         # We timed it out: it may still adopt what it holds, so never offer twice.
@@ -220,29 +221,37 @@ class ControlProtocol(Protocol):
 
     def op_hello(self, message: pc.Message) -> pc.Message:
         version = message.get("version")
-        if version != pc.VERSION:
-            raise RegistrationError("UnsupportedVersion", f"this portmux speaks control protocol version {pc.VERSION}")
-        return {"op": "hello", "version": pc.VERSION, "server": "portmux", "pid": os.getpid(),
+        if version not in pc.VERSIONS:
+            raise RegistrationError(
+                "UnsupportedVersion",
+                f"this portmux speaks control protocol versions {', '.join(map(str, pc.VERSIONS))}")
+        self.version = version
+        return {"op": "hello", "version": version, "versions": list(pc.VERSIONS),
+                "server": "portmux", "pid": os.getpid(),
                 "uid": self.uid, "heartbeat": self.factory.heartbeat,
                 "max_pending": self.factory.max_pending}
 
     def op_register(self, message: pc.Message) -> pc.Message:
-        address = parse_address(message.get("address"))
+        match, deprecated = registration_match(message)
         mode = message.get("mode", "handoff")
         endpoint = message.get("endpoint")
         if endpoint is not None and not isinstance(endpoint, str):
             raise RegistrationError("BadMode", "endpoint must be a client endpoint string")
-        group = self.factory.registry.register(self, address, mode, endpoint)
-        self.addresses.append(address)
+        group = self.factory.registry.register(self, match, mode, endpoint)
         log.info("control: {label} registered {name} ({members} in group)", label=self.label,
                  name=group.name, members=len(group.members))
-        return {"op": "registered", "route": group.name, "members": len(group.members)}
+        reply: pc.Message = {"op": "registered", "route": group.name, "members": len(group.members),
+                             "match": match.to_keys()}
+        if deprecated is not None:
+            log.warn("control: {label}: {note}", label=self.label, note=deprecated)  # noqa: G010 (twisted.logger)
+            reply["deprecated"] = deprecated
+        return reply
 
     def op_unregister(self, message: pc.Message) -> pc.Message:
-        address = parse_address(message.get("address"))
-        if not self.factory.registry.unregister(self, address):
-            raise RegistrationError("NotRegistered", f"{address} is not registered by this connection")
-        return {"op": "unregistered", "address": address.to_json()}
+        match, _ = registration_match(message)
+        if not self.factory.registry.unregister(self, match):
+            raise RegistrationError("NotRegistered", f"{match.describe(',')} is not registered by this connection")
+        return {"op": "unregistered", "match": match.to_keys()}
 
     def op_routes(self, message: pc.Message) -> pc.Message:
         return {"op": "routes", "registered": self.factory.registry.describe(),
@@ -351,10 +360,7 @@ class ControlFactory(ServerFactory):
         """The multiplexer's configured routes, JSON-ready."""
         out = []
         for route in getattr(self.mux, "static_routes", ()):
-            match = {k: v for k, v in vars(route.match).items()
-                     if not k.startswith("_") and v not in (None, (), False)}
-            match = {k: (list(map(str, v)) if isinstance(v, tuple) else v) for k, v in match.items()}
-            out.append({"name": route.name, "kind": route.kind, "match": match,
+            out.append({"name": route.name, "kind": route.kind, "match": route.match.to_keys(),
                         "description": str(getattr(route.target, "description", ""))})
         return out
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from portmux.core.preamble import Preamble
 from portmux.protocols import tcpmux as naming
 from portmux.protocols.nmf import ViaIndex, parse_base_address
+from portmux.protocols.tcpmux import ServiceIndex
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+MATCH_KEYS = ("protocol", "sni", "host", "alpn", "path", "service", "via", "network", "silent", "default")
+"""The keys of a route's ``match``, in the order they are shown."""
 Check = Callable[[Preamble, str], bool]
 
 
@@ -30,6 +34,15 @@ def host_pattern_matches(pattern: str, name: str | None) -> bool:
     if pattern.startswith("*."):
         return name.endswith(pattern[1:]) and len(name) > len(pattern) - 1
     return name == pattern
+
+
+def host_pattern_covers(pattern: str, name: str) -> bool:
+    """True when every host ``name`` (itself maybe a ``*.`` pattern) stands for is one ``pattern`` takes."""
+    if pattern == name or pattern == "*":
+        return True
+    if name.startswith("*"):
+        return pattern.startswith("*.") and name.endswith(pattern[1:]) and name != "*"
+    return host_pattern_matches(pattern, name)
 
 
 def path_prefix_matches(prefix: str, path: str | None) -> bool:
@@ -88,7 +101,7 @@ class Match:
             yield lambda p, ip: path_prefix_matches(prefix, p.path)
         if self.service is not None:
             try:
-                service = naming.parse(self.service)
+                service = naming.parse_pattern(self.service)
             except naming.MalformedName as error:
                 raise ValueError(f"service {self.service!r}: {error}") from None
             yield _service_check(service)
@@ -102,20 +115,65 @@ class Match:
             networks = self.network
             yield lambda p, ip: _in_networks(ip, networks)
 
-    def describe(self) -> str:
-        """A short text form for logs and the status page, e.g. ``protocol=http host=a.example``."""
-        parts = []
-        for name in ("protocol", "sni", "host", "alpn", "path", "service", "via"):
+    def canonical(self) -> Match:
+        """The same match with names in their one canonical spelling (for equality)."""
+        changes: dict[str, str] = {}
+        if self.protocol is not None:
+            changes["protocol"] = self.protocol.lower()
+        for name in ("host", "sni"):
             value = getattr(self, name)
             if value is not None:
+                changes[name] = normalize_name(value)
+        if self.service is not None:
+            changes["service"] = str(naming.parse_pattern(self.service))
+        if self.via is not None:
+            changes["via"] = str(parse_base_address(self.via))
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def covers(self, other: Match) -> bool:
+        """True when ``other``'s address lies in the space this match reserves.
+
+        Each address key set here (service, host, path, sni, via) must be set in
+        ``other`` and lie inside; protocol, alpn and network must not contradict.
+        A match without an address key covers nothing.
+        """
+        address = ("service", "host", "path", "sni", "via")
+        if all(getattr(self, key) is None for key in address):
+            return False
+        for key in address:
+            mine, theirs = getattr(self, key), getattr(other, key)
+            if mine is not None and (theirs is None or not _KEY_COVERS[key](mine, theirs)):
+                return False
+        for key in ("protocol", "alpn"):
+            mine, theirs = getattr(self, key), getattr(other, key)
+            if mine is not None and theirs is not None and mine.lower() != theirs.lower():
+                return False
+        if self.network and other.network:
+            return any(a.overlaps(b) for a in self.network for b in other.network)
+        return True
+
+    def to_keys(self) -> dict[str, Any]:
+        """The set fields as config ``match`` keys (networks as strings), JSON-ready."""
+        keys: dict[str, Any] = {}
+        for name in MATCH_KEYS:
+            value = getattr(self, name)
+            if name == "network" and value:
+                keys[name] = [str(network) for network in value]
+            elif value not in (None, False, ()):
+                keys[name] = value
+        return keys
+
+    def describe(self, separator: str = " ") -> str:
+        """A short text form for logs and the status page, e.g. ``protocol=http host=a.example``."""
+        parts = []
+        for name, value in self.to_keys().items():
+            if value is True:
+                parts.append(name)
+            elif isinstance(value, list):
+                parts.append(f"{name}={','.join(value)}")
+            else:
                 parts.append(f"{name}={value}")
-        if self.network:
-            parts.append("network=" + ",".join(str(n) for n in self.network))
-        if self.silent:
-            parts.append("silent")
-        if self.default:
-            parts.append("default")
-        return " ".join(parts) or "any"
+        return separator.join(parts) or "any"
 
     def accepts(self, preamble: Preamble, ip: str = "") -> bool:
         """True when every set field accepts ``preamble`` from peer ``ip``."""
@@ -129,6 +187,16 @@ class Match:
         return not self.network or _in_networks(ip, self.network)
 
 
+_KEY_COVERS: dict[str, Callable[[str, str], bool]] = {
+    "service": lambda mine, theirs: naming.parse_pattern(mine).covers(naming.parse_pattern(theirs)),
+    "host": lambda mine, theirs: host_pattern_covers(normalize_name(mine), normalize_name(theirs)),
+    "sni": lambda mine, theirs: host_pattern_covers(normalize_name(mine), normalize_name(theirs)),
+    "path": path_prefix_matches,
+    "via": lambda mine, theirs: parse_base_address(mine).covers(parse_base_address(theirs)),
+}
+"""Per address key: does the first value's space contain the second value's?"""
+
+
 def _service_check(route_name: naming.ServiceName) -> Check:
     """A check admitting the names that may reach ``route_name`` (see portmux.protocols.tcpmux)."""
     base, full, versioned = route_name.base, str(route_name), route_name.base + "/"
@@ -139,7 +207,7 @@ def _service_check(route_name: naming.ServiceName) -> Check:
             return False
         if requested == base or requested == full:  # the common cases, without parsing
             return True
-        if not requested.lower().startswith(versioned):
+        if not route_name.is_pattern and not requested.lower().startswith(versioned):
             return requested.lower() in (base, full)
         try:
             return route_name.accepts(naming.parse(requested))
@@ -192,31 +260,10 @@ class Router:
         for route in self.routes:
             if route.match.silent and self.silent_route is None:
                 self.silent_route = route
-        # Service names: each (namespace, name) group, newest version first.
-        named = [
-            (position, naming.parse(r.match.service), r)
-            for position, r in enumerate(self._ordered) if r.match.service
-        ]
-        self._service_names = tuple(name for _, name, _ in named)
-        groups: dict[str, list[tuple[int, naming.ServiceName, Route]]] = {}
-        for entry in named:
-            groups.setdefault(entry[1].base, []).append(entry)
-        self._newest: dict[int, tuple[Route, ...]] = {}
-        for members in groups.values():
-            if len(members) > 1:
-                by_version = sorted(members, key=lambda m: m[1].version, reverse=True)
-                ranked = tuple(r for _, _, r in by_version)
-                for _, _, route in members:
-                    self._newest[id(route)] = ranked
-        # Only routes for the asked name (and routes without a service) can match:
-        # per name, its routes merged in route order with the unnamed ones.
-        unnamed = [(i, r) for i, r in enumerate(self._ordered) if not r.match.service]
-        self._unnamed = tuple(r for _, r in unnamed)
-        self._by_service: dict[str, tuple[Route, ...]] = {
-            base: tuple(r for _, r in sorted([(i, r) for i, _, r in members] + unnamed,
-                                             key=lambda entry: entry[0]))
-            for base, members in groups.items()
-        }
+        # Service names (portmux.protocols.tcpmux): per name in route order, newest first.
+        self._services: ServiceIndex[Route] = ServiceIndex(
+            (r.match.service, r) for r in self._ordered
+        )
         # net.tcp Via base addresses: strong > exact > weak, longest prefix, any order.
         self._via_index: ViaIndex[Route] = ViaIndex(
             (r.match.via, r) for r in self._ordered if r.match.via
@@ -235,19 +282,13 @@ class Router:
                 if route.match.accepts(preamble, ip):
                     return route
         service = preamble.service
-        if service is None:
-            candidates = self._unnamed
-        else:
-            base = service.partition("/")[0].lower()
-            candidates = self._by_service.get(base, self._unnamed)
-        for route in candidates:
+        for route in self._services.candidates(service):
             if route.match.accepts(preamble, ip):
-                ranked = self._newest.get(id(route))
-                if ranked is not None and "/" not in str(preamble.service):
-                    for newer in ranked:
-                        if newer.match.accepts(preamble, ip):
-                            return newer
-                return route
+                if service is None:
+                    return route
+                for chosen in self._services.ranked(service, route):
+                    if chosen.match.accepts(preamble, ip):
+                        return chosen
         for route in self.default_routes:
             if route.match.accepts_peer(ip):
                 return route
@@ -258,7 +299,7 @@ class Router:
         if preamble.error is not None:
             return f"{preamble.protocol} preamble refused: {preamble.error}"
         if preamble.protocol == "tcpmux" and preamble.service is not None:
-            return naming.resolution_failure(preamble.service, self._service_names)
+            return naming.resolution_failure(preamble.service, self._services.names)
         what = preamble.protocol
         detail = preamble.sni or preamble.host or preamble.service or preamble.via
         if detail:

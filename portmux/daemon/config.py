@@ -25,6 +25,7 @@ from typing import Any
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.web.resource import IResource
 
+from portmux.control._registry import Reservation
 from portmux.core.mux import SniffSettings
 from portmux.core.routing import Match, Network, Route
 
@@ -118,14 +119,6 @@ class ControlConfig:
     allow_uids: tuple[int, ...] = ()
     allow_gids: tuple[int, ...] = ()
     max_pending: int = DEFAULT_MAX_PENDING
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """A ``[[reservation]]``: routes matching ``match`` may be registered only by ``uids``."""
-
-    match: Match
-    uids: tuple[int, ...]
 
 
 @dataclass(frozen=True)

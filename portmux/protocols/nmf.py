@@ -175,10 +175,22 @@ class BaseAddress:
             return False
         if self.port is not None and via.port != self.port:
             return False
-        if not self.path:
-            return True
-        path = via.path
-        return path == self.path or path.startswith(self.path + "/")
+        return _path_under(self.path, via.path)
+
+    def covers(self, other: BaseAddress) -> bool:
+        """True when ``other`` lies under this base address (reservations): an exact
+        host must be the same host, a port the same port, the path a prefix."""
+        if other.scheme != self.scheme:
+            return False
+        if self.rank == 1 and (other.rank != 1 or other.host != self.host):
+            return False
+        if self.port is not None and other.port != self.port:
+            return False
+        return _path_under(self.path, other.path)
+
+    def __str__(self) -> str:
+        port = "" if self.port is None else f":{self.port}"
+        return f"{self.scheme}://{self.host}{port}{self.path}/"
 
     def accepts(self, via: str | None) -> bool:
         """True when the Via text falls under this base address (False if missing or bad)."""
@@ -188,6 +200,11 @@ class BaseAddress:
             return self.matches(parse_via(via))
         except ValueError:
             return False
+
+
+def _path_under(prefix: str, path: str) -> bool:
+    """Path prefix on segment boundaries; ``prefix`` has no trailing slash, "" is the root."""
+    return not prefix or path == prefix or path.startswith(prefix + "/")
 
 
 def _split(uri: str) -> tuple[str, str, int | None, str]:

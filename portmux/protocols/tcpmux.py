@@ -2,8 +2,8 @@
 """TCPMUX (RFC 1078) with Moniker-style names: every rule of the protocol lives here.
 
 The probe (a service-name line, ``HELP`` included), the name grammar
-``[namespace:]name[/version]`` and its version ranking, the positive answer ``+``
-and the refusal ``-reason``. A plain TCPMUX name (``orders``) is a valid name in the
+``[namespace:]name[/version]`` (and the ``namespace:*`` pattern), its version ranking
+and the service index routers use, the positive answer ``+`` and the refusal ``-reason``. A plain TCPMUX name (``orders``) is a valid name in the
 default namespace with no version, so every RFC 1078 client keeps working. See
 docs/naming.md.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from portmux.core.preamble import NEED_MORE, NO, Preamble, ProbeResult
 from portmux.protocols.base import FunctionProbe
@@ -24,11 +24,14 @@ __all__ = [
     "NAME_CHARACTERS",
     "PROBE",
     "MalformedName",
+    "ServiceIndex",
     "ServiceName",
     "accept_bytes",
     "parse",
+    "parse_pattern",
     "pick_newest",
     "probe_tcpmux",
+    "rank_newest",
     "refuse",
     "resolution_failure",
 ]
@@ -39,6 +42,8 @@ MAX_LENGTH = 64
 _NAME = re.compile(r"[a-z0-9][a-z0-9._+-]*\Z")
 _NAMESPACE = re.compile(r"[a-z0-9][a-z0-9._+@-]*\Z")
 _VERSION = re.compile(r"[0-9]+(\.[0-9]+)*\Z")
+WILDCARD = "*"
+"""The name of a ``namespace:*`` pattern: every name in that namespace."""
 
 T = TypeVar("T")
 
@@ -72,15 +77,29 @@ class ServiceName:
     def __str__(self) -> str:
         return f"{self.base}/{self.version_text}" if self.version else self.base
 
+    @property
+    def is_pattern(self) -> bool:
+        """True for ``namespace:*``, which stands for every name in the namespace."""
+        return self.name == WILDCARD
+
     def accepts(self, requested: ServiceName) -> bool:
         """True when a client asking for ``requested`` may reach a route named ``self``.
 
         A request without a version accepts any version of the same name (the
         router then prefers the newest); a versioned request needs that version.
+        A ``namespace:*`` route accepts every request in its namespace.
         """
+        if self.is_pattern:
+            return requested.namespace == self.namespace
         if requested.key != self.key:
             return False
         return not requested.version or requested.version == self.version
+
+    def covers(self, other: ServiceName) -> bool:
+        """True when ``other`` (any version) lies in the space ``self`` reserves."""
+        if self.is_pattern:
+            return other.namespace == self.namespace
+        return other.key == self.key
 
 
 def _normalize_version(text: str) -> tuple[int, ...]:
@@ -123,13 +142,80 @@ def parse(text: str) -> ServiceName:
     return ServiceName(namespace, name, version)
 
 
+def parse_pattern(text: str) -> ServiceName:
+    """Parse a route's name: a service name, or ``namespace:*`` for a whole namespace."""
+    namespace, colon, name = text.strip().lower().partition(":")
+    if colon and name == WILDCARD:
+        parse(f"{namespace}:x")  # the namespace must be valid
+        return ServiceName(namespace, WILDCARD)
+    return parse(text)
+
+
+def rank_newest(candidates: Iterable[tuple[ServiceName, T]]) -> list[T]:
+    """The items, highest version first; equal versions keep the order they were listed in."""
+    ranked = sorted(candidates, key=lambda entry: entry[0].version, reverse=True)
+    return [item for _, item in ranked]
+
+
 def pick_newest(candidates: Iterable[tuple[ServiceName, T]]) -> T | None:
     """The item with the highest version; the first one listed wins a tie."""
-    best: tuple[tuple[int, ...], T] | None = None
-    for name, item in candidates:
-        if best is None or name.version > best[0]:
-            best = (name.version, item)
-    return None if best is None else best[1]
+    ranked = rank_newest(candidates)
+    return ranked[0] if ranked else None
+
+
+def is_versioned(requested: str) -> bool:
+    """True when a requested name asks for one version (``orders/2``)."""
+    return "/" in requested
+
+
+def base_of(requested: str) -> str:
+    """The requested name without its version, lower-cased, without a full parse."""
+    return requested.partition("/")[0].lower()
+
+
+class ServiceIndex(Generic[T]):
+    """Immutable lookup of items (routes) by the service name they serve, in route order.
+
+    Items without a name, or with a ``namespace:*`` pattern, are candidates for
+    every request. An unversioned request prefers its name's newest version.
+    """
+
+    def __init__(self, entries: Iterable[tuple[str | None, T]]) -> None:
+        general: list[tuple[int, T]] = []
+        groups: dict[str, list[tuple[int, ServiceName, T]]] = {}
+        for position, (text, item) in enumerate(entries):
+            name = parse_pattern(text) if text else None
+            if name is None or name.is_pattern:
+                general.append((position, item))
+            else:
+                groups.setdefault(name.base, []).append((position, name, item))
+        self.names: tuple[ServiceName, ...] = tuple(
+            name for members in groups.values() for _, name, _ in members
+        )
+        self._general = tuple(item for _, item in general)
+        self._candidates = {
+            base: tuple(item for _, item in sorted(
+                [(p, item) for p, _, item in members] + general, key=lambda e: e[0]))
+            for base, members in groups.items()
+        }
+        self._newest: dict[int, tuple[T, ...]] = {}
+        for members in groups.values():
+            ranked = tuple(rank_newest((name, item) for _, name, item in members))
+            for _, _, item in members:
+                self._newest[id(item)] = ranked
+
+    def candidates(self, requested: str | None) -> tuple[T, ...]:
+        """The items that may serve ``requested``, in route order."""
+        if requested is None:
+            return self._general
+        return self._candidates.get(base_of(requested), self._general)
+
+    def ranked(self, requested: str, item: T) -> tuple[T, ...]:
+        """What to try in place of ``item``: its name's versions newest first when
+        ``requested`` has no version, else ``item`` alone."""
+        if is_versioned(requested):
+            return (item,)
+        return self._newest.get(id(item), (item,))
 
 
 def resolution_failure(requested: str, registered: Iterable[ServiceName]) -> str:

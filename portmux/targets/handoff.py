@@ -179,7 +179,7 @@ class WorkerGroupTarget:
     def __init__(self, group: Any) -> None:
         self.group = group
         self.kind = group.mode
-        self.description = f"{group.mode} to workers of uid {group.uid} for {group.address}"
+        self.description = f"{group.mode} to workers of uid {group.uid} for {group.match.describe(',')}"
 
     def start(self) -> None:
         """Members are started by the registry when they join."""

@@ -9,16 +9,18 @@ from twisted.internet.interfaces import IProtocol
 from zope.interface import implementer
 
 from portmux.core.interfaces import ITarget
-from portmux.protocols.tcpmux import parse as parse_service
+from portmux.protocols.tcpmux import parse_pattern
 
 
 def service_names(router: Any) -> list[str]:
-    """Every TCPMUX service name the router's routes answer, sorted, without 'help'."""
-    names = {
-        str(parse_service(route.match.service))  # canonical: "alice:orders/2"
+    """Every TCPMUX service name the router's routes answer (static and registered),
+    sorted, without 'help' and ``namespace:*`` patterns."""
+    parsed = (
+        parse_pattern(route.match.service)
         for route in router.routes
         if route.match.service and route.match.protocol in (None, "tcpmux")
-    }
+    )
+    names = {str(name) for name in parsed if not name.is_pattern}  # canonical: "alice:orders/2"
     names.discard("help")
     return sorted(names)
 

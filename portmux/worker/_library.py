@@ -3,7 +3,7 @@
 
     worker = Worker(reactor, "unix:/run/portmux/control.sock", factory)
     yield worker.connect()
-    yield worker.register({"kind": "http", "host": "example.com", "path": "/"})
+    yield worker.register({"protocol": "http", "host": "example.com", "path": "/"})
 
 Each handed-off socket is adopted into this reactor with ``factory``, and the
 bytes portmux already read are replayed first, so a plain factory works unchanged.
@@ -30,6 +30,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from portmux.control import _framing as pc
+from portmux.control._keys import REGISTRATION_KEYS, translate_address
+from portmux.control._registry import RegistrationError
 
 log = Logger(namespace="portmux.worker")
 
@@ -278,15 +280,18 @@ class Worker:
         result: Deferred[Worker] = d.addCallback(connected).addCallback(greeted)
         return result
 
-    def register(self, address: dict[str, str], mode: str = "handoff", endpoint: str | None = None) -> Deferred[pc.Message]:
-        """Register ``address`` (e.g. {"kind": "tcpmux", "service": "echo"}); fires with the reply."""
-        message: pc.Message = {"op": "register", "address": address, "mode": mode}
+    def register(self, match: dict[str, Any], mode: str = "handoff", endpoint: str | None = None) -> Deferred[pc.Message]:
+        """Register ``match``, config route keys (e.g. {"protocol": "tcpmux", "service": "echo"}).
+
+        Fires with the reply. A protocol-1 address ({"kind": ...}) is still sent as one.
+        """
+        message: pc.Message = {"op": "register", _frame_key(match): match, "mode": mode}
         if endpoint is not None:
             message["endpoint"] = endpoint
         return self._request(message)
 
-    def unregister(self, address: dict[str, str]) -> Deferred[pc.Message]:
-        return self._request({"op": "unregister", "address": address})
+    def unregister(self, match: dict[str, Any]) -> Deferred[pc.Message]:
+        return self._request({"op": "unregister", _frame_key(match): match})
 
     def routes(self) -> Deferred[pc.Message]:
         """Every live route, static and registered, as portmux reports them."""
@@ -313,8 +318,43 @@ class Worker:
             self.lost.callback(None)
 
 
-def parse_address_text(text: str) -> dict[str, str]:
-    """Command-line address: ``tcpmux:NAME``, ``http:HOST/PATH``, ``tls:SNI``, ``net.tcp://HOST/PATH/``."""
+def _frame_key(match: dict[str, Any]) -> str:
+    """``match`` for config route keys, ``address`` for a protocol-1 address with a kind."""
+    return "address" if "kind" in match else "match"
+
+
+LEGACY_FORMS = "tcpmux:NAME, http:HOST/PATH, tls:SNI or net.tcp://HOST/PATH/"
+
+
+def parse_address_text(text: str) -> dict[str, Any]:
+    """Command-line match: ``protocol=http,host=*,path=/app/`` (config route keys; repeat
+    ``network=`` for several), or a deprecated protocol-1 form like ``tcpmux:NAME``."""
+    first = text.partition(",")[0].partition("=")[0]
+    if first in REGISTRATION_KEYS:
+        return _parse_keys(text)
+    try:
+        return translate_address(_legacy_address(text))
+    except RegistrationError as error:
+        raise ValueError(f"address {text!r}: {error.message}") from None
+
+
+def _parse_keys(text: str) -> dict[str, Any]:
+    keys: dict[str, Any] = {}
+    for part in text.split(","):
+        key, equals, value = part.partition("=")
+        if not equals or key not in REGISTRATION_KEYS:
+            raise ValueError(f"match {text!r}: {part!r} is not KEY=VALUE with KEY one of {', '.join(REGISTRATION_KEYS)}")
+        if key == "network":
+            keys.setdefault(key, []).append(value)
+        elif key in keys:
+            raise ValueError(f"match {text!r}: {key} given twice")
+        else:
+            keys[key] = value
+    return keys
+
+
+def _legacy_address(text: str) -> dict[str, str]:
+    """A protocol-1 address text as its ``kind`` object."""
     if text.startswith("net.tcp://"):
         return {"kind": "nettcp", "via": text}
     kind, _, rest = text.partition(":")
@@ -325,4 +365,4 @@ def parse_address_text(text: str) -> dict[str, str]:
         return {"kind": "http", "host": host or "*", "path": slash + path if slash else "/"}
     if kind == "tls":
         return {"kind": "tls", "sni": rest}
-    raise ValueError(f"address {text!r}: use tcpmux:NAME, http:HOST/PATH, tls:SNI or net.tcp://HOST/PATH/")
+    raise ValueError(f"address {text!r}: use KEY=VALUE,... with {', '.join(REGISTRATION_KEYS)} (or {LEGACY_FORMS})")

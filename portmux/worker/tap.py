@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.worker.test_library -*-
 """``twistd portmux-worker``: serve any factory, or another twistd plugin's server, behind portmux.
 
-    twistd -n portmux-worker --control unix:/run/portmux.sock --address http:*/ web --path /srv
-    twistd -n portmux-worker --control unix:/run/portmux.sock --address tcpmux:echo \\
-        --factory portmux.targets.echo:EchoFactory
+    twistd -n portmux-worker --control unix:/run/portmux.sock \\
+        --match 'protocol=http,host=*,path=/' web --path /srv
+    twistd -n portmux-worker --control unix:/run/portmux.sock \\
+        --match protocol=tcpmux,service=echo --factory portmux.targets.echo:EchoFactory
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ log = Logger(namespace="portmux.worker")
 class Options(usage.Options):
     """Options for ``twistd portmux-worker``; a trailing twistd plugin supplies the factory."""
 
-    synopsis = "--control unix:PATH --address ADDR... (--factory MOD:NAME | PLUGIN [plugin options])"
+    synopsis = "--control unix:PATH --match KEY=VALUE,... (--factory MOD:NAME | PLUGIN [plugin options])"
     optParameters: ClassVar[list[list[Any]]] = [
         ["control", None, None, "portmux's control socket, e.g. unix:/run/portmux/control.sock"],
         ["mode", None, "handoff", "delivery mode: handoff (socket passing) or proxy"],
@@ -43,14 +44,18 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self["addresses"] = []
+        self["matches"] = []
 
-    def opt_address(self, text: str) -> None:
-        """An address to register (repeatable): tcpmux:NAME, http:HOST/PATH, tls:SNI, net.tcp://HOST/PATH/."""
+    def opt_match(self, text: str) -> None:
+        """A match to register (repeatable), config route keys: protocol=http,host=*,path=/app/."""
         try:
-            self["addresses"].append(parse_address_text(text))
+            self["matches"].append(parse_address_text(text))
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+
+    def opt_address(self, text: str) -> None:
+        """Deprecated: tcpmux:NAME, http:HOST/PATH, tls:SNI, net.tcp://HOST/PATH/ (as --match)."""
+        self.opt_match(text)
 
     @property
     def subCommands(self) -> Iterator[tuple[str, None, Any, str]]:
@@ -62,8 +67,8 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["control"]:
             raise usage.UsageError("--control unix:PATH is required")
-        if not self["addresses"]:
-            raise usage.UsageError("give at least one --address to register")
+        if not self["matches"]:
+            raise usage.UsageError("give at least one --match to register")
         if self["mode"] not in ("handoff", "proxy"):
             raise usage.UsageError("--mode must be handoff or proxy")
         if not self["factory"] and not self.subCommand:
@@ -133,8 +138,8 @@ class WorkerService(Service):
 
         async def run() -> None:
             await worker.connect()
-            for address in self.options["addresses"]:
-                reply = await worker.register(address, self.options["mode"], self.endpoint)
+            for match in self.options["matches"]:
+                reply = await worker.register(match, self.options["mode"], self.endpoint)
                 log.info("registered {route}", route=reply.get("route"))
 
         from twisted.internet.defer import Deferred

@@ -134,7 +134,7 @@ class ControlTestCase(TestCase):
         return await connectProtocol(endpoint, Client(data))
 
     async def register(self, raw: Raw, address: dict[str, str], mode: str = "handoff") -> pc.Message:
-        raw.send({"op": "register", "id": 1, "address": address, "mode": mode})
+        raw.send({"op": "register", "id": 1, "match": address, "mode": mode})
         return await raw.next("registered")
 
     async def eventually(self, predicate: Any, what: str) -> None:
@@ -231,28 +231,70 @@ class ProtocolTests(ControlTestCase):
         self.assertEqual((await raw.next("error"))["error"], "UnsupportedVersion")
         raw.send({"op": "frobnicate", "id": 2})
         self.assertEqual((await raw.next("error"))["error"], "UnknownOp")
+        raw.send({"op": "register", "id": 3, "match": {"protocol": "tcpmux", "service": "a b"}})
+        self.assertEqual((await raw.next("error"))["error"], "BadMatch")
         raw.send({"op": "register", "id": 3, "address": {"kind": "tcpmux", "service": "a b"}})
         self.assertEqual((await raw.next("error"))["error"], "BadAddress")
-        raw.send({"op": "unregister", "id": 4, "address": {"kind": "tcpmux", "service": "ab"}})
+        raw.send({"op": "unregister", "id": 4, "match": {"protocol": "tcpmux", "service": "ab"}})
         self.assertEqual((await raw.next("error"))["error"], "NotRegistered")
         raw.send({"op": "ping", "id": 5})
         self.assertEqual((await raw.next("pong"))["id"], 5)
-        await self.register(raw, {"kind": "tcpmux", "service": "ab"})
-        raw.send({"op": "unregister", "id": 6, "address": {"kind": "tcpmux", "service": "ab"}})
-        await raw.next("unregistered")
+        await self.register(raw, {"protocol": "tcpmux", "service": "ab"})
+        raw.send({"op": "unregister", "id": 6, "match": {"protocol": "tcpmux", "service": "ab"}})
+        self.assertEqual((await raw.next("unregistered"))["match"], {"protocol": "tcpmux", "service": "ab"})
         self.assertEqual(self.mux.registered_routes, ())
         raw.transport.write(b"xx:garbage")  # type: ignore[union-attr]
         self.assertEqual((await raw.next("error"))["error"], "BadFrame")
         await raw.closed
 
+    async def test_hello_negotiates_the_version(self) -> None:
+        await self.start()
+        raw = await self.raw()
+        raw.send({"op": "hello", "id": 1, "version": 1})
+        hello = await raw.next("hello")
+        self.assertEqual((hello["version"], hello["versions"]), (1, [1, 2]))
+        raw.send({"op": "hello", "id": 2, "version": pc.VERSION})
+        self.assertEqual((await raw.next("hello"))["version"], 2)
+
+    async def test_new_keys_registration_is_routed(self) -> None:
+        await self.start()
+        worker = await self.worker()
+        reply = await worker.register({"protocol": "tcpmux", "service": "Keys/2"})
+        self.assertEqual(reply["route"], "handoff:protocol=tcpmux,service=keys/2")
+        self.assertEqual(reply["match"], {"protocol": "tcpmux", "service": "keys/2"})
+        self.assertNotIn("deprecated", reply)
+        client = await self.client(b"keys\r\nhello")
+        await self.eventually(lambda: client.received == b"+\r\nhello", "the echo via the worker")
+        client.transport.loseConnection()  # type: ignore[union-attr]
+
+    async def test_protocol_1_registration_keeps_working_and_is_marked_deprecated(self) -> None:
+        await self.start()
+        raw = await self.raw()
+        raw.send({"op": "hello", "id": 1, "version": 1})
+        await raw.next("hello")
+        raw.send({"op": "register", "id": 2, "address": {"kind": "tcpmux", "service": "old"}})
+        reply = await raw.next("registered")
+        self.assertEqual(reply["route"], "handoff:protocol=tcpmux,service=old")
+        self.assertIn("deprecated", reply["deprecated"])
+        self.assertIn("'protocol': 'tcpmux'", reply["deprecated"])
+        worker = await self.worker()
+        # the same address in protocol 2's keys is the same group
+        await worker.register({"protocol": "tcpmux", "service": "old"})
+        self.assertEqual(len(self.factory.registry.groups), 1)
+        raw.send({"op": "unregister", "id": 3, "address": {"kind": "tcpmux", "service": "old"}})
+        await raw.next("unregistered")
+        client = await self.client(b"old\r\nhi")
+        await self.eventually(lambda: client.received == b"+\r\nhi", "the echo via the new-keys worker")
+        client.transport.loseConnection()  # type: ignore[union-attr]
+
     async def test_conflicting_registration_by_another_uid(self) -> None:
         uids = iter([1000, 2000])
         await self.start(credentials=lambda t: (1, next(uids), 1), allow_uids=[1000, 2000])
         first = await self.worker()
-        await first.register({"kind": "tcpmux", "service": "svc"})
+        await first.register({"protocol": "tcpmux", "service": "svc"})
         second = await self.worker()
         with self.assertRaises(ControlError) as e:
-            await second.register({"kind": "tcpmux", "service": "svc"})
+            await second.register({"protocol": "tcpmux", "service": "svc"})
         self.assertEqual(e.exception.code, "ConflictingRegistration")
 
 
@@ -268,24 +310,24 @@ class HandoffTests(ControlTestCase):
 
         await self.start()
         worker = await self.worker(Factory.forProtocol(Recorder))
-        await worker.register({"kind": "http", "host": "*", "path": "/w"})
+        await worker.register({"protocol": "http", "host": "*", "path": "/w"})
         client = await self.client(b"GET /w/x HTTP/1.1\r\nHost: h\r\n\r\n")
         data = await client.done
         self.assertEqual(data, b"got GET /w/x HTTP/1.1\r\nHost: h\r\n\r\n")
         handoff, peer = seen[0]
         self.assertEqual(handoff.preamble["path"], "/w/x")
-        self.assertEqual(handoff.route, "handoff:http:*/w")
+        self.assertEqual(handoff.route, "handoff:protocol=http,host=*,path=/w")
         local = client.local
         self.assertEqual((handoff.peer.host, handoff.peer.port), (local.host, local.port))
         self.assertEqual(peer.port, local.port)
-        self.assertEqual(self.mux.stats.for_route("handoff:http:*/w").active, 0)
+        self.assertEqual(self.mux.stats.for_route("handoff:protocol=http,host=*,path=/w").active, 0)
 
     async def test_worker_dying_before_ack_passes_connection_to_group_member(self) -> None:
         await self.start()
         dying = await self.raw()
-        await self.register(dying, {"kind": "tcpmux", "service": "svc"})
+        await self.register(dying, {"protocol": "tcpmux", "service": "svc"})
         healthy = await self.worker()
-        await healthy.register({"kind": "tcpmux", "service": "svc"})
+        await healthy.register({"protocol": "tcpmux", "service": "svc"})
         client = await self.client(b"svc\r\nhello")
         await dying.next("handoff")
         dying.transport.loseConnection()  # type: ignore[union-attr]  # dies without ack
@@ -295,7 +337,7 @@ class HandoffTests(ControlTestCase):
     async def test_worker_dying_before_ack_alone_means_refusal(self) -> None:
         await self.start()
         dying = await self.raw()
-        await self.register(dying, {"kind": "tcpmux", "service": "svc"})
+        await self.register(dying, {"protocol": "tcpmux", "service": "svc"})
         client = await self.client(b"svc\r\nhello")
         await dying.next("handoff")
         self.assertEqual(len(dying.fds), 1)
@@ -309,7 +351,7 @@ class HandoffTests(ControlTestCase):
     async def test_backlogged_worker_queue_is_bounded_then_503(self) -> None:
         await self.start(max_pending=2)
         slow = await self.raw()
-        await self.register(slow, {"kind": "http", "host": "*", "path": "/"})
+        await self.register(slow, {"protocol": "http", "host": "*", "path": "/"})
         request = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
         queued = [await self.client(request) for _ in range(2)]
         await self.eventually(lambda: len(slow.fds) == 2, "two queued handoffs")
@@ -323,9 +365,9 @@ class HandoffTests(ControlTestCase):
     async def test_ack_timeout_refuses_and_does_not_retry(self) -> None:
         await self.start(ack_timeout=0.2)
         slow = await self.raw()
-        await self.register(slow, {"kind": "tcpmux", "service": "svc"})
+        await self.register(slow, {"protocol": "tcpmux", "service": "svc"})
         other = await self.worker()
-        await other.register({"kind": "tcpmux", "service": "svc"})
+        await other.register({"protocol": "tcpmux", "service": "svc"})
         data = await (await self.client(b"svc\r\n")).done
         self.assertTrue(data.startswith(b"-") and b"in time" in data, data)
         self.assertEqual(other.protocol.handoffs, 0)  # type: ignore[union-attr]
@@ -333,7 +375,7 @@ class HandoffTests(ControlTestCase):
     async def test_silent_control_connection_is_dropped(self) -> None:
         await self.start(heartbeat=0.05, heartbeat_timeout=0.2)
         mute = await self.raw()
-        await self.register(mute, {"kind": "tcpmux", "service": "svc"})
+        await self.register(mute, {"protocol": "tcpmux", "service": "svc"})
         self.assertEqual(len(self.mux.registered_routes), 1)
         await mute.closed  # never answered a ping
         self.assertEqual(self.mux.registered_routes, ())
@@ -343,7 +385,7 @@ class HandoffTests(ControlTestCase):
     async def test_answering_worker_stays(self) -> None:
         await self.start(heartbeat=0.05, heartbeat_timeout=0.2)
         worker = await self.worker()
-        await worker.register({"kind": "tcpmux", "service": "svc"})
+        await worker.register({"protocol": "tcpmux", "service": "svc"})
         await deferLater(reactor, 0.5, lambda: None)
         self.assertEqual(len(self.mux.registered_routes), 1)
 
@@ -355,8 +397,8 @@ class ProxyAndListingTests(ControlTestCase):
         self.addCleanup(backend.stopListening)
         worker = await self.worker()
         endpoint = f"tcp:127.0.0.1:{backend.getHost().port}"
-        reply = await worker.register({"kind": "tcpmux", "service": "pecho"}, "proxy", endpoint)
-        self.assertEqual(reply["route"], "proxy:tcpmux:pecho")
+        reply = await worker.register({"protocol": "tcpmux", "service": "pecho"}, "proxy", endpoint)
+        self.assertEqual(reply["route"], "proxy:protocol=tcpmux,service=pecho")
         self.mux.add_route("static-echo", EchoFactory(), service="secho")
         client = await self.client(b"pecho\r\nping")
         await self.eventually(lambda: client.received == b"+\r\nping", "proxied echo")
@@ -372,7 +414,7 @@ class ProxyAndListingTests(ControlTestCase):
                 run_routes, argparse.Namespace(control=f"unix:{self.path}", json=False, timeout=5)
             )
         self.assertEqual(status, 0)
-        self.assertIn("proxy:tcpmux:pecho", out.getvalue())
+        self.assertIn("proxy:protocol=tcpmux,service=pecho", out.getvalue())
         self.assertIn(f"pid {os.getpid()} uid {os.getuid()}", out.getvalue())
         self.assertIn("static-echo", out.getvalue())
         worker.close()

@@ -85,6 +85,38 @@ def test_pick_newest_prefers_highest_then_first() -> None:
     assert naming.pick_newest([]) is None
 
 
+def test_rank_newest_is_stable() -> None:
+    items = [(naming.parse(t), t) for t in ("a/1", "a/10", "a/2", "a/10.0", "a")]
+    assert naming.rank_newest(items) == ["a/10", "a/10.0", "a/2", "a/1", "a"]
+
+
+def test_namespace_pattern() -> None:
+    pattern = naming.parse_pattern("Alice:*")
+    assert pattern.is_pattern and str(pattern) == "alice:*"
+    assert pattern.accepts(naming.parse("alice:mail/2"))
+    assert not pattern.accepts(naming.parse("bob:mail"))
+    assert pattern.covers(naming.parse("alice:mail"))
+    assert naming.parse("orders").covers(naming.parse("orders/7"))
+    assert not naming.parse_pattern("orders").is_pattern
+    with pytest.raises(naming.MalformedName):
+        naming.parse_pattern("bad ns:*")
+    with pytest.raises(naming.MalformedName):
+        naming.parse("alice:*")  # a client cannot ask for a pattern
+
+
+def test_service_index_candidates_and_ranking() -> None:
+    index = naming.ServiceIndex(
+        [("orders/1", "o1"), (None, "any"), ("orders/3", "o3"), ("alice:*", "alice"), ("ssh", "ssh")]
+    )
+    assert index.candidates("ORDERS/2") == ("o1", "any", "o3", "alice")
+    assert index.candidates("nosuch") == ("any", "alice")
+    assert index.candidates(None) == ("any", "alice")
+    assert index.ranked("orders", "o1") == ("o3", "o1")
+    assert index.ranked("orders/1", "o1") == ("o1",)
+    assert index.ranked("alice:x", "alice") == ("alice",)
+    assert sorted(map(str, index.names)) == ["orders/1", "orders/3", "ssh"]
+
+
 def test_resolution_failure_reasons() -> None:
     registered = [naming.parse(t) for t in ("orders/1", "orders/2", "alice:orders", "ssh")]
     assert naming.resolution_failure("nosuch", registered) == "unknown service 'nosuch'"

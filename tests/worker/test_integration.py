@@ -128,14 +128,16 @@ def test_workers_register_serve_die_and_are_refused(processes: Processes, tmp_pa
     assert control.stat().st_mode & 0o777 == 0o600
 
     common = ("portmux-worker", "--control", f"unix:{control}")
-    web, _ = processes.start("web", *common, "--address", "http:*/", "web", "--path", str(site))
+    web, _ = processes.start("web", *common, "--match", "protocol=http,host=*,path=/",
+                             "web", "--path", str(site))
     echo_handoff, _ = processes.start(
-        "echo-h", *common, "--address", "tcpmux:echo-h",
+        "echo-h", *common, "--match", "protocol=tcpmux,service=echo-h",
         "--factory", "portmux.targets.echo:EchoFactory")
-    echo_proxy, _ = processes.start(
+    echo_proxy, _ = processes.start(  # the deprecated protocol-1 text still registers
         "echo-p", *common, "--mode", "proxy", "--address", "tcpmux:echo-p",
         "--factory", "portmux.targets.echo:EchoFactory")
-    names = {"handoff:http:*/", "handoff:tcpmux:echo-h", "proxy:tcpmux:echo-p"}
+    names = {"handoff:protocol=http,host=*,path=/", "handoff:protocol=tcpmux,service=echo-h",
+             "proxy:protocol=tcpmux,service=echo-p"}
     wait_for(lambda: registered(control) >= names, "three registrations")
 
     url = f"http://127.0.0.1:{port}/index.html"

@@ -17,14 +17,25 @@ from portmux.worker._library import Handoff, control_path, parse_address_text
 from portmux.worker.tap import Options, load_factory, take_factory
 
 
-def test_address_text() -> None:
-    assert parse_address_text("tcpmux:alice:echo/2") == {"kind": "tcpmux", "service": "alice:echo/2"}
+def test_match_text() -> None:
+    assert parse_address_text("protocol=http,host=*,path=/app/") == {
+        "protocol": "http", "host": "*", "path": "/app/"}
+    assert parse_address_text("service=alice:echo/2") == {"service": "alice:echo/2"}
+    assert parse_address_text("via=net.tcp://+/app/,network=10.0.0.0/8,network=::1") == {
+        "via": "net.tcp://+/app/", "network": ["10.0.0.0/8", "::1"]}
+    for bad in ("protocol=http,bogus=1", "host=a,host=b", "host=a,path"):
+        with pytest.raises(ValueError):
+            parse_address_text(bad)
+
+
+def test_protocol_1_address_text_becomes_match_keys() -> None:
+    assert parse_address_text("tcpmux:alice:echo/2") == {"protocol": "tcpmux", "service": "alice:echo/2"}
     assert parse_address_text("http:example.com/api") == {
-        "kind": "http", "host": "example.com", "path": "/api"}
-    assert parse_address_text("http:") == {"kind": "http", "host": "*", "path": "/"}
-    assert parse_address_text("tls:a.example") == {"kind": "tls", "sni": "a.example"}
-    assert parse_address_text("net.tcp://+/app/") == {"kind": "nettcp", "via": "net.tcp://+/app/"}
-    with pytest.raises(ValueError):
+        "protocol": "http", "host": "example.com", "path": "/api"}
+    assert parse_address_text("http:") == {"protocol": "http", "host": "*", "path": "/"}
+    assert parse_address_text("tls:a.example") == {"protocol": "tls", "sni": "a.example"}
+    assert parse_address_text("net.tcp://+/app/") == {"protocol": "nmf", "via": "net.tcp://+/app/"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_address_text("gopher:x")
 
 
@@ -40,14 +51,16 @@ def test_control_path_and_handoff_facts() -> None:
 
 def test_options_validate() -> None:
     options = Options()
-    options.parseOptions(["--control", "unix:/x", "--address", "tcpmux:e",
-                          "--factory", "portmux.targets.echo:EchoFactory"])
-    assert options["addresses"] == [{"kind": "tcpmux", "service": "e"}]
-    for argv in (["--address", "tcpmux:e", "--factory", "a:b"],
+    options.parseOptions(["--control", "unix:/x", "--match", "protocol=tcpmux,service=e",
+                          "--address", "tcpmux:old", "--factory", "portmux.targets.echo:EchoFactory"])
+    assert options["matches"] == [{"protocol": "tcpmux", "service": "e"},
+                                  {"protocol": "tcpmux", "service": "old"}]
+    for argv in (["--match", "service=e", "--factory", "a:b"],
                  ["--control", "unix:/x", "--factory", "a:b"],
-                 ["--control", "unix:/x", "--address", "tcpmux:e"],
+                 ["--control", "unix:/x", "--match", "service=e"],
                  ["--control", "unix:/x", "--address", "bogus:e", "--factory", "a:b"],
-                 ["--control", "unix:/x", "--address", "tcpmux:e", "--mode", "x", "--factory", "a:b"]):
+                 ["--control", "unix:/x", "--match", "servce=e", "--factory", "a:b"],
+                 ["--control", "unix:/x", "--match", "service=e", "--mode", "x", "--factory", "a:b"]):
         with pytest.raises(usage.UsageError):
             Options().parseOptions(argv)
 
