@@ -125,7 +125,7 @@ class ProxyTests(TestCase):
 
     def listen_mux(self, target: ProxyTarget, **match: Any) -> tuple[int, Multiplexer]:
         mux = Multiplexer(reactor)
-        mux.add_route("proxied", target, **(match or {"default": True}))
+        mux.add_route(target, name="proxied", **(match or {"default": True}))
         port = reactor.listenTCP(0, mux, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return port.getHost().port, mux
