@@ -24,8 +24,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface import implementer
 
-from portmux.control._server import ControlFactory, ControlService, prepare_path, unix_path
 from portmux.control import _framing as pc
+from portmux.control._server import ControlFactory, ControlService, prepare_path, unix_path
 from portmux.control.cli import query, run_routes
 from portmux.core.mux import Multiplexer
 from portmux.targets.echo import EchoFactory
