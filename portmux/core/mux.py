@@ -498,7 +498,7 @@ class Multiplexer(ServerFactory):
     def _fresh_name(self, match: dict[str, Any]) -> str:
         """A route name from the match (``http``, ``ssh-2``...), unique in this multiplexer."""
         base = next(
-            (str(match[key]) for key in ("protocol", "service", "via", "sni", "host")
+            (str(match[key]) for key in ("service", "protocol", "via", "sni", "host")
              if match.get(key)),
             "default" if match.get("default") else "silent" if match.get("silent") else "route",
         )
