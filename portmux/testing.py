@@ -9,9 +9,10 @@ the probe assertions check a probe gives one verdict however the bytes are split
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -23,7 +24,7 @@ from portmux.core.mux import Classified, Multiplexer, SniffingProtocol
 from portmux.core.preamble import NEED_MORE, Preamble, ProbeResult
 from portmux.core.routing import Route
 
-PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+PEER = cast(IAddress, IPv4Address("TCP", "127.0.0.1", 40000))
 """The client address ``feed_mux`` uses unless told otherwise."""
 
 ProbeLike = Callable[[bytes], ProbeResult] | Any
@@ -65,6 +66,11 @@ class Fed:
         self.protocol.dataReceived(data)
         return self
 
+    def close(self) -> None:
+        """The client goes away: the target (or the sniffer) sees connectionLost."""
+        self.transport.loseConnection()
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+
     def advance(self, seconds: float) -> Fed:
         """Move the multiplexer's clock (needs a MemoryReactorClock), firing deadlines."""
         self.mux.reactor.advance(seconds)
@@ -83,7 +89,7 @@ def feed_mux(
         mux.startFactory()
     protocol = mux.buildProtocol(peer)
     transport = StringTransport(peerAddress=peer)
-    protocol.makeConnection(transport)
+    protocol.makeConnection(transport)  # type: ignore[no-untyped-call]
     for chunk in chunks:
         protocol.dataReceived(chunk)
     return Fed(mux, protocol, transport)
@@ -100,7 +106,7 @@ class RecordingProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.data += data
 
-    def connectionLost(self, reason: Failure | None = None) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = True
         self.reason = reason
 
@@ -139,7 +145,7 @@ class RecordingTarget:
         if self.accept is not None:
             connection.accept(self.accept)
         protocol = RecordingProtocol()
-        protocol.makeConnection(connection.transport)
+        protocol.makeConnection(connection.transport)  # type: ignore[no-untyped-call]
         protocol.dataReceived(connection.payload)
         self.protocols.append(protocol)
         return protocol
@@ -150,7 +156,7 @@ class RecordingTarget:
 
 def _function(probe: ProbeLike) -> Callable[[bytes], ProbeResult]:
     method = getattr(probe, "probe", None)
-    return method if callable(method) else probe  # type: ignore[no-any-return]
+    return method if callable(method) else probe
 
 
 def probe_in_chunks(probe: ProbeLike, chunks: Iterable[bytes]) -> ProbeResult:

@@ -34,6 +34,8 @@ def test_feed_mux_reports_route_preamble_and_what_the_target_got() -> None:
     assert fed.written == b"" and not fed.closed
     assert target.started == 1
     assert target.connections[0].preamble == fed.preamble
+    fed.close()
+    assert target.protocols[0].lost and fed.closed
 
 
 def test_feed_mux_reports_a_refusal() -> None:

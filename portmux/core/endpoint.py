@@ -56,5 +56,5 @@ class RoutePort:
     def getHost(self) -> IAddress:
         """The address of the multiplexer's first port, or 0.0.0.0:0 before it listens."""
         for port in self.mux.ports:
-            return port.getHost()  # type: ignore[no-any-return,misc]  # zope: no self
+            return port.getHost()  # type: ignore[misc]  # zope: no self
         return UNBOUND  # type: ignore[return-value]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from zope.interface import Attribute, Interface
 
 
@@ -45,7 +47,7 @@ def as_target(target: object) -> object:
     """
     if ITarget.providedBy(target):
         return target
-    adapted = ITarget(target, None)
+    adapted = cast(Any, ITarget)(target, None)  # zope adaptation, None if no adapter
     if adapted is not None:
         return adapted
     if callable(getattr(target, "attach", None)):

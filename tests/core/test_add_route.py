@@ -55,6 +55,7 @@ class AddRouteTests(SynchronousTestCase):
         fed = feed_mux(self.mux, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         self.assertIs(fed.route, route)
         self.assertIn(b"\r\n\r\nhi", fed.written)
+        fed.close()  # the Site's channel has a timeout on the global reactor
 
     def test_a_bare_factory_becomes_a_factory_target(self) -> None:
         factory = Factory.forProtocol(Protocol)

@@ -124,10 +124,10 @@ class LoopbackTests(TestCase):
         echoed = yield threads.deferToThread(ssh_like_exchange, number)
         self.assertEqual(echoed, SSH_HELLO + b"ping\n")
 
-        yield web.stopListening()
-        yield shell.stopListening()
         for _ in range(500):  # the server sides close a reactor turn after the clients
             if all(mux.stats.for_route(n).active == 0 for n in ("http", "ssh")):
                 break
             yield task.deferLater(reactor, 0.01, lambda: None)
+        yield web.stopListening()
+        yield shell.stopListening()
         self.assertEqual(mux.router.routes, ())
