@@ -86,3 +86,19 @@ def test_split_assertion_catches_a_split_dependent_verdict() -> None:
         assert_probe_prefixes(split_sensitive, b"abcd")
     with pytest.raises(AssertionError, match="expected"):
         assert_probe_verdict_for_every_split(probe_ssh, HELLO, NO)
+
+
+def test_the_readme_example_runs() -> None:
+    """The "Testing code built on portmux" example in README.md does what it says."""
+    from pathlib import Path
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from portmux import Multiplexer
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("```python\nfrom portmux.testing") + len("```python\n")
+    code = readme[start:readme.index("```", start)]
+    names = {"Multiplexer": Multiplexer, "MemoryReactorClock": MemoryReactorClock,
+             "my_probe": probe_ssh, "captured_bytes": HELLO}
+    exec(code, names)  # noqa: S102  # our own README, run on purpose
