@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.core.test_add_route -*-
 """Targets take classified connections: resource, factory, proxy, handoff, tls.
 
 Importing this package registers the adapters that let ``Multiplexer.add_route``
