@@ -45,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     mux = Multiplexer(reactor)
     host, port = _host_port(args.http)
     mux.add_route(
-        "http", ProxyTarget(reactor, [f"tcp:{host}:{port}"], proxy_header=args.proxy_header),
+        ProxyTarget(reactor, [f"tcp:{host}:{port}"], proxy_header=args.proxy_header), name="http",
         protocol="http",
     )
     if args.default:
         host, port = _host_port(args.default)
-        mux.add_route("default", ProxyTarget(reactor, [f"tcp:{host}:{port}"]), default=True)
+        mux.add_route(ProxyTarget(reactor, [f"tcp:{host}:{port}"]), name="default", default=True)
     host, port = _host_port(args.listen)
     reactor.listenTCP(port, mux, backlog=4096, interface=host)
     reactor.run()

@@ -4,6 +4,7 @@
 The public API, re-exported; see README.md for the three-line embedding.
 """
 
+from portmux.core.interfaces import IProbe, ITarget, as_target
 from portmux.core.mux import Classified, Multiplexer, SniffSettings
 from portmux.core.preamble import NEED_MORE, NO, Preamble, Verdict
 from portmux.core.routing import Match, Route, Router
@@ -16,6 +17,8 @@ __all__ = [
     "NO",
     "Classified",
     "FactoryTarget",
+    "IProbe",
+    "ITarget",
     "Match",
     "Multiplexer",
     "Preamble",
@@ -25,4 +28,5 @@ __all__ = [
     "Router",
     "SniffSettings",
     "Verdict",
+    "as_target",
 ]

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -73,19 +72,3 @@ def start_sshd(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
         raise
     return process, port
 
-
-def feed_mux(routes: list[Any], data: bytes) -> Any:
-    """Run ``data`` through an in-memory Multiplexer with ``routes``; return its StringTransport."""
-    from twisted.internet.address import IPv4Address
-    from twisted.internet.testing import MemoryReactorClock, StringTransport
-
-    from portmux.core.mux import Multiplexer
-
-    peer = IPv4Address("TCP", "127.0.0.1", 40000)
-    mux = Multiplexer(MemoryReactorClock(), routes)
-    mux.startFactory()
-    protocol = mux.buildProtocol(peer)
-    transport = StringTransport(peerAddress=peer)
-    protocol.makeConnection(transport)
-    protocol.dataReceived(data)
-    return transport

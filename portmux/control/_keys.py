@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.control.test_registry,tests.control.test_server -*-
 """What a register frame names, read into a ``Match``: the keys of a config route's ``match``.
 
 Control protocol 2 sends ``"match": {"protocol": "http", "host": "*", "path": "/"}``.

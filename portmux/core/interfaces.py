@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from zope.interface import Attribute, Interface
 
 
@@ -36,3 +38,21 @@ class ITarget(Interface):  # type: ignore[misc]  # zope.interface is untyped
 
     def stop() -> object:  # type: ignore[misc]  # zope: no self
         """Called once when the listener stops; may return a Deferred."""
+
+
+def as_target(target: object) -> object:
+    """``target`` as an ITarget: itself, or adapted (e.g. an IResource or IProtocolFactory).
+
+    The adapters are registered by ``portmux.targets``; an object that merely has an
+    ``attach`` method is taken as it is.
+    """
+    if ITarget.providedBy(target):
+        return target
+    adapted = cast(Any, ITarget)(target, None)  # zope adaptation, None if no adapter
+    if adapted is not None:
+        return adapted
+    if callable(getattr(target, "attach", None)):
+        return target
+    raise TypeError(
+        f"{target!r} is not a target: pass an ITarget, an IResource or an IProtocolFactory"
+    )

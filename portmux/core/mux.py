@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -23,7 +24,7 @@ from zope.interface import implementer
 
 from portmux.core import refusal
 from portmux.core.deadlines import DeadlineQueue
-from portmux.core.interfaces import IProbe
+from portmux.core.interfaces import IProbe, as_target
 from portmux.core.preamble import NEED_MORE, NO, Preamble
 from portmux.core.routing import Match, Network, Route, Router, _in_networks, peer_ip
 from portmux.core.stats import RouteCounters, Stats
@@ -112,6 +113,10 @@ class SniffingProtocol(Protocol):
     _target: Any = None
     _counters: RouteCounters | None = None
     header_from: tuple[Network, ...] = ()
+    route: Route | None = None
+    """The route chosen for this connection, once attached."""
+    preamble: Preamble | None = None
+    """What classification found: set on attach and on refusal."""
     outer: Preamble | None = None
     """Facts of an enclosing layer (TLS termination), merged by with_outer before routing."""
 
@@ -294,6 +299,7 @@ class SniffingProtocol(Protocol):
 
     def _attach(self, route: Route, preamble: Preamble) -> None:
         self._stop_sniffing()
+        self.route, self.preamble = route, preamble
         counters = self.mux.stats.for_route(route.name)
         counters.connections += 1
         counters.active += 1
@@ -323,6 +329,7 @@ class SniffingProtocol(Protocol):
     ) -> None:
         """Answer ``preamble``'s protocol with a refusal, log one line, and close."""
         self._stop_sniffing()
+        self.preamble = preamble
         if self._target is None:  # refused while sniffing: what else arrives is dropped
             self._target = _Closed()
             self._buffer = b""
@@ -420,6 +427,8 @@ class Multiplexer(ServerFactory):
         self.registered_routes: tuple[Route, ...] = ()
         self.router = Router(self.static_routes)
         self.listeners: list[str] = []
+        self.ports: list[IListeningPort] = []
+        """Ports opened by ``listen``, in order."""
         self.probes: tuple[IProbe, ...] = tuple(probes)
         self.settings = settings
         self.stats = Stats()
@@ -453,11 +462,56 @@ class Multiplexer(ServerFactory):
 
     # -- routes ------------------------------------------------------------
 
-    def add_route(self, name: str, target: Any, **match: Any) -> Route:
-        """Append a static route sending connections matching ``match`` to ``target``."""
-        route = Route(name, Match(**match), target)
+    def add_route(
+        self, target: Any, *legacy: Any, name: str | None = None, **match: Any
+    ) -> Route:
+        """Append a static route sending connections matching ``match`` to ``target``.
+
+        ``target`` is an ITarget, or an IResource / IProtocolFactory (adapted); the
+        name defaults to one made from the match. The old ``add_route(name, target,
+        **match)`` form still works, with a DeprecationWarning.
+        """
+        if isinstance(target, str) and len(legacy) == 1 and name is None:
+            warnings.warn(
+                "add_route(name, target, **match) is deprecated; "
+                "use add_route(target, name=name, **match)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            name, target = target, legacy[0]
+        elif legacy:
+            raise TypeError("add_route takes one target; the match is given by keywords")
+        route = Route(name or self._fresh_name(match), Match(**match), as_target(target))
         self.set_static_routes(self.static_routes + (route,))
         return route
+
+    def remove_route(self, route: Route) -> None:
+        """Remove a static route added earlier (its target is stopped if now unused)."""
+        self.set_static_routes(r for r in self.static_routes if r is not route)
+
+    def endpoint(self, name: str | None = None, **match: Any) -> IStreamServerEndpoint:
+        """An IStreamServerEndpoint for "the ``match`` part" of this multiplexer's ports.
+
+        ``listen(factory)`` adds a route serving matching connections with
+        ``factory``; the returned port's ``stopListening`` removes it.
+        """
+        from portmux.core.endpoint import RouteEndpoint
+
+        return RouteEndpoint(self, name, match)  # type: ignore[return-value]
+
+    def _fresh_name(self, match: dict[str, Any]) -> str:
+        """A route name from the match (``http``, ``ssh-2``...), unique in this multiplexer."""
+        base = next(
+            (str(match[key]) for key in ("service", "protocol", "via", "sni", "host")
+             if match.get(key)),
+            "default" if match.get("default") else "silent" if match.get("silent") else "route",
+        )
+        taken = {route.name for route in self.static_routes + self.registered_routes}
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}-{n}"
+        return name
 
     def set_static_routes(self, routes: Iterable[Route]) -> None:
         """Replace the configured routes (e.g. on reload), keeping registered ones."""
@@ -488,7 +542,12 @@ class Multiplexer(ServerFactory):
             from twisted.internet.endpoints import serverFromString
 
             endpoint = cast(IStreamServerEndpoint, serverFromString(self.reactor, endpoint))
-        return endpoint.listen(self)  # type: ignore[call-arg,misc]  # zope: no self
+        listening: Deferred[IListeningPort] = endpoint.listen(self)  # type: ignore[call-arg,misc]  # zope: no self
+        return listening.addCallback(self._listening)
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        self.ports.append(port)
+        return port
 
     def startFactory(self) -> None:
         self._running = True

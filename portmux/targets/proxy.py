@@ -688,29 +688,45 @@ class ProxyTarget:
 
     ``endpoints`` are client endpoint strings (``tcp:``, ``unix:``, ``tls:``...)
     or IStreamClientEndpoint objects; ``proxy_header`` is None, "v1" or "v2".
+    ``ProxyTarget(["tcp:127.0.0.1:22"])`` takes the reactor of the multiplexer it
+    first serves; ``ProxyTarget(reactor, [...])`` names it.
     """
 
     kind = "proxy"
 
     def __init__(
         self,
-        reactor: Any,
-        endpoints: Sequence[str | IStreamClientEndpoint],
+        reactor: Any = None,
+        endpoints: Sequence[str | IStreamClientEndpoint] | str | None = None,
         connect_timeout: float = 5.0,
         proxy_header: str | None = None,
     ) -> None:
+        if endpoints is None and _are_endpoints(reactor):
+            reactor, endpoints = None, reactor
+        if isinstance(endpoints, str) or IStreamClientEndpoint.providedBy(endpoints):
+            endpoints = [endpoints]  # type: ignore[list-item]
         if not endpoints:
             raise ValueError("a proxy target needs at least one backend endpoint")
         if proxy_header is not None and proxy_header not in PROXY_HEADER_VERSIONS:
             raise ValueError(f"proxy_header must be 'v1' or 'v2', not {proxy_header!r}")
         self.reactor = reactor
-        self.backends = tuple(Backend(reactor, spec) for spec in endpoints)
+        self.endpoints = tuple(endpoints)
+        self.backends: tuple[Backend, ...] = ()
+        if reactor is not None:
+            self.bind(reactor)
+        else:
+            _check_syntax(self.endpoints)
         self.connect_timeout = connect_timeout
         self.proxy_header = proxy_header
         self.first = 0
-        names = ", ".join(b.name for b in self.backends)
+        names = ", ".join(s if isinstance(s, str) else _endpoint_name(s) for s in self.endpoints)
         header = f" (PROXY {proxy_header})" if proxy_header else ""
         self.description = f"proxy to {names}{header}"
+
+    def bind(self, reactor: Any) -> None:
+        """Dial with ``reactor`` from now on (parses the endpoint strings with it)."""
+        self.reactor = reactor
+        self.backends = tuple(Backend(reactor, spec) for spec in self.endpoints)
 
     def start(self) -> None:
         """Nothing to start: backends are dialled per connection."""
@@ -724,11 +740,31 @@ class ProxyTarget:
         The client keeps being read while dialling (so a client that leaves is
         noticed and the dial cancelled), up to PENDING_LIMIT bytes, then paused.
         """
+        if self.reactor is None:
+            self.bind(connection.reactor)
         front = _Front(self, connection)
         front.start = self.first
         self.first = (self.first + 1) % len(self.backends)
         front.dial()
         return front  # type: ignore[return-value]
+
+
+def _are_endpoints(value: Any) -> bool:
+    """True for what can only be the endpoints argument: a string or a list/tuple of them."""
+    return isinstance(value, (str, list, tuple)) or IStreamClientEndpoint.providedBy(value)
+
+
+def _check_syntax(endpoints: Sequence[str | IStreamClientEndpoint]) -> None:
+    """Raise ValueError now for an endpoint string no parser accepts (no reactor needed)."""
+    for spec in endpoints:
+        if not isinstance(spec, str):
+            continue
+        try:
+            clientFromString(None, spec)
+        except AttributeError:  # a parser that wants the reactor already: check it later
+            pass
+        except Exception as e:  # parsers raise many kinds of errors
+            raise ValueError(f"unparsable client endpoint {spec!r}: {e}") from e
 
 
 def from_config(value: Any, ctx: Any) -> ProxyTarget | None:

@@ -254,9 +254,9 @@ class RealSocketTests(TestCase):
     @inlineCallbacks
     def listen(self) -> Any:
         mux = Multiplexer(reactor)
-        mux.add_route("echo", FactoryTarget(Factory.forProtocol(Echo)),
+        mux.add_route(FactoryTarget(Factory.forProtocol(Echo)), name="echo",
                       protocol="tcpmux", service="echo/1")
-        mux.add_route("help", HelpTarget(), protocol="tcpmux", service="help")
+        mux.add_route(HelpTarget(), name="help", protocol="tcpmux", service="help")
         port = yield mux.listen("tcp:0:interface=127.0.0.1")
         self.addCleanup(port.stopListening)
         return port.getHost().port
@@ -347,9 +347,9 @@ class TlsTests(TestCase):
         ca.cert_pem.write_to_path(os.path.join(folder, "roots", "ca.pem"))
 
         mux = Multiplexer(reactor)
-        mux.add_route("echo", FactoryTarget(Factory.forProtocol(Echo)),
+        mux.add_route(FactoryTarget(Factory.forProtocol(Echo)), name="echo",
                       protocol="tcpmux", service="echo")
-        mux.add_route("help", HelpTarget(), protocol="tcpmux", service="help")
+        mux.add_route(HelpTarget(), name="help", protocol="tcpmux", service="help")
         port = yield mux.listen(f"ssl:0:interface=127.0.0.1:privateKey={key_pem}")
         self.addCleanup(port.stopListening)
         number = port.getHost().port

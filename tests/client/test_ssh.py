@@ -53,9 +53,9 @@ class SshThroughConnectTests(TestCase):
         from portmux.targets.proxy import ProxyTarget
 
         mux = Multiplexer(reactor)
-        mux.add_route("ssh", ProxyTarget(reactor, [f"tcp:127.0.0.1:{self.sshd_port}"]),
+        mux.add_route(ProxyTarget(reactor, [f"tcp:127.0.0.1:{self.sshd_port}"]), name="ssh",
                       protocol="tcpmux", service="ssh")
-        mux.add_route("help", HelpTarget(), protocol="tcpmux", service="help")
+        mux.add_route(HelpTarget(), name="help", protocol="tcpmux", service="help")
         port = yield mux.listen("tcp:0:interface=127.0.0.1")
         self.addCleanup(port.stopListening)
         self.addCleanup(self._backend_legs_closed)

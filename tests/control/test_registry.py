@@ -279,10 +279,13 @@ def test_registered_and_static_routes_share_the_indexes_in_the_multiplexer() -> 
     from portmux.core.mux import Multiplexer
     from portmux.targets.help import service_names
 
+    from portmux.testing import RecordingTarget
+
     mux = Multiplexer(Clock(), [])
-    mux.add_route("static-app", object(), protocol="nmf", via="net.tcp://+/app/")
-    mux.add_route("static-orders-3", object(), protocol="tcpmux", service="orders/3")
-    mux.add_route("help", object(), protocol="tcpmux", service="help")
+    mux.add_route(RecordingTarget(), name="static-app", protocol="nmf", via="net.tcp://+/app/")
+    mux.add_route(RecordingTarget(), name="static-orders-3", protocol="tcpmux",
+                  service="orders/3")
+    mux.add_route(RecordingTarget(), name="help", protocol="tcpmux", service="help")
     reg = Registry(mux.set_registered_routes)
     owner = Owner(uid=1)
     for keys in ({"protocol": "nmf", "via": "net.tcp://*/app/deep/"},

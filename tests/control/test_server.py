@@ -399,7 +399,7 @@ class ProxyAndListingTests(ControlTestCase):
         endpoint = f"tcp:127.0.0.1:{backend.getHost().port}"
         reply = await worker.register({"protocol": "tcpmux", "service": "pecho"}, "proxy", endpoint)
         self.assertEqual(reply["route"], "proxy:protocol=tcpmux,service=pecho")
-        self.mux.add_route("static-echo", EchoFactory(), service="secho")
+        self.mux.add_route(EchoFactory(), name="static-echo", service="secho")
         client = await self.client(b"pecho\r\nping")
         await self.eventually(lambda: client.received == b"+\r\nping", "proxied echo")
         client.transport.loseConnection()  # type: ignore[union-attr]

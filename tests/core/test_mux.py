@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -17,48 +17,9 @@ from portmux.core.routing import Match, Route, Router
 from portmux.protocols.base import FunctionProbe
 from portmux.targets.factory import FactoryTarget
 from portmux.targets.help import HelpTarget
+from portmux.testing import RecordingProtocol, RecordingTarget
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
-
-
-class Recorder(Protocol):
-    """Records everything it is given."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.lost = False
-        self.half_closed = False
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.lost = True
-
-
-class RecordingTarget:
-    kind = "recording"
-    description = "records"
-
-    def __init__(self) -> None:
-        self.connections: list[Any] = []
-        self.protocols: list[Recorder] = []
-        self.started = 0
-        self.stopped = 0
-
-    def start(self) -> None:
-        self.started += 1
-
-    def stop(self) -> None:
-        self.stopped += 1
-
-    def attach(self, connection: Any) -> Recorder:
-        self.connections.append(connection)
-        protocol = Recorder()
-        protocol.makeConnection(connection.transport)
-        protocol.dataReceived(connection.payload)
-        self.protocols.append(protocol)
-        return protocol
 
 
 def prefix_probe(name: str, magic: bytes) -> FunctionProbe:
@@ -135,14 +96,14 @@ class ClassifyTests(MuxTestCase):
         self.assertEqual((counters.connections, counters.active), (1, 0))
 
     def test_tcpmux_line_is_consumed_and_answered(self) -> None:
-        echo = Factory.forProtocol(Recorder)
+        echo = Factory.forProtocol(RecordingProtocol)
         protocol = self.make([Route("echo", Match(protocol="tcpmux", service="echo"),
                                     FactoryTarget(echo))])
         protocol.dataReceived(b"ECHO\r\nhello")
         self.assertEqual(self.transport.value(), b"+\r\n")
 
     def test_help_lists_service_names(self) -> None:
-        echo = FactoryTarget(Factory.forProtocol(Recorder))
+        echo = FactoryTarget(Factory.forProtocol(RecordingProtocol))
         protocol = self.make([
             Route("echo", Match(protocol="tcpmux", service="echo"), echo),
             Route("date", Match(protocol="tcpmux", service="Date"), echo),
@@ -225,7 +186,7 @@ class RefusalTests(MuxTestCase):
 
     def test_attach_failure_is_a_502(self) -> None:
         class Broken(RecordingTarget):
-            def attach(self, connection: Any) -> Recorder:
+            def attach(self, connection: Any) -> RecordingProtocol:
                 raise RuntimeError("boom")
 
         protocol = self.make([Route("web", Match(protocol="http"), Broken())])

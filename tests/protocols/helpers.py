@@ -1,17 +1,17 @@
-"""Shared harness for probe tests: fixtures, incremental feeding, hello builder."""
+"""Probe-test data: captured fixtures, mutations, a ClientHello builder.
+
+The split and prefix assertions live in portmux.testing.
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from portmux.core.preamble import NEED_MORE, Preamble, ProbeResult, Verdict
+from portmux.core.preamble import Preamble, ProbeResult, Verdict
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-
-ProbeFunction = Callable[[bytes], ProbeResult]
-
 
 def fixture(relative: str) -> bytes:
     """The bytes of one fixture, e.g. ``fixture("tls/curl-http2.bin")``."""
@@ -28,44 +28,6 @@ def all_fixture_names() -> list[str]:
     return sorted(
         f"{p.parent.name}/{p.name}" for p in FIXTURES.glob("*/*.bin")
     )
-
-
-def feed(probe: ProbeFunction, chunks: Iterable[bytes]) -> ProbeResult:
-    """Grow a buffer chunk by chunk, as the multiplexer does; stop at a decision."""
-    buffer = b""
-    result: ProbeResult = NEED_MORE
-    for chunk in chunks:
-        buffer += chunk
-        result = probe(buffer)
-        if result is not NEED_MORE:
-            return result
-    return result
-
-
-def assert_prefixes(probe: ProbeFunction, data: bytes, step: int = 1) -> int | None:
-    """Every prefix is NEED_MORE until the decision, then always the final verdict.
-
-    Return the length of the shortest decided prefix (None if never decided).
-    """
-    final = probe(data)
-    decided: int | None = None
-    for n in [*range(0, len(data), step), len(data)]:
-        result = probe(data[:n])
-        if decided is None:
-            if result is NEED_MORE:
-                continue
-            decided = n
-        assert result == final, f"prefix of {n} bytes gave {result!r}, whole gave {final!r}"
-    assert decided is not None or final is NEED_MORE
-    return decided
-
-
-def assert_splits(probe: ProbeFunction, data: bytes, step: int = 1) -> None:
-    """Two reads split at every offset, and one byte per read, equal the whole buffer."""
-    final = probe(data)
-    for i in [*range(0, len(data), step), len(data)]:
-        assert feed(probe, [data[:i], data[i:]]) == final, f"split at {i}"
-    assert feed(probe, (data[i : i + 1] for i in range(len(data)))) == final
 
 
 def assert_verdict(result: ProbeResult) -> None:

@@ -6,8 +6,9 @@ import pytest
 
 from portmux.core.preamble import NEED_MORE, NO, Preamble
 from portmux.protocols.h2c import PREFACE, PROBE, probe_h2c
+from portmux.testing import assert_probe_prefixes, assert_probe_verdict_for_every_split
 
-from .helpers import assert_prefixes, assert_splits, fixture
+from .helpers import fixture
 
 MATCH = Preamble(protocol="h2c", http_version="HTTP/2")
 
@@ -16,8 +17,8 @@ def test_curl_prior_knowledge_fixture() -> None:
     data = fixture("h2c/curl-prior-knowledge.bin")
     assert len(data) > len(PREFACE)
     assert probe_h2c(data) == MATCH
-    assert assert_prefixes(probe_h2c, data) == 24  # frames after it are not awaited
-    assert_splits(probe_h2c, data)
+    assert assert_probe_prefixes(probe_h2c, data) == 24  # frames after it are not awaited
+    assert_probe_verdict_for_every_split(probe_h2c, data)
 
 
 def test_exact_preface() -> None:

@@ -8,8 +8,9 @@ import pytest
 
 from portmux.core.preamble import NEED_MORE, NO, Preamble
 from portmux.protocols.http import METHODS, PROBE, probe_http, split_host_port
+from portmux.testing import assert_probe_prefixes, assert_probe_verdict_for_every_split
 
-from .helpers import assert_prefixes, assert_splits, fixture, fixture_names
+from .helpers import fixture, fixture_names
 
 
 def http(**fields: str | None) -> Preamble:
@@ -46,8 +47,8 @@ def test_fixture(name: str) -> None:
     data = fixture(name)
     assert probe_http(data) == EXPECTED[name]
     end = data.index(b"\r\n\r\n") + 4
-    assert assert_prefixes(probe_http, data) == end
-    assert_splits(probe_http, data)
+    assert assert_probe_prefixes(probe_http, data) == end
+    assert_probe_verdict_for_every_split(probe_http, data)
 
 
 @pytest.mark.parametrize(
@@ -189,7 +190,7 @@ def test_any_token_method_is_http(method: bytes) -> None:
     assert isinstance(result, Preamble)
     assert (result.method, result.path, result.host, result.error) == (
         method.decode(), "/dav/x", "a.example", None)
-    assert_splits(probe_http, data)
+    assert_probe_verdict_for_every_split(probe_http, data)
 
 
 @pytest.mark.parametrize(

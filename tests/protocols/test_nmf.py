@@ -6,8 +6,9 @@ import pytest
 
 from portmux.core.preamble import NEED_MORE, NO, Preamble
 from portmux.protocols.nmf import MAX_VIA, Record, decode_size, encode_size, probe_nmf, read_records
+from portmux.testing import assert_probe_prefixes, assert_probe_verdict_for_every_split
 
-from .helpers import assert_prefixes, assert_splits, assert_verdict, mutations
+from .helpers import assert_verdict, mutations
 
 
 def version(major: int = 1, minor: int = 0) -> bytes:
@@ -63,8 +64,8 @@ def test_spec_msmq_example() -> None:
 
 @pytest.mark.parametrize("data", [SPEC_DUPLEX, SPEC_MSMQ], ids=["duplex", "msmq"])
 def test_every_prefix_and_split(data: bytes) -> None:
-    decided = assert_prefixes(probe_nmf, data)
-    assert_splits(probe_nmf, data)
+    decided = assert_probe_prefixes(probe_nmf, data)
+    assert_probe_verdict_for_every_split(probe_nmf, data)
     # Matches once the Via record is complete: 3 + 2 + 1 (type) + 1 (size) + len(via).
     via_len = data[6]
     assert decided == 7 + via_len
@@ -84,8 +85,8 @@ def test_long_via_with_two_octet_size() -> None:
     result = probe_nmf(data)
     assert isinstance(result, Preamble) and result.via == uri.decode()
     assert result.mode == "singleton-unsized"
-    assert_splits(probe_nmf, data)
-    assert assert_prefixes(probe_nmf, data) == 8 + len(uri)
+    assert_probe_verdict_for_every_split(probe_nmf, data)
+    assert assert_probe_prefixes(probe_nmf, data) == 8 + len(uri)
 
 
 def test_utf8_via() -> None:
@@ -115,8 +116,8 @@ def test_recognised_but_refused(data: bytes, error: str, fields: dict[str, str])
     assert result.protocol == "nmf" and result.error == error and result.via is None
     for key, value in fields.items():
         assert getattr(result, key) == value
-    assert_prefixes(probe_nmf, data)
-    assert_splits(probe_nmf, data)
+    assert_probe_prefixes(probe_nmf, data)
+    assert_probe_verdict_for_every_split(probe_nmf, data)
 
 
 def test_via_too_long_is_decided_at_the_size() -> None:

@@ -26,7 +26,7 @@ from portmux.protocols.nmf import (
     refusal_fault,
     via_matches,
 )
-from tests.support import feed_mux
+from portmux.testing import RecordingTarget, feed_mux
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 reactor: Any = global_reactor
@@ -214,18 +214,8 @@ class Refusing:
         connection.refuse(self.status, "backend down")
 
 
-class Recording(Refusing):
-    def __init__(self) -> None:
-        super().__init__(0)
-        self.connections: list[Any] = []
-
-    def attach(self, connection: Any) -> None:
-        connection.accept()
-        self.connections.append(connection)
-
-
 def exchange(routes: list[Route], data: bytes) -> StringTransport:
-    return feed_mux(routes, data)  # type: ignore[no-any-return]
+    return feed_mux(routes, data).transport
 
 
 def app_routes(target: Any) -> list[Route]:
@@ -244,7 +234,7 @@ def app_routes(target: Any) -> list[Route]:
     ids=["unknown-via", "version", "mode", "bad-utf8-via", "empty-via"],
 )
 def test_wire_refusals(data: bytes, fault: str) -> None:
-    target = Recording()
+    target = RecordingTarget(accept="")
     transport = exchange(app_routes(target), data)
     assert transport.value() == fault_bytes(fault)
     assert transport.disconnecting
@@ -262,7 +252,7 @@ def test_wire_backend_refusals(status: int, fault: str) -> None:
 
 
 def test_wire_match_replays_the_whole_preamble_and_sends_nothing() -> None:
-    target = Recording()
+    target = RecordingTarget(accept="")
     data = preamble_bytes("net.tcp://h/app/svc") + b"\x06\x05hello"
     transport = exchange(app_routes(target), data)
     assert transport.value() == b""

@@ -6,16 +6,17 @@ import pytest
 
 from portmux.core.preamble import NEED_MORE, NO, Preamble
 from portmux.protocols.ssh import MAX_BANNER, PROBE, probe_ssh
+from portmux.testing import assert_probe_prefixes, assert_probe_verdict_for_every_split
 
-from .helpers import assert_prefixes, assert_splits, fixture
+from .helpers import fixture
 
 
 def test_openssh_fixture() -> None:
     data = fixture("ssh/openssh.bin")
     expected = Preamble(protocol="ssh", version="2.0", software="OpenSSH_9.2p1")
     assert probe_ssh(data) == expected
-    assert assert_prefixes(probe_ssh, data) == data.index(b"\n") + 1
-    assert_splits(probe_ssh, data)
+    assert assert_probe_prefixes(probe_ssh, data) == data.index(b"\n") + 1
+    assert_probe_verdict_for_every_split(probe_ssh, data)
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,9 @@ import pytest
 
 from portmux.core.preamble import NEED_MORE, NO, Preamble
 from portmux.protocols.tcpmux import MAX_NAME, PROBE, probe_tcpmux
+from portmux.testing import assert_probe_prefixes, assert_probe_verdict_for_every_split
 
-from .helpers import assert_prefixes, assert_splits, fixture
+from .helpers import fixture
 
 
 def tcpmux(service: str, consumed: int) -> Preamble:
@@ -20,15 +21,15 @@ def test_nc_echo_fixture() -> None:
     result = probe_tcpmux(data)
     assert result == tcpmux("echo", 6)
     assert data[result.consumed :] == b"hello"
-    assert assert_prefixes(probe_tcpmux, data) == 6
-    assert_splits(probe_tcpmux, data)
+    assert assert_probe_prefixes(probe_tcpmux, data) == 6
+    assert_probe_verdict_for_every_split(probe_tcpmux, data)
 
 
 def test_nc_help_fixture() -> None:
     data = fixture("tcpmux/nc-help.bin")
     assert probe_tcpmux(data) == tcpmux("help", 6)
-    assert assert_prefixes(probe_tcpmux, data) == 6
-    assert_splits(probe_tcpmux, data)
+    assert assert_probe_prefixes(probe_tcpmux, data) == 6
+    assert_probe_verdict_for_every_split(probe_tcpmux, data)
 
 
 @pytest.mark.parametrize(

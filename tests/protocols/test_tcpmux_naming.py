@@ -12,7 +12,7 @@ from portmux.core.preamble import Preamble
 from portmux.core.routing import Match, Route, Router, parse_networks
 from portmux.protocols import tcpmux as naming
 from portmux.targets.help import HelpTarget
-from tests.support import feed_mux
+from portmux.testing import RecordingTarget, feed_mux
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -212,27 +212,9 @@ def test_router_refusal_reason() -> None:
 # -- refusals on the wire ------------------------------------------------------
 
 
-class Recorder:
-    kind = "recording"
-    description = "records"
-
-    def __init__(self) -> None:
-        self.connections: list[Any] = []
-
-    def start(self) -> None:
-        """Nothing to start."""
-
-    def stop(self) -> None:
-        """Nothing to stop."""
-
-    def attach(self, connection: Any) -> None:
-        connection.accept("ok")
-        self.connections.append(connection)
-
-
 def exchange(routes: list[Route], data: bytes) -> tuple[bytes, StringTransport]:
-    transport = feed_mux(routes, data)
-    return transport.value(), transport
+    fed = feed_mux(routes, data)
+    return fed.written, fed.transport
 
 
 def wire_routes(target: Any) -> list[Route]:
@@ -245,13 +227,13 @@ def wire_routes(target: Any) -> list[Route]:
 
 
 def test_wire_unknown_service() -> None:
-    out, transport = exchange(wire_routes(Recorder()), b"nosuch\r\n")
+    out, transport = exchange(wire_routes(RecordingTarget(accept="ok")), b"nosuch\r\n")
     assert out == b"-unknown service 'nosuch'\r\n"
     assert transport.disconnecting
 
 
 def test_wire_malformed_name() -> None:
-    out, transport = exchange(wire_routes(Recorder()), b"alice:orders/x\r\n")
+    out, transport = exchange(wire_routes(RecordingTarget(accept="ok")), b"alice:orders/x\r\n")
     assert out == (
         b"-malformed service name 'alice:orders/x': "
         b"version 'x' is not numbers separated by dots (e.g. 2 or 1.4)\r\n"
@@ -260,13 +242,13 @@ def test_wire_malformed_name() -> None:
 
 
 def test_wire_version_not_found() -> None:
-    out, transport = exchange(wire_routes(Recorder()), b"orders/7\r\n")
+    out, transport = exchange(wire_routes(RecordingTarget(accept="ok")), b"orders/7\r\n")
     assert out == b"-service 'orders' has no version 7 (registered: 1, 2)\r\n"
     assert transport.disconnecting
 
 
 def test_wire_newest_version_accepted_with_plus() -> None:
-    target = Recorder()
+    target = RecordingTarget(accept="ok")
     out, transport = exchange(wire_routes(target), b"Orders\r\nfirst bytes")
     assert out == b"+ok\r\n"
     assert not transport.disconnecting
@@ -276,14 +258,14 @@ def test_wire_newest_version_accepted_with_plus() -> None:
 
 
 def test_wire_namespace_and_exact_version() -> None:
-    target = Recorder()
+    target = RecordingTarget(accept="ok")
     exchange(wire_routes(target), b"ALICE:orders/2\r\n")
     exchange(wire_routes(target), b"orders/1\r\n")
     assert [c.route.name for c in target.connections] == ["ns", "v1"]
 
 
 def test_wire_help_lists_full_names() -> None:
-    out, transport = exchange(wire_routes(Recorder()), b"HELP\r\n")
+    out, transport = exchange(wire_routes(RecordingTarget(accept="ok")), b"HELP\r\n")
     assert out == b"alice:orders/2\r\norders/1\r\norders/2\r\n"
     assert transport.disconnecting
 
@@ -346,7 +328,7 @@ def test_config_reports_malformed_service_and_via(tmp_path: Any) -> None:
 
 def test_wire_help_lists_canonical_names() -> None:
     routes = [
-        Route("a", Match(protocol="tcpmux", service="Alice:Orders/2.0"), Recorder()),
+        Route("a", Match(protocol="tcpmux", service="Alice:Orders/2.0"), RecordingTarget(accept="ok")),
         Route("help", Match(protocol="tcpmux", service="HELP"), HelpTarget()),
     ]
     out, _ = exchange(routes, b"help\r\n")

@@ -15,11 +15,10 @@ from portmux.protocols.tls import (
     probe_tls,
     version_name,
 )
+from portmux.testing import assert_probe_prefixes, assert_probe_verdict_for_every_split
 
 from .helpers import (
     alpn_ext,
-    assert_prefixes,
-    assert_splits,
     assert_verdict,
     client_hello,
     client_hello_body,
@@ -67,8 +66,8 @@ def test_fixture_whole(name: str) -> None:
 def test_fixture_prefixes_and_splits(name: str) -> None:
     data = fixture(name)
     step = 1 if len(data) < 4096 else 97
-    assert assert_prefixes(probe_tls, data, step) == len(data)
-    assert_splits(probe_tls, data, step)
+    assert assert_probe_prefixes(probe_tls, data, step) == len(data)
+    assert_probe_verdict_for_every_split(probe_tls, data, step=step)
 
 
 def test_multirecord_fixture() -> None:
@@ -92,8 +91,8 @@ def test_mlkem_hello_over_small_records() -> None:
     split = mlkem_client_hello(record_size=300)
     assert split.count(b"\x16\x03\x01") >= 6
     assert probe_tls(split) == probe_tls(whole)
-    assert_prefixes(probe_tls, split)
-    assert_splits(probe_tls, split, 7)
+    assert_probe_prefixes(probe_tls, split)
+    assert_probe_verdict_for_every_split(probe_tls, split, step=7)
 
 
 def test_hello_split_across_two_records() -> None:

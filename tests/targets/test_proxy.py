@@ -113,6 +113,23 @@ class Hanging:
         return defer.Deferred(cancel)
 
 
+class ConstructorTests(SynchronousTestCase):
+    """ProxyTarget(endpoints) or ProxyTarget(reactor, endpoints)."""
+
+    def test_forms(self) -> None:
+        for target in (ProxyTarget(["tcp:127.0.0.1:1"]), ProxyTarget("tcp:127.0.0.1:1"),
+                       ProxyTarget(endpoints=["tcp:127.0.0.1:1"])):
+            self.assertIsNone(target.reactor)
+            self.assertEqual(target.description, "proxy to tcp:127.0.0.1:1")
+        named = ProxyTarget(reactor, ["tcp:127.0.0.1:1"])
+        self.assertIs(named.reactor, reactor)
+        self.assertEqual(len(named.backends), 1)
+
+    def test_bad_strings_fail_at_construction(self) -> None:
+        self.assertRaises(ValueError, ProxyTarget, ["tcp:no-port"])
+        self.assertRaises(ValueError, ProxyTarget, [])
+
+
 class ProxyTests(TestCase):
     """Integration tests: client socket → Multiplexer → ProxyTarget → backend."""
 
@@ -125,7 +142,7 @@ class ProxyTests(TestCase):
 
     def listen_mux(self, target: ProxyTarget, **match: Any) -> tuple[int, Multiplexer]:
         mux = Multiplexer(reactor)
-        mux.add_route("proxied", target, **(match or {"default": True}))
+        mux.add_route(target, name="proxied", **(match or {"default": True}))
         port = reactor.listenTCP(0, mux, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return port.getHost().port, mux
@@ -152,6 +169,17 @@ class ProxyTests(TestCase):
         echoed = yield threads.deferToThread(exchange, port, body)
         self.assertEqual(echoed, body)
         self.assertEqual(backend.connections[0].data(), body)
+
+    @defer.inlineCallbacks
+    def test_endpoint_strings_without_a_reactor(self) -> Any:
+        """ProxyTarget("tcp:...") dials with the reactor of the multiplexer it serves."""
+        backend = BackendFactory(echo=True)
+        target = ProxyTarget(f"tcp:127.0.0.1:{self.listen_backend(backend)}")
+        self.assertIsNone(target.reactor)
+        port, _ = self.listen_mux(target)
+        echoed = yield threads.deferToThread(exchange, port, REQUEST + b"no reactor")
+        self.assertEqual(echoed, REQUEST + b"no reactor")
+        self.assertIs(target.reactor, reactor)
 
     @defer.inlineCallbacks
     def test_unix_backend(self) -> Any:

@@ -45,11 +45,11 @@ def keep_alive_requests(port: int, requests: list[tuple[str, str]]) -> list[byte
 class SharedSiteTests(TestCase):
     def setUp(self) -> Any:
         self.mux = Multiplexer(reactor)
-        self.mux.add_route("app", ResourceTarget(leaf(b"app")), protocol="http",
+        self.mux.add_route(ResourceTarget(leaf(b"app")), name="app", protocol="http",
                            host="a.example", path="/app/")
-        self.mux.add_route("a", ResourceTarget(leaf(b"a-root")), protocol="http",
+        self.mux.add_route(ResourceTarget(leaf(b"a-root")), name="a", protocol="http",
                            host="a.example")
-        self.mux.add_route("wild", ResourceTarget(leaf(b"wild")), protocol="http",
+        self.mux.add_route(ResourceTarget(leaf(b"wild")), name="wild", protocol="http",
                            host="*.b.example")
         d = self.mux.listen("tcp:0:interface=127.0.0.1")
 
@@ -81,9 +81,9 @@ class SharedSiteTests(TestCase):
 class MountPointTests(TestCase):
     def test_plain_resource_renders_at_its_mount_point(self) -> Any:
         mux = Multiplexer(reactor)
-        mux.add_route("app", ResourceTarget(Data(b"app", "text/plain")), protocol="http",
+        mux.add_route(ResourceTarget(Data(b"app", "text/plain")), name="app", protocol="http",
                       path="/app/")
-        mux.add_route("root", ResourceTarget(Data(b"root", "text/plain")), protocol="http")
+        mux.add_route(ResourceTarget(Data(b"root", "text/plain")), name="root", protocol="http")
         d = mux.listen("tcp:0:interface=127.0.0.1")
 
         def listening(port: Any) -> Any:
