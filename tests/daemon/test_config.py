@@ -15,18 +15,20 @@ from twisted.trial import unittest as trial
 from portmux.core.mux import SniffSettings
 from portmux.core.preamble import Preamble
 from portmux.core.routing import Match, Route
-from portmux.daemon import config as config_module
 from portmux.daemon.config import (
+    Anything,
     BuildContext,
     Config,
     ConfigError,
     ConfigProblem,
+    TargetKind,
     check_config,
     default_config,
     load_config,
     locate_lines,
     parse_config,
     split_key_path,
+    target_kinds,
 )
 from portmux.targets.echo import EchoFactory
 from portmux.targets.factory import FactoryTarget
@@ -44,13 +46,13 @@ REPO = Path(__file__).resolve().parents[2]
 LISTEN = '[[listen]]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
 
 
-def parse(text: str, base_dir: Path | None = None) -> Config:
-    return parse_config(textwrap.dedent(text), "t.toml", MemoryReactorClock(), base_dir)
+def parse(text: str, base_dir: Path | None = None, kinds: Any = None) -> Config:
+    return parse_config(textwrap.dedent(text), "t.toml", MemoryReactorClock(), base_dir, kinds)
 
 
-def errors_of(text: str, base_dir: Path | None = None) -> list[ConfigProblem]:
+def errors_of(text: str, base_dir: Path | None = None, kinds: Any = None) -> list[ConfigProblem]:
     with pytest.raises(ConfigError) as info:
-        parse(text, base_dir)
+        parse(text, base_dir, kinds)
     return info.value.errors
 
 
@@ -58,10 +60,15 @@ def lines_of(text: str) -> list[str]:
     return [str(e) for e in errors_of(text)]
 
 
-def one_error(text: str) -> ConfigProblem:
-    errors = errors_of(text)
+def one_error(text: str, kinds: Any = None) -> ConfigProblem:
+    errors = errors_of(text, kinds=kinds)
     assert len(errors) == 1, [str(e) for e in errors]
     return errors[0]
+
+
+def kinds_with(*replaced: TargetKind) -> dict[str, Any]:
+    """The installed target kinds with some replaced or added."""
+    return {**target_kinds(), **{kind.name: kind for kind in replaced}}
 
 
 def route(match: str, target: str, name: str = "r") -> str:
@@ -263,21 +270,25 @@ def test_unparsable_client_endpoint_in_proxy() -> None:
     assert all(e.line == 6 for e in errors)
 
 
-def test_proxy_endpoints_validated_when_proxy_module_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(
-        config_module.TARGET_BUILDERS, "proxy", "portmux.targets.no_such_proxy:from_config"
+def test_proxy_endpoints_validated_when_proxy_module_missing() -> None:
+    proxy = target_kinds()["proxy"]
+    missing = TargetKind("proxy", proxy.value, "portmux.targets.no_such_proxy:from_config")
+    errors = errors_of(
+        LISTEN
+        + route('{ protocol = "ssh" }', 'proxy = ["tcp:127.0.0.1"]', "a")
+        + route('{ protocol = "http" }', 'proxy = ["tcp:127.0.0.1:1"]', "b"),
+        kinds=kinds_with(missing),
     )
-    errors = errors_of(LISTEN + route('{ protocol = "ssh" }', 'proxy = ["tcp:127.0.0.1"]'))
     messages = {e.key_path: e.message for e in errors}
     assert "cannot parse client endpoint 'tcp:127.0.0.1'" in messages["route[0].proxy[0]"]
-    assert messages["route[0].proxy"].startswith("target 'proxy' is not available: ModuleNotFoundError")
+    assert messages["route[1].proxy"].startswith("target 'proxy' is not available: ModuleNotFoundError")
 
 
-def test_target_not_available(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(
-        config_module.TARGET_BUILDERS, "handoff", "portmux.no_such_module:from_config"
+def test_target_not_available() -> None:
+    handoff = TargetKind("handoff", Anything(), "portmux.no_such_module:from_config")
+    error = one_error(
+        LISTEN + route('{ protocol = "ssh" }', 'handoff = { worker = "x" }'), kinds=kinds_with(handoff)
     )
-    error = one_error(LISTEN + route('{ protocol = "ssh" }', 'handoff = { worker = "x" }'))
     assert error.key_path == "route[0].handoff"
     assert error.message == (
         "target 'handoff' is not available: "
@@ -295,7 +306,10 @@ def test_dotted_name_that_does_not_import() -> None:
     assert [e.key_path for e in errors] == ["route[0].resource", "route[1].factory", "route[2].factory"]
     assert "cannot import 'nosuch_pkg_portmux.site:root': ModuleNotFoundError" in errors[0].message
     assert "AttributeError" in errors[1].message
-    assert "ModuleNotFoundError" in errors[2].message
+    assert errors[2].message == (
+        "cannot import 'portmux.targets.nosuch.Factory': "
+        "AttributeError: module 'portmux.targets' has no attribute 'nosuch'"
+    )
     assert [e.line for e in errors] == [6, 10, 14]
 
 
@@ -557,8 +571,8 @@ def nested_builder(value: Any, ctx: BuildContext) -> Any:
     return _Nested(routes)
 
 
-def test_nested_routes_through_build_context(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")
+def test_nested_routes_through_build_context() -> None:
+    kinds = kinds_with(TargetKind("tls", Anything(), nested_builder))
     text = LISTEN + textwrap.dedent(
         """\
         [sniff]
@@ -578,17 +592,17 @@ def test_nested_routes_through_build_context(monkeypatch: pytest.MonkeyPatch) ->
         """
     )
     with pytest.raises(ConfigError) as info:
-        parse(text)
+        parse(text, kinds=kinds)
     [error] = info.value.errors
     assert str(error) == "t.toml:15: route[0].tls.route[1].match.sni: expected a string, got 7"
 
-    config = parse(text.replace("sni = 7", 'sni = "x"').replace("inner-bad", "inner-2"))
+    config = parse(text.replace("sni = 7", 'sni = "x"').replace("inner-bad", "inner-2"), kinds=kinds)
     outer = config.routes[0]
     assert isinstance(outer.target, _Nested)
     assert [r.name for r in outer.target.routes] == ["inner-http", "inner-2"]
     assert [str(w) for w in config.warnings] == ["t.toml:8: route[0].tls: just testing"]
 
-    shadowed = parse(text.replace("inner-bad", "inner-2").replace(", sni = 7", ""))
+    shadowed = parse(text.replace("inner-bad", "inner-2").replace(", sni = 7", ""), kinds=kinds)
     assert [str(w) for w in shadowed.warnings] == [
         "t.toml:8: route[0].tls: just testing",
         (
@@ -598,12 +612,13 @@ def test_nested_routes_through_build_context(monkeypatch: pytest.MonkeyPatch) ->
     ]
 
 
-def test_builder_problem_and_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")
+def test_builder_problem_and_paths() -> None:
+    kinds = kinds_with(TargetKind("tls", Anything(), nested_builder))
     error = one_error(
         LISTEN
         + "[sniff]\nsilence_timeout = 1\n"
         + route('{ protocol = "tls" }', 'tls = { cert = "certs/a.pem" }'),
+        kinds,
     )
     assert error.key_path == "route[0].tls.cert"
     assert error.line == 8
@@ -614,19 +629,20 @@ def raising_builder(value: Any, ctx: BuildContext) -> Any:
     raise RuntimeError("boom\nsecond line")
 
 
-def test_builder_exception_becomes_one_line_problem(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:raising_builder")
-    error = one_error(LISTEN + route('{ protocol = "tls" }', "tls = true"))
+def test_builder_exception_becomes_one_line_problem() -> None:
+    kinds = kinds_with(TargetKind("tls", Anything(), f"{__name__}:raising_builder"))
+    error = one_error(LISTEN + route('{ protocol = "tls" }', "tls = true"), kinds)
     assert (error.key_path, error.message) == ("route[0].tls", "RuntimeError: boom")
 
 
-def test_nested_names_must_be_unique_across_levels(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")
+def test_nested_names_must_be_unique_across_levels() -> None:
+    kinds = kinds_with(TargetKind("tls", Anything(), nested_builder))
     error = one_error(
         LISTEN
         + "[sniff]\nsilence_timeout = 1\n"
         + '[[route]]\nname = "x"\nmatch = { protocol = "tls" }\n'
-        + 'tls = { route = [{ name = "x", match = { protocol = "http" }, echo = true }] }\n'
+        + 'tls = { route = [{ name = "x", match = { protocol = "http" }, echo = true }] }\n',
+        kinds,
     )
     assert error.key_path == "route[0].tls.route[0].name"
     assert error.line == 8
