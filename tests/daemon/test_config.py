@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import sys
 import textwrap
@@ -21,12 +22,16 @@ from portmux.daemon.config import (
     Config,
     ConfigError,
     ConfigProblem,
+    TableOf,
     TargetKind,
+    Text,
+    Whole,
     check_config,
     default_config,
     load_config,
     locate_lines,
     parse_config,
+    setting,
     split_key_path,
     target_kinds,
 )
@@ -60,8 +65,8 @@ def lines_of(text: str) -> list[str]:
     return [str(e) for e in errors_of(text)]
 
 
-def one_error(text: str, kinds: Any = None) -> ConfigProblem:
-    errors = errors_of(text, kinds=kinds)
+def one_error(text: str, kinds: Any = None, base_dir: Path | None = None) -> ConfigProblem:
+    errors = errors_of(text, base_dir, kinds)
     assert len(errors) == 1, [str(e) for e in errors]
     return errors[0]
 
@@ -785,3 +790,226 @@ class ExampleServedTests(trial.TestCase):
         assert echo == b"+\r\nping"
         listing = yield threads.deferToThread(_exchange, number, b"HELP\r\n", b"\0")
         assert listing == b"echo\r\nupper\r\n"
+
+
+# -- nested TLS and proxy tables: every problem, each at its own key ---------------------------
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> Path:
+    """A directory holding server.pem (chain + key) and ca.pem, made with trustme."""
+    import trustme
+
+    ca = trustme.CA()
+    ca.issue_cert("a.example.com").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    return tmp_path
+
+
+TLS_ROUTE = """\
+[[route]]
+name = "https"
+match = { protocol = "tls" }
+[route.tls]
+certificates = ["server.pem", "missing.pem", { cert = "server.pem", colour = 1 }]
+alpn = ["h2", ""]
+min_version = "TLSv9"
+ciphers = "NO-SUCH-CIPHER"
+unknown_sni = "ignore"
+  [[route.tls.route]]
+  name = "inner"
+  match = { sni = "a.example.com" }
+  proxy = { endpoints = ["tcp:127.0.0.1", "tls:127.0.0.1:9443"], ca = "no-ca.pem", connect_timeout = 0, proxy_header = "v3", spare = 1 }
+  [[route.tls.route]]
+  name = "inner-2"
+  match = { protocol = "http", host = 3 }
+  proxy = ["tcp:127.0.0.1:1", "bogus:x"]
+"""
+
+
+def test_every_problem_in_nested_tls_and_proxy_tables(certs: Path) -> None:
+    errors = errors_of(LISTEN + TLS_ROUTE, base_dir=certs)
+    got = [(e.line, e.key_path) for e in errors]
+    assert got == [
+        (7, "route[0].tls.certificates[1]"),
+        (7, "route[0].tls.certificates[2].colour"),
+        (8, "route[0].tls.alpn[1]"),
+        (9, "route[0].tls.min_version"),
+        (10, "route[0].tls.ciphers"),
+        (11, "route[0].tls.unknown_sni"),
+        (15, "route[0].tls.route[0].proxy.spare"),
+        (15, "route[0].tls.route[0].proxy.proxy_header"),
+        (15, "route[0].tls.route[0].proxy.connect_timeout"),
+        (15, "route[0].tls.route[0].proxy.ca"),
+        (15, "route[0].tls.route[0].proxy.endpoints[0]"),
+        (18, "route[0].tls.route[1].match.host"),
+        (19, "route[0].tls.route[1].proxy[1]"),
+    ]
+    messages = {e.key_path: e.message for e in errors}
+    assert "missing.pem: cannot read" in messages["route[0].tls.certificates[1]"]
+    assert messages["route[0].tls.min_version"].startswith("unknown TLS version 'TLSv9'")
+    assert messages["route[0].tls.unknown_sni"] == 'expected "default" or "refuse", got "ignore"'
+    assert messages["route[0].tls.route[0].proxy.connect_timeout"] == "must be greater than 0, got 0"
+    assert messages["route[0].tls.route[0].proxy.proxy_header"] == 'expected "v1" or "v2", got "v3"'
+
+
+def test_proxy_table_files_and_endpoints_each_reported(certs: Path) -> None:
+    errors = errors_of(
+        LISTEN
+        + '[[route]]\nname = "p"\nmatch = { protocol = "ssh" }\n'
+        + "[route.proxy]\n"
+        + 'endpoints = ["tls:127.0.0.1:9443", "tcp:127.0.0.1", "tls:127.0.0.1:x"]\n'
+        + 'ca = "no-ca.pem"\n'
+        + 'client_cert = { cert = "server.pem", key = 7 }\n',
+        base_dir=certs,
+    )
+    assert [(e.line, e.key_path) for e in errors] == [
+        (7, "route[0].proxy.endpoints[1]"),
+        (7, "route[0].proxy.endpoints[2]"),
+        (8, "route[0].proxy.ca"),
+        (9, "route[0].proxy.client_cert.key"),
+    ]
+    assert "no-ca.pem: cannot read the CA bundle" in errors[2].message
+
+
+def test_bad_cipher_string_reported_at_its_own_key(certs: Path) -> None:
+    error = one_error(
+        LISTEN
+        + '[[route]]\nname = "https"\nmatch = { protocol = "tls" }\n'
+        + '[route.tls]\ncertificates = ["server.pem"]\nciphers = "NOT-A-CIPHER"\n',
+        kinds=None,
+        base_dir=certs,
+    )
+    assert (error.key_path, error.line) == ("route[0].tls.ciphers", 8)
+    assert "'NOT-A-CIPHER'" in error.message
+
+
+def test_tls_table_builds_a_terminating_target(certs: Path) -> None:
+    from portmux.targets.tls import TLSTarget
+
+    config = parse(
+        LISTEN
+        + '[sniff]\npreamble_timeout = 3\n'
+        + '[[route]]\nname = "https"\nmatch = { protocol = "tls" }\n'
+        + '[route.tls]\ncertificates = "server.pem"\nalpn = "h2"\nciphers = "ECDHE+AESGCM"\n'
+        + '[[route.tls.route]]\nname = "in"\nmatch = { protocol = "http" }\nproxy = { endpoints = ["tls:127.0.0.1:9443"], ca = "ca.pem", server_name = "a.example.com", connect_timeout = 2 }\n',
+        base_dir=certs,
+    )
+    target = config.routes[0].target
+    assert isinstance(target, TLSTarget)
+    assert target.store.names() == ("a.example.com",)
+    assert target.inner.settings.preamble_timeout == 3.0
+    [inner] = target.inner.router.routes
+    assert inner.target.connect_timeout == 2.0
+
+
+def test_match_keys_come_from_the_core_match() -> None:
+    import dataclasses
+
+    from portmux.daemon.config import MATCH_KEYS
+
+    assert MATCH_KEYS == tuple(f.name for f in dataclasses.fields(Match) if f.init)
+    error = one_error(LISTEN + route('{ protocol = "tls", snii = "x" }', "echo = true"))
+    assert error.message == f"unknown key; expected one of: {', '.join(MATCH_KEYS)}"
+
+
+# -- a drop-in target kind ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GreetingTable:
+    """A test kind's table: ``greeting = { text = "hi", times = 2 }``."""
+
+    text: str = setting(Text(), "what to say")
+    times: int = setting(Whole(), "how often", default=1)
+
+
+def build_greeting(table: GreetingTable, ctx: BuildContext) -> Any:
+    from portmux.targets.echo import EchoFactory
+
+    target = FactoryTarget(EchoFactory())  # type: ignore[arg-type]
+    target.description = table.text * table.times
+    return target
+
+
+GREETING = TargetKind("greeting", TableOf(declaration=GreetingTable), build_greeting, "says hello")
+
+
+def test_drop_in_target_kind_registers_and_parses() -> None:
+    kinds = kinds_with(GREETING)
+    config = parse(
+        LISTEN + route('{ protocol = "ssh" }', 'greeting = { text = "hi ", times = 2 }'), kinds=kinds
+    )
+    assert config.routes[0].target.description == "hi hi "
+    errors = errors_of(
+        LISTEN
+        + route('{ protocol = "ssh" }', "greeting = { times = true, loud = 1 }", "a")
+        + route('{ protocol = "ssh" }', 'greeting = { text = "x" }\necho = true', "b"),
+        kinds=kinds,
+    )
+    assert [(e.key_path, e.message) for e in errors] == [
+        ("route[0].greeting.loud", "unknown key; expected one of: text, times"),
+        ("route[0].greeting.text", "missing: what to say"),
+        ("route[0].greeting.times", "expected an integer, got true"),
+        ("route[1].echo", "more than one target (greeting, echo); keep exactly one"),
+    ]
+    assert "greeting" in one_error(LISTEN + '[[route]]\nname = "x"\nmatch = {}\n', kinds).message
+
+
+def test_drop_in_target_kind_found_as_a_plugin(tmp_path: Path) -> None:
+    """A PluginTargetKind in another sys.path entry's portmux/plugins is a route key."""
+    import os
+    import subprocess
+
+    plugins = tmp_path / "portmux" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "greeting_kind.py").write_text(
+        textwrap.dedent(
+            """
+            from portmux.daemon.config import PluginTargetKind, Text
+
+            def build(value, ctx):
+                from portmux.targets.help import HelpTarget
+                return HelpTarget()
+
+            KIND = PluginTargetKind("greeting", Text(), build, "says hello")
+            SHADOW = PluginTargetKind("echo", Text(), build)  # a built-in name: ignored
+            """
+        )
+    )
+    (tmp_path / "c.toml").write_text(
+        LISTEN + route('{ protocol = "tcpmux" }', 'greeting = "hi"', "g") + route("{}", "echo = true", "e")
+    )
+    script = textwrap.dedent(
+        """
+        from portmux.daemon.config import load_config, target_kinds
+        from twisted.internet.testing import MemoryReactorClock
+        print(",".join(target_kinds()))
+        config = load_config("c.toml", MemoryReactorClock())
+        print(",".join(r.kind for r in config.routes))
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(tmp_path)]))
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == ["proxy,resource,factory,tls,status,help,echo,greeting", "help,factory"]
+
+
+def test_tls_example_checks_with_generated_certificates(tmp_path: Path) -> None:
+    """examples/tls-443.toml is valid once its documented test certificates exist."""
+    import shutil
+
+    import trustme
+
+    for name in ("tls-443.toml", "demo_site.py"):
+        shutil.copy(REPO / "examples" / name, tmp_path / name)
+    certs = tmp_path / "tls-certs"
+    certs.mkdir()
+    ca = trustme.CA()
+    issued = ca.issue_cert("a.example.com", "b.example.com", "localhost")
+    issued.cert_chain_pems[0].write_to_path(str(certs / "server.pem"))
+    issued.private_key_pem.write_to_path(str(certs / "server.key"))
+    ca.cert_pem.write_to_path(str(certs / "client.pem"))
+    errors, _ = check_config(tmp_path / "tls-443.toml", MemoryReactorClock())
+    assert errors == []

@@ -22,6 +22,8 @@ from portmux.daemon.config._schema import (
     TableOf,
     Text,
     Walk,
+    read_table,
+    schema_of,
     setting,
 )
 
@@ -76,20 +78,21 @@ class ProxyPlan:
     options: dict[str, Any]
 
 
-def _tls_problem(table: ProxyTable, key_path: str, walk: Walk) -> bool:
+def _file_problems(values: dict[str, Any], key_path: str, walk: Walk) -> bool:
     """Report a CA bundle or client certificate that does not load, at its own key."""
     from portmux.tls import CertificateError, client_tls_options
 
     bad = False
     for name in ("ca", "client_cert"):
-        value = getattr(table, name)
-        if value is None:
-            continue
-        try:
-            client_tls_options("localhost", base_dir=walk.base_dir, **{name: value})
-        except (CertificateError, ValueError) as e:
-            walk.problem(join_key(key_path, name), str(e))
+        value = values.get(name)
+        if value is INVALID:
             bad = True
+        elif value is not None:
+            try:
+                client_tls_options("localhost", base_dir=walk.base_dir, **{name: value})
+            except (CertificateError, ValueError) as e:
+                walk.problem(join_key(key_path, name), str(e))
+                bad = True
     return bad
 
 
@@ -111,31 +114,53 @@ def _backend(item: str, key_path: str, tls: dict[str, Any], walk: Walk) -> Any:
     return INVALID
 
 
-def _plan(value: Any, key_path: str, walk: Walk) -> Any:
-    """Build every backend of a list or table value, each problem at its own key."""
-    if isinstance(value, ProxyTable):
-        table, endpoints_key = value, join_key(key_path, "endpoints")
-    else:
-        table, endpoints_key = ProxyTable(endpoints=value), key_path
-    bad_files = _tls_problem(table, key_path, walk)
-    tls = {n: getattr(table, n) for n in ("ca", "client_cert", "server_name") if getattr(table, n) is not None}
-    if bad_files:  # still check each endpoint's own syntax, without the files reported above
-        tls = {n: v for n, v in tls.items() if n == "server_name"}
-    backends = [_backend(item, join_key(endpoints_key, i), tls, walk) for i, item in enumerate(table.endpoints)]
-    if bad_files or any(b is INVALID for b in backends):
+def _plan(values: dict[str, Any], key_path: str, endpoints_key: str, walk: Walk) -> Any:
+    """Build every backend, using whichever options passed their own checks.
+
+    A bad option does not hide a bad endpoint: each is reported at its own key.
+    """
+    bad_files = _file_problems(values, key_path, walk)
+    endpoints = values["endpoints"]
+    if endpoints is INVALID:
+        return INVALID
+    names = ("server_name",) if bad_files else ("ca", "client_cert", "server_name")
+    tls = {n: values[n] for n in names if values.get(n) not in (None, INVALID)}
+    backends = [_backend(item, join_key(endpoints_key, i), tls, walk) for i, item in enumerate(endpoints)]
+    if any(v is INVALID for v in (*values.values(), *backends)) or bad_files:
         return INVALID
     options: dict[str, Any] = {}
-    if table.connect_timeout is not None:
-        options["connect_timeout"] = float(table.connect_timeout)
-    if table.proxy_header is not None:
-        options["proxy_header"] = table.proxy_header
+    if values.get("connect_timeout") is not None:
+        options["connect_timeout"] = float(values["connect_timeout"])
+    if values.get("proxy_header") is not None:
+        options["proxy_header"] = values["proxy_header"]
     return ProxyPlan(tuple(backends), options)
+
+
+@dataclass(frozen=True)
+class _ProxyList(ListOf):
+    """The short form: one client endpoint string, or an array of them."""
+
+    def convert(self, value: Any, key_path: str, walk: Walk) -> Any:
+        endpoints = super().convert(value, key_path, walk)
+        return _plan({"endpoints": endpoints}, key_path, key_path, walk)
+
+
+@dataclass(frozen=True)
+class _ProxyTableOf(TableOf):
+    """The table form, whose endpoints are checked even when another key is wrong."""
+
+    def convert(self, value: Any, key_path: str, walk: Walk) -> Any:
+        values, ok = read_table(schema_of(ProxyTable), value, key_path, walk)
+        plan = _plan(values, key_path, join_key(key_path, "endpoints"), walk)
+        return plan if ok else INVALID
 
 
 PROXY_VALUE = AnyOf(
     "an array of client endpoint strings or a table with endpoints",
-    choices=(_ENDPOINTS, TableOf(declaration=ProxyTable)),
-    check=_plan,
+    choices=(
+        _ProxyList(_ENDPOINTS.what, item=_ENDPOINTS.item, single=True, empty=_ENDPOINTS.empty),
+        _ProxyTableOf(declaration=ProxyTable),
+    ),
 )
 
 
