@@ -19,9 +19,9 @@ from portmux.core.mux import SniffSettings
 from portmux.core.routing import Match, Route
 from portmux.daemon.config._context import BuildContext
 from portmux.daemon.config._kinds import TargetKind
-from portmux.daemon.config._match import MatchTable
+from portmux.daemon.config._match import MISSING_MATCH, MatchTable
 from portmux.daemon.config._problems import Reporter, describe, join_key, one_line
-from portmux.daemon.config._schema import INVALID, Setting, Text, Walk, read_table
+from portmux.daemon.config._schema import INVALID, Text, Walk, read_table, schema_of, setting
 
 __all__ = ["Document", "RouteDecl"]
 
@@ -37,24 +37,24 @@ def _route_name(value: str, key_path: str, walk: Walk) -> Any:
     return value
 
 
-_ROUTE = (
-    Setting(
-        "name",
+@dataclass(frozen=True)
+class RouteTable:
+    """A ``[[route]]`` table's own keys; its one target key comes from the target kinds."""
+
+    name: str = setting(
         Text(),
         "names the route in logs, the status page and counters; unique in the file",
-        required=True,
         check=_route_name,
         missing="missing: every route needs a unique name",
-    ),
-    Setting(
-        "match",
+    )
+    match: Match = setting(
         MatchTable(),
         "which connections",
-        required=True,
-        missing='missing: e.g. match = { protocol = "http" } or { default = true }',
-    ),
-)
-"""A route's own keys; its one target key comes from the target kinds."""
+        missing=MISSING_MATCH,
+    )
+
+
+_ROUTE = schema_of(RouteTable)
 
 
 @dataclass(frozen=True)

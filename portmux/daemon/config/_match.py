@@ -28,7 +28,7 @@ from portmux.daemon.config._schema import (
     read_table,
 )
 
-__all__ = ["MATCH_KEYS", "MatchTable", "match_settings"]
+__all__ = ["MATCH_KEYS", "MISSING_MATCH", "MatchTable", "match_settings"]
 
 
 def _known_protocol(value: str, key_path: str, walk: Walk) -> Any:
@@ -76,6 +76,7 @@ def match_settings() -> tuple[Setting, ...]:
 _SETTINGS = match_settings()
 MATCH_KEYS: tuple[str, ...] = tuple(s.key for s in _SETTINGS)
 _SPECIAL = ("silent", "default")
+MISSING_MATCH = 'missing: e.g. match = { protocol = "http" } or { default = true }'
 
 
 @dataclasses.dataclass(frozen=True)

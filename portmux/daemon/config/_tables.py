@@ -13,7 +13,7 @@ from typing import Any
 from portmux.core.mux import SniffSettings
 from portmux.core.routing import Match, Network
 from portmux.daemon.config._checks import NETWORKS, GroupId, UserId, positive, server_endpoint
-from portmux.daemon.config._match import MatchTable
+from portmux.daemon.config._match import MISSING_MATCH, MatchTable
 from portmux.daemon.config._schema import (
     Flag,
     ListOf,
@@ -104,15 +104,13 @@ class ControlConfig:
     )
 
 
-_MATCH = MatchTable()
-_MISSING_MATCH = 'missing: e.g. match = { protocol = "http" } or { default = true }'
 
 
 @dataclass(frozen=True)
 class Reservation:
     """A ``[[reservation]]``: routes matching ``match`` may be registered only by ``uids``."""
 
-    match: Match = setting(_MATCH, "the reserved part of the namespace", missing=_MISSING_MATCH)
+    match: Match = setting(MatchTable(), "the reserved part of the namespace", missing=MISSING_MATCH)
     uids: tuple[int, ...] = setting(
         ListOf("an array of user ids or names", item=UserId),
         "who may register there",
