@@ -34,11 +34,11 @@ from portmux.core.mux import (
 )
 from portmux.core.preamble import Preamble
 from portmux.core.routing import Route, Router
-from portmux.tls import CertificateError, CertificateStore, TLSSettings
+from portmux.tls import CertificateStore
 
 log = Logger(namespace="portmux")
 
-__all__ = ["TLSTarget", "from_config"]
+__all__ = ["TLSTarget"]
 
 
 @implementer(IHandshakeListener)
@@ -172,103 +172,3 @@ def _reason_text(reason: Failure) -> str:
         if isinstance(entry, tuple) and entry:
             return str(entry[-1])
     return str(value) or type(value).__name__
-
-
-def _as_list(value: Any, key: str, ctx: Any) -> list[Any] | None:
-    if isinstance(value, (str, dict)):
-        return [value]
-    if isinstance(value, list):
-        return value
-    ctx.problem(key, "must be a path or a list of paths")
-    return None
-
-
-def _source(item: Any, key: str, ctx: Any) -> Any:
-    """A certificate source: "path" or {cert = "...", key = "..."}."""
-    if isinstance(item, str):
-        return item
-    if isinstance(item, dict) and isinstance(item.get("cert"), str):
-        extra = set(item) - {"cert", "key"}
-        if extra:
-            ctx.problem(key, f"unknown key(s) {', '.join(sorted(extra))}; use cert and key")
-            return None
-        if isinstance(item.get("key"), str):
-            return (item["cert"], item["key"])
-        return item["cert"]
-    ctx.problem(key, 'must be a path or a table { cert = "...", key = "..." }')
-    return None
-
-
-TLS_KEYS = {
-    "certificates",
-    "default_certificate",
-    "unknown_sni",
-    "alpn",
-    "min_version",
-    "max_version",
-    "ciphers",
-    "route",
-}
-
-
-def from_config(value: Any, ctx: Any, key: str = "tls") -> TLSTarget | None:
-    """Build a TLSTarget from a ``[route.tls]`` table; problems are reported on ``ctx``."""
-    if not isinstance(value, dict):
-        ctx.problem(key, "must be a table")
-        return None
-    unknown = set(value) - TLS_KEYS
-    if unknown:
-        ctx.problem(key, f"unknown key(s) {', '.join(sorted(unknown))}")
-        return None
-    raw = value.get("certificates")
-    if raw is None:
-        ctx.problem(f"{key}.certificates", "is required: PEM files or directories of them")
-        return None
-    items = _as_list(raw, f"{key}.certificates", ctx)
-    if items is None:
-        return None
-    sources = []
-    for index, item in enumerate(items):
-        source = _source(item, f"{key}.certificates[{index}]", ctx)
-        if source is None:
-            return None
-        sources.append(source)
-    default = value.get("default_certificate")
-    if default is not None:
-        default = _source(default, f"{key}.default_certificate", ctx)
-        if default is None:
-            return None
-    alpn = value.get("alpn", [])
-    if isinstance(alpn, str):
-        alpn = [alpn]
-    if not isinstance(alpn, list) or not all(isinstance(a, str) for a in alpn):
-        ctx.problem(f"{key}.alpn", 'must be a list of protocol ids, e.g. ["h2", "http/1.1"]')
-        return None
-    options: dict[str, Any] = {"alpn": tuple(alpn)}
-    for name in ("unknown_sni", "min_version", "max_version", "ciphers"):
-        if name in value:
-            if not isinstance(value[name], str):
-                ctx.problem(f"{key}.{name}", "must be a string")
-                return None
-            options[name] = value[name]
-    try:
-        settings = TLSSettings(**options)
-    except ValueError as e:
-        ctx.problem(key, str(e))
-        return None
-    try:
-        store = CertificateStore(sources, default, settings, base_dir=ctx.base_dir)
-    except (CertificateError, ValueError) as e:
-        ctx.problem(f"{key}.certificates", str(e))
-        return None
-    except Exception as e:  # noqa: BLE001  # OpenSSL rejecting options (e.g. a cipher string)
-        ctx.problem(key, f"cannot build the TLS context: {e}")
-        return None
-    inner = value.get("route", [])
-    if not isinstance(inner, list):
-        ctx.problem(f"{key}.route", "must be an array of tables ([[route.tls.route]])")
-        return None
-    routes = ctx.parse_routes(inner, f"{key}.route")
-    probes = getattr(ctx, "probes", None)
-    settings_sniff = getattr(ctx, "sniff_settings", None) or SniffSettings()
-    return TLSTarget(ctx.reactor, store, routes or (), probes=probes, settings=settings_sniff)

@@ -278,7 +278,6 @@ def test_registered_and_static_routes_share_the_indexes_in_the_multiplexer() -> 
 
     from portmux.core.mux import Multiplexer
     from portmux.targets.help import service_names
-
     from portmux.testing import RecordingTarget
 
     mux = Multiplexer(Clock(), [])

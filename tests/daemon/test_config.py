@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import sys
 import textwrap
@@ -15,18 +16,24 @@ from twisted.trial import unittest as trial
 from portmux.core.mux import SniffSettings
 from portmux.core.preamble import Preamble
 from portmux.core.routing import Match, Route
-from portmux.daemon import config as config_module
 from portmux.daemon.config import (
+    Anything,
     BuildContext,
     Config,
     ConfigError,
     ConfigProblem,
+    TableOf,
+    TargetKind,
+    Text,
+    Whole,
     check_config,
     default_config,
     load_config,
     locate_lines,
     parse_config,
+    setting,
     split_key_path,
+    target_kinds,
 )
 from portmux.targets.echo import EchoFactory
 from portmux.targets.factory import FactoryTarget
@@ -44,13 +51,13 @@ REPO = Path(__file__).resolve().parents[2]
 LISTEN = '[[listen]]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
 
 
-def parse(text: str, base_dir: Path | None = None) -> Config:
-    return parse_config(textwrap.dedent(text), "t.toml", MemoryReactorClock(), base_dir)
+def parse(text: str, base_dir: Path | None = None, kinds: Any = None) -> Config:
+    return parse_config(textwrap.dedent(text), "t.toml", MemoryReactorClock(), base_dir, kinds)
 
 
-def errors_of(text: str, base_dir: Path | None = None) -> list[ConfigProblem]:
+def errors_of(text: str, base_dir: Path | None = None, kinds: Any = None) -> list[ConfigProblem]:
     with pytest.raises(ConfigError) as info:
-        parse(text, base_dir)
+        parse(text, base_dir, kinds)
     return info.value.errors
 
 
@@ -58,10 +65,15 @@ def lines_of(text: str) -> list[str]:
     return [str(e) for e in errors_of(text)]
 
 
-def one_error(text: str) -> ConfigProblem:
-    errors = errors_of(text)
+def one_error(text: str, kinds: Any = None, base_dir: Path | None = None) -> ConfigProblem:
+    errors = errors_of(text, base_dir, kinds)
     assert len(errors) == 1, [str(e) for e in errors]
     return errors[0]
+
+
+def kinds_with(*replaced: TargetKind) -> dict[str, Any]:
+    """The installed target kinds with some replaced or added."""
+    return {**target_kinds(), **{kind.name: kind for kind in replaced}}
 
 
 def route(match: str, target: str, name: str = "r") -> str:
@@ -263,21 +275,25 @@ def test_unparsable_client_endpoint_in_proxy() -> None:
     assert all(e.line == 6 for e in errors)
 
 
-def test_proxy_endpoints_validated_when_proxy_module_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(
-        config_module.TARGET_BUILDERS, "proxy", "portmux.targets.no_such_proxy:from_config"
+def test_proxy_endpoints_validated_when_proxy_module_missing() -> None:
+    proxy = target_kinds()["proxy"]
+    missing = TargetKind("proxy", proxy.value, "portmux.targets.no_such_proxy:from_config")
+    errors = errors_of(
+        LISTEN
+        + route('{ protocol = "ssh" }', 'proxy = ["tcp:127.0.0.1"]', "a")
+        + route('{ protocol = "http" }', 'proxy = ["tcp:127.0.0.1:1"]', "b"),
+        kinds=kinds_with(missing),
     )
-    errors = errors_of(LISTEN + route('{ protocol = "ssh" }', 'proxy = ["tcp:127.0.0.1"]'))
     messages = {e.key_path: e.message for e in errors}
     assert "cannot parse client endpoint 'tcp:127.0.0.1'" in messages["route[0].proxy[0]"]
-    assert messages["route[0].proxy"].startswith("target 'proxy' is not available: ModuleNotFoundError")
+    assert messages["route[1].proxy"].startswith("target 'proxy' is not available: ModuleNotFoundError")
 
 
-def test_target_not_available(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(
-        config_module.TARGET_BUILDERS, "handoff", "portmux.no_such_module:from_config"
+def test_target_not_available() -> None:
+    handoff = TargetKind("handoff", Anything(), "portmux.no_such_module:from_config")
+    error = one_error(
+        LISTEN + route('{ protocol = "ssh" }', 'handoff = { worker = "x" }'), kinds=kinds_with(handoff)
     )
-    error = one_error(LISTEN + route('{ protocol = "ssh" }', 'handoff = { worker = "x" }'))
     assert error.key_path == "route[0].handoff"
     assert error.message == (
         "target 'handoff' is not available: "
@@ -295,7 +311,10 @@ def test_dotted_name_that_does_not_import() -> None:
     assert [e.key_path for e in errors] == ["route[0].resource", "route[1].factory", "route[2].factory"]
     assert "cannot import 'nosuch_pkg_portmux.site:root': ModuleNotFoundError" in errors[0].message
     assert "AttributeError" in errors[1].message
-    assert "ModuleNotFoundError" in errors[2].message
+    assert errors[2].message == (
+        "cannot import 'portmux.targets.nosuch.Factory': "
+        "AttributeError: module 'portmux.targets' has no attribute 'nosuch'"
+    )
     assert [e.line for e in errors] == [6, 10, 14]
 
 
@@ -557,8 +576,8 @@ def nested_builder(value: Any, ctx: BuildContext) -> Any:
     return _Nested(routes)
 
 
-def test_nested_routes_through_build_context(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")
+def test_nested_routes_through_build_context() -> None:
+    kinds = kinds_with(TargetKind("tls", Anything(), nested_builder))
     text = LISTEN + textwrap.dedent(
         """\
         [sniff]
@@ -578,17 +597,17 @@ def test_nested_routes_through_build_context(monkeypatch: pytest.MonkeyPatch) ->
         """
     )
     with pytest.raises(ConfigError) as info:
-        parse(text)
+        parse(text, kinds=kinds)
     [error] = info.value.errors
     assert str(error) == "t.toml:15: route[0].tls.route[1].match.sni: expected a string, got 7"
 
-    config = parse(text.replace("sni = 7", 'sni = "x"').replace("inner-bad", "inner-2"))
+    config = parse(text.replace("sni = 7", 'sni = "x"').replace("inner-bad", "inner-2"), kinds=kinds)
     outer = config.routes[0]
     assert isinstance(outer.target, _Nested)
     assert [r.name for r in outer.target.routes] == ["inner-http", "inner-2"]
     assert [str(w) for w in config.warnings] == ["t.toml:8: route[0].tls: just testing"]
 
-    shadowed = parse(text.replace("inner-bad", "inner-2").replace(", sni = 7", ""))
+    shadowed = parse(text.replace("inner-bad", "inner-2").replace(", sni = 7", ""), kinds=kinds)
     assert [str(w) for w in shadowed.warnings] == [
         "t.toml:8: route[0].tls: just testing",
         (
@@ -598,12 +617,13 @@ def test_nested_routes_through_build_context(monkeypatch: pytest.MonkeyPatch) ->
     ]
 
 
-def test_builder_problem_and_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")
+def test_builder_problem_and_paths() -> None:
+    kinds = kinds_with(TargetKind("tls", Anything(), nested_builder))
     error = one_error(
         LISTEN
         + "[sniff]\nsilence_timeout = 1\n"
         + route('{ protocol = "tls" }', 'tls = { cert = "certs/a.pem" }'),
+        kinds,
     )
     assert error.key_path == "route[0].tls.cert"
     assert error.line == 8
@@ -614,19 +634,20 @@ def raising_builder(value: Any, ctx: BuildContext) -> Any:
     raise RuntimeError("boom\nsecond line")
 
 
-def test_builder_exception_becomes_one_line_problem(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:raising_builder")
-    error = one_error(LISTEN + route('{ protocol = "tls" }', "tls = true"))
+def test_builder_exception_becomes_one_line_problem() -> None:
+    kinds = kinds_with(TargetKind("tls", Anything(), f"{__name__}:raising_builder"))
+    error = one_error(LISTEN + route('{ protocol = "tls" }', "tls = true"), kinds)
     assert (error.key_path, error.message) == ("route[0].tls", "RuntimeError: boom")
 
 
-def test_nested_names_must_be_unique_across_levels(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(config_module.TARGET_BUILDERS, "tls", f"{__name__}:nested_builder")
+def test_nested_names_must_be_unique_across_levels() -> None:
+    kinds = kinds_with(TargetKind("tls", Anything(), nested_builder))
     error = one_error(
         LISTEN
         + "[sniff]\nsilence_timeout = 1\n"
         + '[[route]]\nname = "x"\nmatch = { protocol = "tls" }\n'
-        + 'tls = { route = [{ name = "x", match = { protocol = "http" }, echo = true }] }\n'
+        + 'tls = { route = [{ name = "x", match = { protocol = "http" }, echo = true }] }\n',
+        kinds,
     )
     assert error.key_path == "route[0].tls.route[0].name"
     assert error.line == 8
@@ -769,3 +790,226 @@ class ExampleServedTests(trial.TestCase):
         assert echo == b"+\r\nping"
         listing = yield threads.deferToThread(_exchange, number, b"HELP\r\n", b"\0")
         assert listing == b"echo\r\nupper\r\n"
+
+
+# -- nested TLS and proxy tables: every problem, each at its own key ---------------------------
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> Path:
+    """A directory holding server.pem (chain + key) and ca.pem, made with trustme."""
+    import trustme
+
+    ca = trustme.CA()
+    ca.issue_cert("a.example.com").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    return tmp_path
+
+
+TLS_ROUTE = """\
+[[route]]
+name = "https"
+match = { protocol = "tls" }
+[route.tls]
+certificates = ["server.pem", "missing.pem", { cert = "server.pem", colour = 1 }]
+alpn = ["h2", ""]
+min_version = "TLSv9"
+ciphers = "NO-SUCH-CIPHER"
+unknown_sni = "ignore"
+  [[route.tls.route]]
+  name = "inner"
+  match = { sni = "a.example.com" }
+  proxy = { endpoints = ["tcp:127.0.0.1", "tls:127.0.0.1:9443"], ca = "no-ca.pem", connect_timeout = 0, proxy_header = "v3", spare = 1 }
+  [[route.tls.route]]
+  name = "inner-2"
+  match = { protocol = "http", host = 3 }
+  proxy = ["tcp:127.0.0.1:1", "bogus:x"]
+"""
+
+
+def test_every_problem_in_nested_tls_and_proxy_tables(certs: Path) -> None:
+    errors = errors_of(LISTEN + TLS_ROUTE, base_dir=certs)
+    got = [(e.line, e.key_path) for e in errors]
+    assert got == [
+        (7, "route[0].tls.certificates[1]"),
+        (7, "route[0].tls.certificates[2].colour"),
+        (8, "route[0].tls.alpn[1]"),
+        (9, "route[0].tls.min_version"),
+        (10, "route[0].tls.ciphers"),
+        (11, "route[0].tls.unknown_sni"),
+        (15, "route[0].tls.route[0].proxy.spare"),
+        (15, "route[0].tls.route[0].proxy.proxy_header"),
+        (15, "route[0].tls.route[0].proxy.connect_timeout"),
+        (15, "route[0].tls.route[0].proxy.ca"),
+        (15, "route[0].tls.route[0].proxy.endpoints[0]"),
+        (18, "route[0].tls.route[1].match.host"),
+        (19, "route[0].tls.route[1].proxy[1]"),
+    ]
+    messages = {e.key_path: e.message for e in errors}
+    assert "missing.pem: cannot read" in messages["route[0].tls.certificates[1]"]
+    assert messages["route[0].tls.min_version"].startswith("unknown TLS version 'TLSv9'")
+    assert messages["route[0].tls.unknown_sni"] == 'expected "default" or "refuse", got "ignore"'
+    assert messages["route[0].tls.route[0].proxy.connect_timeout"] == "must be greater than 0, got 0"
+    assert messages["route[0].tls.route[0].proxy.proxy_header"] == 'expected "v1" or "v2", got "v3"'
+
+
+def test_proxy_table_files_and_endpoints_each_reported(certs: Path) -> None:
+    errors = errors_of(
+        LISTEN
+        + '[[route]]\nname = "p"\nmatch = { protocol = "ssh" }\n'
+        + "[route.proxy]\n"
+        + 'endpoints = ["tls:127.0.0.1:9443", "tcp:127.0.0.1", "tls:127.0.0.1:x"]\n'
+        + 'ca = "no-ca.pem"\n'
+        + 'client_cert = { cert = "server.pem", key = 7 }\n',
+        base_dir=certs,
+    )
+    assert [(e.line, e.key_path) for e in errors] == [
+        (7, "route[0].proxy.endpoints[1]"),
+        (7, "route[0].proxy.endpoints[2]"),
+        (8, "route[0].proxy.ca"),
+        (9, "route[0].proxy.client_cert.key"),
+    ]
+    assert "no-ca.pem: cannot read the CA bundle" in errors[2].message
+
+
+def test_bad_cipher_string_reported_at_its_own_key(certs: Path) -> None:
+    error = one_error(
+        LISTEN
+        + '[[route]]\nname = "https"\nmatch = { protocol = "tls" }\n'
+        + '[route.tls]\ncertificates = ["server.pem"]\nciphers = "NOT-A-CIPHER"\n',
+        kinds=None,
+        base_dir=certs,
+    )
+    assert (error.key_path, error.line) == ("route[0].tls.ciphers", 8)
+    assert "'NOT-A-CIPHER'" in error.message
+
+
+def test_tls_table_builds_a_terminating_target(certs: Path) -> None:
+    from portmux.targets.tls import TLSTarget
+
+    config = parse(
+        LISTEN
+        + '[sniff]\npreamble_timeout = 3\n'
+        + '[[route]]\nname = "https"\nmatch = { protocol = "tls" }\n'
+        + '[route.tls]\ncertificates = "server.pem"\nalpn = "h2"\nciphers = "ECDHE+AESGCM"\n'
+        + '[[route.tls.route]]\nname = "in"\nmatch = { protocol = "http" }\nproxy = { endpoints = ["tls:127.0.0.1:9443"], ca = "ca.pem", server_name = "a.example.com", connect_timeout = 2 }\n',
+        base_dir=certs,
+    )
+    target = config.routes[0].target
+    assert isinstance(target, TLSTarget)
+    assert target.store.names() == ("a.example.com",)
+    assert target.inner.settings.preamble_timeout == 3.0
+    [inner] = target.inner.router.routes
+    assert inner.target.connect_timeout == 2.0
+
+
+def test_match_keys_come_from_the_core_match() -> None:
+    import dataclasses
+
+    from portmux.daemon.config import MATCH_KEYS
+
+    assert MATCH_KEYS == tuple(f.name for f in dataclasses.fields(Match) if f.init)
+    error = one_error(LISTEN + route('{ protocol = "tls", snii = "x" }', "echo = true"))
+    assert error.message == f"unknown key; expected one of: {', '.join(MATCH_KEYS)}"
+
+
+# -- a drop-in target kind ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GreetingTable:
+    """A test kind's table: ``greeting = { text = "hi", times = 2 }``."""
+
+    text: str = setting(Text(), "what to say")
+    times: int = setting(Whole(), "how often", default=1)
+
+
+def build_greeting(table: GreetingTable, ctx: BuildContext) -> Any:
+    from portmux.targets.echo import EchoFactory
+
+    target = FactoryTarget(EchoFactory())  # type: ignore[arg-type]
+    target.description = table.text * table.times
+    return target
+
+
+GREETING = TargetKind("greeting", TableOf(declaration=GreetingTable), build_greeting, "says hello")
+
+
+def test_drop_in_target_kind_registers_and_parses() -> None:
+    kinds = kinds_with(GREETING)
+    config = parse(
+        LISTEN + route('{ protocol = "ssh" }', 'greeting = { text = "hi ", times = 2 }'), kinds=kinds
+    )
+    assert config.routes[0].target.description == "hi hi "
+    errors = errors_of(
+        LISTEN
+        + route('{ protocol = "ssh" }', "greeting = { times = true, loud = 1 }", "a")
+        + route('{ protocol = "ssh" }', 'greeting = { text = "x" }\necho = true', "b"),
+        kinds=kinds,
+    )
+    assert [(e.key_path, e.message) for e in errors] == [
+        ("route[0].greeting.loud", "unknown key; expected one of: text, times"),
+        ("route[0].greeting.text", "missing: what to say"),
+        ("route[0].greeting.times", "expected an integer, got true"),
+        ("route[1].echo", "more than one target (greeting, echo); keep exactly one"),
+    ]
+    assert "greeting" in one_error(LISTEN + '[[route]]\nname = "x"\nmatch = {}\n', kinds).message
+
+
+def test_drop_in_target_kind_found_as_a_plugin(tmp_path: Path) -> None:
+    """A PluginTargetKind in another sys.path entry's portmux/plugins is a route key."""
+    import os
+    import subprocess
+
+    plugins = tmp_path / "portmux" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "greeting_kind.py").write_text(
+        textwrap.dedent(
+            """
+            from portmux.daemon.config import PluginTargetKind, Text
+
+            def build(value, ctx):
+                from portmux.targets.help import HelpTarget
+                return HelpTarget()
+
+            KIND = PluginTargetKind("greeting", Text(), build, "says hello")
+            SHADOW = PluginTargetKind("echo", Text(), build)  # a built-in name: ignored
+            """
+        )
+    )
+    (tmp_path / "c.toml").write_text(
+        LISTEN + route('{ protocol = "tcpmux" }', 'greeting = "hi"', "g") + route("{}", "echo = true", "e")
+    )
+    script = textwrap.dedent(
+        """
+        from portmux.daemon.config import load_config, target_kinds
+        from twisted.internet.testing import MemoryReactorClock
+        print(",".join(target_kinds()))
+        config = load_config("c.toml", MemoryReactorClock())
+        print(",".join(r.kind for r in config.routes))
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(tmp_path)]))
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == ["proxy,resource,factory,tls,status,help,echo,greeting", "help,factory"]
+
+
+def test_tls_example_checks_with_generated_certificates(tmp_path: Path) -> None:
+    """examples/tls-443.toml is valid once its documented test certificates exist."""
+    import shutil
+
+    import trustme
+
+    for name in ("tls-443.toml", "demo_site.py"):
+        shutil.copy(REPO / "examples" / name, tmp_path / name)
+    certs = tmp_path / "tls-certs"
+    certs.mkdir()
+    ca = trustme.CA()
+    issued = ca.issue_cert("a.example.com", "b.example.com", "localhost")
+    issued.cert_chain_pems[0].write_to_path(str(certs / "server.pem"))
+    issued.private_key_pem.write_to_path(str(certs / "server.key"))
+    ca.cert_pem.write_to_path(str(certs / "client.pem"))
+    errors, _ = check_config(tmp_path / "tls-443.toml", MemoryReactorClock())
+    assert errors == []

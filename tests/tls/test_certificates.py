@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from portmux.core.mux import Multiplexer
 from portmux.core.routing import Match, Route
 from portmux.targets.factory import FactoryTarget
-from portmux.targets.tls import TLSTarget, from_config
+from portmux.targets.tls import TLSTarget
 from portmux.tls import CertificateError, CertificateStore, TLSSettings, load_pem
 from tests.targets.test_tls_support import (
     TIMEOUT,
@@ -157,53 +157,56 @@ class ReloadUnderOpenConnectionTests(TestCase):
 
 
 class FromConfigTests(SynchronousTestCase):
-    """from_config with a stand-in BuildContext (the real one lives in portmux.daemon.config)."""
-
-    class Ctx:
-        def __init__(self, base_dir: Path) -> None:
-            self.reactor = reactor
-            self.base_dir = base_dir
-            self.problems: list[tuple[str, str]] = []
-            self.parsed: list[Any] = []
-
-        def problem(self, key: str, message: str) -> None:
-            self.problems.append((key, message))
-
-        def warn(self, key: str, message: str) -> None:
-            pass
-
-        def parse_routes(self, tables: Any, key_prefix: str) -> list[Route]:
-            self.parsed.append((tables, key_prefix))
-            return [Route("inner", Match(sni="a.example.com"), FactoryTarget(echo_factory(b"")))]
+    """A ``[route.tls]`` table through portmux.daemon.config: paths, options, nested routes, problems."""
 
     def setUp(self) -> None:
         self.tmp = Path(tempfile.mkdtemp())
         self.pki = make_pki(self.tmp)
-        self.ctx = self.Ctx(self.tmp)
+
+    def parse(self, tls: str) -> Any:
+        from portmux.daemon.config import parse_config
+
+        text = (
+            '[[listen]]\nendpoint = "tcp:0"\n'
+            '[[route]]\nname = "https"\nmatch = { protocol = "tls" }\n'
+            f"[route.tls]\n{tls}"
+        )
+        return parse_config(text, "t.toml", reactor, self.tmp)
+
+    def problems(self, tls: str) -> list[tuple[str, str]]:
+        from portmux.daemon.config import ConfigError
+
+        with self.assertRaises(ConfigError) as info:
+            self.parse(tls)
+        return [(e.key_path, e.message) for e in info.exception.errors]
 
     def test_relative_paths_and_nested_routes(self) -> None:
-        target = from_config(
-            {
-                "certificates": ["certs/"],
-                "default_certificate": "default.pem",
-                "unknown_sni": "refuse",
-                "alpn": ["h2", "http/1.1"],
-                "min_version": "TLSv1.3",
-                "route": [{"name": "inner"}],
-            },
-            self.ctx,
+        config = self.parse(
+            'certificates = ["certs/"]\n'
+            'default_certificate = "default.pem"\n'
+            'unknown_sni = "refuse"\n'
+            'alpn = ["h2", "http/1.1"]\n'
+            'min_version = "TLSv1.3"\n'
+            '[[route.tls.route]]\nname = "inner"\nmatch = { sni = "a.example.com" }\necho = true\n'
         )
-        self.assertEqual(self.ctx.problems, [])
-        assert target is not None
+        target = config.routes[0].target
+        assert isinstance(target, TLSTarget)
         self.assertEqual(target.store.default.names, ("default.example.com",))
         self.assertEqual(target.store.settings.min_version, "TLSv1.3")
-        self.assertEqual(self.ctx.parsed, [([{"name": "inner"}], "tls.route")])
+        self.assertEqual(target.store.settings.alpn, ("h2", "http/1.1"))
         self.assertEqual([r.name for r in target.inner.router.routes], ["inner"])
 
     def test_problems_are_reported(self) -> None:
-        self.assertIsNone(from_config({"certificates": ["missing.pem"]}, self.ctx))
-        self.assertIsNone(from_config({"certificates": ["certs/"], "unknown_sni": "x"}, self.ctx))
-        self.assertIsNone(from_config({"certificats": []}, self.ctx))
-        keys = [k for k, _ in self.ctx.problems]
-        self.assertEqual(keys, ["tls.certificates", "tls", "tls"])
-        self.assertIn("missing.pem", self.ctx.problems[0][1])
+        missing = self.problems('certificates = ["missing.pem"]\n')
+        self.assertEqual([k for k, _ in missing], ["route[0].tls.certificates[0]"])
+        self.assertIn("missing.pem", missing[0][1])
+        self.assertEqual(
+            self.problems('certificates = ["certs/"]\nunknown_sni = "x"\n'),
+            [("route[0].tls.unknown_sni", 'expected "default" or "refuse", got "x"')],
+        )
+        self.assertEqual(
+            [k for k, _ in self.problems("certificats = []\n")],
+            ["route[0].tls.certificates", "route[0].tls.certificats"],
+        )
+
+

@@ -1,0 +1,171 @@
+# -*- test-case-name: tests.daemon.test_config -*-
+"""The ``proxy`` target's value: client endpoint strings, or a table with timeouts and TLS options.
+
+Every endpoint is checked by building it (never connecting), each problem at its own
+key: ``proxy[1]``, ``proxy.endpoints[0]``, ``proxy.ca``, ``proxy.client_cert``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from portmux.daemon.config._checks import positive
+from portmux.daemon.config._context import BuildContext
+from portmux.daemon.config._problems import join_key, one_line
+from portmux.daemon.config._schema import (
+    INVALID,
+    AnyOf,
+    ListOf,
+    Number,
+    OneOf,
+    TableOf,
+    Text,
+    Walk,
+    read_table,
+    schema_of,
+    setting,
+)
+
+__all__ = ["PROXY_VALUE", "ClientCertificate", "ProxyPlan", "ProxyTable", "build_proxy"]
+
+_ENDPOINTS = ListOf(
+    "an array of client endpoint strings",
+    item=Text("a client endpoint string"),
+    single=True,
+    empty="must not be empty: list one or more client endpoint strings",
+)
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """``client_cert = { cert = "...", key = "..." }``."""
+
+    cert: str = setting(Text(), "the client certificate's PEM path")
+    key: str | None = setting(Text(), "its private key's PEM path (default: in the same file)", default=None)
+
+    def validate(self, key_path: str, walk: Walk) -> Any:
+        return self.cert if self.key is None else (self.cert, self.key)
+
+
+_CLIENT_CERT = AnyOf(
+    'a path or a table { cert = "...", key = "..." }',
+    choices=(Text(), TableOf(declaration=ClientCertificate)),
+)
+
+
+@dataclass(frozen=True)
+class ProxyTable:
+    """The table form: ``proxy = { endpoints = [...], connect_timeout = 5.0, ... }``."""
+
+    endpoints: tuple[str, ...] = setting(
+        _ENDPOINTS,
+        "one or more client endpoint strings, round-robin with failover",
+        missing="missing: list one or more client endpoint strings",
+    )
+    connect_timeout: float | None = setting(Number(), "seconds per backend attempt", default=None, check=positive)
+    proxy_header: str | None = setting(OneOf("v1", "v2"), "send a PROXY header first", default=None)
+    ca: str | None = setting(Text("a path"), "CA bundle verifying tls: backends", default=None)
+    client_cert: Any = setting(_CLIENT_CERT, "client certificate for tls: backends", default=None)
+    server_name: str | None = setting(Text(), "SNI and verified name for tls: backends", default=None)
+
+
+@dataclass(frozen=True)
+class ProxyPlan:
+    """A checked proxy value: the built backends and ProxyTarget's options."""
+
+    backends: tuple[Any, ...]
+    options: dict[str, Any]
+
+
+def _file_problems(values: dict[str, Any], key_path: str, walk: Walk) -> bool:
+    """Report a CA bundle or client certificate that does not load, at its own key."""
+    from portmux.tls import CertificateError, client_tls_options
+
+    bad = False
+    for name in ("ca", "client_cert"):
+        value = values.get(name)
+        if value is INVALID:
+            bad = True
+        elif value is not None:
+            try:
+                client_tls_options("localhost", base_dir=walk.base_dir, **{name: value})
+            except (CertificateError, ValueError) as e:
+                walk.problem(join_key(key_path, name), str(e))
+                bad = True
+    return bad
+
+
+def _backend(item: str, key_path: str, tls: dict[str, Any], walk: Walk) -> Any:
+    """One backend built from its endpoint string and the table's TLS options."""
+    from twisted.internet.endpoints import clientFromString
+
+    from portmux.tls import CertificateError, client_endpoint, is_tls_endpoint
+
+    try:
+        if tls or is_tls_endpoint(item):
+            return client_endpoint(walk.reactor, item, base_dir=walk.base_dir, **tls)
+        clientFromString(walk.reactor, item)
+        return item
+    except CertificateError as e:
+        walk.problem(key_path, str(e))
+    except Exception as e:  # noqa: BLE001 - endpoint parsers raise many kinds of errors
+        walk.problem(key_path, f"cannot parse client endpoint {item!r}: {one_line(e)}")
+    return INVALID
+
+
+def _plan(values: dict[str, Any], key_path: str, endpoints_key: str, walk: Walk) -> Any:
+    """Build every backend, using whichever options passed their own checks.
+
+    A bad option does not hide a bad endpoint: each is reported at its own key.
+    """
+    bad_files = _file_problems(values, key_path, walk)
+    endpoints = values["endpoints"]
+    if endpoints is INVALID:
+        return INVALID
+    names = ("server_name",) if bad_files else ("ca", "client_cert", "server_name")
+    tls = {n: values[n] for n in names if values.get(n) not in (None, INVALID)}
+    backends = [_backend(item, join_key(endpoints_key, i), tls, walk) for i, item in enumerate(endpoints)]
+    if any(v is INVALID for v in (*values.values(), *backends)) or bad_files:
+        return INVALID
+    options: dict[str, Any] = {}
+    if values.get("connect_timeout") is not None:
+        options["connect_timeout"] = float(values["connect_timeout"])
+    if values.get("proxy_header") is not None:
+        options["proxy_header"] = values["proxy_header"]
+    return ProxyPlan(tuple(backends), options)
+
+
+@dataclass(frozen=True)
+class _ProxyList(ListOf):
+    """The short form: one client endpoint string, or an array of them."""
+
+    def convert(self, value: Any, key_path: str, walk: Walk) -> Any:
+        endpoints = super().convert(value, key_path, walk)
+        return _plan({"endpoints": endpoints}, key_path, key_path, walk)
+
+
+@dataclass(frozen=True)
+class _ProxyTableOf(TableOf):
+    """The table form, whose endpoints are checked even when another key is wrong."""
+
+    def convert(self, value: Any, key_path: str, walk: Walk) -> Any:
+        values, ok = read_table(schema_of(ProxyTable), value, key_path, walk)
+        plan = _plan(values, key_path, join_key(key_path, "endpoints"), walk)
+        return plan if ok else INVALID
+
+
+PROXY_VALUE = AnyOf(
+    "an array of client endpoint strings or a table with endpoints",
+    choices=(
+        _ProxyList(_ENDPOINTS.what, item=_ENDPOINTS.item, single=True, empty=_ENDPOINTS.empty),
+        _ProxyTableOf(declaration=ProxyTable),
+    ),
+)
+
+
+def build_proxy(plan: ProxyPlan, ctx: BuildContext) -> object:
+    """A ProxyTarget over the checked backends."""
+    from portmux.targets.proxy import ProxyTarget
+
+    return ProxyTarget(ctx.reactor, list(plan.backends), **plan.options)

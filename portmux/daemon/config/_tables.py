@@ -1,0 +1,144 @@
+# -*- test-case-name: tests.daemon.test_config -*-
+"""The file's own tables, each declared once: listen, sniff, control, reservation, and the top level.
+
+Routes (``[[route]]``) are read by portmux.daemon.config._document, since a route's
+keys depend on the registered target kinds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from portmux.core.mux import SniffSettings
+from portmux.core.routing import Match, Network
+from portmux.daemon.config._checks import NETWORKS, GroupId, UserId, positive, server_endpoint
+from portmux.daemon.config._match import MISSING_MATCH, MatchTable
+from portmux.daemon.config._schema import (
+    Flag,
+    ListOf,
+    Number,
+    Routes,
+    TableOf,
+    Text,
+    Walk,
+    Whole,
+    setting,
+)
+
+__all__ = ["ConfigFile", "ControlConfig", "Listener", "ReservationTable", "SniffTable"]
+
+DEFAULT_MAX_PENDING = 64
+_SERVER_ENDPOINT = Text("a server endpoint string")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One ``[[listen]]`` table: a server endpoint string and PROXY-header trust."""
+
+    endpoint: str = setting(
+        _SERVER_ENDPOINT,
+        "any Twisted server endpoint string, checked by parsing it (nothing is bound)",
+        check=server_endpoint,
+        missing='missing: a Twisted server endpoint string, e.g. "tcp:8080"',
+    )
+    proxy_protocol: bool = setting(Flag(), "read a PROXY v1/v2 header before sniffing", default=False)
+    trusted: tuple[Network, ...] = setting(NETWORKS, "peers allowed to send a PROXY header", default=())
+
+    def validate(self, key_path: str, walk: Walk) -> Listener:
+        """Warn about PROXY-header settings that do nothing or trust everyone."""
+        if self.trusted and not self.proxy_protocol:
+            walk.warn(f"{key_path}.trusted", "has no effect without proxy_protocol = true")
+        elif self.proxy_protocol and not self.trusted:
+            walk.warn(f"{key_path}.proxy_protocol", "no trusted networks: PROXY headers are accepted from any peer")
+        return self
+
+
+_SNIFF = SniffSettings()
+
+
+@dataclass(frozen=True)
+class SniffTable:
+    """``[sniff]``: bounds on classifying a connection; read as a core SniffSettings."""
+
+    preamble_timeout: float = setting(
+        Number(), "seconds allowed to classify a connection", default=_SNIFF.preamble_timeout, check=positive
+    )
+    preamble_max_bytes: int = setting(
+        Whole(), "bytes buffered while classifying", default=_SNIFF.preamble_max_bytes, check=positive
+    )
+    silence_timeout: float = setting(
+        Number(), "seconds of silence before the silent route", default=_SNIFF.silence_timeout, check=positive
+    )
+
+    def validate(self, key_path: str, walk: Walk) -> SniffSettings:
+        settings = SniffSettings(
+            float(self.preamble_timeout), self.preamble_max_bytes, float(self.silence_timeout)
+        )
+        if settings.silence_timeout > settings.preamble_timeout:
+            walk.warn(
+                "sniff.silence_timeout",
+                "is longer than preamble_timeout; the silent route is chosen at most at preamble_timeout",
+            )
+        return settings
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The ``[control]`` table: where workers register, and who may."""
+
+    endpoint: str = setting(
+        _SERVER_ENDPOINT,
+        "the control socket's server endpoint",
+        check=server_endpoint,
+        missing='missing: a server endpoint string, e.g. "unix:/run/portmux.sock"',
+    )
+    allow_uids: tuple[int, ...] = setting(
+        ListOf("an array of user ids or names", item=UserId), "users allowed to connect", default=()
+    )
+    allow_gids: tuple[int, ...] = setting(
+        ListOf("an array of group ids or names", item=GroupId), "groups allowed to connect", default=()
+    )
+    max_pending: int = setting(
+        Whole(), "bound on queued, unanswered control requests", default=DEFAULT_MAX_PENDING, check=positive
+    )
+
+
+@dataclass(frozen=True)
+class ReservationTable:
+    """A ``[[reservation]]`` table; loading turns it into portmux.control's ``Reservation``."""
+
+    match: Match = setting(MatchTable(), "the reserved part of the namespace", missing=MISSING_MATCH)
+    uids: tuple[int, ...] = setting(
+        ListOf("an array of user ids or names", item=UserId),
+        "who may register there",
+        missing="missing: the user ids allowed to register these routes",
+    )
+
+
+def _tables(name: str, declaration: type, **options: Any) -> ListOf:
+    return ListOf(f"an array of tables ([[{name}]])", item=TableOf(declaration=declaration), **options)
+
+
+_NO_LISTENER = "add at least one [[listen]] table with an endpoint"
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """The top level of a config file."""
+
+    listen: tuple[Listener, ...] = setting(
+        _tables("listen", Listener, empty=f"empty: {_NO_LISTENER}"),
+        "where to accept connections",
+        missing=f"missing: {_NO_LISTENER}",
+    )
+    sniff: SniffSettings = setting(
+        TableOf("a table ([sniff])", declaration=SniffTable), "bounds on classifying", default=_SNIFF
+    )
+    route: tuple[Any, ...] = setting(Routes(), "the ordered routes", default=())
+    control: ControlConfig | None = setting(
+        TableOf("a table ([control])", declaration=ControlConfig), "the control socket", default=None
+    )
+    reservation: tuple[ReservationTable, ...] = setting(
+        _tables("reservation", ReservationTable), "who may register which routes", default=()
+    )
