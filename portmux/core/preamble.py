@@ -49,6 +49,17 @@ class Preamble(NamedTuple):
     # SSH and other banner protocols
     software: str | None = None
     version: str | None = None
+    # PostgreSQL (user, database; ``request`` is ssl, gssenc, cancel or startup)
+    user: str | None = None
+    database: str | None = None
+    request: str | None = None
+    # Redis: the first command, upper-case
+    command: str | None = None
+    # MQTT CONNECT: client identifier and protocol level (3, 4 or 5)
+    client_id: str | None = None
+    level: int | None = None
+    # RDP: the ``Cookie: mstshash=`` user name
+    cookie: str | None = None
     # A recognised preamble that cannot be routed (e.g. nmf "UnsupportedVersion");
     # the router matches no route and the protocol's refusal explains it.
     error: str | None = None

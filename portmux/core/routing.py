@@ -12,6 +12,8 @@ from portmux.protocols import tcpmux as naming
 from portmux.protocols.nmf import ViaIndex, parse_base_address
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+ATTRIBUTE_KEYS = ("user", "database", "command", "client_id", "level", "cookie", "version")
+"""Match keys for attributes of the issue-15 protocols; ``level`` is an int, the rest strings."""
 Check = Callable[[Preamble, str], bool]
 
 
@@ -62,6 +64,14 @@ class Match:
     path: str | None = None
     service: str | None = None
     via: str | None = None
+    # Attributes of the protocols added by issue 15 (see docs/config.md).
+    user: str | None = None
+    database: str | None = None
+    command: str | None = None
+    client_id: str | None = None
+    level: int | None = None
+    cookie: str | None = None
+    version: str | None = None
     network: tuple[Network, ...] = ()
     silent: bool = False
     default: bool = False
@@ -98,14 +108,39 @@ class Match:
             except ValueError as error:
                 raise ValueError(f"via: {error}") from None
             yield lambda p, ip: base.accepts(p.via)
+        yield from self._attribute_checks()
         if self.network:
             networks = self.network
             yield lambda p, ip: _in_networks(ip, networks)
 
+    def _attribute_checks(self) -> Iterable[Check]:
+        """Exact matches on postgres user/database, redis command, mqtt, rdp, version."""
+        if self.user is not None:
+            user = self.user
+            yield lambda p, ip: p.user == user
+        if self.database is not None:
+            database = self.database
+            yield lambda p, ip: p.database == database
+        if self.command is not None:
+            command = self.command.upper()
+            yield lambda p, ip: p.command == command
+        if self.client_id is not None:
+            client_id = self.client_id
+            yield lambda p, ip: p.client_id == client_id
+        if self.level is not None:
+            level = self.level
+            yield lambda p, ip: p.level == level
+        if self.cookie is not None:
+            cookie = self.cookie.lower()
+            yield lambda p, ip: p.cookie is not None and p.cookie.lower() == cookie
+        if self.version is not None:
+            version = self.version.lower()
+            yield lambda p, ip: p.version is not None and p.version.lower() == version
+
     def describe(self) -> str:
         """A short text form for logs and the status page, e.g. ``protocol=http host=a.example``."""
         parts = []
-        for name in ("protocol", "sni", "host", "alpn", "path", "service", "via"):
+        for name in ("protocol", "sni", "host", "alpn", "path", "service", "via", *ATTRIBUTE_KEYS):
             value = getattr(self, name)
             if value is not None:
                 parts.append(f"{name}={value}")

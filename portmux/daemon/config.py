@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.web.resource import IResource
 
 from portmux.core.mux import SniffSettings
-from portmux.core.routing import Match, Network, Route
+from portmux.core.routing import ATTRIBUTE_KEYS, Match, Network, Route
 
 if sys.version_info >= (3, 11):  # setup.cfg allows 3.10 with tomli
     import tomllib
@@ -65,6 +65,7 @@ TARGET_BUILDERS: Mapping[str, str] = {
 
 MATCH_KEYS = (
     "protocol", "sni", "host", "alpn", "path", "service", "via", "network", "silent", "default",
+    *ATTRIBUTE_KEYS,
 )
 ROUTE_KEYS = ("name", "match")
 TOP_KEYS = ("listen", "sniff", "route", "control", "reservation")
@@ -828,9 +829,10 @@ class _Parser:
         self._unknown_keys(key, table, MATCH_KEYS)
         ok = True
         values: dict[str, Any] = {}
-        for name in ("protocol", "sni", "host", "alpn", "path", "service", "via"):
+        for name in ("protocol", "sni", "host", "alpn", "path", "service", "via", *ATTRIBUTE_KEYS):
             if name in table:
-                if self._expect(join_key(key, name), table[name], str, "a string"):
+                kind, wanted = (int, "an integer") if name == "level" else (str, "a string")
+                if self._expect(join_key(key, name), table[name], kind, wanted):
                     values[name] = table[name]
                 else:
                     ok = False
