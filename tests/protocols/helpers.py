@@ -207,3 +207,25 @@ def mlkem_client_hello(record_size: int = 2**14) -> bytes:
     shares = key_share_ext([(0x11EC, 1216), (0x001D, 32)])
     extra = [ext(0x2A2A, b""), groups, shares, ext(21, bytes(400))]
     return client_hello(sni=b"pq.example.com", extra=extra, record_size=record_size)
+
+
+def assert_fixture(probe: ProbeFunction, name: str, **fields: object) -> Preamble:
+    """A fixture matches whole with ``fields``, prefix by prefix and split at every offset."""
+    data = fixture(name)
+    result = probe(data)
+    assert isinstance(result, Preamble), f"{name}: {result!r}"
+    for key, value in fields.items():
+        assert getattr(result, key) == value, f"{name}: {key}={getattr(result, key)!r}"
+    assert assert_prefixes(probe, data) is not None
+    assert_splits(probe, data)
+    return result
+
+
+def assert_fuzzed(probe: ProbeFunction, corpus: Sequence[bytes], count: int = 400) -> None:
+    """Mutations of ``corpus`` give a verdict and the same one when fed a byte at a time."""
+    for seed, data in enumerate(corpus):
+        for variant in mutations(data, count, seed):
+            result = probe(variant)
+            assert_verdict(result)
+            if result is not NEED_MORE:
+                assert feed(probe, (variant[i : i + 1] for i in range(len(variant)))) == result

@@ -7,13 +7,34 @@ import random
 import pytest
 
 from portmux.core.preamble import NEED_MORE, NO, Preamble
-from portmux.protocols import builtin_probes, h2c, http, nmf, ssh, tcpmux, tls
+from portmux.protocols import (
+    BUILTIN_ORDER,
+    builtin_probes,
+    dns,
+    h2c,
+    http,
+    mqtt,
+    nmf,
+    openvpn,
+    postgres,
+    rdp,
+    redis,
+    socks,
+    ssh,
+    tcpmux,
+    tls,
+    xmpp,
+)
 
 from .helpers import all_fixture_names, assert_verdict, fixture, mutations
 
 PROBES = {
     p.name: p.function
-    for p in (tls.PROBE, h2c.PROBE, http.PROBE, ssh.PROBE, tcpmux.PROBE, nmf.PROBE)
+    for p in (
+        tls.PROBE, h2c.PROBE, http.PROBE, ssh.PROBE, tcpmux.PROBE, nmf.PROBE,
+        postgres.PROBE, redis.PROBE, mqtt.PROBE, xmpp.PROBE, socks.PROBE, rdp.PROBE,
+        dns.PROBE, openvpn.PROBE,
+    )
 }
 EARLY = 32
 """A probe must reject a foreign protocol within this many bytes."""
@@ -43,7 +64,21 @@ def test_foreign_protocols_rejected_early(name: str) -> None:
 
 
 def test_table_is_the_builtin_order() -> None:
-    assert list(PROBES) == [p.name for p in builtin_probes()]
+    assert list(PROBES) == [p.name for p in builtin_probes()] == list(BUILTIN_ORDER)
+
+
+def test_every_protocol_has_fixtures() -> None:
+    """Every built-in probe but nmf (built from the spec in test_nmf) has real fixtures."""
+    have = {name.split("/")[0] for name in all_fixture_names()}
+    assert set(PROBES) - have == {"nmf"}
+
+
+@pytest.mark.parametrize("name", all_fixture_names())
+def test_first_match_in_order_is_own(name: str) -> None:
+    """What the multiplexer decides: the first probe in order that matches is the own one."""
+    data = fixture(name)
+    first = next(r for r in (probe(data) for probe in PROBES.values()) if r is not NO)
+    assert isinstance(first, Preamble) and first.protocol == name.split("/")[0]
 
 
 def test_empty_is_need_more_everywhere() -> None:
