@@ -28,13 +28,15 @@ _HMAC_SIZES = (16, 20, 28, 32, 48, 64)  # --tls-auth digests: MD5 ... SHA512
 
 def probe_openvpn(data: bytes) -> ProbeResult:
     """Match once the whole first packet is here and one known layout fits it."""
-    if len(data) < 3:
+    if len(data) < 2:
         return NEED_MORE if data[:1] <= bytes([MAX_PACKET >> 8]) else NO
     length = struct.unpack_from("!H", data)[0]
+    if not _PLAIN <= length <= MAX_PACKET:
+        return NO
+    if len(data) < 3:
+        return NEED_MORE
     opcode, key_id = data[2] >> 3, data[2] & 7
     if key_id or opcode not in (HARD_RESET_CLIENT_V2, HARD_RESET_CLIENT_V3):
-        return NO
-    if not _PLAIN <= length <= MAX_PACKET:
         return NO
     if len(data) < 2 + length:
         return NEED_MORE

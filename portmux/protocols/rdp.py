@@ -15,8 +15,8 @@ from portmux.protocols.base import FunctionProbe
 
 __all__ = ["MAX_REQUEST", "PROBE", "probe_rdp"]
 
-MAX_REQUEST = 512
-"""Longest Connection Request accepted, TPKT header included."""
+MAX_REQUEST = 5 + 254
+"""Longest Connection Request, TPKT header included: X.224's length indicator is at most 254."""
 
 _FIXED = 11  # TPKT 4 + LI, CR-CDT, DST-REF 2, SRC-REF 2, CLASS
 _COOKIE = b"Cookie: mstshash="

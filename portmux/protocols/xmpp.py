@@ -88,7 +88,9 @@ def probe_xmpp(data: bytes) -> ProbeResult:
                     mode=kind)
 
 
-_PARTIAL = re.compile(rb"\s*(?:[A-Za-z_][\w.:-]*\s*(?:=\s*(?:'[^'<]*|\"[^\"<]*)?)?)?\Z")
+_PARTIAL = re.compile(
+    rb"(?:\s+(?:[A-Za-z_][\w.:-]*(?:\s*(?:=\s*(?:'[^'<]*|\"[^\"<]*)?)?)?)?)?\Z"
+)
 
 
 def _could_continue(text: bytes) -> bool:

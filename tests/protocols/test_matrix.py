@@ -101,3 +101,23 @@ def test_fuzz_never_raises() -> None:
 def test_sslv2_hello_is_no_everywhere() -> None:
     sslv2 = b"\x80\x2e\x01\x03\x01\x00\x15\x00\x00\x00\x10" + bytes(37)
     assert all(probe(sslv2) is NO for probe in PROBES.values())
+
+
+ORIGINAL = ("tls", "h2c", "http", "ssh", "tcpmux", "nmf")
+
+
+def test_new_probes_never_take_what_an_original_probe_matches() -> None:
+    """The probes after the original six leave those six's verdicts alone, fuzzed."""
+    from .test_nmf import SPEC_DUPLEX, SPEC_MSMQ
+
+    added = [probe for name, probe in PROBES.items() if name not in ORIGINAL]
+    corpus = [fixture(n) for n in all_fixture_names() if n.split("/")[0] in ORIGINAL]
+    corpus += [SPEC_DUPLEX, SPEC_MSMQ]
+    checked = 0
+    for seed, data in enumerate(corpus):
+        for variant in [data, *mutations(data[:4096], 200, seed)]:
+            if any(isinstance(PROBES[name](variant), Preamble) for name in ORIGINAL):
+                checked += 1
+                for probe in added:
+                    assert probe(variant) is NO, (probe, variant[:40])
+    assert checked > 500
