@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.control.test_registry,tests.core.test_mux,tests.core.test_routing,tests.daemon.test_config -*-
+# -*- test-case-name: tests.control.test_registry,tests.core.test_mux,tests.core.test_routing,tests.core.test_routing_attributes,tests.daemon.test_config -*-
 """Routes, their match predicates, and the Router that picks one for a preamble."""
 
 from __future__ import annotations
