@@ -12,7 +12,9 @@ from portmux.protocols import tcpmux as naming
 from portmux.protocols.nmf import ViaIndex, parse_base_address
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-ATTRIBUTE_KEYS = ("user", "database", "command", "client_id", "level", "cookie", "version")
+ATTRIBUTE_KEYS = (
+    "user", "database", "request", "command", "client_id", "level", "cookie", "version",
+)
 """Match keys for attributes of the issue-15 protocols; ``level`` is an int, the rest strings."""
 Check = Callable[[Preamble, str], bool]
 
@@ -67,6 +69,7 @@ class Match:
     # Attributes of the protocols added by issue 15 (see docs/config.md).
     user: str | None = None
     database: str | None = None
+    request: str | None = None
     command: str | None = None
     client_id: str | None = None
     level: int | None = None
@@ -114,13 +117,16 @@ class Match:
             yield lambda p, ip: _in_networks(ip, networks)
 
     def _attribute_checks(self) -> Iterable[Check]:
-        """Exact matches on postgres user/database, redis command, mqtt, rdp, version."""
+        """Exact matches on postgres user/database/request, redis command, mqtt, rdp, version."""
         if self.user is not None:
             user = self.user
             yield lambda p, ip: p.user == user
         if self.database is not None:
             database = self.database
             yield lambda p, ip: p.database == database
+        if self.request is not None:
+            request = self.request.lower()
+            yield lambda p, ip: p.request == request
         if self.command is not None:
             command = self.command.upper()
             yield lambda p, ip: p.command == command

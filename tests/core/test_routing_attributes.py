@@ -1,4 +1,4 @@
-"""Match keys for the issue-15 protocols: user, database, command, client_id, level, cookie, version."""
+"""Match keys for the issue-15 protocols: user, database, request, command, client_id, level, cookie, version."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ def test_postgres_user_and_database() -> None:
     assert not match.accepts(Preamble("postgres", user="Alice", database="shop"))
     assert not match.accepts(Preamble("postgres", user="alice", database="other"))
     assert not match.accepts(Preamble("postgres", request="ssl"))  # no user before TLS
+    assert Match(request="SSL").accepts(Preamble("postgres", request="ssl"))
+    assert not Match(request="ssl").accepts(Preamble("postgres", request="startup"))
 
 
 def test_redis_command_is_case_insensitive() -> None:
