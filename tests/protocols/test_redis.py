@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from portmux.core.preamble import NEED_MORE, NO
+from portmux.core.preamble import NEED_MORE, NO, Preamble
 from portmux.protocols.redis import COMMANDS, PROBE, probe_redis
 from portmux.protocols.tcpmux import probe_tcpmux
 
@@ -29,8 +29,7 @@ def test_decides_at_the_command_name() -> None:
 @pytest.mark.parametrize("data", [b"*2\r\n$6\r\nclient\r\n", b"*1\r\n$4\r\nPiNg\r\n"])
 def test_command_is_case_insensitive(data: bytes) -> None:
     result = probe_redis(data)
-    assert result is not NO and result is not NEED_MORE
-    assert result.command in COMMANDS
+    assert isinstance(result, Preamble) and result.command in COMMANDS
     assert_splits(probe_redis, data)
 
 
