@@ -43,10 +43,12 @@ class Preamble(NamedTuple):
     http_version: str | None = None
     # TCPMUX / moniker naming
     service: str | None = None
-    # .NET Message Framing
+    # .NET Message Framing (``mode`` is also the XMPP stream kind: client, server,
+    # component; ``host`` above is also the XMPP ``to`` domain)
     via: str | None = None
     mode: str | None = None
-    # SSH and other banner protocols
+    # SSH and other banner protocols; also the SOCKS (5, 4, 4a), MQTT, PostgreSQL
+    # and OpenVPN (hard reset 2 or 3) versions
     software: str | None = None
     version: str | None = None
     # PostgreSQL (user, database; ``request`` is ssl, gssenc, cancel or startup)
