@@ -79,7 +79,12 @@ PROBE = FunctionProbe("socks", probe_socks)
 
 
 def refuse(preamble: Preamble, status: int, reason: str) -> bytes:
-    """SOCKS5: method 0xFF (no acceptable methods); SOCKS4: reply 0x5B (rejected)."""
+    """SOCKS5: method 0xFF (no acceptable methods); SOCKS4: reply 0x5B (rejected).
+
+    With no version known (a greeting cut short by the preamble timeout), a close.
+    """
     if preamble.version == "5":
         return b"\x05\xff"
-    return b"\x00\x5b" + bytes(6)
+    if preamble.version in ("4", "4a"):
+        return b"\x00\x5b" + bytes(6)
+    return b""

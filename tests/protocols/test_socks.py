@@ -64,6 +64,7 @@ def test_refusals() -> None:
     assert refuse(Preamble(protocol="socks", version="5"), refusal.NOT_FOUND, "x") == b"\x05\xff"
     four = refuse(Preamble(protocol="socks", version="4a"), refusal.NOT_FOUND, "x")
     assert four == b"\x00\x5b" + bytes(6)
+    assert refuse(Preamble(protocol="socks"), refusal.TIMEOUT, "x") == b""
 
 
 def test_probe_object() -> None:
