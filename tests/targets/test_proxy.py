@@ -19,6 +19,7 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from portmux import _twisted
 from portmux.core.mux import Multiplexer
 from portmux.targets.proxy import ProxyTarget, from_config
 
@@ -352,7 +353,8 @@ class ProxyTests(TestCase):
             [f"tcp:127.0.0.1:{self.full_listener()}", f"tcp:127.0.0.1:{self.listen_backend(backend)}"],
             connect_timeout=0.3,
         )
-        self.assertIsNotNone(target.backends[0].address)  # the own-socket path
+        # the own-socket path with the fast paths on; endpoint.connect() without
+        self.assertEqual(target.backends[0].address is not None, _twisted.FAST_PATHS)
         port, _ = self.listen_mux(target)
         echoed = yield threads.deferToThread(exchange, port, REQUEST)
         self.assertEqual(echoed, REQUEST)
@@ -611,12 +613,10 @@ def _transports() -> list[Any]:
 
 
 class PublicTransportAPITests(ProxyTests):
-    """Every proxy test again with the direct-send fast path off (public API only)."""
+    """Every proxy test again with the fast paths off in-process (public API only)."""
 
     def setUp(self) -> None:
-        from portmux.targets import proxy
-
-        self.patch(proxy, "DIRECT_SUPPORTED", False)
+        self.patch(_twisted, "FAST_PATHS", False)
 
 
 class FromConfigTests(SynchronousTestCase):
@@ -639,8 +639,9 @@ class FromConfigTests(SynchronousTestCase):
         self.assertEqual(ctx.problems, [])
         self.assertEqual(target.kind, "proxy")
         self.assertEqual([b.name for b in target.backends], ["tcp:127.0.0.1:1", "unix:/tmp/x.sock"])
-        self.assertIsNotNone(target.backends[0].tcp)
-        self.assertEqual(target.backends[1].unix, "/tmp/x.sock")
+        fast = _twisted.FAST_PATHS  # without: both dial through endpoint.connect()
+        self.assertEqual(target.backends[0].tcp is not None, fast)
+        self.assertEqual(target.backends[1].unix, "/tmp/x.sock" if fast else None)
 
     def test_table(self) -> None:
         ctx = self.Ctx()
