@@ -36,7 +36,6 @@ __all__ = [
     "BackendTLSError",
     "VerifiedTLSEndpoint",
     "client_endpoint",
-    "client_endpoint_from_config",
     "client_tls_options",
     "is_tls_endpoint",
 ]
@@ -220,28 +219,6 @@ def client_endpoint(
     creator = client_tls_options(name, ca=ca, client_cert=client_cert, base_dir=base_dir)
     endpoint = VerifiedTLSEndpoint(reactor, _ClientTLS(host, port, timeout, name, creator))
     return cast(IStreamClientEndpoint, endpoint)
-
-
-def client_endpoint_from_config(
-    ctx: Any, key: str, item: str, options: dict[str, Any]
-) -> IStreamClientEndpoint | None:
-    """The proxy table's hook: ``item`` with ``ca``/``client_cert``/``server_name``; problems on ctx."""
-    for name, value in options.items():
-        if name == "client_cert" and isinstance(value, dict):
-            cert, private = value.get("cert"), value.get("key")
-            if isinstance(cert, str) and (private is None or isinstance(private, str)):
-                options[name] = (cert, private) if private else cert
-                continue
-        if not isinstance(value, str):
-            ctx.problem(f"{getattr(ctx, 'target_key', 'proxy')}.{name}", "must be a string")
-            return None
-    try:
-        return client_endpoint(ctx.reactor, item, base_dir=ctx.base_dir, **options)
-    except (CertificateError, ValueError) as e:
-        ctx.problem(key, str(e))
-    except Exception as e:  # noqa: BLE001  # endpoint parsers raise many kinds of errors
-        ctx.problem(key, f"unparsable client endpoint {item!r}: {e}")
-    return None
 
 
 @implementer(IStreamClientEndpoint)
