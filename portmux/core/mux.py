@@ -295,6 +295,8 @@ class SniffingProtocol(Protocol):
             status = refusal.NOT_FOUND if preamble.error is None else refusal.BAD_REQUEST
             self.refuse(preamble, status, self._router.refusal_reason(preamble))
             return
+        if preamble.protocol == "tcpmux" and not _serves_tcpmux(route):
+            preamble = _not_tcpmux(preamble)
         self._attach(route, preamble)
 
     def _attach(self, route: Route, preamble: Preamble) -> None:
@@ -350,6 +352,21 @@ class SniffingProtocol(Protocol):
         if data:
             transport.write(data)  # type: ignore[call-arg,misc]  # zope: no self
         transport.loseConnection()  # type: ignore[misc]  # zope: no self
+
+
+def _serves_tcpmux(route: Route) -> bool:
+    """True for a TCPMUX route: one naming a service, or ``protocol = "tcpmux"``."""
+    match = route.match
+    return match.service is not None or match.protocol == "tcpmux"
+
+
+def _not_tcpmux(preamble: Preamble) -> Preamble:
+    """A one-word line no TCPMUX route took (redis ``PING``, memcached ``stats``): raw bytes.
+
+    The line stays in the payload and no ``+`` is sent, so a default route's backend
+    sees exactly what the client wrote.
+    """
+    return preamble.replace(protocol=UNKNOWN.protocol, service=None, consumed=0)
 
 
 def with_outer(preamble: Preamble, outer: Preamble) -> Preamble:
