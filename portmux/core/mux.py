@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -26,12 +26,10 @@ from portmux.core import refusal
 from portmux.core.deadlines import DeadlineQueue
 from portmux.core.interfaces import IProbe, as_target
 from portmux.core.preamble import NEED_MORE, NO, Preamble
+from portmux.core.proxied import present_addresses
 from portmux.core.routing import Match, Network, Route, Router, _in_networks, peer_ip
 from portmux.core.stats import RouteCounters, Stats
-from portmux.protocols import refusal_bytes, tcpmux
-
-if TYPE_CHECKING:
-    from portmux.protocols.proxyheader import ProxyHeader
+from portmux.protocols import proxyheader, refusal_bytes, tcpmux
 
 T = TypeVar("T")
 
@@ -148,10 +146,8 @@ class SniffingProtocol(Protocol):
 
     def _header_received(self, data: bytes) -> None:
         """Read a PROXY v1/v2 header from a trusted load balancer, then sniff the rest."""
-        from portmux.protocols.proxyheader import parse_header
-
         self._buffer = self._buffer + data if self._buffer else data
-        header = parse_header(self._buffer)
+        header = proxyheader.parse_header(self._buffer)
         if header is NEED_MORE:
             if len(self._buffer) >= self.mux.settings.preamble_max_bytes:
                 self.refuse(UNKNOWN, refusal.BAD_REQUEST, "PROXY header too long")
@@ -161,10 +157,12 @@ class SniffingProtocol(Protocol):
                         "trusted peer sent no valid PROXY header")
             return
         del self.dataReceived  # back to the class's sniffing method
-        proxy = cast("ProxyHeader", header)
+        proxy = cast(proxyheader.ProxyHeader, header)
         if proxy.source is not None:
             self.peer = cast(IAddress, proxy.source)
             self._ip = peer_ip(self.peer)
+        present_addresses(self.transport, cast(IAddress, proxy.source),
+                          cast(IAddress, proxy.destination))
         rest = self._buffer[proxy.length:]
         self._buffer = b""
         if rest:
@@ -209,6 +207,8 @@ class SniffingProtocol(Protocol):
 
     def _classify(self, final: bool, timed_out: bool = False) -> None:
         buffer = self._buffer
+        if buffer[:1] in proxyheader.FIRST_BYTES and self._untrusted_header(final or timed_out):
+            return
         undecided = False
         first_match: Preamble | None = None
         keep: list[IProbe] = []
@@ -246,6 +246,19 @@ class SniffingProtocol(Protocol):
                     refusal.TOO_LARGE,
                     f"preamble exceeds {self.mux.settings.preamble_max_bytes} bytes",
                 )
+
+    def _untrusted_header(self, last_chance: bool) -> bool:
+        """Refuse a PROXY header from a peer not trusted to send one (True: handled or waiting).
+
+        Forwarding it would let any client claim any address to the backend.
+        """
+        verdict = proxyheader.signature(self._buffer)
+        if verdict is NO or (verdict is NEED_MORE and last_chance):
+            return False
+        if verdict is True:
+            self.refuse(UNKNOWN, refusal.BAD_REQUEST,
+                        f"PROXY header from untrusted {peer_ip(self.peer) or _describe(self.peer)}")
+        return True
 
     @staticmethod
     def _guess(candidates: Sequence[IProbe]) -> Preamble:

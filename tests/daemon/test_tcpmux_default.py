@@ -115,7 +115,7 @@ def test_nc_inline_ping_gets_pong_without_plus(
 def test_nc_unknown_name_without_default_gets_minus_line(
     without_default: tuple[int, Path]
 ) -> None:
-    port, log = without_default
+    port, _ = without_default
     if shutil.which("nc") is None:
         pytest.skip("nc not installed (Debian: netcat-openbsd)")
     assert _nc(port, b"nosuch\r\n") == b"-unknown service 'nosuch'\r\n"
