@@ -86,10 +86,14 @@ class Classified:
         if self.preamble.protocol == "tcpmux":
             self.transport.write(tcpmux.accept_bytes(text))  # type: ignore[call-arg,misc]  # zope: no self
 
-    def refuse(self, status: int, reason: str) -> None:
-        """Send the protocol's refusal, log it, count it, and close."""
+    def refuse(self, status: int, reason: str, detail: str = "") -> None:
+        """Send the protocol's refusal, log it, count it, and close.
+
+        ``reason`` is what the client is told: short and generic. ``detail`` (backend
+        names, addresses, errors) goes only to the log line.
+        """
         self.mux.stats.for_route(self.route.name).refused += 1
-        self._sniffer.refuse(self.preamble, status, reason, route=self.route.name)
+        self._sniffer.refuse(self.preamble, status, reason, route=self.route.name, detail=detail)
 
 
 @implementer(IProtocol)
@@ -340,9 +344,13 @@ class SniffingProtocol(Protocol):
             self.writeConnectionLost = target.writeConnectionLost  # type: ignore[method-assign]
 
     def refuse(
-        self, preamble: Preamble, status: int, reason: str, route: str | None = None
+        self, preamble: Preamble, status: int, reason: str, route: str | None = None,
+        detail: str = "",
     ) -> None:
-        """Answer ``preamble``'s protocol with a refusal, log one line, and close."""
+        """Answer ``preamble``'s protocol with a refusal, log one line, and close.
+
+        The client gets ``reason`` only; the log line adds ``detail``.
+        """
         self._stop_sniffing()
         self.preamble = preamble
         if self._target is None:  # refused while sniffing: what else arrives is dropped
@@ -356,7 +364,7 @@ class SniffingProtocol(Protocol):
             protocol=preamble.protocol,
             route=route or "-",
             status=status,
-            reason=reason,
+            reason=f"{reason} ({detail})" if detail else reason,
         )
         transport = self.transport
         if transport is None:
