@@ -92,7 +92,7 @@ def _port(log: Path, process: subprocess.Popen[bytes]) -> int:
 
 def _uid_of(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+    return int(re.search(r"^Uid:\s+(\d+)", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
 
 
 def _echo(port: int, service: bytes) -> bytes:
