@@ -86,7 +86,7 @@ class Classified:
     def accept(self, text: str = "") -> None:
         """Send the protocol's positive answer, if it has one (TCPMUX ``+``)."""
         if self.preamble.protocol == "tcpmux":
-            self.transport.write(tcpmux.accept_bytes(text))  # type: ignore[call-arg,misc]  # zope: no self
+            self.transport.write(tcpmux.accept_bytes(text))
 
     def refuse(self, status: int, reason: str) -> None:
         """Send the protocol's refusal, log it, count it, and close."""
@@ -179,7 +179,7 @@ class SniffingProtocol(Protocol):
         if target is None:
             if not self._buffer:
                 self._stop_sniffing()
-                self.transport.loseConnection()  # type: ignore[union-attr,misc]  # zope: no self
+                self.transport.loseConnection()  # type: ignore[union-attr]  # connected
                 return
             self._classify(final=True)
             target = self._target
@@ -187,14 +187,14 @@ class SniffingProtocol(Protocol):
                 return
         half = IHalfCloseableProtocol(target, None)
         if half is not None:
-            half.readConnectionLost()  # type: ignore[misc]  # zope: no self
+            half.readConnectionLost()
         else:
             self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
         half = IHalfCloseableProtocol(self._target, None)
         if half is not None:
-            half.writeConnectionLost()  # type: ignore[misc]  # zope: no self
+            half.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         target = self._target
@@ -213,7 +213,7 @@ class SniffingProtocol(Protocol):
         first_match: Preamble | None = None
         keep: list[IProbe] = []
         for probe in self._candidates:
-            verdict = probe.probe(buffer)  # type: ignore[call-arg,misc]  # zope: no self
+            verdict = probe.probe(buffer)
             if verdict is NO:
                 continue
             if verdict is NEED_MORE:
@@ -348,8 +348,8 @@ class SniffingProtocol(Protocol):
             return
         data = refusal_bytes(preamble, status, reason)
         if data:
-            transport.write(data)  # type: ignore[call-arg,misc]  # zope: no self
-        transport.loseConnection()  # type: ignore[misc]  # zope: no self
+            transport.write(data)
+        transport.loseConnection()
 
 
 def with_outer(preamble: Preamble, outer: Preamble) -> Preamble:
@@ -497,7 +497,7 @@ class Multiplexer(ServerFactory):
         """
         from portmux.core.endpoint import RouteEndpoint
 
-        return RouteEndpoint(self, name, match)  # type: ignore[return-value]
+        return RouteEndpoint(self, name, match)
 
     def _fresh_name(self, match: dict[str, Any]) -> str:
         """A route name from the match (``http``, ``ssh-2``...), unique in this multiplexer."""
@@ -542,7 +542,7 @@ class Multiplexer(ServerFactory):
             from twisted.internet.endpoints import serverFromString
 
             endpoint = cast(IStreamServerEndpoint, serverFromString(self.reactor, endpoint))
-        listening: Deferred[IListeningPort] = endpoint.listen(self)  # type: ignore[call-arg,misc]  # zope: no self
+        listening: Deferred[IListeningPort] = endpoint.listen(self)
         return listening.addCallback(self._listening)
 
     def _listening(self, port: IListeningPort) -> IListeningPort:

@@ -102,7 +102,7 @@ class _Dispatcher(Resource):
         return notFound(brief="No Such Resource", message="No route serves this host and path.")
 
     def render(self, request: Any) -> bytes:
-        return cast(bytes, notFound().render(request))  # type: ignore[call-arg,misc]  # zope: no self
+        return cast(bytes, notFound().render(request))
 
 
 def _descend(route: Any, resource: IResource, request: Any) -> IResource:
@@ -138,5 +138,5 @@ def dispatching_site(mux: Any) -> Site:
     """The shared Site whose root dispatches per request over ``mux``'s routes."""
     site = Site(_Dispatcher(mux))
     site.displayTracebacks = False
-    site.portmux_mux = mux  # the admin pages find the multiplexer through request.site
+    site.portmux_mux = mux  # type: ignore[attr-defined]  # the admin pages find the multiplexer through request.site
     return site
