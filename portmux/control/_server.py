@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from portmux.control import _framing as pc
-from portmux.control._keys import registration_match
+from portmux.control._keys import known_protocols, registration_match
 from portmux.control._limits import ConnectLimiter, LogThrottle
 from portmux.control._registry import RegistrationError, Registry
 from portmux.targets.handoff import PendingHandoff, WorkerGroupTarget
@@ -272,7 +272,7 @@ class ControlProtocol(Protocol):
                 "max_registrations": self.factory.registry.max_per_owner}
 
     def op_register(self, message: pc.Message) -> pc.Message:
-        match, deprecated = registration_match(message)
+        match, deprecated = registration_match(message, self.factory.protocols())
         mode = message.get("mode", "handoff")
         if not isinstance(mode, str):
             raise RegistrationError("BadMode", "mode must be a string: handoff or proxy")
@@ -290,7 +290,7 @@ class ControlProtocol(Protocol):
         return reply
 
     def op_unregister(self, message: pc.Message) -> pc.Message:
-        match, _ = registration_match(message)
+        match, _ = registration_match(message, self.factory.protocols())
         if not self.factory.registry.unregister(self, match):
             raise RegistrationError("NotRegistered", f"{match.describe(',')} is not registered by this connection")
         return {"op": "unregistered", "match": match.to_keys()}
@@ -390,6 +390,7 @@ class ControlFactory(ServerFactory):
         self.own_uid = os.getuid() if own_uid is None else own_uid
         self.connections: list[ControlProtocol] = []
         self._timed_out: list[ControlProtocol] = []
+        self._protocols: frozenset[str] | None = None
         self.unauthorized = ConnectLimiter(unauthorized_rate, unauthorized_total_rate)
         self.log_unauthorized = _unauthorized_logger(reactor)
         sink = mux if hasattr(mux, "add_registered_route") else mux.set_registered_routes
@@ -400,6 +401,12 @@ class ControlFactory(ServerFactory):
 
     def buildProtocol(self, addr: Any) -> ControlProtocol:
         return ControlProtocol(self)
+
+    def protocols(self) -> frozenset[str]:
+        """The probe names a registration's ``protocol`` may take, found once per factory."""
+        if self._protocols is None:
+            self._protocols = known_protocols()
+        return self._protocols
 
     def authorized(self, pid: int, uid: int, gid: int) -> bool:
         """portmux's own uid and root always; others by allow_uids or (any of their) gids."""
