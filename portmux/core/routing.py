@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.control.test_registry,tests.core.test_mux,tests.core.test_routing,tests.daemon.test_config -*-
+# -*- test-case-name: tests.control.test_registry,tests.core.test_mux,tests.core.test_routing,tests.core.test_routing_attributes,tests.daemon.test_config -*-
 """Routes, their match predicates, and the Router that picks one for a preamble."""
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ from portmux.protocols.nmf import ViaIndex, lookup_via, parse_base_address
 from portmux.protocols.tcpmux import ServiceIndex
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-MATCH_KEYS = ("protocol", "sni", "host", "alpn", "path", "service", "via", "network", "silent", "default")
+ATTRIBUTE_KEYS = (
+    "user", "database", "request", "command", "client_id", "level", "cookie", "version",
+)
+"""Match keys for attributes of the later protocols; ``level`` is an int, the rest strings."""
+MATCH_KEYS = (
+    "protocol", "sni", "host", "alpn", "path", "service", "via", *ATTRIBUTE_KEYS,
+    "network", "silent", "default",
+)
 """The keys of a route's ``match``, in the order they are shown."""
 Check = Callable[[Preamble, str], bool]
 
@@ -79,6 +86,15 @@ class Match:
     path: str | None = None
     service: str | None = None
     via: str | None = None
+    # Attributes of the protocols added by issue 15 (see docs/config.md).
+    user: str | None = None
+    database: str | None = None
+    request: str | None = None
+    command: str | None = None
+    client_id: str | None = None
+    level: int | None = None
+    cookie: str | None = None
+    version: str | None = None
     network: tuple[Network, ...] = ()
     silent: bool = False
     default: bool = False
@@ -115,9 +131,37 @@ class Match:
             except ValueError as error:
                 raise ValueError(f"via: {error}") from None
             yield lambda p, ip: base.accepts(p.via)
+        yield from self._attribute_checks()
         if self.network:
             networks = self.network
             yield lambda p, ip: _in_networks(ip, networks)
+
+    def _attribute_checks(self) -> Iterable[Check]:
+        """Exact matches on postgres user/database/request, redis command, mqtt, rdp, version."""
+        if self.user is not None:
+            user = self.user
+            yield lambda p, ip: p.user == user
+        if self.database is not None:
+            database = self.database
+            yield lambda p, ip: p.database == database
+        if self.request is not None:
+            request = self.request.lower()
+            yield lambda p, ip: p.request == request
+        if self.command is not None:
+            command = self.command.upper()
+            yield lambda p, ip: p.command == command
+        if self.client_id is not None:
+            client_id = self.client_id
+            yield lambda p, ip: p.client_id == client_id
+        if self.level is not None:
+            level = self.level
+            yield lambda p, ip: p.level == level
+        if self.cookie is not None:
+            cookie = self.cookie.lower()
+            yield lambda p, ip: p.cookie is not None and p.cookie.lower() == cookie
+        if self.version is not None:
+            version = self.version.lower()
+            yield lambda p, ip: p.version is not None and p.version.lower() == version
 
     def canonical(self) -> Match:
         """The same match with names in their one canonical spelling (for equality)."""
