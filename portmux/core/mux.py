@@ -26,6 +26,7 @@ from portmux.core import refusal
 from portmux.core.deadlines import DeadlineQueue
 from portmux.core.interfaces import IProbe, as_target
 from portmux.core.preamble import NEED_MORE, NO, Preamble
+from portmux.core.registered import RegisteredLayer
 from portmux.core.routing import Match, Network, Route, Router, _in_networks, peer_ip
 from portmux.core.stats import RouteCounters, Stats
 from portmux.protocols import refusal_bytes, tcpmux
@@ -424,7 +425,6 @@ class Multiplexer(ServerFactory):
             probes = all_probes()
         self.reactor = reactor
         self.static_routes: tuple[Route, ...] = tuple(routes)
-        self.registered_routes: tuple[Route, ...] = ()
         self.router = Router(self.static_routes)
         self.listeners: list[str] = []
         self.ports: list[IListeningPort] = []
@@ -506,22 +506,43 @@ class Multiplexer(ServerFactory):
              if match.get(key)),
             "default" if match.get("default") else "silent" if match.get("silent") else "route",
         )
-        taken = {route.name for route in self.static_routes + self.registered_routes}
+        taken = {route.name for route in self.static_routes}
         name, n = base, 1
-        while name in taken:
+        while name in taken or name in self.router.registered:
             n += 1
             name = f"{base}-{n}"
         return name
 
+    @property
+    def registered_routes(self) -> tuple[Route, ...]:
+        """The routes registered at run time by workers, most specific first."""
+        return self.router.registered.routes()
+
     def set_static_routes(self, routes: Iterable[Route]) -> None:
         """Replace the configured routes (e.g. on reload), keeping registered ones."""
         self.static_routes = tuple(routes)
-        self.set_router(Router(self.registered_routes + self.static_routes))
+        self.set_router(Router(self.static_routes, self.router.registered))
 
     def set_registered_routes(self, routes: Iterable[Route]) -> None:
-        """Replace the routes registered at run time by workers; they come first."""
-        self.registered_routes = tuple(routes)
-        self.set_router(Router(self.registered_routes + self.static_routes))
+        """Replace every route registered at run time by workers; they come first."""
+        self.set_router(Router(self.static_routes, RegisteredLayer.of(routes)))
+
+    def add_registered_route(self, route: Route) -> None:
+        """Add one worker route in O(log n): no other route is re-indexed."""
+        self.router = self.router.with_registered(self.router.registered.with_route(route))
+        if self._running:
+            self._start_target(route.target)
+
+    def remove_registered_route(self, route: Route) -> None:
+        """Remove one worker route in O(log n); its target stops if no route uses it."""
+        router = self.router
+        self.router = router.with_registered(router.registered.without(route.name))
+        target = route.target
+        if (self._running and not self.router.registered.uses_target(target)
+                and all(r.target is not target for r in self.static_routes)):
+            started = self._started.pop(id(target), None)
+            if started is not None:
+                self._stop_target(started)
 
     def set_router(self, router: Router) -> None:
         """Swap in a new Router, starting new targets and stopping ones no route uses."""

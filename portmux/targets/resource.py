@@ -95,7 +95,7 @@ class _Dispatcher(Resource):
     def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
         preamble = _request_preamble(request, self._preambles, self._by_address)
         ip = peer_ip(request.getClientAddress())
-        for route in self._mux.router.routes:
+        for route in self._mux.router.static_routes:  # registered routes are never resources
             target = route.target
             if isinstance(target, ResourceTarget) and route.match.accepts(preamble, ip):
                 return _descend(route, target.resource, request)
