@@ -111,7 +111,7 @@ def classify(probes: Sequence[IProbe], data: bytes) -> tuple[tuple[tuple[str, Pr
     no match and no probe wanting more bytes is ``unknown``.
     """
     verdicts: tuple[tuple[str, ProbeResult], ...] = tuple(
-        (str(probe.name), cast(ProbeResult, probe.probe(data)))  # type: ignore[call-arg,misc]  # zope: no self
+        (str(probe.name), cast(ProbeResult, probe.probe(data)))
         for probe in probes
     )
     matches = [v for _, v in verdicts if isinstance(v, Preamble)]
