@@ -1,4 +1,4 @@
-"""The [MC-NMF] preamble probe, with byte sequences built from the spec's record layouts."""
+"""The [MC-NMF] preamble probe: byte sequences built from the spec's record layouts, and Mono's WCF client captured."""
 
 from __future__ import annotations
 
