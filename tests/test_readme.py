@@ -18,7 +18,7 @@ VENV = "python3 -m venv .venv && . .venv/bin/activate && "
 def readme_commands() -> list[str]:
     """The commands of the README's "The two commands" block, comments removed."""
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"## The two commands\n\n```sh\n(.*?)```", text, re.S)
+    block = re.search(r"## The two commands\n\n```sh\n(.*?)```", text, re.DOTALL)
     assert block is not None, "README.md has no 'The two commands' sh block"
     return [line.split("#", 1)[0].strip() for line in block.group(1).splitlines() if line.strip()]
 

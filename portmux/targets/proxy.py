@@ -38,7 +38,7 @@ from portmux import _twisted
 from portmux._twisted import OutgoingConnection as _Outgoing
 from portmux.core import refusal
 from portmux.core.interfaces import ITarget
-from portmux.protocols import proxyheader
+from portmux.protocols import nmf, proxyheader
 
 log = Logger(namespace="portmux")
 
@@ -479,6 +479,8 @@ class _Front(_Leg):
         if not self.direct:
             server.registerProducer(client, True)
         data = connection.payload
+        if self.target.rewrite_via:  # net.tcp: the Via names the backend (docs/config.md)
+            data = nmf.rewrite_via(data, self.target.via_address(server))
         version = self.target.proxy_header
         if version is not None:
             data = proxyheader.header(version, connection.peer, client.getHost()) + data
@@ -501,7 +503,8 @@ class ProxyTarget:
     """Byte-for-byte proxy to backends, round-robin with failover.
 
     ``endpoints`` are client endpoint strings (``tcp:``, ``unix:``, ``tls:``...)
-    or IStreamClientEndpoint objects; ``proxy_header`` is None, "v1" or "v2".
+    or IStreamClientEndpoint objects; ``proxy_header`` is None, "v1" or "v2";
+    ``rewrite_via`` (net.tcp) is True (the backend's address) or a ``net.tcp://HOST:PORT``.
     ``ProxyTarget(["tcp:127.0.0.1:22"])`` takes the reactor of the multiplexer it
     first serves; ``ProxyTarget(reactor, [...])`` names it.
     """
@@ -514,11 +517,12 @@ class ProxyTarget:
         endpoints: Sequence[str | IStreamClientEndpoint] | str | None = None,
         connect_timeout: float = 5.0,
         proxy_header: str | None = None,
+        rewrite_via: bool | str = False,
     ) -> None:
         if endpoints is None and _are_endpoints(reactor):
             reactor, endpoints = None, reactor
         if isinstance(endpoints, str) or IStreamClientEndpoint.providedBy(endpoints):
-            endpoints = [endpoints]  # type: ignore[list-item]
+            endpoints = [endpoints]
         if not endpoints:
             raise ValueError("a proxy target needs at least one backend endpoint")
         if proxy_header is not None and proxy_header not in PROXY_HEADER_VERSIONS:
@@ -532,15 +536,24 @@ class ProxyTarget:
             _check_syntax(self.endpoints)
         self.connect_timeout = connect_timeout
         self.proxy_header = proxy_header
+        self.rewrite_via = rewrite_via
         self.first = 0
         names = ", ".join(s if isinstance(s, str) else _endpoint_name(s) for s in self.endpoints)
         header = f" (PROXY {proxy_header})" if proxy_header else ""
+        if rewrite_via:
+            header += " (Via rewritten)"
         self.description = f"proxy to {names}{header}"
 
     def bind(self, reactor: Any) -> None:
         """Dial with ``reactor`` from now on (parses the endpoint strings with it)."""
         self.reactor = reactor
         self.backends = tuple(Backend(reactor, spec) for spec in self.endpoints)
+
+    def via_address(self, backend: Any) -> str | None:
+        """The net.tcp address a rewritten Via names: the configured one, or the backend's."""
+        if isinstance(self.rewrite_via, str):
+            return self.rewrite_via
+        return nmf.address_of(backend.getPeer())
 
     def start(self) -> None:
         """Nothing to start: backends are dialled per connection."""

@@ -13,6 +13,7 @@ reaches portmux from 127.0.0.1.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -77,15 +78,14 @@ class Setup:
     log: Path
 
 
-def _config(trusted: int, untrusted: int) -> str:
-    return f"""
+CONFIG = f"""
 [[listen]]
-endpoint = "tcp:{trusted}:interface=127.0.0.1"
+endpoint = "tcp:0:interface=127.0.0.1"
 proxy_protocol = true
 trusted = ["127.0.0.1/32"]
 
 [[listen]]
-endpoint = "tcp:{untrusted}:interface=127.0.0.1"
+endpoint = "tcp:0:interface=127.0.0.1"
 
 [[route]]
 name = "status"
@@ -107,6 +107,7 @@ name = "report"
 match = {{ protocol = "tcpmux", service = "report" }}
 factory = "whoami:report"
 """
+LISTENING = re.compile(r"portmux listening on \S+ \(127\.0\.0\.1:(\d+)\)")
 
 
 def _haproxy_config(via_v2: int, trusted: int, untrusted_v1: int, untrusted_v2: int,
@@ -125,30 +126,53 @@ def _haproxy_config(via_v2: int, trusted: int, untrusted_v1: int, untrusted_v2: 
     )
 
 
+def _portmux_ports(log: Path, process: subprocess.Popen[bytes]) -> tuple[int, int]:
+    """The two listeners' ports, in config order, from the startup log."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = LISTENING.findall(log.read_text() if log.exists() else "")
+        if len(found) == 2:
+            return int(found[0]), int(found[1])
+        if process.poll() is not None:
+            raise AssertionError(f"portmux exited with {process.returncode}")
+        time.sleep(0.05)
+    raise AssertionError("portmux did not report its ports")
+
+
+def _start_haproxy(directory: Path, trusted: int, untrusted: int
+                   ) -> tuple[subprocess.Popen[bytes], tuple[int, int, int]]:
+    """HAProxy on three free ports; new ports if one was taken meanwhile (it then exits)."""
+    for _ in range(3):
+        ports = (free_port(), free_port(), free_port())
+        config = directory / "haproxy.cfg"
+        config.write_text(_haproxy_config(ports[0], trusted, ports[1], ports[2], untrusted))
+        haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            # HAProxy binds every frontend before it serves any, so one is enough to
+            # wait for; probing the others would send PROXY headers to portmux.
+            wait_listening(ports[0], haproxy)
+            return haproxy, ports
+        except RuntimeError:
+            stop_process(haproxy)
+    raise AssertionError("haproxy did not start")
+
+
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[Setup]:
-    trusted, untrusted = free_port(), free_port()
-    via_v2, untrusted_v1, untrusted_v2 = free_port(), free_port(), free_port()
     (tmp_path / "whoami.py").write_text(WHOAMI)
     config = tmp_path / "portmux.toml"
-    config.write_text(_config(trusted, untrusted))
+    config.write_text(CONFIG)
     log = tmp_path / "portmux.log"
     portmux = subprocess.Popen(
         [*TWISTD, "-n", "--pidfile=", "-l", str(log), "portmux", "--config", str(config)],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    haproxy_config = tmp_path / "haproxy.cfg"
-    haproxy_config.write_text(_haproxy_config(via_v2, trusted, untrusted_v1, untrusted_v2,
-                                              untrusted))
     haproxy = None
     try:
-        wait_listening(trusted, portmux, limit=20)
-        wait_listening(untrusted, portmux)
-        haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(haproxy_config)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # HAProxy binds every frontend before it serves any, so one is enough to wait
-        # for; probing the others would send PROXY headers to the untrusted listener.
-        wait_listening(via_v2, haproxy)
+        trusted, untrusted = _portmux_ports(log, portmux)
+        haproxy, (via_v2, untrusted_v1, untrusted_v2) = _start_haproxy(tmp_path, trusted,
+                                                                       untrusted)
         yield Setup(trusted, untrusted, via_v2, untrusted_v1, untrusted_v2, log)
     finally:
         if haproxy is not None:
