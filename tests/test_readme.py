@@ -48,3 +48,29 @@ def test_nc_examples_half_close() -> None:
 
 def test_venv_is_not_committable() -> None:
     assert ".venv/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_portmux_version() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "portmux", "--version"], capture_output=True,
+                          check=False, timeout=60)
+    assert done.returncode == 0
+    assert re.fullmatch(rb"portmux \S+\n", done.stdout), done.stdout
+
+
+def test_generated_example_keys_are_not_committable() -> None:
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    probe = "examples/tls-certs/server.key"
+    done = subprocess.run(["git", "check-ignore", "-q", probe], cwd=ROOT, check=False,
+                          capture_output=True)
+    if done.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert done.returncode == 0, f"{probe} is not ignored by .gitignore"
