@@ -526,7 +526,7 @@ class ProxyTarget:
         if endpoints is None and _are_endpoints(reactor):
             reactor, endpoints = None, reactor
         if isinstance(endpoints, str) or IStreamClientEndpoint.providedBy(endpoints):
-            endpoints = [endpoints]  # type: ignore[list-item]
+            endpoints = [endpoints]
         if not endpoints:
             raise ValueError("a proxy target needs at least one backend endpoint")
         if proxy_header is not None and proxy_header not in PROXY_HEADER_VERSIONS:

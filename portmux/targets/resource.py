@@ -133,14 +133,14 @@ class _Dispatcher(Resource):
     def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
         preamble = _request_preamble(request, self._preambles, self._by_address)
         ip = peer_ip(request.getClientAddress())
-        for route in self._mux.router.routes:
+        for route in self._mux.router.static_routes:  # registered routes are never resources
             target = route.target
             if isinstance(target, ResourceTarget) and route.match.accepts(preamble, ip):
                 return _descend(route, target.resource, request)
         return notFound(brief="No Such Resource", message="No route serves this host and path.")
 
     def render(self, request: Any) -> bytes:
-        return cast(bytes, notFound().render(request))  # type: ignore[call-arg,misc]  # zope: no self
+        return cast(bytes, notFound().render(request))
 
 
 def _descend(route: Any, resource: IResource, request: Any) -> IResource:
@@ -176,5 +176,5 @@ def dispatching_site(mux: Any) -> Site:
     """The shared Site whose root dispatches per request over ``mux``'s routes."""
     site = Site(_Dispatcher(mux))
     site.displayTracebacks = False
-    site.portmux_mux = mux  # the admin pages find the multiplexer through request.site
+    site.portmux_mux = mux  # type: ignore[attr-defined]  # the admin pages find the multiplexer through request.site
     return site
