@@ -53,7 +53,8 @@ def _offer_of(connection: Any) -> Sequence[bytes]:
         return ()
     raw_name = connection.get_servername()
     name = raw_name.decode("ascii", "replace").lower() if raw_name else None
-    return tuple(factory.alpn_offer(name))
+    offer: Any = factory.alpn_offer(name)
+    return tuple(offer)
 
 
 def install(context: Any, configured: Sequence[str] | None, mismatch: str = "continue") -> None:
