@@ -67,12 +67,12 @@ def handshakes(port: int, context: ssl.SSLContext, count: int) -> float:
 
 def resumed_handshakes(port: int, context: ssl.SSLContext, count: int) -> float:
     """Resumed handshakes per second (one session, from a first full handshake + request)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=NAME) as conn:
-            conn.sendall(REQUEST)
-            while not conn.recv(65536).endswith(b"hello\n"):  # also takes in the tickets
-                pass
-            session = conn.session
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=NAME) as conn:
+        conn.sendall(REQUEST)
+        while not conn.recv(65536).endswith(b"hello\n"):  # also takes in the tickets
+            pass
+        session = conn.session
     start = time.perf_counter()
     done = 0
     for _ in range(count):

@@ -43,6 +43,15 @@ class ResourceTarget:
 
     h2_enabled = H2_ENABLED
 
+    def cannot_serve(self, match: Any) -> str | None:
+        """Why a route with ``match`` could not be served (``portmux check`` reports it)."""
+        if match.protocol == "h2c" and not self.h2_enabled:
+            return (
+                "h2c to an in-process resource needs Twisted's HTTP/2 support: "
+                "install the h2 extra (pip install 'portmux[h2]')"
+            )
+        return None
+
     def attach(self, connection: Any) -> IProtocol | None:
         transport = connection.transport
         if _prior_knowledge_h2(connection.preamble, transport):

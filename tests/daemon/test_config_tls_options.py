@@ -41,3 +41,19 @@ def test_bad_alpn_mismatch_and_lifetime_reported_at_their_keys(certs: Path) -> N
     error = one_error(LISTEN + TLS + "session_lifetime = -5\n", base_dir=certs)
     assert error.key_path == "route[0].tls.session_lifetime"
     assert "-5" in error.message
+
+
+def test_h2c_resource_route_without_http2_support_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """portmux check names the reason instead of answering h2c clients with a GOAWAY."""
+    from portmux.targets.resource import ResourceTarget
+
+    text = (
+        LISTEN
+        + '[[route]]\nname = "grpc"\nmatch = { protocol = "h2c" }\n'
+        + 'resource = "twisted.web.resource:Resource"\n'
+    )
+    parse(text)  # accepted while the h2 extra is installed
+    monkeypatch.setattr(ResourceTarget, "h2_enabled", False)
+    error = one_error(text)
+    assert error.key_path == "route[0].match"
+    assert "install the h2 extra" in error.message

@@ -121,11 +121,13 @@ class WebSocketThroughTerminationTests(TestCase):
             self.skipTest("websockets is not installed")
         self.pki = make_pki(Path(tempfile.mkdtemp()))
         self.backend_close_codes: list[int | None] = []
+        self.backend_done = threading.Event()
 
         def echo(ws: Any) -> None:
             for message in ws:
                 ws.send(message)
             self.backend_close_codes.append(ws.close_code)
+            self.backend_done.set()
 
         server = serve(echo, "127.0.0.1", 0)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -164,4 +166,6 @@ class WebSocketThroughTerminationTests(TestCase):
         replies, close_code = yield in_thread(self.client)
         self.assertEqual(replies, ["one", "two"])
         self.assertEqual(close_code, 1000)
+        finished = yield in_thread(self.backend_done.wait, TIMEOUT)  # its handler's own thread
+        self.assertTrue(finished)
         self.assertEqual(self.backend_close_codes, [1000])
