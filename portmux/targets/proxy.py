@@ -39,7 +39,7 @@ from portmux import _twisted
 from portmux._twisted import OutgoingConnection as _Outgoing
 from portmux.core import refusal
 from portmux.core.interfaces import ITarget
-from portmux.protocols import proxyheader
+from portmux.protocols import nmf, proxyheader
 
 log = Logger(namespace="portmux")
 
@@ -487,6 +487,8 @@ class _Front(_Leg):
         if not self.direct:
             server.registerProducer(client, True)
         data = connection.payload
+        if self.target.rewrite_via:  # net.tcp: the Via names the backend (docs/config.md)
+            data = nmf.rewrite_via(data, self.target.via_address(server))
         version = self.target.proxy_header
         if version is not None:
             data = proxyheader.header(version, connection.peer, client.getHost()) + data
@@ -509,7 +511,8 @@ class ProxyTarget:
     """Byte-for-byte proxy to backends, round-robin with failover.
 
     ``endpoints`` are client endpoint strings (``tcp:``, ``unix:``, ``tls:``...)
-    or IStreamClientEndpoint objects; ``proxy_header`` is None, "v1" or "v2".
+    or IStreamClientEndpoint objects; ``proxy_header`` is None, "v1" or "v2";
+    ``rewrite_via`` (net.tcp) is True (the backend's address) or a ``net.tcp://HOST:PORT``.
     ``ProxyTarget(["tcp:127.0.0.1:22"])`` takes the reactor of the multiplexer it
     first serves; ``ProxyTarget(reactor, [...])`` names it.
     """
@@ -522,6 +525,7 @@ class ProxyTarget:
         endpoints: Sequence[str | IStreamClientEndpoint] | str | None = None,
         connect_timeout: float = 5.0,
         proxy_header: str | None = None,
+        rewrite_via: bool | str = False,
     ) -> None:
         if endpoints is None and _are_endpoints(reactor):
             reactor, endpoints = None, reactor
@@ -540,15 +544,24 @@ class ProxyTarget:
             _check_syntax(self.endpoints)
         self.connect_timeout = connect_timeout
         self.proxy_header = proxy_header
+        self.rewrite_via = rewrite_via
         self.first = 0
         names = ", ".join(s if isinstance(s, str) else _endpoint_name(s) for s in self.endpoints)
         header = f" (PROXY {proxy_header})" if proxy_header else ""
+        if rewrite_via:
+            header += " (Via rewritten)"
         self.description = f"proxy to {names}{header}"
 
     def bind(self, reactor: Any) -> None:
         """Dial with ``reactor`` from now on (parses the endpoint strings with it)."""
         self.reactor = reactor
         self.backends = tuple(Backend(reactor, spec) for spec in self.endpoints)
+
+    def via_address(self, backend: Any) -> str | None:
+        """The net.tcp address a rewritten Via names: the configured one, or the backend's."""
+        if isinstance(self.rewrite_via, str):
+            return self.rewrite_via
+        return nmf.address_of(backend.getPeer())
 
     def start(self) -> None:
         """Nothing to start: backends are dialled per connection."""
