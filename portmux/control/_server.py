@@ -232,6 +232,8 @@ class ControlProtocol(Protocol):
                 "max_pending": self.factory.max_pending}
 
     def op_register(self, message: pc.Message) -> pc.Message:
+        if self.factory.draining:
+            raise RegistrationError("ShuttingDown", "portmux is shutting down; register with its successor")
         match, deprecated = registration_match(message)
         mode = message.get("mode", "handoff")
         endpoint = message.get("endpoint")
@@ -330,6 +332,8 @@ class ControlFactory(ServerFactory):
         self.credentials = credentials
         self.own_uid = os.getuid() if own_uid is None else own_uid
         self.connections: list[ControlProtocol] = []
+        self.draining = False
+        """True once portmux is stopping: new registrations are refused."""
         self._timed_out: list[ControlProtocol] = []
         self.registry = Registry(
             mux.set_registered_routes, reservations, WorkerGroupTarget,
