@@ -132,4 +132,8 @@ class StatusPage(Resource):
         return cast(Resource, super().getChild(path, request))  # type: ignore[no-untyped-call]
 
     def render_GET(self, request: Any) -> bytes:
+        if not request.path.endswith(b"/"):  # the page's links are relative to its directory
+            from twisted.web.util import redirectTo
+
+            return cast(bytes, redirectTo(request.path + b"/", request))
         return self.page.render_GET(request)
