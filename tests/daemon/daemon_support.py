@@ -15,7 +15,7 @@ from pathlib import Path
 from tests.support import free_port, wait_listening
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-LISTENING = re.compile(rb"portmux listening on (\S+) \(127\.0\.0\.1:(\d+)\)")
+LISTENING = re.compile(rb"portmux listening on (\S+) \(127\.\d+\.\d+\.\d+:(\d+)\)")
 
 
 class Daemon:
@@ -85,6 +85,7 @@ class Daemon:
 BACKEND = r"""
 import socket, sys, threading, time
 delay = float(sys.argv[2])
+status = sys.argv[3].encode()
 server = socket.socket()
 server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 server.bind(("127.0.0.1", int(sys.argv[1])))
@@ -99,17 +100,18 @@ def serve(conn):
             data += chunk
         time.sleep(delay)
         body = b"hello from backend " + sys.argv[1].encode() + b"\n"
-        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        conn.sendall(b"HTTP/1.0 " + status + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
 while True:
     conn, _ = server.accept()
     threading.Thread(target=serve, args=(conn,), daemon=True).start()
 """
 
 
-def start_backend(delay: float = 0.0, port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
-    """A threaded HTTP/1.0 backend answering every request after ``delay`` seconds."""
+def start_backend(delay: float = 0.0, port: int | None = None,
+                  status: str = "200 OK") -> tuple[subprocess.Popen[bytes], int]:
+    """A threaded HTTP/1.0 backend answering every request with ``status`` after ``delay`` seconds."""
     port = port or free_port()
-    process = subprocess.Popen([sys.executable, "-c", BACKEND, str(port), str(delay)],
+    process = subprocess.Popen([sys.executable, "-c", BACKEND, str(port), str(delay), status],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_listening(port, process)
     return process, port

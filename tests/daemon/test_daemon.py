@@ -184,7 +184,7 @@ def test_systemd_socket_activation_with_and_without_names(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}"]
+    command = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "-E", "PYTHONPATH"]  # this tree
     if names:
         command.append(f"--fdname={names}")
     log = tmp_path / "portmux.log"

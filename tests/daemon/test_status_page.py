@@ -38,11 +38,10 @@ def wait_for(condition: Callable[[], Any], what: str, limit: float = 20.0) -> An
 
 def test_page_updates_in_place_after_traffic(tmp_path: Path) -> None:
     selenium = pytest.importorskip("selenium")
+    import trustme
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-
-    import trustme
 
     ca = trustme.CA()
     ca.issue_cert("site.test").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "site.pem"))
@@ -79,10 +78,10 @@ def test_page_updates_in_place_after_traffic(tmp_path: Path) -> None:
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         driver.get(f"http://127.0.0.1:{daemon.port}/admin")
-        polls = lambda: int(driver.find_element(By.TAG_NAME, "body").get_attribute("data-polls") or 0)  # noqa: E731
+        polls = lambda: int(driver.find_element(By.TAG_NAME, "body").get_attribute("data-polls") or 0)
         wait_for(lambda: polls() >= 2, "the page to poll status.json")
         driver.execute_script("window.sameDocument = 'yes'")
-        cell = lambda key, column: driver.find_element(  # noqa: E731
+        cell = lambda key, column: driver.find_element(
             By.CSS_SELECTOR, f'tr[data-key="{key}"]').find_elements(By.TAG_NAME, "td")[column].text
         assert cell("route:web", 3) == "0"
         assert cell("route:https/site", 0) == "https/site"  # nested under its termination route
