@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import HERE, PYTHON, Runner, Settings, build, cpu_seconds, free_port, stop, wait_listening  # noqa: E402
+from run import HERE, PYTHON, Runner, Settings, build, cpu_seconds, free_port, stop, wait_listening
 
 
 def main(argv: list[str] | None = None) -> int:

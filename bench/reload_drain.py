@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import HERE, PYTHON, build, free_port, stop, wait_listening  # noqa: E402
+from run import HERE, PYTHON, build, free_port, stop, wait_listening
 
 TWISTD = [PYTHON, "-c", "from twisted.scripts.twistd import run; run()"]
 LISTENING = re.compile(r"portmux listening on \S+ \(127\.0\.0\.1:(\d+)\)")

@@ -131,7 +131,7 @@ class ConnectionRecord:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields, in a stable order."""
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 def describe_address(address: object) -> str:

@@ -51,14 +51,15 @@ class PortmuxService(MultiService):
         self.drain: Any = None
         self.control: Any = None
         self.started_at = reactor.seconds()
-        self.mux.shared("status-extras", lambda _: []).append(self.status_extras)
+        extras: list[Callable[[], dict[str, Any]]] = self.mux.shared("status-extras", lambda _: [])
+        extras.append(self.status_extras)
         control_config = getattr(config, "control", None)
         if self._control_override:
             control_config = _control_with_endpoint(control_config, self._control_override)
         if control_config is not None:
             from portmux.control._server import ControlService
 
-            self.control = ControlService(  # type: ignore[no-untyped-call]
+            self.control = ControlService(
                 reactor, self.mux, control_config, getattr(config, "reservations", ())
             )
             self.control.setServiceParent(self)
@@ -215,7 +216,7 @@ class PortmuxService(MultiService):
         for description, trusted in wanted.items():
             current = self.listener_services.get(description)
             if current is not None:
-                current.factory.trusted = tuple(trusted)  # PROXY-header trust, in place
+                current.factory.trusted = tuple(trusted)  # type: ignore[union-attr]  # a named listener's factory
                 continue
             try:
                 self._add_listener(description, tuple(trusted))

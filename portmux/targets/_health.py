@@ -69,12 +69,14 @@ class _HTTPProbe(Protocol):
 
     def _give_up(self, _: Deferred[str]) -> None:
         """Timed out: close the check's connection."""
-        if self.transport is not None:
-            self.transport.loseConnection()
+        transport: Any = self.transport
+        if transport is not None:
+            transport.loseConnection()
 
     def connectionMade(self) -> None:
         request = f"GET {self.check.http_path} HTTP/1.0\r\nHost: {self.check.http_host}\r\n"
-        self.transport.write((request + "User-Agent: portmux-health\r\n\r\n").encode())  # type: ignore[union-attr]
+        transport: Any = self.transport
+        transport.write((request + "User-Agent: portmux-health\r\n\r\n").encode())
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
@@ -82,7 +84,8 @@ class _HTTPProbe(Protocol):
             return
         line = self.buffer.split(b"\n", 1)[0].decode("latin-1").strip()
         parts = line.split()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        transport: Any = self.transport
+        transport.loseConnection()
         if self.result.called:
             return
         if len(parts) >= 2 and parts[0].startswith("HTTP/") and parts[1] == str(self.check.http_status):

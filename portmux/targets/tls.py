@@ -169,9 +169,10 @@ def _describe(address: object) -> str:
 
 def _reason_name(reason: Failure) -> str:
     """A short metric label for a failed handshake: OpenSSL's reason words, or how it ended."""
-    text = _reason_text(reason) if reason.value.args else ""
+    args: tuple[Any, ...] = tuple(getattr(reason.value, "args", ()))
+    text = _reason_text(reason) if args else ""
     words = "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
-    if not words or not isinstance(reason.value.args[0], list):
+    if not words or not isinstance(args[0], list):
         return "connection_closed"
     return "_".join(filter(None, words.split("_")))[:60]
 

@@ -45,7 +45,7 @@ def test_bytes_each_way_and_the_client_closing_first(pair: tuple[socket.socket, 
 
 @linux
 def test_our_fin_first_and_unsent_bytes_count_as_sent(pair: tuple[socket.socket, socket.socket]) -> None:
-    client, ours = pair
+    _client, ours = pair
     ours.shutdown(socket.SHUT_WR)
     time.sleep(0.05)
     totals = tcp_totals(ours)

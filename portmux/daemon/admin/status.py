@@ -123,8 +123,8 @@ class StatusPage(Resource):
         self.page = _Static("status.html", b"text/html; charset=utf-8")
         self.putChild(b"status.json", cast(IResource, StatusJSON()))  # type: ignore[no-untyped-call]
         self.putChild(b"metrics", cast(IResource, MetricsPage()))  # type: ignore[no-untyped-call]
-        self.putChild(b"status.js", cast(IResource, _Static("status.js", b"text/javascript; charset=utf-8")))  # type: ignore[no-untyped-call]
-        self.putChild(b"status.css", cast(IResource, _Static("status.css", b"text/css; charset=utf-8")))  # type: ignore[no-untyped-call]
+        self.putChild(b"status.js", cast(IResource, _Static("status.js", b"text/javascript; charset=utf-8")))
+        self.putChild(b"status.css", cast(IResource, _Static("status.css", b"text/css; charset=utf-8")))
 
     def getChild(self, path: bytes, request: Any) -> Resource:
         if path == b"":
@@ -135,5 +135,5 @@ class StatusPage(Resource):
         if not request.path.endswith(b"/"):  # the page's links are relative to its directory
             from twisted.web.util import redirectTo
 
-            return cast(bytes, redirectTo(request.path + b"/", request))
+            return redirectTo(request.path + b"/", request)
         return self.page.render_GET(request)
