@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from portmux._twisted import watch_socket_close
+
 _TCP_INFO: int = getattr(socket, "TCP_INFO", -1)
 _INFO_SIZE = 216  # up to tcpi_bytes_retrans (Linux >= 4.19)
 _SENT = struct.Struct("=QQ")  # bytes_sent @200, bytes_retrans @208
@@ -78,31 +80,21 @@ _FIN_IN = {8, 9, 11}  # CLOSE_WAIT, LAST_ACK, CLOSING
 def watch_close(transport: Any, sniffer: Any) -> None:
     """Have ``transport`` leave its TCP totals on ``sniffer.totals`` just before it closes.
 
-    Wraps, on the instance only, the socket transport's close step and its EOF
-    callback (Twisted's ``tcp.Connection._closeSocket`` and ``readConnectionLost``):
-    nothing runs per read. Transports without them (TLS, UNIX, in-memory) are left
-    alone and their connections report no byte counts.
+    The hooks are portmux._twisted.watch_socket_close's (nothing runs per read);
+    transports without a TCP socket (TLS, UNIX, in-memory) report no byte counts.
     """
-    close = getattr(transport, "_closeSocket", None)
-    eof = getattr(transport, "readConnectionLost", None)
-    if close is None or eof is None or getattr(transport, "socket", None) is None:
-        return
     fin: list[bool] = []
 
-    def _read_connection_lost(reason: Any) -> Any:
+    def on_eof(skt: Any) -> None:
         if not fin:
-            info = _info(transport.socket)
+            info = _info(skt)
             fin.append(info is not None and info[0] == 8)  # CLOSE_WAIT: our side still open
-        return eof(reason)
 
-    def _close_socket(orderly: bool) -> None:
-        skt = getattr(transport, "socket", None)
-        if skt is not None and sniffer.totals is None:
+    def on_close(skt: Any) -> None:
+        if sniffer.totals is None:
             sniffer.totals = tcp_totals(skt, fin[0] if fin else None)
-        close(orderly)
 
-    transport._closeSocket = _close_socket
-    transport.readConnectionLost = _read_connection_lost
+    watch_socket_close(transport, on_eof, on_close)
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ the router refuses it with the matching framing Fault record.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
@@ -40,6 +40,7 @@ __all__ = [
     "decode_size",
     "encode_size",
     "fault_record",
+    "lookup_via",
     "parse_base_address",
     "parse_via",
     "probe_nmf",
@@ -248,19 +249,29 @@ class ViaIndex(Generic[T]):
     def __bool__(self) -> bool:
         return bool(self._table)
 
+    def bucket(self, rank: int, prefix: str) -> tuple[tuple[BaseAddress, T], ...]:
+        """The (base address, item) pairs filed under ``rank`` and path ``prefix``, in route order."""
+        return self._table.get((rank, prefix), ())
+
     def lookup(self, via: str) -> Iterator[T]:
         """Items whose base address takes ``via``: strong, exact, weak; longest prefix first."""
-        try:
-            parsed = parse_via(via)
-        except ValueError:
-            return
-        prefixes = [parsed.path.rstrip("/")]
-        while prefixes[-1]:
-            prefixes.append(prefixes[-1].rpartition("/")[0])
-        table = self._table
-        for rank in (0, 1, 2):
-            for prefix in prefixes:
-                for base, item in table.get((rank, prefix), ()):
+        return lookup_via(via, (self.bucket,))
+
+
+def lookup_via(via: str, buckets: Sequence[Callable[[int, str], Iterable[tuple[BaseAddress, T]]]]) -> Iterator[T]:
+    """Items whose base address takes ``via`` over several tables (earlier tables win ties):
+    strong, exact, weak; longest path prefix first."""
+    try:
+        parsed = parse_via(via)
+    except ValueError:
+        return
+    prefixes = [parsed.path.rstrip("/")]
+    while prefixes[-1]:
+        prefixes.append(prefixes[-1].rpartition("/")[0])
+    for rank in (0, 1, 2):
+        for prefix in prefixes:
+            for bucket in buckets:
+                for base, item in bucket(rank, prefix):
                     if base.matches(parsed):
                         yield item
 

@@ -125,3 +125,10 @@ def http_get(port: int, path: str = "/", timeout: float = 20.0) -> bytes:
         while chunk := sock.recv(65536):
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+def byte_counts() -> bool:
+    """Whether portmux reports byte counts: they come from its Twisted fast paths (portmux._twisted)."""
+    from portmux import _twisted
+
+    return _twisted.FAST_PATHS and os.environ.get(_twisted.ENV_SWITCH, "") in ("", "0")

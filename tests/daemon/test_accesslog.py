@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.daemon_support import Daemon, http_get, start_backend
+from tests.daemon.daemon_support import Daemon, byte_counts, http_get, start_backend
 from tests.support import free_port, stop_process
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
@@ -98,15 +98,21 @@ def test_json_lines_describe_each_connection(tmp_path: Path, backend: int) -> No
     assert web["protocol"] == "http" and web["host"] == "127.0.0.1"
     assert web["path"] == "/a/b" and web["client"].startswith("127.0.0.1:")
     assert web["listener"] == "tcp:0:interface=127.0.0.1"
-    assert web["bytes_in"] > 50 and web["bytes_out"] == len(f"HTTP/1.0 200 OK\r\nContent-Length: {len(body)}\r\n\r\n") + len(body)
+    if byte_counts():
+        assert web["bytes_in"] > 50
+        assert web["bytes_out"] == len(f"HTTP/1.0 200 OK\r\nContent-Length: {len(body)}\r\n\r\n") + len(body)
+        assert web["end"] in ("client_close", "backend_close")
+        assert tls["bytes_out"] > 1000  # the certificate too
+        assert refused["bytes_out"] == len(nc.stdout)
+    else:  # public Twisted API only: no TCP_INFO at close
+        assert web["bytes_in"] is None and web["end"] == "closed"
     assert web["sniff_seconds"] >= 0 and web["connect_seconds"] >= 0
     assert web["duration"] >= web["sniff_seconds"]
-    assert web["end"] in ("client_close", "backend_close")
     assert web["time"].endswith("Z")
     assert tls["route"] == "https/site" and tls["sni"] == "site.test" and tls["path"] == "/x"
-    assert tls["backend"] == f"tcp:127.0.0.1:{backend}" and tls["bytes_out"] > 1000  # certificate too
+    assert tls["backend"] == f"tcp:127.0.0.1:{backend}"
     assert refused["route"] is None and refused["end"] == "unknown_service"
-    assert refused["service"] == "nosuch" and refused["bytes_out"] == len(nc.stdout)
+    assert refused["service"] == "nosuch"
 
 
 def test_text_lines_and_reopen_on_sigusr1(tmp_path: Path, backend: int) -> None:
@@ -130,5 +136,6 @@ def test_text_lines_and_reopen_on_sigusr1(tmp_path: Path, backend: int) -> None:
     assert fields[2:4] == ["tcp:0:interface=127.0.0.1", "http"]
     assert fields[4] == f"web>proxy/tcp:127.0.0.1:{backend}"
     assert len(fields[5].split("/")) == 3  # sniff/connect/total ms
-    assert fields[6].split("/")[1] == str(len(answer))  # bytes out: the backend's answer
-    assert fields[7] in ("client_close", "backend_close")
+    if byte_counts():
+        assert fields[6].split("/")[1] == str(len(answer))  # bytes out: the backend's answer
+        assert fields[7] in ("client_close", "backend_close")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from portmux.control._server import MAX_REGISTRATIONS, UNAUTHORIZED_RATE, UNAUTHORIZED_TOTAL_RATE
 from portmux.core.mux import SniffSettings
 from portmux.core.routing import Match, Network
 from portmux.daemon.config._checks import NETWORKS, GroupId, UserId, positive, server_endpoint
@@ -102,6 +103,17 @@ class ControlConfig:
     )
     max_pending: int = setting(
         Whole(), "bound on queued, unanswered control requests", default=DEFAULT_MAX_PENDING, check=positive
+    )
+    max_registrations: int = setting(
+        Whole(), "registrations one control connection may hold", default=MAX_REGISTRATIONS, check=positive
+    )
+    unauthorized_rate: float = setting(
+        Number(), "refused (unauthorized) connects answered per second per uid; more are dropped",
+        default=UNAUTHORIZED_RATE, check=positive,
+    )
+    unauthorized_total_rate: float = setting(
+        Number(), "refused connects answered per second over all uids", default=UNAUTHORIZED_TOTAL_RATE,
+        check=positive,
     )
 
 
