@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Callable
 from errno import EWOULDBLOCK
 from typing import Any
 
@@ -362,33 +361,48 @@ def close_now(transport: Any, read_done: bool) -> bool:
     return False
 
 
-def watch_socket_close(
-    transport: Any, on_eof: Callable[[Any], None], on_close: Callable[[Any], None]
-) -> bool:
-    """Call ``on_eof(socket)`` when the peer's FIN is read and ``on_close(socket)`` just
-    before a plain socket transport closes its socket (accounting reads TCP_INFO there).
+class _SocketWatch:
+    """Stands in for one transport's ``_closeSocket`` and ``readConnectionLost``."""
 
-    Wraps, on this transport instance only, ``tcp.Connection._closeSocket`` and
+    __slots__ = ("observer", "transport")
+
+    def __init__(self, transport: Any, observer: Any) -> None:
+        self.transport = transport
+        self.observer = observer
+
+    def read_connection_lost(self, reason: Failure) -> None:
+        transport = self.transport
+        self.observer.socket_eof(transport.socket)
+        type(transport).readConnectionLost(transport, reason)
+
+    def close_socket(self, orderly: bool) -> None:
+        transport = self.transport
+        skt = getattr(transport, "socket", None)
+        if skt is not None:
+            self.observer.socket_closing(skt)
+        # Break the transport -> watch -> transport cycle now, so the connection is
+        # freed by reference counting, not left to the cyclic garbage collector.
+        attributes = vars(transport)
+        del attributes["_closeSocket"]
+        attributes.pop("readConnectionLost", None)
+        self.transport = self.observer = None
+        type(transport)._closeSocket(transport, orderly)
+
+
+def watch_socket_close(transport: Any, observer: Any) -> bool:
+    """Call ``observer.socket_eof(socket)`` when the peer's FIN is read and
+    ``observer.socket_closing(socket)`` just before a plain socket transport closes its
+    socket (accounting reads TCP_INFO there).
+
+    Replaces, on this transport instance only, ``tcp.Connection._closeSocket`` and
     ``readConnectionLost``: nothing runs per read. Returns False (nothing watched) for
     other transports or with fast paths off: then connections report no byte counts.
     """
     if not FAST_PATHS or not isinstance(transport, tcp.Connection):
         return False
-    close = transport._closeSocket
-    eof = transport.readConnectionLost
-
-    def _read_connection_lost(reason: Failure) -> None:
-        on_eof(transport.socket)
-        eof(reason)
-
-    def _close_socket(orderly: bool) -> None:
-        skt = getattr(transport, "socket", None)
-        if skt is not None:
-            on_close(skt)
-        close(orderly)  # type: ignore[no-untyped-call]
-
-    transport._closeSocket = _close_socket  # type: ignore[method-assign]
-    transport.readConnectionLost = _read_connection_lost  # type: ignore[method-assign]
+    watch = _SocketWatch(transport, observer)
+    transport._closeSocket = watch.close_socket  # type: ignore[method-assign]
+    transport.readConnectionLost = watch.read_connection_lost  # type: ignore[method-assign]
     return True
 
 

@@ -77,24 +77,34 @@ def tcp_totals(skt: Any, client_fin_first: bool | None = None) -> TcpTotals | No
 _FIN_IN = {8, 9, 11}  # CLOSE_WAIT, LAST_ACK, CLOSING
 
 
+class _Watcher:
+    """Reads a connection's TCP_INFO at the client's FIN and at close, for its sniffer."""
+
+    __slots__ = ("fin_first", "sniffer")
+
+    def __init__(self, sniffer: Any) -> None:
+        self.sniffer = sniffer
+        self.fin_first: bool | None = None
+
+    def socket_eof(self, skt: Any) -> None:
+        if self.fin_first is None:
+            info = _info(skt)
+            self.fin_first = info is not None and info[0] == 8  # CLOSE_WAIT: our side still open
+
+    def socket_closing(self, skt: Any) -> None:
+        sniffer = self.sniffer
+        if sniffer.totals is None:
+            sniffer.totals = tcp_totals(skt, self.fin_first)
+        self.sniffer = None
+
+
 def watch_close(transport: Any, sniffer: Any) -> None:
     """Have ``transport`` leave its TCP totals on ``sniffer.totals`` just before it closes.
 
     The hooks are portmux._twisted.watch_socket_close's (nothing runs per read);
     transports without a TCP socket (TLS, UNIX, in-memory) report no byte counts.
     """
-    fin: list[bool] = []
-
-    def on_eof(skt: Any) -> None:
-        if not fin:
-            info = _info(skt)
-            fin.append(info is not None and info[0] == 8)  # CLOSE_WAIT: our side still open
-
-    def on_close(skt: Any) -> None:
-        if sniffer.totals is None:
-            sniffer.totals = tcp_totals(skt, fin[0] if fin else None)
-
-    watch_socket_close(transport, on_eof, on_close)
+    watch_socket_close(transport, _Watcher(sniffer))
 
 
 @dataclass(slots=True)
