@@ -29,6 +29,7 @@ from portmux.core.preamble import NEED_MORE, NO, Preamble
 from portmux.core.registered import RegisteredLayer
 from portmux.core.routing import Match, Network, Route, Router, _in_networks, peer_ip
 from portmux.core.stats import RouteCounters, Stats
+from portmux.core.trace import log_trace
 from portmux.protocols import refusal_bytes, tcpmux
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ class SniffSettings:
     preamble_timeout: float = 10.0
     preamble_max_bytes: int = 16384
     silence_timeout: float = 2.0
+    trace: tuple[Network, ...] = ()
+    """Client networks whose routing decisions are logged at debug level (core/trace.py)."""
 
 
 class Classified:
@@ -336,6 +339,8 @@ class SniffingProtocol(Protocol):
         if self.outer is not None:
             preamble = with_outer(preamble, self.outer)
         route = self._router.select(preamble, self._ip)
+        if self.mux.settings.trace and _in_networks(self._ip, self.mux.settings.trace):
+            log_trace(self.mux.probes, self._router, self._buffer, self._ip, _describe(self.peer), preamble)
         if route is None:
             status = refusal.NOT_FOUND if preamble.error is None else refusal.BAD_REQUEST
             self.refuse(preamble, status, self._router.refusal_reason(preamble))

@@ -64,6 +64,8 @@ def reason_name(status: int, preamble: Preamble | None = None) -> str:
     if status == NOT_FOUND and preamble is not None:
         if preamble.protocol == "tcpmux" and preamble.service:
             return UNKNOWN_SERVICE
+        if preamble.protocol == "nmf" and preamble.via:
+            return UNKNOWN_SERVICE
         if preamble.protocol == "tls" and preamble.sni and not preamble.tls_terminated:
             return UNKNOWN_SNI
     if status == BAD_REQUEST and preamble is not None and preamble.protocol == "tcpmux":

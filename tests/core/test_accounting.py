@@ -68,6 +68,7 @@ def test_reason_names_are_protocol_neutral() -> None:
     assert refusal.reason_name(refusal.NOT_FOUND, Preamble(protocol="http")) == "no_route"
     assert refusal.reason_name(refusal.NOT_FOUND, Preamble(protocol="tls", sni="a.test")) == "unknown_sni"
     assert refusal.reason_name(refusal.NOT_FOUND, Preamble(protocol="tcpmux", service="x")) == "unknown_service"
+    assert refusal.reason_name(refusal.NOT_FOUND, Preamble(protocol="nmf", via="net.tcp://h/x")) == "unknown_service"
     assert refusal.reason_name(refusal.TIMEOUT) == "preamble_timeout"
     assert refusal.reason_name(refusal.TOO_LARGE) == "preamble_too_large"
     assert refusal.reason_name(refusal.BAD_GATEWAY) == "backend_unreachable"

@@ -82,7 +82,7 @@ def test_json_lines_describe_each_connection(tmp_path: Path, backend: int) -> No
                               capture_output=True, check=True).stdout
         assert body.startswith(b"hello from backend")
         out = subprocess.run(
-            ["curl", "-sS", "-m", "10", "--no-alpn", "--cacert", str(tmp_path / "ca.pem"),
+            ["curl", "-sS", "-m", "10", "--cacert", str(tmp_path / "ca.pem"),
              "--resolve", f"site.test:{daemon.port}:127.0.0.1", f"https://site.test:{daemon.port}/x"],
             capture_output=True, check=True).stdout
         assert out.startswith(b"hello from backend")

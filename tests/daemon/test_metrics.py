@@ -58,7 +58,7 @@ def scraped(tmp_path: Path) -> Iterator[tuple[str, int, int]]:
         for _ in range(3):
             subprocess.run(["curl", "-sSf", "-m", "10", f"http://127.0.0.1:{port}/x"], check=True,
                            capture_output=True)
-        subprocess.run(["curl", "-sSf", "-m", "10", "--no-alpn", "--cacert", str(tmp_path / "ca.pem"),
+        subprocess.run(["curl", "-sSf", "-m", "10", "--cacert", str(tmp_path / "ca.pem"),
                         "--resolve", f"site.test:{port}:127.0.0.1", f"https://site.test:{port}/"],
                        check=True, capture_output=True)
         tls12 = subprocess.run(["curl", "-sS", "-m", "10", "--insecure", "--tls-max", "1.1", "--tlsv1",

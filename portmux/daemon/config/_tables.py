@@ -72,10 +72,14 @@ class SniffTable:
     silence_timeout: float = setting(
         Number(), "seconds of silence before the silent route", default=_SNIFF.silence_timeout, check=positive
     )
+    trace: tuple[Network, ...] = setting(
+        NETWORKS, "client networks whose routing decisions are logged at debug level", default=()
+    )
 
     def validate(self, key_path: str, walk: Walk) -> SniffSettings:
         settings = SniffSettings(
-            float(self.preamble_timeout), self.preamble_max_bytes, float(self.silence_timeout)
+            float(self.preamble_timeout), self.preamble_max_bytes, float(self.silence_timeout),
+            tuple(self.trace),
         )
         if settings.silence_timeout > settings.preamble_timeout:
             walk.warn(
