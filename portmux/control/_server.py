@@ -277,6 +277,8 @@ class ControlProtocol(Protocol):
                 "max_registrations": self.factory.registry.max_per_owner}
 
     def op_register(self, message: pc.Message) -> pc.Message:
+        if self.factory.draining:
+            raise RegistrationError("ShuttingDown", "portmux is shutting down; register with its successor")
         match, deprecated = registration_match(message, self.factory.protocols())
         mode = message.get("mode", "handoff")
         if not isinstance(mode, str):
@@ -394,6 +396,8 @@ class ControlFactory(ServerFactory):
         self.credentials = credentials
         self.own_uid = os.getuid() if own_uid is None else own_uid
         self.connections: list[ControlProtocol] = []
+        self.draining = False
+        """True once portmux is stopping: new registrations are refused."""
         self._timed_out: list[ControlProtocol] = []
         self._protocols: frozenset[str] | None = None
         self.unauthorized = ConnectLimiter(unauthorized_rate, unauthorized_total_rate)

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from portmux.core import refusal
+from portmux.core import accounting, refusal
 from portmux.core.deadlines import DeadlineQueue
 from portmux.core.interfaces import IProbe, as_target
 from portmux.core.preamble import NEED_MORE, NO, Preamble
@@ -90,14 +90,35 @@ class Classified:
         if self.preamble.protocol == "tcpmux":
             self.transport.write(tcpmux.accept_bytes(text))
 
-    def refuse(self, status: int, reason: str, detail: str = "") -> None:
+    def refuse(self, status: int, reason: str, detail: str = "", why: str | None = None) -> None:
         """Send the protocol's refusal, log it, count it, and close.
 
         ``reason`` is what the client is told: short and generic. ``detail`` (backend
-        names, addresses, errors) goes only to the log line.
+        names, addresses, errors) goes only to the log line. ``why`` is the
+        protocol-neutral reason name (portmux.core.refusal); by default it follows
+        from the status.
         """
         self.mux.stats.for_route(self.route.name).refused += 1
-        self._sniffer.refuse(self.preamble, status, reason, route=self.route.name, detail=detail)
+        self._sniffer.refuse(self.preamble, status, reason, route=self.route.name,
+                             detail=detail, why=why)
+
+    def dialing(self, backend: str) -> None:
+        """A target started connecting to ``backend`` for this connection (access log, metrics)."""
+        sniffer = self._sniffer
+        sniffer.backend = backend
+        sniffer.dialed_at = self.mux.reactor.seconds()
+
+    def connected(self) -> None:
+        """The backend named by ``dialing`` answered."""
+        sniffer = self._sniffer
+        sniffer.connected_at = now = self.mux.reactor.seconds()
+        if sniffer.backend is not None:
+            self.mux.stats.connected(sniffer.backend, now - sniffer.dialed_at)
+
+    def nest(self, inner: SniffingProtocol) -> None:
+        """``inner`` sniffs what this connection carries (TLS termination): one log line, nested routes."""
+        self._sniffer.inner = inner
+        inner.listener = self._sniffer.listener
 
 
 @implementer(IProtocol)
@@ -125,6 +146,20 @@ class SniffingProtocol(Protocol):
     """What classification found: set on attach and on refusal."""
     outer: Preamble | None = None
     """Facts of an enclosing layer (TLS termination), merged by with_outer before routing."""
+    listener = "-"
+    """The name of the listener that accepted this connection."""
+    inner: SniffingProtocol | None = None
+    """The sniffer of a nested stage (TLS termination), for the route path and the log."""
+    why: str | None = None
+    """The refusal's reason name, once refused."""
+    end_reason: str | None = None
+    """Why portmux itself ended the connection (e.g. ``drain_timeout``), for the log."""
+    started = 0.0
+    sniff_seconds: float | None = None
+    totals: accounting.TcpTotals | None = None
+    backend: str | None = None
+    dialed_at = 0.0
+    connected_at = 0.0
 
     def __init__(self, mux: Multiplexer, peer: IAddress) -> None:
         self.mux = mux
@@ -139,8 +174,13 @@ class SniffingProtocol(Protocol):
 
     def connectionMade(self) -> None:
         mux = self.mux
-        mux.stats.accepted += 1
-        mux.stats.sniffing += 1
+        stats = mux.stats
+        stats.accepted += 1
+        stats.sniffing += 1
+        stats.for_listener(self.listener).accepted += 1
+        self.started = mux.reactor.seconds()
+        mux.connections.add(self)
+        accounting.watch_close(self.transport, self)
         self._sniffing = True
         settings = mux.settings
         delay = settings.preamble_timeout
@@ -158,11 +198,12 @@ class SniffingProtocol(Protocol):
         header = proxyheader.parse_header(self._buffer)
         if header is NEED_MORE:
             if len(self._buffer) >= self.mux.settings.preamble_max_bytes:
-                self.refuse(UNKNOWN, refusal.BAD_REQUEST, "PROXY header too long")
+                self.refuse(UNKNOWN, refusal.BAD_REQUEST, "PROXY header too long",
+                            why=refusal.PROXY_HEADER_TOO_LARGE)
             return
         if header is NO:
             self.refuse(UNKNOWN, refusal.BAD_REQUEST,
-                        "trusted peer sent no valid PROXY header")
+                        "trusted peer sent no valid PROXY header", why=refusal.PROXY_HEADER_MISSING)
             return
         del self.dataReceived  # back to the class's sniffing method
         proxy = cast(proxyheader.ProxyHeader, header)
@@ -210,6 +251,8 @@ class SniffingProtocol(Protocol):
             target.connectionLost(reason)
         else:
             self._stop_sniffing()
+            self.mux.stats.for_listener(self.listener).closed_sniffing += 1
+        accounting.finish(self)
 
     # -- classification ----------------------------------------------------
 
@@ -265,7 +308,8 @@ class SniffingProtocol(Protocol):
             return False
         if verdict is True:
             self.refuse(UNKNOWN, refusal.BAD_REQUEST,
-                        f"PROXY header from untrusted {peer_ip(self.peer) or _describe(self.peer)}")
+                        f"PROXY header from untrusted {peer_ip(self.peer) or _describe(self.peer)}",
+                        why=refusal.PROXY_HEADER_UNTRUSTED)
         return True
 
     @staticmethod
@@ -325,7 +369,11 @@ class SniffingProtocol(Protocol):
     def _attach(self, route: Route, preamble: Preamble) -> None:
         self._stop_sniffing()
         self.route, self.preamble = route, preamble
-        counters = self.mux.stats.for_route(route.name)
+        stats = self.mux.stats
+        self.sniff_seconds = seconds = self.mux.reactor.seconds() - self.started
+        stats.sniff_seconds.observe(seconds)
+        stats.for_listener(self.listener).routed[route.name] += 1
+        counters = stats.for_route(route.name)
         counters.connections += 1
         counters.active += 1
         self._counters = counters
@@ -339,7 +387,8 @@ class SniffingProtocol(Protocol):
             target = route.target.attach(connection)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001  # a failing target must not crash the listener
             log.failure("target of route {route} failed to attach", route=route.name)
-            self.refuse(preamble, refusal.BAD_GATEWAY, "internal error", route=route.name)
+            self.refuse(preamble, refusal.BAD_GATEWAY, "internal error", route=route.name,
+                        why=refusal.INTERNAL_ERROR)
             return
         if target is None:
             target = _Closed()
@@ -351,24 +400,26 @@ class SniffingProtocol(Protocol):
 
     def refuse(
         self, preamble: Preamble, status: int, reason: str, route: str | None = None,
-        detail: str = "",
+        detail: str = "", why: str | None = None,
     ) -> None:
-        """Answer ``preamble``'s protocol with a refusal, log one line, and close.
+        """Answer ``preamble``'s protocol with a refusal, log one line, count it by reason, close.
 
         The client gets ``reason`` only; the log line adds ``detail``.
         """
         self._stop_sniffing()
+        self.why = why = why or refusal.reason_name(status, preamble)
         self.preamble = preamble
         if self._target is None:  # refused while sniffing: what else arrives is dropped
             self._target = _Closed()
             self._buffer = b""
             self.dataReceived = self._target.dataReceived  # type: ignore[method-assign]
-        self.mux.stats.refusals[str(status)] += 1
+        self.mux.stats.refused(self.listener, why, route)
         log.info(
-            "refused {peer} protocol={protocol} route={route} status={status}: {reason}",
+            "refused {peer} protocol={protocol} route={route} {why} (status {status}): {reason}",
             peer=_describe(self.peer),
             protocol=preamble.protocol,
             route=route or "-",
+            why=why,
             status=status,
             reason=f"{reason} ({detail})" if detail else reason,
         )
@@ -429,9 +480,10 @@ class _HeaderListener(ServerFactory):
 
     noisy = False
 
-    def __init__(self, mux: Multiplexer, trusted: tuple[Network, ...]) -> None:
+    def __init__(self, mux: Multiplexer, trusted: tuple[Network, ...], name: str = "-") -> None:
         self.mux = mux
         self.trusted = trusted
+        self.name = name
 
     def startFactory(self) -> None:
         self.mux.doStart()  # type: ignore[no-untyped-call]
@@ -440,8 +492,9 @@ class _HeaderListener(ServerFactory):
         self.mux.doStop()  # type: ignore[no-untyped-call]
 
     def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]
-        protocol = SniffingProtocol(self.mux, addr)
+        protocol = self.mux.buildProtocol(addr)
         protocol.header_from = self.trusted
+        protocol.listener = self.name
         return protocol
 
 
@@ -475,6 +528,8 @@ class Multiplexer(ServerFactory):
         self.probes: tuple[IProbe, ...] = tuple(probes)
         self.settings = settings
         self.stats = Stats()
+        self.connections: set[SniffingProtocol] = set()
+        """Every open connection (sniffing or attached), for draining on shutdown."""
         self._running = False
         self._started: dict[int, Any] = {}  # id(target) -> target, in start order
         self._shared: dict[str, Any] = {}
@@ -497,11 +552,16 @@ class Multiplexer(ServerFactory):
     def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]
         return SniffingProtocol(self, addr)
 
-    def listener_factory(self, proxy_header_from: tuple[Network, ...] = ()) -> ServerFactory:
-        """The factory to listen with; peers in ``proxy_header_from`` must send a PROXY header."""
-        if not proxy_header_from:
+    def listener_factory(
+        self, proxy_header_from: tuple[Network, ...] = (), name: str | None = None
+    ) -> ServerFactory:
+        """The factory to listen with; peers in ``proxy_header_from`` must send a PROXY header.
+
+        ``name`` labels the listener's connections in counters and the access log.
+        """
+        if not proxy_header_from and name is None:
             return self
-        return _HeaderListener(self, proxy_header_from)
+        return _HeaderListener(self, proxy_header_from, name or "-")
 
     # -- routes ------------------------------------------------------------
 

@@ -344,6 +344,7 @@ class _Front(_Leg):
         self.attempt += 1
         attempt = self.attempt
         reactor = target.reactor
+        self.connection.dialing(backend.name)
         if backend.address is not None:
             self._dial_socket(backend)
             return
@@ -414,7 +415,7 @@ class _Front(_Leg):
 
     def tried(self) -> list[str]:
         """Names of the backends dialled for this connection so far, in order."""
-        backends = self.target.backends
+        backends = self.target.backends or self.target.all_backends
         return [backends[(self.start + i) % len(backends)].name for i in range(self.attempt)]
 
     def _dial_failed(self, reason: Failure) -> None:
@@ -473,6 +474,7 @@ class _Front(_Leg):
         connection = self.connection
         client = self.transport
         server = back.transport
+        connection.connected()
         connection.accept()
         back.sink = client
         back.direct = _direct(client)
@@ -539,6 +541,7 @@ class ProxyTarget:
         self.reactor = reactor
         self.endpoints = tuple(endpoints)
         self.backends: tuple[Backend, ...] = ()
+        self.all_backends: tuple[Backend, ...] = ()
         if reactor is not None:
             self.bind(reactor)
         else:
@@ -556,7 +559,12 @@ class ProxyTarget:
     def bind(self, reactor: Any) -> None:
         """Dial with ``reactor`` from now on (parses the endpoint strings with it)."""
         self.reactor = reactor
-        self.backends = tuple(Backend(reactor, spec) for spec in self.endpoints)
+        self.all_backends = tuple(Backend(reactor, spec) for spec in self.endpoints)
+        self.backends = self.all_backends
+        """The backends in rotation: all of them, or the healthy ones when checked."""
+
+    health: Any = None
+    """A portmux.targets._health.HealthChecker keeping ``backends`` to the healthy ones."""
 
     def via_address(self, backend: Any) -> str | None:
         """The net.tcp address a rewritten Via names: the configured one, or the backend's."""
@@ -565,10 +573,14 @@ class ProxyTarget:
         return nmf.address_of(backend.getPeer())
 
     def start(self) -> None:
-        """Nothing to start: backends are dialled per connection."""
+        """Start health checks, if configured; backends are dialled per connection."""
+        if self.health is not None:
+            self.health.start(self)
 
     def stop(self) -> None:
-        """Nothing to stop: open connections finish on their own."""
+        """Stop health checks; open connections finish on their own."""
+        if self.health is not None:
+            self.health.stop()
 
     def attach(self, connection: Any) -> IProtocol:
         """Dial a backend and return the client leg.
@@ -578,6 +590,9 @@ class ProxyTarget:
         """
         if self.reactor is None:
             self.bind(connection.reactor)
+        if not self.backends:  # health checks found every backend down
+            connection.refuse(refusal.UNAVAILABLE, "no backend is up", why=refusal.NO_BACKEND_UP)
+            return None  # type: ignore[return-value]
         front = _Front(self, connection)
         front.start = self.first
         self.first = (self.first + 1) % len(self.backends)

@@ -71,7 +71,8 @@ class _InnerSniffer(SniffingProtocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         if self.outer is None and self._target is None:
-            self.mux.stats.refusals["tls-handshake"] += 1
+            self.mux.stats.refusals[refusal.TLS_HANDSHAKE_FAILED] += 1
+            self.mux.stats.tls_handshake_failures[_reason_name(reason)] += 1
             log.info(
                 "TLS handshake with {peer} failed: {reason}",
                 peer=_describe(self.peer),
@@ -191,11 +192,13 @@ class TLSTarget:
     def attach(self, connection: Any) -> IProtocol | None:
         hello: Preamble = connection.preamble
         if self.store.refuses(hello.sni):
-            connection.refuse(refusal.NOT_FOUND, f"no certificate for server name {hello.sni}")
+            connection.refuse(refusal.NOT_FOUND, f"no certificate for server name {hello.sni}",
+                              why=refusal.UNKNOWN_SNI)
             return None
         protocol = self._tls_factory.buildProtocol(connection.peer)
         sniffer = protocol.wrappedProtocol
         sniffer.client_hello = hello  # type: ignore[attr-defined]  # our inner sniffer
+        connection.nest(sniffer)
         protocol.makeConnection(connection.transport)
         payload = connection.payload
         if payload:
@@ -230,6 +233,16 @@ def _route_without_content(router: Router, outer: Preamble, ip: str) -> Route | 
 def _describe(address: object) -> str:
     host = getattr(address, "host", None)
     return f"{host}:{getattr(address, 'port', None)}" if host is not None else str(address)
+
+
+def _reason_name(reason: Failure) -> str:
+    """A short metric label for a failed handshake: OpenSSL's reason words, or how it ended."""
+    args: tuple[Any, ...] = tuple(getattr(reason.value, "args", ()))
+    text = _reason_text(reason) if args else ""
+    words = "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
+    if not words or not isinstance(args[0], list):
+        return "connection_closed"
+    return "_".join(filter(None, words.split("_")))[:60]
 
 
 def _reason_text(reason: Failure) -> str:

@@ -42,7 +42,7 @@ def test_untrusted_header_is_refused_with_one_line(header: bytes) -> None:
     lines = [e for e in events if "untrusted" in str(e.get("reason", ""))]
     assert len(lines) == 1
     assert lines[0]["reason"] == "PROXY header from untrusted 10.0.0.5"
-    assert fed.mux.stats.refusals["400"] == 1
+    assert fed.mux.stats.refusals["proxy_header_untrusted"] == 1
 
 
 @pytest.mark.parametrize("data", [b"PROXY / HTTP/1.1\r\nHost: a\r\n\r\n", b"PING\r\n",

@@ -199,4 +199,4 @@ proxy = {{ endpoints = ["tcp:127.0.0.1:{s['streamed']}"], rewrite_via = "net.tcp
         (output,) = yield self.calls(("nowhere", "buffered", "plain"))
         self.assertIn("error System.ServiceModel.FaultException", output)
         self.assertIn("http://schemas.microsoft.com/ws/2006/05/framing/faults/EndpointNotFound", output)
-        self.assertEqual(self.mux.stats.refusals["404"], 1)
+        self.assertEqual(self.mux.stats.refusals["unknown_service"], 1)  # an unknown Via

@@ -304,7 +304,7 @@ class ProxyTests(TestCase):
         self.assertEqual(len(refused), 1)
         for name in dead:
             self.assertIn(name, refused[0]["reason"])
-        self.assertEqual(mux.stats.refusals["502"], 1)
+        self.assertEqual(mux.stats.refusals["backend_unreachable"], 1)
 
     @defer.inlineCallbacks
     def test_all_down_tcpmux(self) -> Any:
@@ -382,7 +382,7 @@ class ProxyTests(TestCase):
         yield self.wait_for(lambda: mux.stats.for_route("proxied").active == 0)
         dialing = [w for w in reactor.getWriters() if type(w).__name__ == "_Dialing"]
         self.assertEqual(dialing, [])
-        self.assertEqual(mux.stats.refusals["502"], 0)
+        self.assertEqual(mux.stats.refusals["backend_unreachable"], 0)
 
     @defer.inlineCallbacks
     def test_connect_timeout_all_down(self) -> Any:
@@ -575,7 +575,7 @@ class ProxyTests(TestCase):
 
         yield threads.deferToThread(client)
         yield self.wait_for(lambda: hanging.cancelled > 0)
-        self.assertEqual(mux.stats.refusals["502"], 0)
+        self.assertEqual(mux.stats.refusals["backend_unreachable"], 0)
         self.assertEqual(mux.stats.for_route("proxied").active, 0)
 
     @defer.inlineCallbacks

@@ -157,7 +157,7 @@ class ConfiguredMismatchRefusedTests(_Port):
         out = (result.stdout + result.stderr).decode("latin-1").lower()
         self.assertIn("no application protocol", out)
         self.assertIn("alert number 120", out)
-        self.assertEqual(self.target.inner.stats.refusals["tls-handshake"], 1)
+        self.assertEqual(self.target.inner.stats.refusals["tls_handshake_failed"], 1)
 
     @inlineCallbacks
     def test_curl_is_refused_with_no_application_protocol(self) -> Any:

@@ -18,7 +18,13 @@ from portmux.daemon.config._document import Document
 from portmux.daemon.config._kinds import TargetKind
 from portmux.daemon.config._problems import ConfigError, ConfigProblem, Reporter
 from portmux.daemon.config._schema import INVALID, read_table, schema_of
-from portmux.daemon.config._tables import ConfigFile, ControlConfig, Listener
+from portmux.daemon.config._tables import (
+    AccessLogConfig,
+    ConfigFile,
+    ControlConfig,
+    Listener,
+    ShutdownTable,
+)
 from portmux.daemon.config._targets import target_kinds
 
 if sys.version_info >= (3, 11):  # setup.cfg allows 3.10 with tomli
@@ -40,6 +46,8 @@ class Config:
     reservations: tuple[Reservation, ...] = ()
     filename: str = "<config>"
     warnings: tuple[ConfigProblem, ...] = ()
+    access_log: AccessLogConfig | None = None
+    grace_period: float = 30.0
 
 
 def _valid(value: Any, fallback: Any) -> Any:
@@ -65,6 +73,8 @@ def _build(data: dict[str, Any], document: Document, filename: str) -> Config:
         ),
         filename=filename,
         warnings=tuple(report.warnings),
+        access_log=_valid(values["access_log"], None),
+        grace_period=float(_valid(values["shutdown"], ShutdownTable()).grace_period),
     )
 
 

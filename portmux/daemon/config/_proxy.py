@@ -23,6 +23,7 @@ from portmux.daemon.config._schema import (
     TableOf,
     Text,
     Walk,
+    Whole,
     read_table,
     schema_of,
     setting,
@@ -78,6 +79,30 @@ _REWRITE_VIA = AnyOf(
 
 
 @dataclass(frozen=True)
+class HealthCheckTable:
+    """``health_check = { interval = 2.0, rise = 2, fall = 3, http_path = "/health" }``."""
+
+    interval: float = setting(Number(), "seconds between checks of each backend", default=2.0, check=positive)
+    timeout: float = setting(Number(), "seconds a check may take", default=1.0, check=positive)
+    rise: int = setting(Whole(), "successes in a row that mark a backend up", default=2, check=positive)
+    fall: int = setting(Whole(), "failures in a row that mark a backend down", default=3, check=positive)
+    http_path: str | None = setting(
+        Text("a path"), "send GET with this path and expect http_status (else: TCP connect only)", default=None
+    )
+    http_status: int = setting(Whole(), "the HTTP status a healthy backend answers", default=200)
+    http_host: str = setting(Text(), "the Host header of the check", default="localhost")
+
+    def validate(self, key_path: str, walk: Walk) -> Any:
+        from portmux.targets._health import HealthCheck
+
+        if self.http_path is not None and not self.http_path.startswith("/"):
+            walk.problem(join_key(key_path, "http_path"), 'must start with "/"')
+            return INVALID
+        return HealthCheck(float(self.interval), float(self.timeout), self.rise, self.fall,
+                           self.http_path, self.http_status, self.http_host)
+
+
+@dataclass(frozen=True)
 class ProxyTable:
     """The table form: ``proxy = { endpoints = [...], connect_timeout = 5.0, ... }``."""
 
@@ -91,6 +116,10 @@ class ProxyTable:
     ca: str | None = setting(Text("a path"), "CA bundle verifying tls: backends", default=None)
     client_cert: Any = setting(_CLIENT_CERT, "client certificate for tls: backends", default=None)
     server_name: str | None = setting(Text(), "SNI and verified name for tls: backends", default=None)
+    health_check: Any = setting(
+        TableOf("a table", declaration=HealthCheckTable),
+        "active health checks of the backends (TCP connect, or HTTP GET)", default=None,
+    )
     rewrite_via: Any = setting(
         _REWRITE_VIA,
         "net.tcp: point the Via record at the backend (true) or at this address",
@@ -104,6 +133,7 @@ class ProxyPlan:
 
     backends: tuple[Any, ...]
     options: dict[str, Any]
+    health: Any = None
 
 
 def _file_problems(values: dict[str, Any], key_path: str, walk: Walk) -> bool:
@@ -163,7 +193,7 @@ def _plan(values: dict[str, Any], key_path: str, endpoints_key: str, walk: Walk)
         options["proxy_header"] = values["proxy_header"]
     if values.get("rewrite_via"):
         options["rewrite_via"] = values["rewrite_via"]
-    return ProxyPlan(tuple(backends), options)
+    return ProxyPlan(tuple(backends), options, values.get("health_check"))
 
 
 @dataclass(frozen=True)
@@ -198,4 +228,9 @@ def build_proxy(plan: ProxyPlan, ctx: BuildContext) -> object:
     """A ProxyTarget over the checked backends."""
     from portmux.targets.proxy import ProxyTarget
 
-    return ProxyTarget(ctx.reactor, list(plan.backends), **plan.options)
+    target = ProxyTarget(ctx.reactor, list(plan.backends), **plan.options)
+    if plan.health is not None:
+        from portmux.targets._health import HealthChecker
+
+        target.health = HealthChecker(ctx.reactor, plan.health, label=target.description)
+    return target

@@ -19,6 +19,7 @@ from portmux.daemon.config._schema import (
     Flag,
     ListOf,
     Number,
+    OneOf,
     Routes,
     TableOf,
     Text,
@@ -27,7 +28,7 @@ from portmux.daemon.config._schema import (
     setting,
 )
 
-__all__ = ["ConfigFile", "ControlConfig", "Listener", "ReservationTable", "SniffTable"]
+__all__ = ["AccessLogConfig", "ConfigFile", "ControlConfig", "Listener", "ReservationTable", "ShutdownTable", "SniffTable"]
 
 DEFAULT_MAX_PENDING = 64
 _SERVER_ENDPOINT = Text("a server endpoint string")
@@ -132,6 +133,23 @@ class ReservationTable:
     )
 
 
+@dataclass(frozen=True)
+class AccessLogConfig:
+    """``[access_log]``: one line per finished connection."""
+
+    path: str = setting(Text("a file path or \"-\""), 'the log file ("-" for standard output)', default="-")
+    format: str = setting(OneOf("text", "json"), "text (tcplog-like) or json (JSON lines)", default="text")
+
+
+@dataclass(frozen=True)
+class ShutdownTable:
+    """``[shutdown]``: how SIGTERM drains."""
+
+    grace_period: float = setting(
+        Number(), "seconds open connections may finish after SIGTERM", default=30.0, check=positive
+    )
+
+
 def _tables(name: str, declaration: type, **options: Any) -> ListOf:
     return ListOf(f"an array of tables ([[{name}]])", item=TableOf(declaration=declaration), **options)
 
@@ -157,4 +175,11 @@ class ConfigFile:
     )
     reservation: tuple[ReservationTable, ...] = setting(
         _tables("reservation", ReservationTable), "who may register which routes", default=()
+    )
+    access_log: AccessLogConfig | None = setting(
+        TableOf("a table ([access_log])", declaration=AccessLogConfig), "the access log", default=None
+    )
+    shutdown: ShutdownTable = setting(
+        TableOf("a table ([shutdown])", declaration=ShutdownTable), "draining on SIGTERM",
+        default=ShutdownTable(),
     )
