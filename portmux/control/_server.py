@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -152,6 +153,8 @@ class ControlProtocol(Protocol):
         if self in factory.connections:
             factory.connections.remove(self)
         gone = factory.registry.unregister_all(self)
+        if factory.cluster is not None:
+            factory.cluster.released(factory.registry, self, gone)
         if gone:
             log.info("control: {label} disconnected; dropped {routes}", label=self.label,
                      routes=", ".join(m.describe(",") for m in gone))
@@ -209,15 +212,29 @@ class ControlProtocol(Protocol):
         try:
             reply = handler(message)
         except RegistrationError as e:
-            log.info("control: refused {op} from {label}: {code}: {message}", op=op, label=self.label,
-                     code=e.code, message=e.message)
-            reply = {"op": "error", "error": e.code, "message": e.message}
+            reply = self._refused(op, e)
         except (KeyError, TypeError, ValueError) as e:
             reply = {"op": "error", "error": "BadRequest", "message": f"malformed {op}: {e}"}
-        if reply is not None:
+        if isinstance(reply, Deferred):  # answered once the shared registry has (docs/scale-out.md)
+            reply.addErrback(self._refused_later, op)
+            reply.addCallback(self._reply, request_id)
+            return
+        self._reply(reply, request_id)
+
+    def _reply(self, reply: pc.Message | None, request_id: Any) -> None:
+        if reply is not None and not self._gone:
             if request_id is not None:
                 reply["id"] = request_id
             self.send(reply)
+
+    def _refused_later(self, failure: Failure, op: str) -> pc.Message:
+        failure.trap(RegistrationError)
+        return self._refused(op, failure.value)  # type: ignore[arg-type]
+
+    def _refused(self, op: str, e: RegistrationError) -> pc.Message:
+        log.info("control: refused {op} from {label}: {code}: {message}", op=op, label=self.label,
+                 code=e.code, message=e.message)
+        return {"op": "error", "error": e.code, "message": e.message}
 
     def op_hello(self, message: pc.Message) -> pc.Message:
         version = message.get("version")
@@ -231,13 +248,31 @@ class ControlProtocol(Protocol):
                 "uid": self.uid, "heartbeat": self.factory.heartbeat,
                 "max_pending": self.factory.max_pending}
 
-    def op_register(self, message: pc.Message) -> pc.Message:
+    def op_register(self, message: pc.Message) -> pc.Message | Deferred[pc.Message]:
         match, deprecated = registration_match(message)
         mode = message.get("mode", "handoff")
         endpoint = message.get("endpoint")
         if endpoint is not None and not isinstance(endpoint, str):
             raise RegistrationError("BadMode", "endpoint must be a client endpoint string")
-        group = self.factory.registry.register(self, match, mode, endpoint)
+        advertise = message.get("advertise")
+        if advertise is not None and not isinstance(advertise, str):
+            raise RegistrationError("BadAdvertise", "advertise must be a client endpoint string")
+        cluster = self.factory.cluster
+        if cluster is not None:
+            claimed = cluster.register(self.factory.registry, self, match, mode, endpoint, advertise)
+            return claimed.addCallback(self._claimed, match, deprecated)
+        return self._registered(self.factory.registry.register(self, match, mode, endpoint), match, deprecated)
+
+    def _claimed(self, group: Any, match: Any, deprecated: str | None) -> pc.Message | None:
+        """The cluster-wide claim succeeded; undo it if this worker left meanwhile."""
+        if self._gone:
+            registry = self.factory.registry
+            if registry.unregister(self, match):
+                self.factory.cluster.released(registry, self, [match])
+            return None
+        return self._registered(group, match, deprecated)
+
+    def _registered(self, group: Any, match: Any, deprecated: str | None) -> pc.Message:
         log.info("control: {label} registered {name} ({members} in group)", label=self.label,
                  name=group.name, members=len(group.members))
         reply: pc.Message = {"op": "registered", "route": group.name, "members": len(group.members),
@@ -251,6 +286,8 @@ class ControlProtocol(Protocol):
         match, _ = registration_match(message)
         if not self.factory.registry.unregister(self, match):
             raise RegistrationError("NotRegistered", f"{match.describe(',')} is not registered by this connection")
+        if self.factory.cluster is not None:
+            self.factory.cluster.released(self.factory.registry, self, [match])
         return {"op": "unregistered", "match": match.to_keys()}
 
     def op_routes(self, message: pc.Message) -> pc.Message:
@@ -318,8 +355,11 @@ class ControlFactory(ServerFactory):
         credentials: Callable[[Any], PeerCred] = peer_credentials,
         own_uid: int | None = None,
         make_proxy: Callable[[str], Any] | None = None,
+        cluster: Any = None,
     ) -> None:
         self.reactor = reactor
+        self.cluster = cluster
+        """A portmux.control._cluster.Cluster sharing registrations through etcd, or None."""
         self.mux = mux
         self.allow_uids = frozenset(allow_uids)
         self.allow_gids = frozenset(allow_gids)
@@ -332,7 +372,7 @@ class ControlFactory(ServerFactory):
         self.connections: list[ControlProtocol] = []
         self._timed_out: list[ControlProtocol] = []
         self.registry = Registry(
-            mux.set_registered_routes, reservations, WorkerGroupTarget,
+            cluster.publish_local if cluster is not None else mux.set_registered_routes, reservations, WorkerGroupTarget,
             make_proxy or self._make_proxy,
         )
 
@@ -373,7 +413,8 @@ class ControlFactory(ServerFactory):
 class ControlService(Service):
     """Listens on the [control] UNIX socket while the service runs."""
 
-    def __init__(self, reactor: Any, mux: Any, control_config: Any, reservations: Iterable[Any] = ()) -> None:
+    def __init__(self, reactor: Any, mux: Any, control_config: Any, reservations: Iterable[Any] = (),
+                 cluster: Any = None) -> None:
         self.reactor = reactor
         self.path = unix_path(str(control_config.endpoint))
         self.factory = ControlFactory(
@@ -385,6 +426,7 @@ class ControlService(Service):
             max_pending=int(getattr(control_config, "max_pending", 100) or 100),
             heartbeat=float(getattr(control_config, "heartbeat", HEARTBEAT) or HEARTBEAT),
             heartbeat_timeout=float(getattr(control_config, "heartbeat_timeout", HEARTBEAT_TIMEOUT) or HEARTBEAT_TIMEOUT),
+            cluster=cluster,
         )
         self.port: Any = None
 

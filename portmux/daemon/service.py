@@ -49,11 +49,19 @@ class PortmuxService(MultiService):
         control_config = getattr(config, "control", None)
         if self._control_override:
             control_config = _control_with_endpoint(control_config, self._control_override)
+        self.cluster: Any = None
+        self._stored_routes: Any = None
+        if getattr(config, "registry", None) is not None:
+            from portmux.daemon.cluster import StoredRoutes, build_cluster
+
+            self._stored_routes = StoredRoutes(self.mux, config)
+            self.cluster = build_cluster(reactor, self.mux, config.registry, self._stored_routes)
+            self.cluster.setServiceParent(self)
         if control_config is not None:
             from portmux.control._server import ControlService
 
             ControlService(  # type: ignore[no-untyped-call]
-                reactor, self.mux, control_config, getattr(config, "reservations", ())
+                reactor, self.mux, control_config, getattr(config, "reservations", ()), cluster=self.cluster
             ).setServiceParent(self)
         self._previous_sighup: Any = None
 
@@ -97,9 +105,14 @@ class PortmuxService(MultiService):
             log.warn(  # noqa: G010  # twisted.logger.Logger has no .warning
                 "reload: listeners changed in the config; restart portmux to apply them"
             )
+        if getattr(config, "registry", None) != getattr(self.config, "registry", None):
+            log.warn("reload: [registry] changed in the config; restart portmux to apply it")  # noqa: G010
         self.config = config
         self.mux.settings = config.sniff
-        self.mux.set_static_routes(config.routes)
+        if self._stored_routes is not None:
+            self._stored_routes.set_config(config)
+        else:
+            self.mux.set_static_routes(config.routes)
         for target in self.mux.router.targets():
             reload_target = getattr(target, "reload", None)
             if reload_target is not None:

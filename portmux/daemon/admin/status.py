@@ -9,6 +9,8 @@ from typing import Any, cast
 
 from twisted.web.resource import IResource, Resource
 
+from portmux.control._cluster import registry_health
+
 
 def status_snapshot(mux: Any) -> dict[str, Any]:
     """Everything the status page shows, as JSON-ready data."""
@@ -29,7 +31,10 @@ def status_snapshot(mux: Any) -> dict[str, Any]:
                 ),
             }
         )
+    health = registry_health(mux)
     return {
+        "portmux_registry_stale": bool(health and health.stale),
+        "registry": health.snapshot() if health is not None else None,
         "listeners": list(mux.listeners),
         "probes": [probe.name for probe in mux.probes],
         "sniff": {
@@ -80,6 +85,11 @@ class Metrics(Resource):
             lines.append(f"portmux_route_connections_total{{route={label}}} {c['connections']}")
             lines.append(f"portmux_route_active{{route={label}}} {c['active']}")
             lines.append(f"portmux_route_refused_total{{route={label}}} {c['refused']}")
+        if snap["registry"] is not None:
+            lines.append("# TYPE portmux_registry_stale gauge")
+            lines.append(f"portmux_registry_stale {int(snap['portmux_registry_stale'])}")
+            lines.append("# TYPE portmux_registry_remote_routes gauge")
+            lines.append(f"portmux_registry_remote_routes {snap['registry']['remote_routes']}")
         lines.append("# TYPE portmux_refusals_total counter")
         for status, count in sorted(snap["refusals"].items()):
             lines.append(f'portmux_refusals_total{{status="{status}"}} {count}')
@@ -118,6 +128,7 @@ class StatusPage(Resource):
         )
         listeners = "".join(f"<li><code>{esc(x)}</code></li>" for x in snap["listeners"])
         refusals = ", ".join(f"{k}: {v}" for k, v in sorted(snap["refusals"].items())) or "none"
+        registry = _registry_html(snap["registry"])
         page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>portmux status</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
@@ -126,7 +137,7 @@ td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}</style></head>
 <h2>Listeners</h2><ul>{listeners}</ul>
 <p>Connections accepted: {snap['connections']['accepted']};
 being sniffed now: {snap['connections']['sniffing']}; refusals: {esc(refusals)}.</p>
-<h2>Routes</h2>
+{registry}<h2>Routes</h2>
 <table><tr><th>name</th><th>match</th><th>target</th><th>source</th>
 <th>connections</th><th>active</th><th>refused</th></tr>{rows}</table>
 <p>Probes, in order: {esc(', '.join(snap['probes']))}.
@@ -136,3 +147,17 @@ Also: <a href="status.json">status.json</a>, <a href="metrics">metrics</a>.</p>
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         return page.encode("utf-8")
+
+
+def _registry_html(registry: dict[str, Any] | None) -> str:
+    """The shared-registry section: node, etcd, staleness, and routes from etcd that were refused."""
+    if registry is None:
+        return ""
+    esc = html.escape
+    state = (f"<strong>STALE</strong> since {registry['stale_since']:.0f}: {esc(registry['reason'])}; routing with "
+             "the last table, new registrations refused" if registry["stale"] else "in sync")
+    errors = "".join(f"<li><pre>{esc(message)}</pre></li>" for message in registry["etcd_route_errors"].values())
+    return (f"<h2>Shared registry</h2><p>Node <code>{esc(registry['node'])}</code>, etcd "
+            f"<code>{esc(', '.join(registry['etcd']))}</code>: {state} (revision {registry['revision']}, "
+            f"{registry['remote_routes']} routes of other nodes).</p>"
+            + (f"<p>Routes in etcd refused:</p><ul>{errors}</ul>" if errors else ""))
