@@ -143,12 +143,14 @@ class Cluster(Service):
         self.local_routes: tuple[Route, ...] = ()
         self.remote: dict[bytes, RemoteRoute] = {}
         self._remote_order: list[tuple[tuple[Any, ...], bytes]] = []
+        self._remote_routes: list[Route] = []  # in _remote_order's order
         self.etcd_routes: dict[str, Route] = {}
         self.claims: dict[Match, Claim] = {}
         self._unreleased: dict[bytes, None] = {}
         self._watch: Watch | None = None
         self._timer: Any = None
         self._connecting = False
+        self._joined = False
         self._resync = True
         self._retry = RETRY_FIRST
 
@@ -315,7 +317,7 @@ class Cluster(Service):
         self._retry = RETRY_FIRST
         health = self.health
         if health.stale:
-            if health.reason.startswith("not connected"):
+            if not self._joined:
                 log.info("registry: node {node} joined etcd {etcd} (lease {lease:x}, revision {rev}, "
                          "{remote} remote routes)", node=self.node, etcd=self.client.endpoint, lease=self.lease,
                          rev=self.revision, remote=len(self.remote))
@@ -324,6 +326,7 @@ class Cluster(Service):
                          seconds=self.reactor.seconds() - health.since, rev=self.revision + 1)
         health.stale = False
         health.reason = ""
+        self._joined = True
         self._schedule(self._keepalive, self._keepalive_interval())
 
     def _keepalive_interval(self) -> float:
@@ -366,8 +369,10 @@ class Cluster(Service):
 
     def _lost_contact(self, reason: str) -> None:
         health = self.health
+        if not self._joined:
+            health.reason = f"not connected to etcd yet ({reason})"
+            return
         if health.stale:
-            health.reason = health.reason if health.reason.startswith("not connected") else reason
             return
         health.stale = True
         health.reason = reason
@@ -406,7 +411,7 @@ class Cluster(Service):
             self.revision = max(self.revision, event.kv.mod_revision)
             self.health.events += 1
             kind = self._apply(event.kv.key, event.kv if event.type == "PUT" else None)
-            remote_changed |= kind == "registration"
+            remote_changed |= kind == "registration changed"
             routes_changed |= kind == "route"
         self.health.revision = self.revision
         if remote_changed:
@@ -432,21 +437,21 @@ class Cluster(Service):
         """Apply one key's new state (None: deleted); which table it touched."""
         rest = key[len(self.prefix):]
         if rest.startswith(REGISTRATIONS):
-            self._apply_registration(key, kv)
-            return "registration"
+            return "registration changed" if self._apply_registration(key, kv) else "registration"
         if rest.startswith(ROUTES):
             self._apply_route(rest[len(ROUTES):].decode("utf-8", "replace"), kv)
             return "route"
         return ""
 
-    def _apply_registration(self, key: bytes, kv: KeyValue | None) -> None:
+    def _apply_registration(self, key: bytes, kv: KeyValue | None) -> bool:
+        """Apply one registration key; True if the remote routes changed."""
         old = self.remote.get(key)
         if kv is not None and old is not None and old.value == kv.value:
-            return
+            return False
         if old is not None:
             self._forget_remote(key, old)
         if kv is None or (kv.lease and kv.lease == self.lease):
-            return  # deleted, or one of ours (the local Registry routes it)
+            return old is not None  # deleted, or one of ours (the local Registry routes it)
         try:
             info = json.loads(kv.value)
             match = parse_match(info["match"])
@@ -454,28 +459,32 @@ class Cluster(Service):
             advertise = [str(a) for a in info.get("advertise") or ()]
         except (ValueError, KeyError, TypeError, RegistrationError) as error:
             log.warn("registry: ignoring malformed registration {key}: {error}", key=key, error=error)  # noqa: G010
-            return
+            return old is not None
         if not advertise:
             log.info("registry: {node} registered {match} without an advertised address; it is routed on {node} only",
                      node=node, match=match.describe(","))
-            return
+            return old is not None
         try:
             target = self._make_proxy(advertise)
         except (TypeError, ValueError) as error:
             log.warn("registry: {node}'s {match} advertises {advertise}: {error}", node=node,  # noqa: G010
                      match=match.describe(","), advertise=advertise, error=error)
-            return
+            return old is not None
         target.description = f"{target.description} (registered on node {node}, pid {info.get('pid', '?')})"
         route = Route(f"{node}:{match.describe(',')}", match, target)
         order = (specificity(match), key)
         self.remote[key] = RemoteRoute(kv.value, route, order)
-        bisect.insort(self._remote_order, (order, key))
+        index = bisect.bisect_left(self._remote_order, (order, key))
+        self._remote_order.insert(index, (order, key))
+        self._remote_routes.insert(index, route)
+        return True
 
     def _forget_remote(self, key: bytes, old: RemoteRoute) -> None:
         del self.remote[key]
         index = bisect.bisect_left(self._remote_order, (old.order, key))
         if index < len(self._remote_order) and self._remote_order[index][1] == key:
             del self._remote_order[index]
+            del self._remote_routes[index]
 
     def _apply_route(self, name: str, kv: KeyValue | None) -> None:
         self.etcd_routes.pop(name, None)
@@ -497,13 +506,13 @@ class Cluster(Service):
 
     def remote_routes(self) -> list[Route]:
         """Other nodes' routes, most specific first."""
-        return [self.remote[key].route for _, key in self._remote_order]
+        return list(self._remote_routes)
 
     def _flush(self) -> None:
         """Give the multiplexer local and remote routes, merged most specific first."""
         self.health.remote_routes = len(self.remote)
-        if not self.remote:
-            self.mux.set_registered_routes(self.local_routes)
+        if not self.remote or not self.local_routes:
+            self.mux.set_registered_routes(self.local_routes or self._remote_routes)
             return
         local = ((specificity(r.match), b"", r) for r in self.local_routes)
         remote = ((order[0], key, self.remote[key].route) for order, key in self._remote_order)

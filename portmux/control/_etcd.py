@@ -275,6 +275,16 @@ class EtcdClient:
         return data
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One call, trying each endpoint once while they are unreachable."""
+        for attempt in range(len(self.endpoints)):
+            try:
+                return await self._post_endpoint(path, body)
+            except EtcdUnavailable:
+                if attempt == len(self.endpoints) - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _post_endpoint(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         await self._ensure_ready()
         try:
             return await self._post_once(path, body)

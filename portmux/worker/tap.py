@@ -39,8 +39,8 @@ class Options(usage.Options):
         ["listen", None, "tcp:0:interface=127.0.0.1",
          "proxy mode: where this worker listens for portmux (a server endpoint string)"],
         ["advertise", None, None,
-         "with a [registry] cluster: tcp:HOST:PORT where other portmux nodes reach this worker; "
-         "the worker listens there (in handoff mode too)"],
+         ("with a [registry] cluster: tcp:HOST:PORT where other portmux nodes reach this worker; "
+          "the worker listens there (in handoff mode too)")],
         ["factory", None, None, "module:name of a protocol factory (or a callable returning one)"],
         ["retry", None, "2.0", "seconds between reconnection attempts when portmux is away"],
     ]

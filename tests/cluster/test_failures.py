@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import MISSING, Etcd, HAProxy, Node, Processes, curl, free_port, nc, wait_for
+from tests.cluster.harness import (
+    MISSING,
+    Etcd,
+    HAProxy,
+    Node,
+    Processes,
+    curl,
+    free_port,
+    nc,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)}")
 
