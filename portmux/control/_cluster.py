@@ -17,6 +17,7 @@ import bisect
 import heapq
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ REGISTRATIONS = b"registrations/"
 ROUTES = b"routes/"
 RETRY_FIRST = 0.25
 RETRY_MAX = 5.0
+FLUSH_DELAY_MAX = 0.05
 
 
 @dataclass
@@ -144,6 +146,8 @@ class Cluster(Service):
         self.remote: dict[bytes, RemoteRoute] = {}
         self._remote_order: list[tuple[tuple[Any, ...], bytes]] = []
         self._remote_routes: list[Route] = []  # in _remote_order's order
+        self._pending_flush: Any = None
+        self._flush_cost = 0.0
         self.etcd_routes: dict[str, Route] = {}
         self.claims: dict[Match, Claim] = {}
         self._unreleased: dict[bytes, None] = {}
@@ -163,6 +167,8 @@ class Cluster(Service):
     def stopService(self) -> Deferred[None] | None:
         super().stopService()  # type: ignore[no-untyped-call]
         self._cancel_timer()
+        if self._pending_flush is not None and self._pending_flush.active():
+            self._pending_flush.cancel()
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.cancel()
@@ -193,12 +199,24 @@ class Cluster(Service):
                 return fail(RegistrationError("BadAdvertise", f"advertise must be a client endpoint string: {error}"))
         claim = self.claims.get(match)
         if claim is not None and match in registry.groups:
-            group = registry.register(owner, match, mode, endpoint)
+            try:
+                group = registry.register(owner, match, mode, endpoint)
+            except RegistrationError as error:
+                return fail(error)
             self._remember(claim, owner, advertise)
             return succeed(group)
         key = registration_key(self.prefix, match)
         value = self._value(match, mode, owner.uid, [advertise] if advertise else [], owner.pid)
         lease = self.lease
+
+        async def claim() -> tuple[bool, KeyValue | None]:
+            created, holder = await self.client.create(key, value, lease)
+            previous_run = not created and holder is not None and holder.lease != lease \
+                and _node_of(holder) == self.node
+            # Held by this node's previous run (its lease not yet expired): take it over.
+            if previous_run and holder is not None and await self.client.replace(key, value, lease, holder.lease):
+                return True, None
+            return created, holder
 
         def claimed(outcome: tuple[bool, KeyValue | None]) -> Group:
             created, holder = outcome
@@ -223,7 +241,7 @@ class Cluster(Service):
                                                  f"{failure.getErrorMessage()}"))
             return failure
 
-        return self.client.create(key, value, lease).addCallbacks(claimed, unreachable)
+        return Deferred.fromCoroutine(claim()).addCallbacks(claimed, unreachable)
 
     def released(self, registry: Registry, owner: Owner, matches: Iterable[Match]) -> None:
         """``owner`` left ``matches``: delete the keys of groups now gone, update the others."""
@@ -232,8 +250,9 @@ class Cluster(Service):
             if claim is None:
                 continue
             claim.advertised.pop(id(owner), None)
-            if match in registry.groups:
-                self._republish_claim(match, claim, owner.pid)
+            group = registry.groups.get(match)
+            if group is not None:
+                self._republish_claim(match, claim, group.members[0].owner.pid if group.members else 0)
                 continue
             del self.claims[match]
             self._delete(claim.key)
@@ -415,7 +434,7 @@ class Cluster(Service):
             routes_changed |= kind == "route"
         self.health.revision = self.revision
         if remote_changed:
-            self._flush()
+            self._flush_soon()
         if routes_changed:
             self._publish_etcd_routes()
 
@@ -508,8 +527,23 @@ class Cluster(Service):
         """Other nodes' routes, most specific first."""
         return list(self._remote_routes)
 
+    def _flush_soon(self) -> None:
+        """Flush after as long as the last flush took: while the multiplexer rebuilds its Router
+        per flush (O(n), see docs/scale-out.md), a burst of watch events becomes one flush
+        and the reactor spends at most about half its time on them."""
+        if self._pending_flush is None or not self._pending_flush.active():
+            self._pending_flush = self.reactor.callLater(self._flush_cost, self._flush)
+
     def _flush(self) -> None:
         """Give the multiplexer local and remote routes, merged most specific first."""
+        pending, self._pending_flush = self._pending_flush, None
+        if pending is not None and pending.active():
+            pending.cancel()
+        started = time.perf_counter()
+        self._swap_routes()
+        self._flush_cost = min(time.perf_counter() - started, FLUSH_DELAY_MAX)
+
+    def _swap_routes(self) -> None:
         self.health.remote_routes = len(self.remote)
         if not self.remote or not self.local_routes:
             self.mux.set_registered_routes(self.local_routes or self._remote_routes)
@@ -518,6 +552,14 @@ class Cluster(Service):
         remote = ((order[0], key, self.remote[key].route) for order, key in self._remote_order)
         merged = heapq.merge(local, remote, key=lambda item: (item[0], item[1]))
         self.mux.set_registered_routes([route for _, _, route in merged])
+
+
+def _node_of(holder: KeyValue) -> str | None:
+    try:
+        node = json.loads(holder.value).get("node")
+    except (ValueError, AttributeError):
+        return None
+    return str(node) if node is not None else None
 
 
 def _conflict(match: Match, holder: KeyValue | None) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import treq
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -25,6 +25,10 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 __all__ = ["EtcdClient", "EtcdError", "EtcdUnavailable", "KeyValue", "Watch", "WatchEvent", "prefix_end"]
+
+
+MAX_IN_FLIGHT = 16
+"""Unary requests one client has in flight at most (the rest wait their turn)."""
 
 
 class EtcdError(Exception):
@@ -106,16 +110,26 @@ class _JSONLines(Protocol):
         self.deliver = deliver
         self.buffer = b""
         self.finished: Deferred[None] = Deferred()
+        self.error: str | None = None
 
     def dataReceived(self, data: bytes) -> None:
+        if self.error is not None:
+            return
         self.buffer += data
         *lines, self.buffer = self.buffer.split(b"\n")
-        messages = [json.loads(line) for line in lines if line.strip()]
+        try:
+            messages = [json.loads(line) for line in lines if line.strip()]
+        except ValueError as e:
+            self.error = f"the watch stream sent something that is not JSON: {e}"
+            self.transport.stopProducing()
+            return
         if messages:
             self.deliver(messages)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
-        if reason.check(ResponseDone):
+        if self.error is not None:
+            self.finished.errback(EtcdError(self.error))
+        elif reason.check(ResponseDone):
             self.finished.errback(EtcdUnavailable("etcd closed the watch stream"))
         else:
             self.finished.errback(EtcdUnavailable(f"the watch stream broke: {reason.getErrorMessage()}"))
@@ -202,9 +216,13 @@ class EtcdClient:
         self._token: str | None = None
         self._version_checked = False
         policy = _ClientCertificatePolicy(ca, cert, key)
+        # Every request reuses one of MAX_IN_FLIGHT kept-alive connections: closing a gateway
+        # connection right after its answer can make etcd's gRPC side reset the streams of
+        # every other request in flight (seen with 100 requests in flight on etcd 3.4).
         self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = 4
+        self._pool.maxPersistentPerHost = MAX_IN_FLIGHT
         self._pool.retryAutomatically = False
+        self._slots = DeferredSemaphore(MAX_IN_FLIGHT)
         self._http = treq.client.HTTPClient(Agent(reactor, contextFactory=policy, pool=self._pool))
         self._stream_http = treq.client.HTTPClient(
             Agent(reactor, contextFactory=policy, pool=HTTPConnectionPool(reactor, persistent=False)))
@@ -295,7 +313,7 @@ class EtcdClient:
             raise
 
     def _call(self, path: str, body: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        return Deferred.fromCoroutine(self._post(path, body))
+        return self._slots.run(lambda: Deferred.fromCoroutine(self._post(path, body)))
 
     # -- the calls ----------------------------------------------------------
 
@@ -345,6 +363,14 @@ class EtcdClient:
             return False, None
 
         return self._call("/kv/txn", body).addCallback(read)
+
+    def replace(self, key: bytes, value: bytes, lease: int, old_lease: int) -> Deferred[bool]:
+        """Put ``key`` under ``lease`` only while ``old_lease`` still holds it (one transaction)."""
+        body = {
+            "compare": [{"key": _b64(key), "target": "LEASE", "result": "EQUAL", "lease": str(old_lease)}],
+            "success": [{"request_put": {"key": _b64(key), "value": _b64(value), "lease": str(lease)}}],
+        }
+        return self._call("/kv/txn", body).addCallback(lambda data: bool(data.get("succeeded")))
 
     def grant(self, ttl: int) -> Deferred[int]:
         """A new lease of ``ttl`` seconds; fires with its id."""

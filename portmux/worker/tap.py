@@ -166,6 +166,12 @@ class WorkerService(Service):
         worker.lost.addCallback(lambda _: self._again())
 
     def _failed(self, failure: Any) -> None:
+        if failure.check(ControlError) and failure.value.code == "RegistryUnavailable":
+            # The shared registry (etcd) is away: a passing state, so try again later.
+            log.warn("portmux cannot register us now: {error}; retrying", error=failure.value)  # noqa: G010
+            if self.worker is not None:
+                self.worker.close()  # its `lost` schedules the retry
+            return
         if failure.check(ControlError) and failure.value.code not in ("Disconnected",):
             log.error("portmux refused us: {error}; stopping", error=failure.value)
             self.reactor.stop()

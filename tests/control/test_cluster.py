@@ -154,6 +154,25 @@ class ClusterTests(TestCase):
     def test_a_group_advertises_every_members_address(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._group())
 
+    async def _takeover(self) -> None:
+        first, reg_first, _ = self.node("a")
+        b, _, mux_b = self.node("b")
+        await self.joined(first, b)
+        await self.register(first, reg_first, Worker(1), protocol="http", host="t.test", advertise="tcp:127.0.0.2:1")
+        # Node a restarts before its old lease expires: its new run takes its own keys over.
+        second, reg_second, _ = self.node("a")
+        await self.joined(second)
+        await self.register(second, reg_second, Worker(2), protocol="http", host="t.test",
+                            advertise="tcp:127.0.0.2:2")
+        await first.client.revoke(first.lease)  # the old run's lease ends: the key is no longer under it
+        await until(lambda: [r.target.endpoints for r in mux_b.registered_routes] == [("tcp:127.0.0.2:2",)],
+                    "b to route to the new run's worker")
+        await deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(len(mux_b.registered_routes), 1)
+
+    def test_a_restarted_node_takes_over_its_previous_runs_claims(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._takeover())
+
     async def _reserved(self) -> None:
         reserved = Reservation(Match(host="r.test"), (0,))
         a, reg_a, _ = self.node("a", reservations=(reserved,))
