@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "portmux"
 
 # Lower number = lower layer. A module may import its own layer or lower ones.
 LAYERS: dict[str, int] = {
+    "portmux._twisted": 0,  # the quarantine of Twisted private names: a leaf
     "portmux.core.preamble": 0,
     "portmux.core.interfaces": 0,
     "portmux.core.refusal": 0,

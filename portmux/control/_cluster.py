@@ -13,11 +13,8 @@ saw. See docs/scale-out.md.
 
 from __future__ import annotations
 
-import bisect
-import heapq
 import json
 import os
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +32,8 @@ from portmux.control._etcd import (
     Watch,
     WatchEvent,
 )
-from portmux.control._keys import parse_match
-from portmux.control._registry import Group, Owner, RegistrationError, Registry, specificity
+from portmux.control._keys import known_protocols, parse_match
+from portmux.control._registry import Group, Owner, RegistrationError, Registry
 from portmux.core.routing import Match, Route
 
 log = Logger(namespace="portmux")
@@ -47,7 +44,6 @@ REGISTRATIONS = b"registrations/"
 ROUTES = b"routes/"
 RETRY_FIRST = 0.25
 RETRY_MAX = 5.0
-FLUSH_DELAY_MAX = 0.05
 
 
 @dataclass
@@ -91,7 +87,6 @@ class RemoteRoute:
 
     value: bytes
     route: Route
-    order: tuple[Any, ...]
 
 
 @dataclass(eq=False)
@@ -142,12 +137,8 @@ class Cluster(Service):
         self.health.since = reactor.seconds()
         self.lease = 0
         self.revision = 0
-        self.local_routes: tuple[Route, ...] = ()
         self.remote: dict[bytes, RemoteRoute] = {}
-        self._remote_order: list[tuple[tuple[Any, ...], bytes]] = []
-        self._remote_routes: list[Route] = []  # in _remote_order's order
-        self._pending_flush: Any = None
-        self._flush_cost = 0.0
+        self._protocols: frozenset[str] | None = None
         self.etcd_routes: dict[str, Route] = {}
         self.claims: dict[Match, Claim] = {}
         self._unreleased: dict[bytes, None] = {}
@@ -167,8 +158,6 @@ class Cluster(Service):
     def stopService(self) -> Deferred[None] | None:
         super().stopService()  # type: ignore[no-untyped-call]
         self._cancel_timer()
-        if self._pending_flush is not None and self._pending_flush.active():
-            self._pending_flush.cancel()
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.cancel()
@@ -181,11 +170,6 @@ class Cluster(Service):
         return done.addBoth(lambda _: self.client.close())
 
     # -- the local registry's hooks ----------------------------------------
-
-    def publish_local(self, routes: list[Route]) -> None:
-        """The local Registry's publish callback: its routes, merged with the remote ones."""
-        self.local_routes = tuple(routes)
-        self._flush()
 
     def register(self, registry: Registry, owner: Owner, match: Match, mode: str, endpoint: str | None,
                  advertise: str | None) -> Deferred[Group]:
@@ -209,24 +193,24 @@ class Cluster(Service):
         value = self._value(match, mode, owner.uid, [advertise] if advertise else [], owner.pid)
         lease = self.lease
 
-        async def claim() -> tuple[bool, KeyValue | None]:
+        async def claim_and_register() -> Group:
             created, holder = await self.client.create(key, value, lease)
             previous_run = not created and holder is not None and holder.lease != lease \
                 and _node_of(holder) == self.node
             # Held by this node's previous run (its lease not yet expired): take it over.
             if previous_run and holder is not None and await self.client.replace(key, value, lease, holder.lease):
-                return True, None
-            return created, holder
-
-        def claimed(outcome: tuple[bool, KeyValue | None]) -> Group:
-            created, holder = outcome
+                created, holder = True, None
             if not created and (holder is None or holder.lease != lease):
                 raise RegistrationError("ConflictingRegistration", _conflict(match, holder))
             try:
                 group = registry.register(owner, match, mode, endpoint)
             except RegistrationError:
                 if created and match not in registry.groups:
-                    self._delete(key)
+                    # Refused here (a reservation, the capture rule...): free the address first.
+                    try:
+                        await self.client.delete(key, lease=lease)
+                    except EtcdError:
+                        self._unreleased[key] = None
                 raise
             claim = self.claims.setdefault(match, Claim(key, mode, owner.uid))
             self._remember(claim, owner, advertise)
@@ -241,7 +225,7 @@ class Cluster(Service):
                                                  f"{failure.getErrorMessage()}"))
             return failure
 
-        return Deferred.fromCoroutine(claim()).addCallbacks(claimed, unreachable)
+        return Deferred.fromCoroutine(claim_and_register()).addErrback(unreachable)
 
     def released(self, registry: Registry, owner: Owner, matches: Iterable[Match]) -> None:
         """``owner`` left ``matches``: delete the keys of groups now gone, update the others."""
@@ -425,16 +409,13 @@ class Cluster(Service):
     # -- applying etcd's table -----------------------------------------------
 
     def _on_events(self, events: list[WatchEvent], revision: int) -> None:
-        remote_changed = routes_changed = False
+        routes_changed = False
         for event in events:
             self.revision = max(self.revision, event.kv.mod_revision)
             self.health.events += 1
-            kind = self._apply(event.kv.key, event.kv if event.type == "PUT" else None)
-            remote_changed |= kind == "registration changed"
-            routes_changed |= kind == "route"
+            routes_changed |= self._apply(event.kv.key, event.kv if event.type == "PUT" else None) == "route"
         self.health.revision = self.revision
-        if remote_changed:
-            self._flush_soon()
+        self.health.remote_routes = len(self.remote)
         if routes_changed:
             self._publish_etcd_routes()
 
@@ -449,14 +430,15 @@ class Cluster(Service):
         for kv in kvs:
             self._apply(kv.key, kv)
         self.health.revision = self.revision
-        self._flush()
+        self.health.remote_routes = len(self.remote)
         self._publish_etcd_routes()
 
     def _apply(self, key: bytes, kv: KeyValue | None) -> str:
         """Apply one key's new state (None: deleted); which table it touched."""
         rest = key[len(self.prefix):]
         if rest.startswith(REGISTRATIONS):
-            return "registration changed" if self._apply_registration(key, kv) else "registration"
+            self._apply_registration(key, kv)
+            return "registration"
         if rest.startswith(ROUTES):
             self._apply_route(rest[len(ROUTES):].decode("utf-8", "replace"), kv)
             return "route"
@@ -473,7 +455,9 @@ class Cluster(Service):
             return old is not None  # deleted, or one of ours (the local Registry routes it)
         try:
             info = json.loads(kv.value)
-            match = parse_match(info["match"])
+            if self._protocols is None:
+                self._protocols = known_protocols()
+            match = parse_match(info["match"], protocols=self._protocols)
             node = str(info.get("node", "?"))
             advertise = [str(a) for a in info.get("advertise") or ()]
         except (ValueError, KeyError, TypeError, RegistrationError) as error:
@@ -491,19 +475,13 @@ class Cluster(Service):
             return old is not None
         target.description = f"{target.description} (registered on node {node}, pid {info.get('pid', '?')})"
         route = Route(f"{node}:{match.describe(',')}", match, target)
-        order = (specificity(match), key)
-        self.remote[key] = RemoteRoute(kv.value, route, order)
-        index = bisect.bisect_left(self._remote_order, (order, key))
-        self._remote_order.insert(index, (order, key))
-        self._remote_routes.insert(index, route)
+        self.remote[key] = RemoteRoute(kv.value, route)
+        self.mux.add_registered_route(route)  # O(log n): the Router's registered layer is incremental
         return True
 
     def _forget_remote(self, key: bytes, old: RemoteRoute) -> None:
         del self.remote[key]
-        index = bisect.bisect_left(self._remote_order, (old.order, key))
-        if index < len(self._remote_order) and self._remote_order[index][1] == key:
-            del self._remote_order[index]
-            del self._remote_routes[index]
+        self.mux.remove_registered_route(old.route)
 
     def _apply_route(self, name: str, kv: KeyValue | None) -> None:
         self.etcd_routes.pop(name, None)
@@ -524,34 +502,8 @@ class Cluster(Service):
             self._set_etcd_routes(routes)
 
     def remote_routes(self) -> list[Route]:
-        """Other nodes' routes, most specific first."""
-        return list(self._remote_routes)
-
-    def _flush_soon(self) -> None:
-        """Flush after as long as the last flush took: while the multiplexer rebuilds its Router
-        per flush (O(n), see docs/scale-out.md), a burst of watch events becomes one flush
-        and the reactor spends at most about half its time on them."""
-        if self._pending_flush is None or not self._pending_flush.active():
-            self._pending_flush = self.reactor.callLater(self._flush_cost, self._flush)
-
-    def _flush(self) -> None:
-        """Give the multiplexer local and remote routes, merged most specific first."""
-        pending, self._pending_flush = self._pending_flush, None
-        if pending is not None and pending.active():
-            pending.cancel()
-        started = time.perf_counter()
-        self._swap_routes()
-        self._flush_cost = min(time.perf_counter() - started, FLUSH_DELAY_MAX)
-
-    def _swap_routes(self) -> None:
-        self.health.remote_routes = len(self.remote)
-        if not self.remote or not self.local_routes:
-            self.mux.set_registered_routes(self.local_routes or self._remote_routes)
-            return
-        local = ((specificity(r.match), b"", r) for r in self.local_routes)
-        remote = ((order[0], key, self.remote[key].route) for order, key in self._remote_order)
-        merged = heapq.merge(local, remote, key=lambda item: (item[0], item[1]))
-        self.mux.set_registered_routes([route for _, _, route in merged])
+        """Other nodes' routes this node routes now."""
+        return [remote.route for remote in self.remote.values()]
 
 
 def _node_of(holder: KeyValue) -> str | None:

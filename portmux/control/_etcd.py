@@ -18,6 +18,7 @@ from typing import Any
 import treq
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
@@ -121,7 +122,7 @@ class _JSONLines(Protocol):
             messages = [json.loads(line) for line in lines if line.strip()]
         except ValueError as e:
             self.error = f"the watch stream sent something that is not JSON: {e}"
-            self.transport.stopProducing()
+            IPushProducer(self.transport).stopProducing()
             return
         if messages:
             self.deliver(messages)
@@ -183,7 +184,7 @@ class Watch:
         """Stop the stream (the ``done`` Deferred then fails, unless already fired)."""
         stream = self._stream
         if stream is not None and stream.transport is not None:
-            stream.transport.stopProducing()
+            IPushProducer(stream.transport).stopProducing()
 
 
 class EtcdClient:
@@ -265,7 +266,7 @@ class EtcdClient:
     def _rotate(self) -> None:
         self._current = (self._current + 1) % len(self.endpoints)
 
-    def _headers(self, auth: bool) -> dict[str, str]:
+    def _headers(self, auth: bool) -> dict[bytes | str, bytes | str]:
         if auth and self._token:
             return {"Authorization": self._token}
         return {}

@@ -43,12 +43,25 @@ class Preamble(NamedTuple):
     http_version: str | None = None
     # TCPMUX / moniker naming
     service: str | None = None
-    # .NET Message Framing
+    # .NET Message Framing (``mode`` is also the XMPP stream kind: client, server,
+    # component; ``host`` above is also the XMPP ``to`` domain)
     via: str | None = None
     mode: str | None = None
-    # SSH and other banner protocols
+    # SSH and other banner protocols; also the SOCKS (5, 4, 4a), MQTT, PostgreSQL
+    # and OpenVPN (hard reset 2 or 3) versions
     software: str | None = None
     version: str | None = None
+    # PostgreSQL (user, database; ``request`` is ssl, gssenc, cancel or startup)
+    user: str | None = None
+    database: str | None = None
+    request: str | None = None
+    # Redis: the first command, upper-case
+    command: str | None = None
+    # MQTT CONNECT: client identifier and protocol level (3, 4 or 5)
+    client_id: str | None = None
+    level: int | None = None
+    # RDP: the ``Cookie: mstshash=`` user name
+    cookie: str | None = None
     # A recognised preamble that cannot be routed (e.g. nmf "UnsupportedVersion");
     # the router matches no route and the protocol's refusal explains it.
     error: str | None = None

@@ -1,20 +1,31 @@
-# -*- test-case-name: tests.control.test_registry,tests.core.test_mux,tests.core.test_routing,tests.daemon.test_config -*-
+# -*- test-case-name: tests.control.test_registry,tests.core.test_mux,tests.core.test_routing,tests.core.test_routing_attributes,tests.daemon.test_config -*-
 """Routes, their match predicates, and the Router that picks one for a preamble."""
 
 from __future__ import annotations
 
+import copy
+import heapq
 import ipaddress
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from portmux.core.preamble import Preamble
+from portmux.core.registered import RegisteredLayer
 from portmux.protocols import tcpmux as naming
-from portmux.protocols.nmf import ViaIndex, parse_base_address
+from portmux.protocols.nmf import ViaIndex, lookup_via, parse_base_address
 from portmux.protocols.tcpmux import ServiceIndex
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-MATCH_KEYS = ("protocol", "sni", "host", "alpn", "path", "service", "via", "network", "silent", "default")
+ATTRIBUTE_KEYS = (
+    "user", "database", "request", "command", "client_id", "level", "cookie", "version",
+)
+"""Match keys for attributes of the later protocols; ``level`` is an int, the rest strings."""
+MATCH_KEYS = (
+    "protocol", "sni", "host", "alpn", "path", "service", "via", *ATTRIBUTE_KEYS,
+    "network", "silent", "default",
+)
 """The keys of a route's ``match``, in the order they are shown."""
 Check = Callable[[Preamble, str], bool]
 
@@ -75,6 +86,15 @@ class Match:
     path: str | None = None
     service: str | None = None
     via: str | None = None
+    # Attributes of the protocols added by issue 15 (see docs/config.md).
+    user: str | None = None
+    database: str | None = None
+    request: str | None = None
+    command: str | None = None
+    client_id: str | None = None
+    level: int | None = None
+    cookie: str | None = None
+    version: str | None = None
     network: tuple[Network, ...] = ()
     silent: bool = False
     default: bool = False
@@ -111,9 +131,37 @@ class Match:
             except ValueError as error:
                 raise ValueError(f"via: {error}") from None
             yield lambda p, ip: base.accepts(p.via)
+        yield from self._attribute_checks()
         if self.network:
             networks = self.network
             yield lambda p, ip: _in_networks(ip, networks)
+
+    def _attribute_checks(self) -> Iterable[Check]:
+        """Exact matches on postgres user/database/request, redis command, mqtt, rdp, version."""
+        if self.user is not None:
+            user = self.user
+            yield lambda p, ip: p.user == user
+        if self.database is not None:
+            database = self.database
+            yield lambda p, ip: p.database == database
+        if self.request is not None:
+            request = self.request.lower()
+            yield lambda p, ip: p.request == request
+        if self.command is not None:
+            command = self.command.upper()
+            yield lambda p, ip: p.command == command
+        if self.client_id is not None:
+            client_id = self.client_id
+            yield lambda p, ip: p.client_id == client_id
+        if self.level is not None:
+            level = self.level
+            yield lambda p, ip: p.level == level
+        if self.cookie is not None:
+            cookie = self.cookie.lower()
+            yield lambda p, ip: p.cookie is not None and p.cookie.lower() == cookie
+        if self.version is not None:
+            version = self.version.lower()
+            yield lambda p, ip: p.version is not None and p.version.lower() == version
 
     def canonical(self) -> Match:
         """The same match with names in their one canonical spelling (for equality)."""
@@ -182,6 +230,17 @@ class Match:
                 return False
         return True
 
+    def explain(self, preamble: Preamble, ip: str = "") -> str | None:
+        """The first key (in MATCH_KEYS order) that rejects ``preamble`` from ``ip``, or None.
+
+        ``silent`` and ``default`` are not checked here: they say when the Router asks.
+        """
+        for key in MATCH_KEYS[:-2]:
+            value = getattr(self, key)
+            if value not in (None, ()) and not Match(**{key: value}).accepts(preamble, ip):
+                return key
+        return None
+
     def accepts_peer(self, ip: str) -> bool:
         """True when the network constraint (if any) admits ``ip``."""
         return not self.network or _in_networks(ip, self.network)
@@ -246,18 +305,25 @@ class Route:
 
 
 class Router:
-    """An immutable, ordered set of routes; replace the whole Router to change it."""
+    """An immutable, ordered set of routes in two layers: registered first, then static.
 
-    def __init__(self, routes: Iterable[Route] = ()) -> None:
-        self.routes: tuple[Route, ...] = tuple(routes)
+    The static layer (config, ``add_route``) is indexed once per Router; the
+    registered layer (workers) is a persistent ``RegisteredLayer``, so
+    ``with_registered`` makes a new Router in O(1) sharing the static indexes.
+    """
+
+    def __init__(self, routes: Iterable[Route] = (), registered: RegisteredLayer | None = None) -> None:
+        self.static_routes: tuple[Route, ...] = tuple(routes)
+        self.registered = RegisteredLayer() if registered is None else registered
+        self._all: tuple[Route, ...] | None = None
         self.silent_route: Route | None = None
         self.default_routes: tuple[Route, ...] = tuple(
-            r for r in self.routes if r.match.default
+            r for r in self.static_routes if r.match.default
         )
         self._ordered = tuple(
-            r for r in self.routes if not (r.match.silent or r.match.default)
+            r for r in self.static_routes if not (r.match.silent or r.match.default)
         )
-        for route in self.routes:
+        for route in self.static_routes:
             if route.match.silent and self.silent_route is None:
                 self.silent_route = route
         # Service names (portmux.protocols.tcpmux): per name in route order, newest first.
@@ -269,6 +335,20 @@ class Router:
             (r.match.via, r) for r in self._ordered if r.match.via
         )
 
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        """Every route in order: registered (most specific first), then static."""
+        if self._all is None:
+            self._all = self.registered.routes() + self.static_routes
+        return self._all
+
+    def with_registered(self, registered: RegisteredLayer) -> Router:
+        """This Router with another registered layer; the static indexes are shared, not rebuilt."""
+        router = copy.copy(self)
+        router.registered = registered
+        router._all = None
+        return router
+
     def select(self, preamble: Preamble, ip: str = "") -> Route | None:
         """The route for ``preamble``: by Via for net.tcp, else the first accepting one.
 
@@ -277,16 +357,22 @@ class Router:
         """
         if preamble.error is not None:
             return None
-        if preamble.via is not None and self._via_index:
-            for route in self._via_index.lookup(preamble.via):
+        registered = self.registered
+        if preamble.via is not None and (self._via_index or registered.has_via):
+            buckets: tuple[Callable[[int, str], Iterable[tuple[Any, Route]]], ...] = (
+                (registered.via_bucket, self._via_index.bucket) if registered else (self._via_index.bucket,))
+            for route in lookup_via(preamble.via, buckets):
                 if route.match.accepts(preamble, ip):
                     return route
         service = preamble.service
-        for route in self._services.candidates(service):
+        candidates: Iterable[Route] = self._services.candidates(service)
+        if registered:
+            candidates = itertools.chain(registered.candidates(preamble), candidates)
+        for route in candidates:
             if route.match.accepts(preamble, ip):
                 if service is None:
                     return route
-                for chosen in self._services.ranked(service, route):
+                for chosen in self._ranked(service, route):
                     if chosen.match.accepts(preamble, ip):
                         return chosen
         for route in self.default_routes:
@@ -294,12 +380,31 @@ class Router:
                 return route
         return None
 
+    def _ranked(self, service: str, route: Route) -> Iterable[Route]:
+        """What to try for an accepting ``route``: its name's versions newest first over
+        both layers (registered first on a tie) for an unversioned request."""
+        if naming.is_versioned(service) or route.match.service is None:
+            return (route,)
+        if not self.registered:
+            return self._services.ranked(service, route)
+        name = naming.parse_pattern(route.match.service)
+        if name.is_pattern:
+            return (route,)
+        versions = heapq.merge(self.registered.newest(name.base), self._services.newest(name.base),
+                               key=lambda entry: entry[0], reverse=True)
+        return (item for _, item in versions)
+
     def refusal_reason(self, preamble: Preamble) -> str:
         """One line saying why ``select`` found no route for ``preamble``."""
         if preamble.error is not None:
             return f"{preamble.protocol} preamble refused: {preamble.error}"
         if preamble.protocol == "tcpmux" and preamble.service is not None:
-            return naming.resolution_failure(preamble.service, self._services.names)
+            names = self._services.names
+            try:
+                names += self.registered.service_names(naming.parse(preamble.service).base)
+            except naming.MalformedName:
+                pass
+            return naming.resolution_failure(preamble.service, names)
         what = preamble.protocol
         detail = preamble.sni or preamble.host or preamble.service or preamble.via
         if detail:
@@ -308,19 +413,22 @@ class Router:
 
     def select_silent(self, ip: str = "") -> Route | None:
         """The route for a connection that has sent nothing, if any admits ``ip``."""
-        for route in self.routes:
+        for route in self.static_routes:
             if route.match.silent and route.match.accepts_peer(ip):
                 return route
         return None
 
     def with_route(self, route: Route) -> Router:
-        """A new Router with ``route`` appended."""
-        return Router(self.routes + (route,))
+        """A new Router with ``route`` appended to the static layer."""
+        return Router(self.static_routes + (route,), self.registered)
 
     def without(self, names: Iterable[str]) -> Router:
-        """A new Router without the routes named in ``names``."""
+        """A new Router without the routes named in ``names`` (in either layer)."""
         drop = set(names)
-        return Router(r for r in self.routes if r.name not in drop)
+        registered = self.registered
+        for name in drop:
+            registered = registered.without(name)
+        return Router((r for r in self.static_routes if r.name not in drop), registered)
 
     def targets(self) -> tuple[object, ...]:
         """Every distinct target, in route order."""

@@ -38,6 +38,12 @@ class Options(usage.Options):
     opt_l = opt_listen
 
     def postOptions(self) -> None:
+        """Check --listen strings and load the config once now; a bad one stops twistd
+        with status 1.
+
+        SystemExit, not UsageError: twistd before 26.10 printed a UsageError and
+        exited 0, so a broken config looked like a clean stop.
+        """
         from twisted.internet import reactor
 
         from portmux.daemon.config import ConfigError
@@ -47,13 +53,13 @@ class Options(usage.Options):
             try:
                 parse_server_endpoint(reactor, endpoint)
             except EndpointStringError as error:
-                raise usage.UsageError(f"--listen {endpoint!r}: {error}") from None
+                raise SystemExit(f"portmux: --listen {endpoint!r}: {error}") from None
         try:
             self.loader()()
         except ConfigError as error:
-            raise usage.UsageError(f"invalid config, not starting:\n{error}") from None
+            raise SystemExit(f"twistd portmux: invalid config, not starting:\n{error}") from None
         except OSError as error:
-            raise usage.UsageError(f"cannot read config: {error}") from None
+            raise SystemExit(f"twistd portmux: cannot read config: {error}") from None
 
     def loader(self) -> Any:
         """A function that loads the chosen config afresh (used again on SIGHUP)."""

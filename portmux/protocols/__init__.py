@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.protocols.test_http_fastpath,tests.protocols.test_matrix,tests.protocols.test_nmf,tests.protocols.test_nmf_routing -*-
+# -*- test-case-name: tests.protocols.test_http_fastpath,tests.protocols.test_matrix,tests.protocols.test_nmf,tests.protocols.test_nmf_routing,tests.protocols.test_registry -*-
 """One module per protocol, each owning all of that protocol's rules, and their tables.
 
 A protocol module has a ``PROBE`` (a pure function of the first bytes) and, when the
@@ -18,10 +18,26 @@ from zope.interface import implementer
 from portmux.core.interfaces import IProbe
 from portmux.core.preamble import Preamble
 from portmux.core.refusal import Refuser
-from portmux.protocols import h2c, http, nmf, ssh, tcpmux, tls
+from portmux.protocols import (
+    dns,
+    h2c,
+    http,
+    mqtt,
+    nmf,
+    openvpn,
+    postgres,
+    rdp,
+    redis,
+    socks,
+    ssh,
+    tcpmux,
+    tls,
+    xmpp,
+)
 from portmux.protocols.base import FunctionProbe
 
 __all__ = [
+    "BUILTIN_ORDER",
     "REFUSERS",
     "FunctionProbe",
     "PluginProbe",
@@ -36,9 +52,21 @@ class PluginProbe(FunctionProbe):
     """A FunctionProbe that twisted.plugin can discover in a portmux.plugins module."""
 
 
+BUILTIN_ORDER = (
+    "tls", "h2c", "http", "ssh", "tcpmux", "nmf",
+    "postgres", "redis", "mqtt", "xmpp", "socks", "rdp", "dns", "openvpn",
+)
+"""Probe names in the default order. The first six keep their verdicts: the later
+probes say NO to what they match. dns precedes openvpn (both start with a length)."""
+
+
 def builtin_probes() -> tuple[IProbe, ...]:
-    """The built-in probes in the default order: tls, h2c, http, ssh, tcpmux, nmf."""
-    probes = (tls.PROBE, h2c.PROBE, http.PROBE, ssh.PROBE, tcpmux.PROBE, nmf.PROBE)
+    """The built-in probes in the default order (see BUILTIN_ORDER)."""
+    probes = (
+        tls.PROBE, h2c.PROBE, http.PROBE, ssh.PROBE, tcpmux.PROBE, nmf.PROBE,
+        postgres.PROBE, redis.PROBE, mqtt.PROBE, xmpp.PROBE, socks.PROBE, rdp.PROBE,
+        dns.PROBE, openvpn.PROBE,
+    )
     return cast("tuple[IProbe, ...]", probes)
 
 
@@ -58,6 +86,10 @@ REFUSERS: Mapping[str, Refuser] = {
     "tcpmux": tcpmux.refuse,
     "tls": tls.refuse,
     "nmf": nmf.refuse,
+    "postgres": postgres.refuse,
+    "mqtt": mqtt.refuse,
+    "xmpp": xmpp.refuse,
+    "socks": socks.refuse,
 }
 """Protocols with an in-band refusal; any other protocol is refused by a clean close."""
 

@@ -2,8 +2,8 @@
 """PROXY protocol v1/v2 headers: a writer, and a parser adapter over Twisted's.
 
 The writer follows the byte layout of HAProxy's public PROXY protocol
-specification.  The parser wraps ``twisted.protocols.haproxy``'s private
-V1Parser/V2Parser so callers can parse a buffer they already hold and get a
+specification.  The parser wraps ``twisted.protocols.haproxy``'s parsers (through
+``portmux._twisted``, which holds the private names) so callers can parse a buffer they already hold and get a
 tri-state answer (header, NO, NEED_MORE) instead of exceptions.
 """
 
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
+from portmux import _twisted
 from portmux.core.preamble import NEED_MORE, NO, Verdict
 
 V1_PREFIX = b"PROXY "
@@ -127,36 +128,28 @@ def parse_header(data: bytes) -> ParseResult:
 
 
 def _parse_v1(data: bytes) -> ParseResult:
-    from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
-    from twisted.protocols.haproxy._v1parser import V1Parser
-
     end = data.find(b"\r\n", 0, V1_MAX_LENGTH)
     if end < 0:
         return NEED_MORE if len(data) < V1_MAX_LENGTH else NO
     line = data[:end]
     if line == b"PROXY UNKNOWN" or line.startswith(b"PROXY UNKNOWN "):
         return ProxyHeader(1, None, None, end + 2)  # Twisted rejects the bare form
-    try:
-        info = V1Parser.parse(line)
-    except (InvalidProxyHeader, ValueError):
+    parsed = _twisted.parse_proxy_v1(line)
+    if parsed is None:
         return NO
-    return ProxyHeader(1, _canonical(info.source), _canonical(info.destination), end + 2)
+    return ProxyHeader(1, _canonical(parsed[0]), _canonical(parsed[1]), end + 2)
 
 
 def _parse_v2(data: bytes) -> ParseResult:
-    from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
-    from twisted.protocols.haproxy._v2parser import V2Parser
-
     if len(data) < 16:  # V2Parser.feed raises on short input instead of waiting
         return NEED_MORE
     length = 16 + struct.unpack("!H", data[14:16])[0]
     if len(data) < length:
         return NEED_MORE
-    try:
-        info = V2Parser.parse(data[:length])
-    except (InvalidProxyHeader, ValueError):
+    parsed = _twisted.parse_proxy_v2(data[:length])
+    if parsed is None:
         return NO
-    return ProxyHeader(2, _canonical(info.source), _canonical(info.destination), length)
+    return ProxyHeader(2, _canonical(parsed[0]), _canonical(parsed[1]), length)
 
 
 def _canonical(address: object) -> object:

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from portmux import _twisted
 from portmux.core import refusal
 from portmux.core.interfaces import ITarget
 from portmux.core.preamble import Preamble
@@ -51,7 +52,7 @@ def detach(transport: Any) -> None:
     transport's protocol then gets connectionLost(ConnectionDone).
     """
     handle = socket_of(transport)
-    if getattr(transport, "dataBuffer", b"") or getattr(transport, "_tempDataLen", 0):
+    if _twisted.has_unsent(transport):
         raise DetachError("the transport still has unsent bytes")
     transport.stopReading()
     transport.stopWriting()
@@ -203,4 +204,4 @@ class WorkerGroupTarget:
         connection.transport.pauseProducing()
         waiting = _Waiting(pending)
         pending.next()
-        return waiting  # type: ignore[return-value]
+        return waiting

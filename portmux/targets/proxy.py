@@ -16,20 +16,13 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from collections.abc import Sequence
 from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from typing import Any
 
-from twisted.internet import abstract, error, main, tcp
+from twisted.internet import error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.endpoints import (
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    UNIXClientEndpoint,
-    clientFromString,
-)
+from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import (
     IAddress,
     IHalfCloseableProtocol,
@@ -41,17 +34,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from portmux import _twisted
+from portmux._twisted import OutgoingConnection as _Outgoing
 from portmux.core import refusal
 from portmux.core.interfaces import ITarget
-from portmux.protocols import proxyheader
+from portmux.protocols import nmf, proxyheader
 
 log = Logger(namespace="portmux")
 
 PROXY_HEADER_VERSIONS = ("v1", "v2")
 _NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)  # Linux: one ioctl less per dial
-_TCP_INFO: int = getattr(socket, "TCP_INFO", -1)
-_CLOSE_WAIT = b"\x08" if _TCP_INFO != -1 and sys.platform.startswith("linux") else None
-"""First byte of Linux's struct tcp_info once the peer's FIN arrived (TCP_CLOSE_WAIT)."""
 PENDING_LIMIT = 65536
 """Bytes read from a client while its backend is dialled before reading pauses."""
 
@@ -71,21 +63,16 @@ class Backend:
         # Fastest path: an IP literal we dial with our own non-blocking socket.
         self.family = socket.AF_INET
         self.address: tuple[str, int] | None = None
-        if isinstance(endpoint, (TCP4ClientEndpoint, TCP6ClientEndpoint)):
-            host = getattr(endpoint, "_host", None)
-            port = getattr(endpoint, "_port", None)
-            if isinstance(host, str) and isinstance(port, int):
-                bind = getattr(endpoint, "_bindAddress", None)
-                self.tcp = (host, port, bind)
-                if bind is None and IReactorFDSet.providedBy(reactor):
-                    if isIPAddress(host):
-                        self.family, self.address = socket.AF_INET, (host, port)
-                    elif isIPv6Address(host) and "%" not in host:
-                        self.family, self.address = socket.AF_INET6, (host, port)
-        elif isinstance(endpoint, UNIXClientEndpoint):
-            path = getattr(endpoint, "_path", None)
-            if isinstance(path, str) and not getattr(endpoint, "_checkPID", 0):
-                self.unix = path
+        # Both are None without FAST_PATHS: then every backend dials through connect().
+        self.tcp = _twisted.tcp_endpoint_parts(endpoint)
+        self.unix = _twisted.unix_endpoint_path(endpoint)
+        if self.tcp is not None:
+            host, port, bind = self.tcp
+            if bind is None and IReactorFDSet.providedBy(reactor):
+                if isIPAddress(host):
+                    self.family, self.address = socket.AF_INET, (host, port)
+                elif isIPv6Address(host) and "%" not in host:
+                    self.family, self.address = socket.AF_INET6, (host, port)
 
 
 def _no_delay(transport: Any) -> None:
@@ -95,7 +82,7 @@ def _no_delay(transport: Any) -> None:
     back by portmux until the backend ACKs the previous segment.
     """
     try:
-        transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.setTcpNoDelay(True)
     except (OSError, AttributeError):
         pass  # UNIX sockets have no Nagle
 
@@ -107,112 +94,6 @@ def _failure(exc: BaseException) -> Failure:
 def _connect_failure(err: int) -> Failure:
     """The Twisted ConnectError subclass for a connect(2) errno, as a Failure."""
     return _failure(error.getConnectError((err, os.strerror(err))))
-
-
-class _Outgoing(tcp.Connection):
-    """A backend connection portmux dialled itself, as an ordinary TCP transport."""
-
-    logstr = "portmux-proxy"
-
-    def __init__(
-        self,
-        skt: socket.socket,
-        protocol: IProtocol,
-        reactor: Any,
-        peer: tuple[str, int],
-        family: int = socket.AF_INET,
-    ) -> None:
-        # tcp.Connection.__init__ minus its setblocking(False): one ioctl less.
-        abstract.FileDescriptor.__init__(self, reactor=reactor)
-        self.socket = skt
-        self.fileno = skt.fileno
-        self.protocol = protocol
-        self.connected = 1
-        self._peer = peer
-        self._family = family
-
-    def _address(self, host: str, port: int) -> IAddress:
-        if self._family == socket.AF_INET6:
-            return IPv6Address("TCP", host, port)  # type: ignore[return-value]
-        return IPv4Address("TCP", host, port)  # type: ignore[return-value]
-
-    def getHost(self) -> IAddress:
-        host, port = self.socket.getsockname()[:2]
-        return self._address(host, port)
-
-    def getPeer(self) -> IAddress:
-        return self._address(*self._peer)
-
-    _reading = False
-
-    def startReading(self) -> None:
-        self._reading = True
-        tcp.Connection.startReading(self)
-
-    def stopReading(self) -> None:
-        self._reading = False
-        tcp.Connection.stopReading(self)
-
-    def doRead(self) -> Any:
-        """Read once; after a short read, if the peer already sent its FIN, read again.
-
-        A backend that answers and closes (HTTP/1.0 style) usually has both the
-        answer and its FIN queued when we wake up: handling the EOF in this same
-        reactor turn saves a whole dispatch per connection.  TCP_INFO's state
-        byte says whether the FIN arrived, without a failing recv per read.
-        """
-        skt = self.socket
-        got = self._receive(skt)
-        if got.__class__ is not int:
-            return got
-        if (
-            got < self.bufferSize
-            and self._reading
-            and self.connected
-            and not self.disconnecting
-            and _CLOSE_WAIT is not None
-            and skt.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1) == _CLOSE_WAIT
-        ):
-            got = self._receive(skt)
-            if got.__class__ is not int:
-                return got
-        return None
-
-    def _receive(self, skt: socket.socket) -> Any:
-        """One recv(2) handed to the protocol: the byte count, or what doRead must return."""
-        try:
-            data = skt.recv(self.bufferSize)
-        except OSError as e:
-            return None if e.args[0] == EWOULDBLOCK else main.CONNECTION_LOST
-        if not data:
-            return main.CONNECTION_DONE
-        protocol: Any = self.protocol
-        protocol.dataReceived(data)
-        return len(data)
-
-    def connectionLost(self, reason: Failure) -> None:
-        """As tcp.Connection's, minus its Failure.check for an abort on our shared clean close.
-
-        (``check`` qualifies the exception class's name each time: ~2 µs per socket.)
-        """
-        if reason is not _DONE or not DIRECT_SUPPORTED or not hasattr(self, "socket"):
-            tcp.Connection.connectionLost(self, reason)
-            return
-        abstract.FileDescriptor.connectionLost(self, reason)
-        self._closeSocket(True)  # type: ignore[no-untyped-call]
-        protocol: Any = self.protocol
-        del self.protocol
-        del self.socket
-        del self.fileno
-        protocol.connectionLost(reason)
-
-    def readConnectionLost(self, reason: Failure) -> None:
-        """EOF: tell the leg directly (it is half-closeable; no adapter lookup)."""
-        try:
-            self.protocol.readConnectionLost()
-        except BaseException:  # noqa: BLE001 - as tcp.Connection does
-            log.failure("proxy leg failed on EOF")
-            self.connectionLost(Failure())
 
 
 class _Dialing:
@@ -277,43 +158,9 @@ class _Dialing:
         front._dial_failed(_failure(reason))
 
 
-def _endpoint_name(endpoint: object) -> str:
-    host, port = getattr(endpoint, "_host", None), getattr(endpoint, "_port", None)
-    if host is not None:
-        return f"{type(endpoint).__name__}({host}:{port})"
-    return repr(endpoint)
-
-
-_PRIVATE_TRANSPORT_API = (
-    "_writeDisconnecting", "_writeDisconnected", "dataBuffer", "_shouldShutdown",
-    "_closeWriteConnection", "writeSomeData", "_closeSocket",
-)
-DIRECT_SUPPORTED = all(hasattr(tcp.Connection, name) for name in _PRIVATE_TRANSPORT_API) and (
-    "_tempDataLen" in abstract.FileDescriptor.__init__.__code__.co_names
-)
-"""The direct-send fast path uses tcp.Connection internals; if this Twisted's differ,
-every leg falls back to the public write()/loseConnection() path."""
-
-
-def _direct(transport: Any) -> bool:
-    """True when ``transport`` is a plain socket transport we may send() on directly."""
-    return (
-        DIRECT_SUPPORTED
-        and isinstance(transport, tcp.Connection)
-        and type(transport).writeSomeData is tcp.Connection.writeSomeData
-        and not getattr(transport, "TLS", False)
-    )
-
-
-def _idle(sink: Any) -> bool:
-    """A connected plain socket transport with nothing buffered and not closing."""
-    return bool(
-        not sink.dataBuffer
-        and not sink._tempDataLen
-        and sink.connected
-        and not sink.disconnecting
-        and not sink._writeDisconnecting
-    )
+_endpoint_name = _twisted.endpoint_label
+_send_now = _twisted.send_now
+_direct = _twisted.plain_socket
 
 
 def _shut_write(sink: Any, direct: bool, leg: _Leg | None) -> None:
@@ -324,23 +171,8 @@ def _shut_write(sink: Any, direct: bool, leg: _Leg | None) -> None:
     leg reading ``sink``) is told directly, without the transport's adapter
     lookups through whatever protocol the transport reports to.
     """
-    if direct and _idle(sink):
-        sink._writeDisconnecting = True
-        sink._writeDisconnected = True
-        if leg is None:
-            sink._closeWriteConnection()  # shutdown(SHUT_WR), then writeConnectionLost
-            return
-        try:
-            sink.socket.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        leg.writeConnectionLost()
-    else:
+    if not (direct and _twisted.shut_write_now(sink, leg)):
         sink.loseWriteConnection()
-
-
-_DONE = _failure(error.ConnectionDone())
-"""One shared Failure for clean closes, as twisted.internet.posixbase does for its own."""
 
 
 def _close(transport: Any, direct: bool, read_done: bool = False) -> None:
@@ -353,15 +185,7 @@ def _close(transport: Any, direct: bool, read_done: bool = False) -> None:
     says the peer's FIN was already read: then close(2) alone ends an idle
     socket cleanly (it sends our FIN), so no shutdown(2) first.
     """
-    if (
-        direct
-        and transport.connected
-        and not transport.disconnecting
-        and (transport._writeDisconnected or (read_done and _idle(transport)))
-    ):
-        transport._shouldShutdown = False  # write side shut, or close(2) sends the FIN
-        transport.connectionLost(_DONE)
-    else:
+    if not (direct and _twisted.close_now(transport, read_done)):
         transport.loseConnection()
 
 
@@ -387,20 +211,9 @@ class _Leg:
     def dataReceived(self, data: bytes) -> None:
         sink = self.sink  # after the other side is lost, its dead transport drops writes
         if self.direct:
-            if (
-                not sink.dataBuffer
-                and not sink._tempDataLen
-                and sink.connected
-                and not sink._writeDisconnected
-            ):
-                try:
-                    sent = sink.socket.send(data)
-                except OSError:  # EAGAIN, EINTR, or an error write() will meet again
-                    sent = 0
-                if sent == len(data):
-                    return
-                if sent:
-                    data = data[sent:]
+            data = _send_now(sink, data)
+            if not data:
+                return
             if sink.producer is None:  # backpressure can only start now that we buffer
                 sink.registerProducer(self.transport, True)
         sink.write(data)
@@ -665,6 +478,8 @@ class _Front(_Leg):
         if not self.direct:
             server.registerProducer(client, True)
         data = connection.payload
+        if self.target.rewrite_via:  # net.tcp: the Via names the backend (docs/config.md)
+            data = nmf.rewrite_via(data, self.target.via_address(server))
         version = self.target.proxy_header
         if version is not None:
             data = proxyheader.header(version, connection.peer, client.getHost()) + data
@@ -687,7 +502,8 @@ class ProxyTarget:
     """Byte-for-byte proxy to backends, round-robin with failover.
 
     ``endpoints`` are client endpoint strings (``tcp:``, ``unix:``, ``tls:``...)
-    or IStreamClientEndpoint objects; ``proxy_header`` is None, "v1" or "v2".
+    or IStreamClientEndpoint objects; ``proxy_header`` is None, "v1" or "v2";
+    ``rewrite_via`` (net.tcp) is True (the backend's address) or a ``net.tcp://HOST:PORT``.
     ``ProxyTarget(["tcp:127.0.0.1:22"])`` takes the reactor of the multiplexer it
     first serves; ``ProxyTarget(reactor, [...])`` names it.
     """
@@ -700,11 +516,12 @@ class ProxyTarget:
         endpoints: Sequence[str | IStreamClientEndpoint] | str | None = None,
         connect_timeout: float = 5.0,
         proxy_header: str | None = None,
+        rewrite_via: bool | str = False,
     ) -> None:
         if endpoints is None and _are_endpoints(reactor):
             reactor, endpoints = None, reactor
         if isinstance(endpoints, str) or IStreamClientEndpoint.providedBy(endpoints):
-            endpoints = [endpoints]  # type: ignore[list-item]
+            endpoints = [endpoints]
         if not endpoints:
             raise ValueError("a proxy target needs at least one backend endpoint")
         if proxy_header is not None and proxy_header not in PROXY_HEADER_VERSIONS:
@@ -718,15 +535,24 @@ class ProxyTarget:
             _check_syntax(self.endpoints)
         self.connect_timeout = connect_timeout
         self.proxy_header = proxy_header
+        self.rewrite_via = rewrite_via
         self.first = 0
         names = ", ".join(s if isinstance(s, str) else _endpoint_name(s) for s in self.endpoints)
         header = f" (PROXY {proxy_header})" if proxy_header else ""
+        if rewrite_via:
+            header += " (Via rewritten)"
         self.description = f"proxy to {names}{header}"
 
     def bind(self, reactor: Any) -> None:
         """Dial with ``reactor`` from now on (parses the endpoint strings with it)."""
         self.reactor = reactor
         self.backends = tuple(Backend(reactor, spec) for spec in self.endpoints)
+
+    def via_address(self, backend: Any) -> str | None:
+        """The net.tcp address a rewritten Via names: the configured one, or the backend's."""
+        if isinstance(self.rewrite_via, str):
+            return self.rewrite_via
+        return nmf.address_of(backend.getPeer())
 
     def start(self) -> None:
         """Nothing to start: backends are dialled per connection."""
@@ -765,85 +591,3 @@ def _check_syntax(endpoints: Sequence[str | IStreamClientEndpoint]) -> None:
             pass
         except Exception as e:  # parsers raise many kinds of errors
             raise ValueError(f"unparsable client endpoint {spec!r}: {e}") from e
-
-
-def from_config(value: Any, ctx: Any) -> ProxyTarget | None:
-    """Build a ProxyTarget from a route's ``proxy`` value, reporting problems on ``ctx``.
-
-    ``value`` is a list of client endpoint strings, or a table with
-    ``endpoints``, ``connect_timeout`` and ``proxy_header``.
-    """
-    key = getattr(ctx, "target_key", "proxy")
-    options: dict[str, Any] = {}
-    if isinstance(value, dict):
-        table = value
-        unknown = sorted(set(table) - set(TABLE_KEYS))
-        for name in unknown:
-            ctx.problem(f"{key}.{name}", f"unknown key; expected one of {', '.join(TABLE_KEYS)}")
-        endpoints = table.get("endpoints")
-        key_endpoints = f"{key}.endpoints"
-        if endpoints is None:
-            ctx.problem(key_endpoints, "missing: list one or more client endpoint strings")
-            return None
-        if "connect_timeout" in table:
-            timeout = table["connect_timeout"]
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-                ctx.problem(f"{key}.connect_timeout", "must be a positive number of seconds")
-                return None
-            options["connect_timeout"] = float(timeout)
-        if "proxy_header" in table:
-            version = table["proxy_header"]
-            if version not in PROXY_HEADER_VERSIONS:
-                ctx.problem(f"{key}.proxy_header", 'must be "v1" or "v2"')
-                return None
-            options["proxy_header"] = version
-        if unknown:
-            return None
-    else:
-        endpoints = value
-        key_endpoints = key
-    if isinstance(endpoints, str):
-        endpoints = [endpoints]
-    if not isinstance(endpoints, list) or not endpoints:
-        ctx.problem(key_endpoints, "must be a non-empty list of client endpoint strings")
-        return None
-    built: list[str | IStreamClientEndpoint] = []
-    ok = True
-    for index, item in enumerate(endpoints):
-        endpoint = client_endpoint(ctx, f"{key_endpoints}[{index}]", item, value)
-        if endpoint is None:
-            ok = False
-        else:
-            built.append(endpoint)
-    if not ok:
-        return None
-    return ProxyTarget(ctx.reactor, built, **options)
-
-
-TABLE_KEYS = ("endpoints", "connect_timeout", "proxy_header", "ca", "client_cert", "server_name")
-"""Keys of the table form.  TLS client options (CA, client certificate) go here too."""
-TLS_KEYS = ("ca", "client_cert", "server_name")
-
-
-def client_endpoint(
-    ctx: Any, key: str, item: Any, table: Any
-) -> str | IStreamClientEndpoint | None:
-    """One backend from config: a client endpoint string, checked by parsing it.
-
-    This is the hook for TLS backend options: given the route's whole ``table``,
-    return an IStreamClientEndpoint built with them (e.g. ``wrapClientTLS``).
-    """
-    if not isinstance(item, str):
-        ctx.problem(key, "must be a client endpoint string such as 'tcp:127.0.0.1:8080'")
-        return None
-    tls_options = {k: table[k] for k in TLS_KEYS if isinstance(table, dict) and k in table}
-    if tls_options or item.split(":", 1)[0].lower() == "tls":
-        from portmux.tls import client_endpoint_from_config
-
-        return client_endpoint_from_config(ctx, key, item, tls_options)
-    try:
-        clientFromString(ctx.reactor, item)
-    except Exception as e:  # noqa: BLE001 - endpoint parsers raise many kinds of errors
-        ctx.problem(key, f"unparsable client endpoint {item!r}: {e}")
-        return None
-    return item

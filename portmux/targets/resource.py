@@ -17,6 +17,7 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from portmux import _twisted
 from portmux.core.interfaces import ITarget
 from portmux.core.routing import normalize_name, peer_ip
 
@@ -48,11 +49,18 @@ class ResourceTarget:
         return channel  # type: ignore[no-any-return]
 
 
-def _request_preamble(request: Any, preambles: Any) -> Any:
+def _address_key(host: Any, peer: Any) -> tuple[str, str]:
+    """A live connection's (local, peer) addresses: one TCP connection per key."""
+    return repr(host), repr(peer)
+
+
+def _request_preamble(request: Any, preambles: Any, by_address: Any) -> Any:
     """The connection's preamble, with this request's host and path."""
-    channel = request.channel
-    channel = getattr(channel, "_conn", channel)  # HTTP/2 streams hang off the connection
-    base = preambles.get(getattr(channel, "transport", None))
+    channel = _twisted.stream_connection(request.channel)  # HTTP/2 streams: their connection
+    transport = getattr(channel, "transport", None)
+    if transport is None:  # an HTTP/2 stream without the fast path: find it by addresses
+        transport = by_address.get(_address_key(request.getHost(), request.getClientAddress()))
+    base = preambles.get(transport)
     host = request.getHeader(b"host")
     if host is not None:
         host = normalize_name(host.decode("latin-1").rsplit(":", 1)[0].strip("[]"))
@@ -71,25 +79,30 @@ class _Dispatcher(Resource):
         super().__init__()  # type: ignore[no-untyped-call]
         self._mux = mux
         self._preambles: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        # Without _twisted.FAST_PATHS an HTTP/2 stream does not lead to its transport.
+        self._by_address: weakref.WeakValueDictionary[Any, Any] = weakref.WeakValueDictionary()
 
     def remember(self, transport: Any, preamble: Any) -> None:
         """Record the preamble of a connection about to be served by this Site."""
         try:
             self._preambles[transport] = preamble
         except TypeError:  # a transport that cannot be weakly referenced
-            pass
+            return
+        if not _twisted.FAST_PATHS:
+            key = _address_key(transport.getHost(), transport.getPeer())
+            self._by_address[key] = transport
 
     def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
-        preamble = _request_preamble(request, self._preambles)
+        preamble = _request_preamble(request, self._preambles, self._by_address)
         ip = peer_ip(request.getClientAddress())
-        for route in self._mux.router.routes:
+        for route in self._mux.router.static_routes:  # registered routes are never resources
             target = route.target
             if isinstance(target, ResourceTarget) and route.match.accepts(preamble, ip):
                 return _descend(route, target.resource, request)
         return notFound(brief="No Such Resource", message="No route serves this host and path.")
 
     def render(self, request: Any) -> bytes:
-        return cast(bytes, notFound().render(request))  # type: ignore[call-arg,misc]  # zope: no self
+        return cast(bytes, notFound().render(request))
 
 
 def _descend(route: Any, resource: IResource, request: Any) -> IResource:
@@ -125,5 +138,5 @@ def dispatching_site(mux: Any) -> Site:
     """The shared Site whose root dispatches per request over ``mux``'s routes."""
     site = Site(_Dispatcher(mux))
     site.displayTracebacks = False
-    site.portmux_mux = mux  # the admin pages find the multiplexer through request.site
+    site.portmux_mux = mux  # type: ignore[attr-defined]  # the admin pages find the multiplexer through request.site
     return site

@@ -127,7 +127,7 @@ class TLSTarget:
             return None
         protocol = self._tls_factory.buildProtocol(connection.peer)
         sniffer = protocol.wrappedProtocol
-        sniffer.client_hello = hello
+        sniffer.client_hello = hello  # type: ignore[attr-defined]  # our inner sniffer
         protocol.makeConnection(connection.transport)
         payload = connection.payload
         if payload:

@@ -20,7 +20,6 @@ from portmux.tls._client import (
     BackendTLSError,
     VerifiedTLSEndpoint,
     client_endpoint,
-    client_endpoint_from_config,
     client_tls_options,
     is_tls_endpoint,
 )
@@ -34,7 +33,6 @@ __all__ = [
     "TLSSettings",
     "VerifiedTLSEndpoint",
     "client_endpoint",
-    "client_endpoint_from_config",
     "client_tls_options",
     "is_tls_endpoint",
     "load_pem",

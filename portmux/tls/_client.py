@@ -36,7 +36,6 @@ __all__ = [
     "BackendTLSError",
     "VerifiedTLSEndpoint",
     "client_endpoint",
-    "client_endpoint_from_config",
     "client_tls_options",
     "is_tls_endpoint",
 ]
@@ -54,22 +53,61 @@ class BackendTLSError(ConnectionError):
     """The backend's TLS handshake failed: untrusted or wrong-name certificate, or no TLS."""
 
 
-def _split_endpoint(description: str) -> list[str]:
-    """Split an endpoint string on unescaped colons (``\\:`` escapes, as Twisted's)."""
-    parts, current, escaped = [], [], False
-    for char in description:
+def _fields(description: str) -> tuple[list[str], dict[str, str]]:
+    """Positional and keyword fields after the prefix, split as Twisted splits them.
+
+    ``:`` separates fields, the first unescaped ``=`` makes a keyword, ``\\`` escapes.
+    """
+    positional: list[str] = []
+    keywords: dict[str, str] = {}
+    key: str | None = None
+    current: list[str] = []
+    escaped = False
+    for char in description + ":":
         if escaped:
             current.append(char)
             escaped = False
         elif char == "\\":
             escaped = True
+        elif char == "=" and key is None:
+            key, current = "".join(current), []
         elif char == ":":
-            parts.append("".join(current))
-            current = []
+            if key is None:
+                positional.append("".join(current))
+            else:
+                keywords[key] = "".join(current)
+            key, current = None, []
         else:
             current.append(char)
-    parts.append("".join(current))
-    return parts
+    return positional[1:], keywords
+
+
+OWN_TLS_KEYS = ("host", "port", "timeout", "ca", "server_name")
+"""Keys of a ``tls:`` string portmux's verified endpoint reads itself."""
+
+
+def _own_reading(description: str) -> tuple[str, int, str | None, dict[str, str]] | str:
+    """(host, port, timeout, other keywords) if portmux reads the string; else why not."""
+    positional, keywords = _fields(description)
+    names = ("host", "port", "timeout")
+    if len(positional) > len(names):
+        return f"{len(positional)} positional fields"
+    for name, value in zip(names, positional):
+        if name in keywords:
+            return f"{name} given twice"
+        keywords[name] = value
+    others = sorted(set(keywords) - set(OWN_TLS_KEYS))
+    if others:
+        return f"Twisted's own option(s) {', '.join(others)}"
+    if "host" not in keywords or "port" not in keywords:
+        return "no HOST:PORT"
+    try:
+        port = int(keywords.pop("port"))
+    except ValueError:
+        return "a port that is not a number"
+    if not 0 < port < 65536:
+        return "a port out of range"
+    return keywords.pop("host"), port, keywords.pop("timeout", None), keywords
 
 
 def _load_ca(path: Path) -> Any:
@@ -138,8 +176,12 @@ def client_endpoint(
 ) -> IStreamClientEndpoint:
     """A client endpoint; ``tls:HOST:PORT[:timeout=S]`` re-encrypts with verification.
 
-    Other strings go to Twisted's ``clientFromString`` unchanged (``ca``,
-    ``client_cert`` and ``server_name`` then raise ValueError).
+    portmux reads a ``tls:`` string itself only when it holds nothing but host,
+    port, timeout, ca and server_name; any other string (Twisted's own
+    ``trustRoots``, ``certificate``, ``bindAddress``...) goes to Twisted's
+    ``clientFromString`` unchanged, so a string Twisted accepts is never
+    rejected.  ``ca``, ``client_cert`` and ``server_name`` need portmux's
+    reading and raise ValueError otherwise.
     """
     from twisted.internet.endpoints import clientFromString
 
@@ -149,49 +191,34 @@ def client_endpoint(
                 f"ca, client_cert and server_name need a tls: endpoint, not {description!r}"
             )
         return clientFromString(reactor, description)  # type: ignore[no-any-return]
-    args = _split_endpoint(description)[1:]
-    positional = [a for a in args if "=" not in a]
-    keywords = dict(a.split("=", 1) for a in args if "=" in a)
-    if len(positional) != 2:
-        raise ValueError(f"expected tls:HOST:PORT, got {description!r}")
-    host, port_text = positional
+    reading = _own_reading(description)
+    if isinstance(reading, str):
+        # Not portmux's: Twisted's own tls: endpoint, unless portmux options ask for ours.
+        given = {"ca": ca, "client_cert": client_cert, "server_name": server_name}
+        given.update((k, v) for k, v in _fields(description)[1].items() if k in given)
+        own = sorted(k for k, v in given.items() if v is not None)
+        if own:
+            raise ValueError(
+                f"{description!r} has {reading}, which portmux's verified tls: endpoint does "
+                f"not read, so it cannot be combined with {', '.join(own)}; give HOST:PORT "
+                "with timeout/ca/server_name only, or drop the portmux options to use "
+                "Twisted's own tls: endpoint"
+            )
+        try:
+            return clientFromString(reactor, description)  # type: ignore[no-any-return]
+        except Exception as e:  # noqa: BLE001 - endpoint parsers raise many kinds of errors
+            raise ValueError(f"unparsable client endpoint {description!r}: {e}") from None
+    host, port, timeout_text, keywords = reading
     try:
-        port = int(port_text)
-        timeout = float(keywords.pop("timeout", timeout))
+        timeout = float(timeout_text) if timeout_text is not None else timeout
     except ValueError:
-        raise ValueError(f"bad port or timeout in {description!r}") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"port out of range in {description!r}")
+        raise ValueError(f"bad timeout in {description!r}") from None
     ca = keywords.pop("ca", None) if ca is None else ca
     server_name = keywords.pop("server_name", None) if server_name is None else server_name
-    if keywords:
-        raise ValueError(f"unknown option(s) {', '.join(sorted(keywords))} in {description!r}")
     name = server_name or host
     creator = client_tls_options(name, ca=ca, client_cert=client_cert, base_dir=base_dir)
     endpoint = VerifiedTLSEndpoint(reactor, _ClientTLS(host, port, timeout, name, creator))
     return cast(IStreamClientEndpoint, endpoint)
-
-
-def client_endpoint_from_config(
-    ctx: Any, key: str, item: str, options: dict[str, Any]
-) -> IStreamClientEndpoint | None:
-    """The proxy table's hook: ``item`` with ``ca``/``client_cert``/``server_name``; problems on ctx."""
-    for name, value in options.items():
-        if name == "client_cert" and isinstance(value, dict):
-            cert, private = value.get("cert"), value.get("key")
-            if isinstance(cert, str) and (private is None or isinstance(private, str)):
-                options[name] = (cert, private) if private else cert
-                continue
-        if not isinstance(value, str):
-            ctx.problem(f"{getattr(ctx, 'target_key', 'proxy')}.{name}", "must be a string")
-            return None
-    try:
-        return client_endpoint(ctx.reactor, item, base_dir=ctx.base_dir, **options)
-    except (CertificateError, ValueError) as e:
-        ctx.problem(key, str(e))
-    except Exception as e:  # noqa: BLE001  # endpoint parsers raise many kinds of errors
-        ctx.problem(key, f"unparsable client endpoint {item!r}: {e}")
-    return None
 
 
 @implementer(IStreamClientEndpoint)
@@ -216,7 +243,7 @@ class VerifiedTLSEndpoint:
             connecting.cancel()
             waiter = waiter_factory.waiter
             if waiter is not None and waiter.transport is not None:
-                waiter.transport.abortConnection()
+                waiter.transport.abortConnection()  # type: ignore[attr-defined]  # ITCPTransport
 
         done: Deferred[IProtocol] = Deferred(cancel)
         waiter_factory = _WaiterFactory(protocolFactory, done, spec.server_name)
@@ -274,19 +301,20 @@ class _HandshakeWaiter(Protocol):
 
     def handshakeCompleted(self) -> None:
         tls = self.transport
+        assert tls is not None  # a handshake completes on a connected transport
         owner = self.owner
         if owner.done.called:  # timed out meanwhile
-            tls.abortConnection()  # type: ignore[union-attr]
+            tls.abortConnection()  # type: ignore[attr-defined]  # ITCPTransport
             return
-        protocol = owner.wrapped.buildProtocol(self.addr)  # type: ignore[call-arg,misc]  # zope
+        protocol = owner.wrapped.buildProtocol(self.addr)
         if protocol is None:
-            tls.loseConnection()  # type: ignore[union-attr,misc]  # zope: no self
+            tls.loseConnection()
             owner.done.errback(ConnectionRefusedError("factory declined the connection"))
             return
-        tls.wrappedProtocol = protocol  # type: ignore[union-attr]
-        protocol.makeConnection(tls)  # type: ignore[call-arg,misc]  # zope: no self
+        tls.wrappedProtocol = protocol  # type: ignore[attr-defined]  # a TLSMemoryBIOProtocol
+        protocol.makeConnection(tls)
         if self.pending:
-            protocol.dataReceived(self.pending)  # type: ignore[call-arg,misc]  # zope: no self
+            protocol.dataReceived(self.pending)
         owner.done.callback(protocol)
 
     def dataReceived(self, data: bytes) -> None:

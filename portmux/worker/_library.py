@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from portmux import _twisted
 from portmux.control import _framing as pc
 from portmux.control._keys import REGISTRATION_KEYS, translate_address
 from portmux.control._registry import RegistrationError
@@ -104,17 +105,13 @@ class _Adopting(Factory):
         return protocol
 
 
-def flush(transport: Any) -> None:
+def flush(reactor: Any, transport: Any) -> None:
     """Write what the replay produced now, before a half-close read can drop it.
 
     Twisted discards unsent bytes when a non-half-closeable protocol sees EOF,
     and the client may have half-closed while portmux held the connection.
     """
-    if transport is None or getattr(transport, "disconnecting", True):
-        return
-    do_write = getattr(transport, "doWrite", None)
-    if do_write is not None and getattr(transport, "connected", False):
-        do_write()
+    _twisted.flush(reactor, transport)
 
 
 def adopt(reactor: Any, fd: int, factory: Any, handoff: Handoff) -> Any:
@@ -134,7 +131,7 @@ def adopt(reactor: Any, fd: int, factory: Any, handoff: Handoff) -> Any:
     protocol = one_shot.built
     if protocol is not None and handoff.data:
         protocol.dataReceived(handoff.data)
-        flush(one_shot.transport)
+        flush(reactor, one_shot.transport)
     return protocol
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import select
 import shutil
 import signal
@@ -30,6 +31,28 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def stable_port(host: str = "127.0.0.1") -> int:
+    """A free port below the ephemeral range, for a server restarted on the same port.
+
+    A port from ``free_port`` may be taken meanwhile as the local port of some outgoing
+    connection; ports below the kernel's ephemeral range never are.
+    """
+    low = 32768
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    return free_port(host)
 
 
 def wait_for(predicate: Any, what: str, deadline: float = DEADLINE, step: float = 0.02) -> Any:
@@ -97,14 +120,34 @@ class Etcd:
         self.processes = processes
         # etcd fsyncs every write; on tmpfs that costs nothing, as on a server with a fast disk.
         shm = Path("/dev/shm")
-        self.data = Path(tempfile.mkdtemp(prefix="portmux-etcd-", dir=shm if shm.is_dir() else tmp))
-        processes.cleanups.append(lambda: shutil.rmtree(self.data, ignore_errors=True))
-        self.client_port = free_port()
-        self.peer_port = free_port()
-        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.data_parent = Path(tempfile.mkdtemp(prefix="portmux-etcd-", dir=shm if shm.is_dir() else tmp))
+        processes.cleanups.append(lambda: shutil.rmtree(self.data_parent, ignore_errors=True))
+        self.tmp = tmp
+        self._pick(0)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started = False
 
     def start(self) -> None:
+        """Start etcd; on a first start, pick new ports if another process took them meanwhile."""
+        for attempt in range(3):
+            try:
+                self._start()
+                return
+            except RuntimeError as error:
+                if self.started or "address already in use" not in str(error) or attempt == 2:
+                    raise
+                self._pick(attempt + 1)
+
+    def _pick(self, attempt: int) -> None:
+        """Two distinct free ports and a fresh data dir (a failed start leaves its member there)."""
+        self.data = self.data_parent / f"data-{attempt}"
+        self.client_port = stable_port()
+        self.peer_port = stable_port()
+        while self.peer_port == self.client_port:
+            self.peer_port = stable_port()
+        self.url = f"http://127.0.0.1:{self.client_port}"
+
+    def _start(self) -> None:
         assert ETCD is not None
         peer = f"http://127.0.0.1:{self.peer_port}"
         self.proc, self.log = self.processes.start("etcd", [
@@ -114,6 +157,7 @@ class Etcd:
             "--initial-cluster", f"test={peer}", "--log-level", "warn",
         ])
         wait_for(self.healthy, "etcd to be healthy")
+        self.started = True
 
     def healthy(self) -> bool:
         try:
@@ -143,7 +187,7 @@ class Node:
         self.processes = processes
         self.name = name
         self.host = host
-        self.port = free_port(host)
+        self.port = stable_port(host)
         self.control = tmp / f"{name}.sock"
         self.config = tmp / f"{name}.toml"
         self.config.write_text(

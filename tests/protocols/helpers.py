@@ -6,10 +6,17 @@ The split and prefix assertions live in portmux.testing.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from portmux.core.preamble import Preamble, ProbeResult, Verdict
+from portmux.core.preamble import NEED_MORE, Preamble, ProbeResult, Verdict
+from portmux.testing import (
+    assert_probe_prefixes,
+    assert_probe_verdict_for_every_split,
+)
+from portmux.testing import probe_in_chunks as feed
+
+ProbeFunction = Callable[[bytes], ProbeResult]
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -169,3 +176,25 @@ def mlkem_client_hello(record_size: int = 2**14) -> bytes:
     shares = key_share_ext([(0x11EC, 1216), (0x001D, 32)])
     extra = [ext(0x2A2A, b""), groups, shares, ext(21, bytes(400))]
     return client_hello(sni=b"pq.example.com", extra=extra, record_size=record_size)
+
+
+def assert_fixture(probe: ProbeFunction, name: str, **fields: object) -> Preamble:
+    """A fixture matches whole with ``fields``, prefix by prefix and split at every offset."""
+    data = fixture(name)
+    result = probe(data)
+    assert isinstance(result, Preamble), f"{name}: {result!r}"
+    for key, value in fields.items():
+        assert getattr(result, key) == value, f"{name}: {key}={getattr(result, key)!r}"
+    assert assert_probe_prefixes(probe, data) is not None
+    assert_probe_verdict_for_every_split(probe, data)
+    return result
+
+
+def assert_fuzzed(probe: ProbeFunction, corpus: Sequence[bytes], count: int = 400) -> None:
+    """Mutations of ``corpus`` give a verdict and the same one when fed a byte at a time."""
+    for seed, data in enumerate(corpus):
+        for variant in mutations(data, count, seed):
+            result = probe(variant)
+            assert_verdict(result)
+            if result is not NEED_MORE:
+                assert feed(probe, (variant[i : i + 1] for i in range(len(variant)))) == result

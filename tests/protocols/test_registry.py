@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 from portmux.core.interfaces import IProbe
-from portmux.protocols import PluginProbe, all_probes, builtin_probes
+from portmux.protocols import BUILTIN_ORDER, PluginProbe, all_probes, builtin_probes
 from portmux.protocols.h2c import probe_h2c
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,13 +17,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_builtin_order() -> None:
     probes = builtin_probes()
-    assert [p.name for p in probes] == ["tls", "h2c", "http", "ssh", "tcpmux", "nmf"]
+    assert [p.name for p in probes] == list(BUILTIN_ORDER)
+    # The original six keep their positions ahead of everything added since.
+    assert [p.name for p in probes][:6] == ["tls", "h2c", "http", "ssh", "tcpmux", "nmf"]
     assert all(IProbe.providedBy(p) for p in probes)
 
 
 def test_all_probes_starts_with_builtins() -> None:
     names = [p.name for p in all_probes()]
-    assert names[:6] == ["tls", "h2c", "http", "ssh", "tcpmux", "nmf"]
+    assert names[: len(BUILTIN_ORDER)] == list(BUILTIN_ORDER)
     assert len(names) == len(set(names))
 
 
@@ -38,19 +40,19 @@ def test_drop_in_plugin_found(tmp_path: Path) -> None:
     """A module in another sys.path entry's portmux/plugins is discovered."""
     plugins = tmp_path / "portmux" / "plugins"
     plugins.mkdir(parents=True)
-    (plugins / "redis_probe.py").write_text(
+    (plugins / "toy_probe.py").write_text(
         textwrap.dedent(
             """
             from portmux.core.preamble import NEED_MORE, NO, Preamble
             from portmux.protocols import PluginProbe
 
-            def probe_redis(data):
+            def probe_toy(data):
                 if not data:
                     return NEED_MORE
-                return Preamble(protocol="redis") if data[:1] == b"*" else NO
+                return Preamble(protocol="toy") if data[:1] == b"*" else NO
 
-            PROBE = PluginProbe("redis", probe_redis)
-            SHADOW = PluginProbe("tls", probe_redis)  # a built-in name: ignored
+            PROBE = PluginProbe("toy", probe_toy)
+            SHADOW = PluginProbe("tls", probe_toy)  # a built-in name: ignored
             """
         )
     )
@@ -67,5 +69,5 @@ def test_drop_in_plugin_found(tmp_path: Path) -> None:
         [sys.executable, "-c", script], env=env, cwd=tmp_path,
         capture_output=True, text=True, check=True,
     ).stdout.splitlines()
-    assert out[0] == "tls,h2c,http,ssh,tcpmux,nmf,redis"
-    assert out[1].startswith("Verdict.NO Preamble(protocol='redis'")
+    assert out[0] == ",".join((*BUILTIN_ORDER, "toy"))
+    assert out[1].startswith("Verdict.NO Preamble(protocol='toy'")

@@ -19,8 +19,9 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from portmux import _twisted
 from portmux.core.mux import Multiplexer
-from portmux.targets.proxy import ProxyTarget, from_config
+from portmux.targets.proxy import ProxyTarget
 
 REQUEST = b"GET /x HTTP/1.1\r\nHost: example.test\r\n\r\n"
 
@@ -352,7 +353,8 @@ class ProxyTests(TestCase):
             [f"tcp:127.0.0.1:{self.full_listener()}", f"tcp:127.0.0.1:{self.listen_backend(backend)}"],
             connect_timeout=0.3,
         )
-        self.assertIsNotNone(target.backends[0].address)  # the own-socket path
+        # the own-socket path with the fast paths on; endpoint.connect() without
+        self.assertEqual(target.backends[0].address is not None, _twisted.FAST_PATHS)
         port, _ = self.listen_mux(target)
         echoed = yield threads.deferToThread(exchange, port, REQUEST)
         self.assertEqual(echoed, REQUEST)
@@ -611,59 +613,69 @@ def _transports() -> list[Any]:
 
 
 class PublicTransportAPITests(ProxyTests):
-    """Every proxy test again with the direct-send fast path off (public API only)."""
+    """Every proxy test again with the fast paths off in-process (public API only)."""
 
     def setUp(self) -> None:
-        from portmux.targets import proxy
-
-        self.patch(proxy, "DIRECT_SUPPORTED", False)
+        self.patch(_twisted, "FAST_PATHS", False)
 
 
 class FromConfigTests(SynchronousTestCase):
-    """from_config builds targets and reports problems with key paths."""
+    """The config's proxy table builds targets and reports problems with key paths."""
 
-    class Ctx:
-        target_key = "proxy"
+    def parse(self, value: str) -> Any:
+        from portmux.daemon.config import parse_config
 
-        def __init__(self) -> None:
-            self.reactor = reactor
-            self.problems: list[tuple[str, str]] = []
+        text = ('[[listen]]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
+                f'[[route]]\nname = "p"\nmatch = {{ protocol = "ssh" }}\nproxy = {value}\n')
+        return parse_config(text, "t.toml", reactor).routes[0].target
 
-        def problem(self, key: str, message: str) -> None:
-            self.problems.append((key, message))
+    def problems(self, value: str) -> list[str]:
+        from portmux.daemon.config import ConfigError
+
+        with self.assertRaises(ConfigError) as caught:
+            self.parse(value)
+        return [problem.key_path for problem in caught.exception.errors]
 
     def test_list(self) -> None:
-        ctx = self.Ctx()
-        target = from_config(["tcp:127.0.0.1:1", "unix:/tmp/x.sock"], ctx)
-        assert target is not None
-        self.assertEqual(ctx.problems, [])
+        target = self.parse('["tcp:127.0.0.1:1", "unix:/tmp/x.sock"]')
         self.assertEqual(target.kind, "proxy")
         self.assertEqual([b.name for b in target.backends], ["tcp:127.0.0.1:1", "unix:/tmp/x.sock"])
-        self.assertIsNotNone(target.backends[0].tcp)
-        self.assertEqual(target.backends[1].unix, "/tmp/x.sock")
+        fast = _twisted.FAST_PATHS  # without: both dial through endpoint.connect()
+        self.assertEqual(target.backends[0].tcp is not None, fast)
+        self.assertEqual(target.backends[1].unix, "/tmp/x.sock" if fast else None)
 
     def test_table(self) -> None:
-        ctx = self.Ctx()
-        target = from_config(
-            {"endpoints": ["tcp:127.0.0.1:1"], "connect_timeout": 2, "proxy_header": "v2"}, ctx
-        )
-        assert target is not None
+        target = self.parse(
+            '{ endpoints = ["tcp:127.0.0.1:1"], connect_timeout = 2, proxy_header = "v2" }')
         self.assertEqual((target.connect_timeout, target.proxy_header), (2.0, "v2"))
+
+    def test_rewrite_via(self) -> None:
+        """net.tcp's Via rewriting: true (the backend's address) or a net.tcp://HOST:PORT."""
+        self.assertFalse(self.parse('["tcp:127.0.0.1:1"]').rewrite_via)
+        target = self.parse('{ endpoints = ["tcp:127.0.0.1:1"], rewrite_via = true }')
+        self.assertIs(target.rewrite_via, True)
+        self.assertIn("(Via rewritten)", target.description)
+        target = self.parse('{ endpoints = ["tcp:127.0.0.1:1"], rewrite_via = "net.tcp://svc.internal:8808/" }')
+        self.assertEqual(target.rewrite_via, "net.tcp://svc.internal:8808")
+        for bad in ('"http://a:1"', '"net.tcp://a:1/path/"', '"net.tcp://a:x"', "1"):
+            self.assertEqual(
+                self.problems(f'{{ endpoints = ["tcp:127.0.0.1:1"], rewrite_via = {bad} }}'),
+                ["route[0].proxy.rewrite_via"], bad,
+            )
 
     def test_problems(self) -> None:
         cases = [
-            ([], "proxy"),
-            ("nope:x", "proxy[0]"),
-            ([3], "proxy[0]"),
-            ({"endpoints": ["tcp:127.0.0.1:1"], "proxy_header": "v3"}, "proxy.proxy_header"),
-            ({"endpoints": ["tcp:127.0.0.1:1"], "connect_timeout": -1}, "proxy.connect_timeout"),
-            ({"endpoints": ["tcp:127.0.0.1:1"], "bogus": 1}, "proxy.bogus"),
-            ({"connect_timeout": 1}, "proxy.endpoints"),
+            ("[]", "route[0].proxy"),
+            ('"nope:x"', "route[0].proxy[0]"),  # one string is one endpoint
+            ("[3]", "route[0].proxy[0]"),
+            ('{ endpoints = ["tcp:127.0.0.1:1"], proxy_header = "v3" }', "route[0].proxy.proxy_header"),
+            ('{ endpoints = ["tcp:127.0.0.1:1"], connect_timeout = -1 }',
+             "route[0].proxy.connect_timeout"),
+            ('{ endpoints = ["tcp:127.0.0.1:1"], bogus = 1 }', "route[0].proxy.bogus"),
+            ("{ connect_timeout = 1 }", "route[0].proxy.endpoints"),
         ]
         for value, key in cases:
-            ctx = self.Ctx()
-            self.assertIsNone(from_config(value, ctx), value)
-            self.assertEqual([k for k, _ in ctx.problems], [key], value)
+            self.assertEqual(self.problems(value), [key], value)
 
     def test_bad_constructor_args(self) -> None:
         self.assertRaises(ValueError, ProxyTarget, reactor, [])

@@ -1,4 +1,7 @@
-"""The proxy's own backend transport (_Outgoing): reads, early EOF, half-close."""
+"""The proxy's own backend transport (portmux._twisted.OutgoingConnection): reads, EOF, half-close.
+
+It exists only with the fast paths on, so these tests skip under PORTMUX_NO_FAST_PATHS.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +17,8 @@ from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from portmux.targets import proxy
-from portmux.targets.proxy import _Outgoing
+from portmux import _twisted
+from portmux._twisted import OutgoingConnection as _Outgoing
 
 
 @implementer(IHalfCloseableProtocol)
@@ -61,6 +64,9 @@ def wait_readable(skt: socket.socket, limit: float = 5.0) -> None:
 
 class OutgoingReadTests(SynchronousTestCase):
     """doRead delivers data, and an EOF queued right behind it in the same call."""
+
+    if not _twisted.FAST_PATHS:
+        skip = "the fast paths are off: portmux never builds this transport"
 
     def setUp(self) -> None:
         listener = socket.socket()
@@ -123,5 +129,5 @@ class OutgoingReadTests(SynchronousTestCase):
         self.assertEqual(self.peer.recv(10), b"")  # the peer sees our FIN
 
     def test_read_connection_lost_goes_to_the_leg(self) -> None:
-        self.transport.readConnectionLost(proxy._DONE)
+        self.transport.readConnectionLost(_twisted.DONE)
         self.assertEqual(self.recorder.events, ["read-lost"])

@@ -164,12 +164,40 @@ class ReencryptionTests(TestCase):
         error = yield self.assertFailure(endpoint.connect(echo_factory(b"")), BackendTLSError)
         self.assertIn("backend.example.com", str(error))
 
+    def test_every_string_twisted_accepts_is_accepted(self) -> None:
+        """portmux reads host/port/timeout/ca/server_name; anything else is Twisted's tls:."""
+        from twisted.internet.endpoints import clientFromString
+
+        from portmux.tls import VerifiedTLSEndpoint
+
+        cases = {
+            "tls:127.0.0.1:443": True,
+            "tls:127.0.0.1:443:7": True,
+            "tls:host=127.0.0.1:port=443:timeout=3": True,
+            "tls:127.0.0.1:443:bindAddress=127.0.0.1": False,
+            "tls:127.0.0.1:443:5:127.0.0.1": False,
+            f"tls:127.0.0.1:443:trustRoots={Path(self.pki.ca_file).parent}": False,
+        }
+        for description, ours in cases.items():
+            clientFromString(reactor, description)  # Twisted accepts it...
+            endpoint = client_endpoint(reactor, description)  # ...so portmux does too
+            self.assertEqual(isinstance(endpoint, VerifiedTLSEndpoint), ours, description)
+        keyed = client_endpoint(reactor, "tls:host=127.0.0.1:port=443:timeout=3")
+        self.assertIn("tls:127.0.0.1:443", keyed.description)  # type: ignore[attr-defined]
+
     def test_bad_strings(self) -> None:
         with self.assertRaises(ValueError):
             client_endpoint(reactor, "tcp:127.0.0.1:1", ca=self.pki.ca_file)
         with self.assertRaises(ValueError):
             client_endpoint(reactor, "tls:127.0.0.1")
         with self.assertRaises(ValueError):
-            client_endpoint(reactor, "tls:127.0.0.1:443:bogus=1")
+            client_endpoint(reactor, "tls:127.0.0.1:443:bogus=1")  # Twisted rejects it too
+        with self.assertRaises(ValueError):
+            client_endpoint(reactor, "tls:127.0.0.1:443:timeout=soon")
+        with self.assertRaises(ValueError) as raised:
+            client_endpoint(reactor, "tls:127.0.0.1:443:bindAddress=127.0.0.1", ca=self.pki.ca_file)
+        self.assertIn("bindAddress", str(raised.exception))
+        with self.assertRaises(ValueError):
+            client_endpoint(reactor, "tls:127.0.0.1:443:trustRoots=/x:server_name=a.example")
         self.assertEqual(load_pem(self.client_cert).names, ("portmux.client",))
 

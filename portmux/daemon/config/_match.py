@@ -25,6 +25,7 @@ from portmux.daemon.config._schema import (
     Text,
     ValueType,
     Walk,
+    Whole,
     read_table,
 )
 
@@ -51,6 +52,7 @@ _CHECKS: Mapping[str, Check] = {"protocol": _known_protocol, "path": _absolute_p
 
 _TOML_TYPES: Mapping[object, ValueType] = {
     str | None: Text(),
+    int | None: Whole(),
     bool: Flag(),
     tuple[Network, ...]: NETWORKS,
 }

@@ -1,0 +1,475 @@
+# -*- test-case-name: tests.test_twisted_internals -*-
+"""Every Twisted private name portmux uses, behind one capability check.
+
+``FAST_PATHS`` is a module constant computed once, at import: True when
+``PORTMUX_NO_FAST_PATHS`` is unset and ``missing()`` finds every private name
+with the shape portmux expects.  When False, every function here answers through
+public Twisted API only, with the same observable behaviour (see
+docs/architecture.md, "Twisted internals").
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from errno import EWOULDBLOCK
+from typing import Any
+
+from twisted.internet import abstract, error, main, tcp
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
+from twisted.internet.interfaces import IAddress, IProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = [
+    "DONE",
+    "ENV_SWITCH",
+    "FAST_PATHS",
+    "OutgoingConnection",
+    "close_now",
+    "endpoint_label",
+    "flush",
+    "has_unsent",
+    "missing",
+    "parse_proxy_v1",
+    "parse_proxy_v2",
+    "plain_socket",
+    "send_now",
+    "shut_write_now",
+    "stream_connection",
+    "tcp_endpoint_parts",
+    "unix_endpoint_path",
+]
+
+log = Logger(namespace="portmux")
+
+ENV_SWITCH = "PORTMUX_NO_FAST_PATHS"
+"""Set to a non-empty value other than ``0`` to force the public-API fallback."""
+
+_TRANSPORT_NAMES = (
+    "_writeDisconnecting", "_writeDisconnected", "dataBuffer", "_shouldShutdown",
+    "_closeWriteConnection", "writeSomeData", "_closeSocket", "doWrite", "startReading",
+    "stopReading", "producer",
+)
+_TCP_ENDPOINT_NAMES = ("_host", "_port", "_bindAddress")
+_UNIX_ENDPOINT_NAMES = ("_path", "_checkPID")
+
+
+def _has_attributes(obj: object, names: tuple[str, ...]) -> list[str]:
+    return [f"{type(obj).__name__}.{name}" for name in names if not hasattr(obj, name)]
+
+
+def _missing_transport() -> list[str]:
+    problems = _has_attributes(tcp.Connection, _TRANSPORT_NAMES)
+    if "_tempDataLen" not in abstract.FileDescriptor.__init__.__code__.co_names:
+        problems.append("FileDescriptor._tempDataLen")
+    for name in ("CONNECTION_LOST", "CONNECTION_DONE"):
+        if not isinstance(getattr(main, name, None), error.ConnectionClosed):
+            problems.append(f"twisted.internet.main.{name}")
+    return problems
+
+
+def _missing_endpoints() -> list[str]:
+    problems: list[str] = []
+    for kind, host in ((TCP4ClientEndpoint, "127.0.0.1"), (TCP6ClientEndpoint, "::1")):
+        endpoint = kind(None, host, 1, bindAddress=None)
+        problems += _has_attributes(endpoint, _TCP_ENDPOINT_NAMES)
+        if getattr(endpoint, "_host", None) != host or getattr(endpoint, "_port", None) != 1:
+            problems.append(f"{kind.__name__}._host/_port values")
+    unix = UNIXClientEndpoint(None, "/x")
+    problems += _has_attributes(unix, _UNIX_ENDPOINT_NAMES)
+    if getattr(unix, "_path", None) != "/x":
+        problems.append("UNIXClientEndpoint._path value")
+    return problems
+
+
+def _missing_h2() -> list[str]:
+    try:
+        from twisted.web._http2 import H2Stream
+    except ImportError:  # no HTTP/2 support installed: no streams to look through
+        return []
+    return [] if "_conn" in H2Stream.__init__.__code__.co_names else ["H2Stream._conn"]
+
+
+def _private_v1(line: bytes) -> tuple[Any, Any]:
+    from twisted.protocols.haproxy._v1parser import V1Parser
+
+    info = V1Parser.parse(line)
+    return info.source, info.destination
+
+
+def _private_v2(header: bytes) -> tuple[Any, Any]:
+    from twisted.protocols.haproxy._v2parser import V2Parser
+
+    info = V2Parser.parse(header)
+    return info.source, info.destination
+
+
+def _missing_haproxy() -> list[str]:
+    try:
+        v1 = _private_v1(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2")
+        v2 = _private_v2(
+            b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\x01\x02\x03\x04\x05\x06\x07\x08\x00\x01\x00\x02"
+        )
+    except Exception as e:  # noqa: BLE001 - any failure means the shape changed
+        return [f"twisted.protocols.haproxy parsers ({e!r})"]
+    expected = (IPv4Address("TCP", "1.2.3.4", 1), IPv4Address("TCP", "5.6.7.8", 2))
+    return [] if v1 == v2 == expected else ["twisted.protocols.haproxy parser results"]
+
+
+def missing() -> list[str]:
+    """Names of the private Twisted things portmux relies on that this Twisted lacks."""
+    return _missing_transport() + _missing_endpoints() + _missing_h2() + _missing_haproxy()
+
+
+def _switched_off() -> bool:
+    return os.environ.get(ENV_SWITCH, "") not in ("", "0")
+
+
+FAST_PATHS: bool = not _switched_off() and not missing()
+"""Computed once at import; never changes afterwards (the only module state here)."""
+
+
+# -- endpoints ---------------------------------------------------------------
+
+
+def tcp_endpoint_parts(endpoint: object) -> tuple[str, int, Any] | None:
+    """(host, port, bindAddress) of a TCP4/TCP6 client endpoint, or None (then use connect)."""
+    if not FAST_PATHS or not isinstance(endpoint, (TCP4ClientEndpoint, TCP6ClientEndpoint)):
+        return None
+    host, port = getattr(endpoint, "_host", None), getattr(endpoint, "_port", None)
+    if isinstance(host, str) and isinstance(port, int):
+        return host, port, getattr(endpoint, "_bindAddress", None)
+    return None
+
+
+def unix_endpoint_path(endpoint: object) -> str | None:
+    """The path of a UNIX client endpoint without PID checking, or None (then use connect)."""
+    if not FAST_PATHS or not isinstance(endpoint, UNIXClientEndpoint):
+        return None
+    path = getattr(endpoint, "_path", None)
+    return path if isinstance(path, str) and not getattr(endpoint, "_checkPID", 0) else None
+
+
+def endpoint_label(endpoint: object) -> str:
+    """A display name for an endpoint object: ``Type(host:port)`` when known, else repr."""
+    parts = tcp_endpoint_parts(endpoint)
+    if parts is not None:
+        return f"{type(endpoint).__name__}({parts[0]}:{parts[1]})"
+    return repr(endpoint)
+
+
+# -- HTTP/2 ------------------------------------------------------------------
+
+
+def stream_connection(channel: Any) -> Any:
+    """The connection an HTTP/2 stream hangs off (its ``transport`` is None); else ``channel``."""
+    if FAST_PATHS:
+        return getattr(channel, "_conn", channel)
+    return channel
+
+
+# -- PROXY protocol headers --------------------------------------------------
+
+
+class _HeaderTransport:
+    """Just enough transport for HAProxyProtocolWrapper to parse one header into."""
+
+    def __init__(self) -> None:
+        self.lost = False
+
+    def loseConnection(self) -> None:
+        self.lost = True
+
+    def getPeer(self) -> None:
+        return None
+
+    def getHost(self) -> None:
+        return None
+
+
+class _CapturingEndpoint:
+    """A server endpoint whose ``listen`` only keeps the factory it is given."""
+
+    def __init__(self) -> None:
+        self.factory: Any = None
+
+    def listen(self, factory: Any) -> None:
+        self.factory = factory
+
+
+def _public_parse(header: bytes) -> tuple[Any, Any] | None:
+    """Parse one complete header with the factory ``proxyEndpoint`` wraps; None if invalid."""
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.protocols.haproxy import proxyEndpoint
+
+    capture = _CapturingEndpoint()
+    proxyEndpoint(capture).listen(Factory.forProtocol(Protocol))  # type: ignore[arg-type]
+    wrapper: Any = capture.factory.buildProtocol(None)
+    transport = _HeaderTransport()
+    wrapper.transport = transport  # not makeConnection: the wrapped protocol must stay idle
+    try:
+        wrapper.dataReceived(header)
+    except ValueError:
+        return None
+    if transport.lost:
+        return None
+    return wrapper.getPeer(), wrapper.getHost()
+
+
+def parse_proxy_v1(line: bytes) -> tuple[Any, Any] | None:
+    """(source, destination) of a PROXY v1 line without its CRLF, or None when invalid."""
+    if FAST_PATHS:
+        from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
+
+        try:
+            return _private_v1(line)
+        except (InvalidProxyHeader, ValueError):
+            return None
+    return _public_parse(line + b"\r\n")
+
+
+def parse_proxy_v2(header: bytes) -> tuple[Any, Any] | None:
+    """(source, destination) of one complete PROXY v2 header (None, None for LOCAL), or None."""
+    if FAST_PATHS:
+        from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
+
+        try:
+            return _private_v2(header)
+        except (InvalidProxyHeader, ValueError):
+            return None
+    return _public_parse(header)
+
+
+# -- transports ---------------------------------------------------------------
+
+
+def flush(reactor: Any, transport: Any) -> None:
+    """Get what was just written out before a pending EOF is read (which would drop it).
+
+    Fast path: one ``doWrite`` now.  Fallback: stop reading for two reactor turns,
+    so one poll with the socket writable (and its ``doWrite``) runs before reading.
+    """
+    if transport is None or getattr(transport, "disconnecting", True):
+        return
+    if not getattr(transport, "connected", False):
+        return
+    if FAST_PATHS:
+        do_write = getattr(transport, "doWrite", None)
+        if do_write is not None:
+            do_write()
+        return
+    transport.pauseProducing()
+    reactor.callLater(0, reactor.callLater, 0, _resume, transport)
+
+
+def _resume(transport: Any) -> None:
+    if transport.connected and not transport.disconnecting:
+        transport.resumeProducing()
+
+
+def has_unsent(transport: Any) -> bool:
+    """True when a socket transport still buffers bytes it has not sent."""
+    if getattr(transport, "dataBuffer", b""):
+        return True
+    return bool(FAST_PATHS and getattr(transport, "_tempDataLen", 0))
+
+
+def plain_socket(transport: Any) -> bool:
+    """True when ``transport`` is a plain socket transport portmux may send() on directly."""
+    return (
+        FAST_PATHS
+        and isinstance(transport, tcp.Connection)
+        and type(transport).writeSomeData is tcp.Connection.writeSomeData
+        and not getattr(transport, "TLS", False)
+    )
+
+
+def _idle(sink: Any) -> bool:
+    """A connected plain socket transport with nothing buffered and not closing."""
+    return bool(
+        not sink.dataBuffer
+        and not sink._tempDataLen
+        and sink.connected
+        and not sink.disconnecting
+        and not sink._writeDisconnecting
+    )
+
+
+def send_now(sink: Any, data: bytes) -> bytes:
+    """send(2) on a ``plain_socket`` sink whose buffer is empty; returns what it did not take.
+
+    Ordering holds because nothing is buffered; what is returned goes through write().
+    """
+    if (
+        not sink.dataBuffer
+        and not sink._tempDataLen
+        and sink.connected
+        and not sink._writeDisconnected
+    ):
+        try:
+            sent = sink.socket.send(data)
+        except OSError:  # EAGAIN, EINTR, or an error write() will meet again
+            return data
+        return data[sent:] if sent else data
+    return data
+
+
+def shut_write_now(sink: Any, leg: Any) -> bool:
+    """Half-close an idle ``plain_socket`` sink at once; False (nothing done) if it buffers.
+
+    Does now what FileDescriptor.doWrite would do a reactor turn later; ``leg``
+    (the protocol reading ``sink``) is told directly, or the transport's own
+    ``writeConnectionLost`` path runs when it is None.
+    """
+    if not _idle(sink):
+        return False
+    sink._writeDisconnecting = True
+    sink._writeDisconnected = True
+    if leg is None:
+        sink._closeWriteConnection()  # shutdown(SHUT_WR), then writeConnectionLost
+        return True
+    try:
+        sink.socket.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    leg.writeConnectionLost()
+    return True
+
+
+DONE = Failure(error.ConnectionDone())
+"""One shared Failure for clean closes, as twisted.internet.posixbase does for its own."""
+
+
+def close_now(transport: Any, read_done: bool) -> bool:
+    """Close a ``plain_socket`` transport whose FIN went out (or is owed) with ``DONE``.
+
+    Returns False, doing nothing, when the write side is still open and it is not
+    idle after the peer's FIN (``read_done``): then use loseConnection().
+    """
+    if (
+        transport.connected
+        and not transport.disconnecting
+        and (transport._writeDisconnected or (read_done and _idle(transport)))
+    ):
+        transport._shouldShutdown = False  # write side shut, or close(2) sends the FIN
+        transport.connectionLost(DONE)
+        return True
+    return False
+
+
+_TCP_INFO: int = getattr(socket, "TCP_INFO", -1)
+_CLOSE_WAIT = b"\x08" if _TCP_INFO != -1 and sys.platform.startswith("linux") else None
+"""First byte of Linux's struct tcp_info once the peer's FIN arrived (TCP_CLOSE_WAIT)."""
+
+
+class OutgoingConnection(tcp.Connection):
+    """A connected socket portmux dialled itself, as an ordinary TCP transport.
+
+    Only built when FAST_PATHS: it relies on tcp.Connection's internals.
+    """
+
+    logstr = "portmux-proxy"
+
+    def __init__(
+        self,
+        skt: socket.socket,
+        protocol: IProtocol,
+        reactor: Any,
+        peer: tuple[str, int],
+        family: int = socket.AF_INET,
+    ) -> None:
+        # tcp.Connection.__init__ minus its setblocking(False): one ioctl less.
+        abstract.FileDescriptor.__init__(self, reactor=reactor)
+        self.socket = skt
+        self.fileno = skt.fileno
+        self.protocol = protocol
+        self.connected = 1
+        self._peer = peer
+        self._family = family
+
+    def _address(self, host: str, port: int) -> IAddress:
+        if self._family == socket.AF_INET6:
+            return IPv6Address("TCP", host, port)
+        return IPv4Address("TCP", host, port)
+
+    def getHost(self) -> IAddress:
+        host, port = self.socket.getsockname()[:2]
+        return self._address(host, port)
+
+    def getPeer(self) -> IAddress:
+        return self._address(*self._peer)
+
+    _reading = False
+
+    def startReading(self) -> None:
+        self._reading = True
+        tcp.Connection.startReading(self)
+
+    def stopReading(self) -> None:
+        self._reading = False
+        tcp.Connection.stopReading(self)
+
+    def doRead(self) -> Any:
+        """Read once; after a short read, if the peer already sent its FIN, read again.
+
+        A backend that answers and closes (HTTP/1.0 style) usually has both the
+        answer and its FIN queued when we wake up: handling the EOF in this same
+        reactor turn saves a whole dispatch per connection.  TCP_INFO's state
+        byte says whether the FIN arrived, without a failing recv per read.
+        """
+        skt = self.socket
+        got = self._receive(skt)
+        if got.__class__ is not int:
+            return got
+        if (
+            got < self.bufferSize
+            and self._reading
+            and self.connected
+            and not self.disconnecting
+            and _CLOSE_WAIT is not None
+            and skt.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1) == _CLOSE_WAIT
+        ):
+            got = self._receive(skt)
+            if got.__class__ is not int:
+                return got
+        return None
+
+    def _receive(self, skt: socket.socket) -> Any:
+        """One recv(2) handed to the protocol: the byte count, or what doRead must return."""
+        try:
+            data = skt.recv(self.bufferSize)
+        except OSError as e:
+            return None if e.args[0] == EWOULDBLOCK else main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        protocol: Any = self.protocol
+        protocol.dataReceived(data)
+        return len(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """As tcp.Connection's, minus its Failure.check for an abort on the shared clean close.
+
+        (``check`` qualifies the exception class's name each time: ~2 µs per socket.)
+        """
+        if reason is not DONE or not hasattr(self, "socket"):
+            tcp.Connection.connectionLost(self, reason)
+            return
+        abstract.FileDescriptor.connectionLost(self, reason)
+        self._closeSocket(True)  # type: ignore[no-untyped-call]
+        protocol: Any = self.protocol
+        del self.protocol
+        del self.socket
+        del self.fileno
+        protocol.connectionLost(reason)
+
+    def readConnectionLost(self, reason: Failure) -> None:
+        """EOF: tell the leg directly (it is half-closeable; no adapter lookup)."""
+        protocol: Any = self.protocol
+        try:
+            protocol.readConnectionLost()
+        except BaseException:  # noqa: BLE001 - as tcp.Connection does
+            log.failure("proxy leg failed on EOF")
+            self.connectionLost(Failure())

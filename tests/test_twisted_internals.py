@@ -1,0 +1,102 @@
+"""portmux._twisted: the capability check, the switch, and the quarantine itself."""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from portmux import _twisted
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PRIVATE_USE = re.compile(
+    r"(from|import)\s+twisted[\w.]*\._"  # a private Twisted module
+    r"|getattr\([^,\n]+,\s*[\"']_"  # a private attribute by name
+    r"|(?<!self)\.(_host|_port|_bindAddress|_path|_checkPID|_conn|_tempDataLen|_writeDisconnect\w*"
+    r"|_shouldShutdown|_closeWriteConnection|_closeSocket)\b"
+    r"|\.doWrite\(|\btcp\.Connection\b|\bmain\.CONNECTION_"
+)
+
+
+def test_this_twisted_has_every_private_name() -> None:
+    assert _twisted.missing() == []
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", "False"), ("0", "True"), ("", "True")])
+def test_switch_is_read_once_at_import(value: str, expected: str) -> None:
+    env = dict(os.environ, **{_twisted.ENV_SWITCH: value}, PYTHONPATH=str(ROOT))
+    code = "from portmux import _twisted; print(_twisted.FAST_PATHS)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == expected
+
+
+def test_no_private_twisted_name_outside_the_quarantine() -> None:
+    offenders = []
+    files = [*(ROOT / "portmux").rglob("*.py"), *(ROOT / "twisted" / "plugins").glob("*.py")]
+    for path in files:
+        if path.name == "_twisted.py" and path.parent.name == "portmux":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if PRIVATE_USE.search(code):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offenders == []
+
+
+V2 = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def _v2(command: int, family: int, block: bytes) -> bytes:
+    return V2 + bytes([command, family]) + struct.pack("!H", len(block)) + block
+
+
+V1_LINES = [
+    b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443",
+    b"PROXY TCP6 2001:db8::1 2001:db8::2 1 65535",
+    b"PROXY TCP4 192.0.2.1 198.51.100.2 56324",
+    b"PROXY TCP4 192.0.2.1 198.51.100.2 x 443",
+    b"PROXY TCP4 999.0.2.1 198.51.100.2 1 2",
+    b"PROXY TCP5 192.0.2.1 198.51.100.2 1 2",
+    b"PROXY UNKNOWN",
+    b"PROXY  TCP4 192.0.2.1 198.51.100.2 1 2",
+    b"PROXY",
+]
+
+V2_HEADERS = [
+    _v2(0x21, 0x11, bytes([192, 0, 2, 1, 198, 51, 100, 2]) + struct.pack("!HH", 1, 2)),
+    _v2(0x21, 0x21, bytes(15) + b"\x01" + bytes(15) + b"\x02" + struct.pack("!HH", 3, 4)),
+    _v2(0x21, 0x31, b"/a".ljust(108, b"\x00") + b"/b".ljust(108, b"\x00")),
+    _v2(0x20, 0x00, b""),
+    _v2(0x21, 0x11, bytes(4)),  # address block too short
+    _v2(0x31, 0x11, bytes(12)),  # version 3
+    _v2(0x2F, 0x11, bytes(12)),  # unknown command
+    _v2(0x21, 0x11, bytes(12) + b"tlv"),  # trailing TLV bytes
+]
+
+
+def _private(kind: str, data: bytes) -> object:
+    from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
+
+    parse = _twisted._private_v1 if kind == "v1" else _twisted._private_v2
+    try:
+        return parse(data)
+    except (InvalidProxyHeader, ValueError):
+        return None
+
+
+@pytest.mark.parametrize("line", V1_LINES)
+def test_public_v1_fallback_agrees_with_the_private_parser(line: bytes) -> None:
+    assert _twisted._public_parse(line + b"\r\n") == _private("v1", line)
+
+
+@pytest.mark.parametrize("header", V2_HEADERS)
+def test_public_v2_fallback_agrees_with_the_private_parser(header: bytes) -> None:
+    assert _twisted._public_parse(header) == _private("v2", header)
