@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,8 @@ REGISTRATIONS = b"registrations/"
 ROUTES = b"routes/"
 RETRY_FIRST = 0.25
 RETRY_MAX = 5.0
+APPLY_BATCH = 128
+"""Watch events applied per reactor turn (each costs well under a millisecond)."""
 
 
 @dataclass
@@ -139,6 +142,8 @@ class Cluster(Service):
         self.revision = 0
         self.remote: dict[bytes, RemoteRoute] = {}
         self._protocols: frozenset[str] | None = None
+        self._backlog: deque[WatchEvent] = deque()
+        self._draining: Any = None
         self.etcd_routes: dict[str, Route] = {}
         self.claims: dict[Match, Claim] = {}
         self._unreleased: dict[bytes, None] = {}
@@ -158,6 +163,9 @@ class Cluster(Service):
     def stopService(self) -> Deferred[None] | None:
         super().stopService()  # type: ignore[no-untyped-call]
         self._cancel_timer()
+        if self._draining is not None and self._draining.active():
+            self._draining.cancel()
+        self._draining = None
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.cancel()
@@ -296,6 +304,7 @@ class Cluster(Service):
         if self._resync:
             self.health.full_reads += 1
             revision, kvs = await self.client.get_prefix(self.prefix)
+            self._backlog.clear()  # the snapshot supersedes events not applied yet
             self._apply_snapshot(kvs)
             self.revision = revision
             self._resync = False
@@ -409,8 +418,21 @@ class Cluster(Service):
     # -- applying etcd's table -----------------------------------------------
 
     def _on_events(self, events: list[WatchEvent], revision: int) -> None:
+        """Queue a watch message's events; apply them in order, APPLY_BATCH per reactor turn."""
+        self._backlog.extend(events)
+        if self._draining is None:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Apply queued events; a big batch (a node's lease expiring) never blocks the reactor long.
+
+        ``revision`` only counts applied events, so a watch resumed meanwhile may deliver some
+        again; applying an event twice changes nothing.
+        """
+        self._draining = None
         routes_changed = False
-        for event in events:
+        for _ in range(min(APPLY_BATCH, len(self._backlog))):
+            event = self._backlog.popleft()
             self.revision = max(self.revision, event.kv.mod_revision)
             self.health.events += 1
             routes_changed |= self._apply(event.kv.key, event.kv if event.type == "PUT" else None) == "route"
@@ -418,6 +440,8 @@ class Cluster(Service):
         self.health.remote_routes = len(self.remote)
         if routes_changed:
             self._publish_etcd_routes()
+        if self._backlog and self.running:
+            self._draining = self.reactor.callLater(0, self._drain)
 
     def _apply_snapshot(self, kvs: Sequence[KeyValue]) -> None:
         seen = {kv.key for kv in kvs}
