@@ -31,6 +31,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -170,8 +171,16 @@ def _shut_write(sink: Any, direct: bool, leg: _Leg | None) -> None:
     saves the turn and two epoll_ctl calls per direction; ``leg`` (the proxy
     leg reading ``sink``) is told directly, without the transport's adapter
     lookups through whatever protocol the transport reports to.
+
+    A TLS-wrapped ``sink`` (termination's client side, a ``tls:`` backend) half-closes
+    the TLS way: its ``loseConnection`` sends close_notify after what is buffered and
+    keeps reading until the peer's close_notify, then sends the FIN.  (Its
+    ``loseWriteConnection`` would reach the TCP transport beneath and FIN without
+    close_notify.)
     """
-    if not (direct and _twisted.shut_write_now(sink, leg)):
+    if isinstance(sink, TLSMemoryBIOProtocol):
+        sink.loseConnection()
+    elif not (direct and _twisted.shut_write_now(sink, leg)):
         sink.loseWriteConnection()
 
 
