@@ -81,6 +81,20 @@ def test_two_nodes_route_every_worker_and_survive_failures(processes: Processes,
             out = nc(port, f"{service}\r\nping\n".encode(), b"ping\n")
             assert out == f"+\r\nthis is {service}\nping\n".encode(), (front, out)
 
+    # A route stored in etcd reaches every node with one real `etcdctl put`; a bad one is
+    # refused with the config checker's words, in the log and on the status page.
+    etcd.ctl("put", "/portmux-test/routes/stored-echo",
+             '{"match": {"protocol": "tcpmux", "service": "stored-echo"}, "echo": true}')
+    etcd.ctl("put", "/portmux-test/routes/broken", '{"match": {"protocol": "tcpmux"}, "echo": "yes"}')
+    for node in (a, b):
+        wait_for(lambda node=node: node.status()["registry"]["etcd_routes"] == ["stored-echo"],
+                 f"{node.name} to load the stored route")
+        errors = node.status()["registry"]["etcd_route_errors"]
+        assert errors == {"broken": "etcd:/portmux-test/routes/broken: echo: expected true, got \"yes\""}, errors
+        assert "route broken from etcd refused" in node.log.read_text()
+        out = nc(haproxy.ports[f"via_{node.name}"], b"stored-echo\r\nhi\n", b"hi\n")
+        assert out == b"+\r\nhi\n", out
+
     # Cluster-wide conflict: a worker on node b may not take node a's address.
     thief = start_worker(processes, b, "thief", "protocol=http,host=a.test,path=/", "http")
     thief.wait(15)  # type: ignore[attr-defined]
@@ -114,6 +128,8 @@ def test_two_nodes_route_every_worker_and_survive_failures(processes: Processes,
     for node in (a, b):
         wait_for(lambda node=node: node.status()["portmux_registry_stale"], f"{node.name} to report stale", 8)
         assert "portmux_registry_stale 1" in node.metrics()
+        assert "registry: etcd unreachable" in node.log.read_text()
+        assert node.status()["registry"]["reason"]
     assert curl(haproxy.ports["via_node-a"], "b.test") == (200, "served by web-b")
     out = nc(haproxy.ports["via_node-b"], b"svc-a\r\nping\n", b"ping\n")
     assert out == b"+\r\nthis is svc-a\nping\n"
