@@ -116,8 +116,9 @@ class Processes:
 class Etcd:
     """One etcd member on 127.0.0.1 with its own data dir and ports; restartable on the same ones."""
 
-    def __init__(self, processes: Processes, tmp: Path) -> None:
+    def __init__(self, processes: Processes, tmp: Path, tls: dict[str, Path] | None = None) -> None:
         self.processes = processes
+        self.tls = tls  # server cert/key and the CA client certificates must chain to
         # etcd fsyncs every write; on tmpfs that costs nothing, as on a server with a fast disk.
         shm = Path("/dev/shm")
         self.data_parent = Path(tempfile.mkdtemp(prefix="portmux-etcd-", dir=shm if shm.is_dir() else tmp))
@@ -145,7 +146,7 @@ class Etcd:
         self.peer_port = stable_port()
         while self.peer_port == self.client_port:
             self.peer_port = stable_port()
-        self.url = f"http://127.0.0.1:{self.client_port}"
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
 
     def _start(self) -> None:
         assert ETCD is not None
@@ -155,17 +156,21 @@ class Etcd:
             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"test={peer}", "--log-level", "warn",
+            *(["--cert-file", str(self.tls["cert"]), "--key-file", str(self.tls["key"]),
+               "--client-cert-auth", "--trusted-ca-file", str(self.tls["ca"])] if self.tls else []),
         ])
         wait_for(self.healthy, "etcd to be healthy")
         self.started = True
 
     def healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"etcd exited: {self.log.read_text()[-2000:]}")
+        if self.tls:
+            return "is healthy" in self.ctl("endpoint", "health")
         try:
             with urllib.request.urlopen(f"{self.url}/health", timeout=1) as reply:
                 return bool(json.load(reply).get("health") == "true")
         except (OSError, ValueError):
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"etcd exited: {self.log.read_text()[-2000:]}") from None
             return False
 
     def kill(self) -> None:
@@ -174,7 +179,9 @@ class Etcd:
 
     def ctl(self, *args: str, stdin: bytes | None = None) -> str:
         """Run the real etcdctl against this member."""
-        result = subprocess.run(["etcdctl", "--endpoints", self.url, *args], input=stdin, capture_output=True,
+        tls = ["--cacert", str(self.tls["ca"]), "--cert", str(self.tls["client_cert"]),
+               "--key", str(self.tls["client_key"])] if self.tls else []
+        result = subprocess.run(["etcdctl", "--endpoints", self.url, *tls, *args], input=stdin, capture_output=True,
                                 timeout=15, check=False, env=dict(os.environ, ETCDCTL_API="3"))
         return (result.stdout + result.stderr).decode()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
-from portmux.control._etcd import EtcdClient, EtcdUnavailable, WatchEvent, prefix_end
+from portmux.control._etcd import EtcdClient, EtcdError, EtcdUnavailable, WatchEvent, prefix_end
 from tests.cluster.harness import ETCD, Etcd, Processes, free_port
 
 
@@ -132,3 +133,67 @@ class EtcdClientTests(TestCase):
 
     def test_unreachable_endpoint_and_failover(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._unreachable())
+
+
+class SecuredEtcdTests(TestCase):
+    """HTTPS with a client certificate, and etcd users: the ``[registry]`` ca/cert/key and user/password."""
+
+    timeout = 30
+
+    def etcd_with(self, tls: dict[str, Path] | None = None) -> Etcd:
+        if ETCD is None:
+            raise SkipTest("needs etcd (Debian etcd-server)")
+        tmp = Path(tempfile.mkdtemp())
+        processes = Processes(tmp)
+        self.addCleanup(shutil.rmtree, tmp, True)
+        self.addCleanup(processes.stop)
+        etcd = Etcd(processes, tmp, tls=tls)
+        etcd.start()
+        return etcd
+
+    async def _tls(self) -> None:
+        import trustme
+
+        ca = trustme.CA()
+        server, client = ca.issue_cert("127.0.0.1"), ca.issue_cert("portmux-node")
+        tmp = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, tmp, True)
+        files = {"ca": tmp / "ca.pem", "cert": tmp / "server.pem", "key": tmp / "server.key",
+                 "client_cert": tmp / "client.pem", "client_key": tmp / "client.key"}
+        ca.cert_pem.write_to_path(str(files["ca"]))
+        server.cert_chain_pems[0].write_to_path(str(files["cert"]))
+        server.private_key_pem.write_to_path(str(files["key"]))
+        client.cert_chain_pems[0].write_to_path(str(files["client_cert"]))
+        client.private_key_pem.write_to_path(str(files["client_key"]))
+        etcd = self.etcd_with(tls=files)
+        self.assertTrue(etcd.url.startswith("https://"))
+        good = EtcdClient(reactor, [etcd.url], ca=ca.cert_pem.bytes(), cert=client.cert_chain_pems[0].bytes(),
+                          key=client.private_key_pem.bytes())
+        self.addCleanup(good.close)
+        await good.put(b"/t-tls/k", b"v")
+        self.assertIn("/t-tls/k", etcd.ctl("get", "--prefix", "/t-tls/"))
+        # Without a client certificate etcd refuses the handshake.
+        anonymous = EtcdClient(reactor, [etcd.url], ca=ca.cert_pem.bytes())
+        self.addCleanup(anonymous.close)
+        with self.assertRaises(EtcdUnavailable):
+            await anonymous.put(b"/t-tls/k", b"v")
+
+    def test_https_with_a_client_certificate(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._tls())
+
+    async def _auth(self) -> None:
+        etcd = self.etcd_with()
+        etcd.ctl("user", "add", "root", "--new-user-password", "s3cret")
+        self.assertIn("Authentication Enabled", etcd.ctl("auth", "enable"))
+        client = EtcdClient(reactor, [etcd.url], user="root", password="s3cret")
+        self.addCleanup(client.close)
+        await client.put(b"/t-auth/k", b"v")
+        self.assertEqual([kv.key for kv in (await client.get_prefix(b"/t-auth/"))[1]], [b"/t-auth/k"])
+        wrong = EtcdClient(reactor, [etcd.url], user="root", password="nope")
+        self.addCleanup(wrong.close)
+        with self.assertRaises(EtcdError) as caught:
+            await wrong.put(b"/t-auth/k", b"v")
+        self.assertIn("authentication failed", str(caught.exception))
+
+    def test_user_and_password(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._auth())
