@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import tcp, unix
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -185,6 +186,8 @@ class ControlProtocol(Protocol):
         if self in factory.connections:
             factory.connections.remove(self)
         gone = factory.registry.unregister_all(self)
+        if factory.cluster is not None:
+            factory.cluster.released(factory.registry, self, gone)
         if gone:
             log.info("control: {label} disconnected; dropped {routes}", label=self.label,
                      routes=", ".join(m.describe(",") for m in gone))
@@ -253,15 +256,29 @@ class ControlProtocol(Protocol):
         try:
             reply = handler(message)
         except RegistrationError as e:
-            log.info("control: refused {op} from {label}: {code}: {message}", op=op, label=self.label,
-                     code=e.code, message=e.message)
-            reply = {"op": "error", "error": e.code, "message": e.message}
+            reply = self._refused(op, e)
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             reply = {"op": "error", "error": "BadRequest", "message": f"malformed {op}: {_brief(e)}"}
-        if reply is not None:
+        if isinstance(reply, Deferred):  # answered once the shared registry has (docs/scale-out.md)
+            reply.addErrback(self._refused_later, op)
+            reply.addCallback(self._reply, request_id)
+            return
+        self._reply(reply, request_id)
+
+    def _reply(self, reply: pc.Message | None, request_id: Any) -> None:
+        if reply is not None and not self._gone:
             if request_id is not None:
                 reply["id"] = request_id
             self.send(reply)
+
+    def _refused_later(self, failure: Failure, op: str) -> pc.Message:
+        failure.trap(RegistrationError)
+        return self._refused(op, failure.value)  # type: ignore[arg-type]
+
+    def _refused(self, op: str, e: RegistrationError) -> pc.Message:
+        log.info("control: refused {op} from {label}: {code}: {message}", op=op, label=self.label,
+                 code=e.code, message=e.message)
+        return {"op": "error", "error": e.code, "message": e.message}
 
     def op_hello(self, message: pc.Message) -> pc.Message:
         version = message.get("version")
@@ -276,7 +293,7 @@ class ControlProtocol(Protocol):
                 "max_pending": self.factory.max_pending,
                 "max_registrations": self.factory.registry.max_per_owner}
 
-    def op_register(self, message: pc.Message) -> pc.Message:
+    def op_register(self, message: pc.Message) -> pc.Message | Deferred[pc.Message | None]:
         if self.factory.draining:
             raise RegistrationError("ShuttingDown", "portmux is shutting down; register with its successor")
         match, deprecated = registration_match(message, self.factory.protocols())
@@ -286,7 +303,25 @@ class ControlProtocol(Protocol):
         endpoint = message.get("endpoint")
         if endpoint is not None and not isinstance(endpoint, str):
             raise RegistrationError("BadMode", "endpoint must be a client endpoint string")
-        group = self.factory.registry.register(self, match, mode, endpoint)
+        advertise = message.get("advertise")
+        if advertise is not None and not isinstance(advertise, str):
+            raise RegistrationError("BadAdvertise", "advertise must be a client endpoint string")
+        cluster = self.factory.cluster
+        if cluster is not None:
+            claimed: Deferred[Any] = cluster.register(self.factory.registry, self, match, mode, endpoint, advertise)
+            return claimed.addCallback(lambda group: self._claimed(group, match, deprecated))
+        return self._registered(self.factory.registry.register(self, match, mode, endpoint), match, deprecated)
+
+    def _claimed(self, group: Any, match: Any, deprecated: str | None) -> pc.Message | None:
+        """The cluster-wide claim succeeded; undo it if this worker left meanwhile."""
+        if self._gone:
+            registry = self.factory.registry
+            if registry.unregister(self, match):
+                self.factory.cluster.released(registry, self, [match])
+            return None
+        return self._registered(group, match, deprecated)
+
+    def _registered(self, group: Any, match: Any, deprecated: str | None) -> pc.Message:
         log.info("control: {label} registered {name} ({members} in group)", label=self.label,
                  name=group.name, members=len(group.members))
         reply: pc.Message = {"op": "registered", "route": group.name, "members": len(group.members),
@@ -300,6 +335,8 @@ class ControlProtocol(Protocol):
         match, _ = registration_match(message, self.factory.protocols())
         if not self.factory.registry.unregister(self, match):
             raise RegistrationError("NotRegistered", f"{match.describe(',')} is not registered by this connection")
+        if self.factory.cluster is not None:
+            self.factory.cluster.released(self.factory.registry, self, [match])
         return {"op": "unregistered", "match": match.to_keys()}
 
     def op_routes(self, message: pc.Message) -> pc.Message:
@@ -384,8 +421,11 @@ class ControlFactory(ServerFactory):
         max_registrations: int | None = MAX_REGISTRATIONS,
         unauthorized_rate: float = UNAUTHORIZED_RATE,
         unauthorized_total_rate: float = UNAUTHORIZED_TOTAL_RATE,
+        cluster: Any = None,
     ) -> None:
         self.reactor = reactor
+        self.cluster = cluster
+        """A portmux.control._cluster.Cluster sharing registrations through etcd, or None."""
         self.mux = mux
         self.allow_uids = frozenset(allow_uids)
         self.allow_gids = frozenset(allow_gids)
@@ -476,7 +516,7 @@ class ControlService(Service):
     """
 
     def __init__(self, reactor: Any, mux: Any, control_config: Any, reservations: Iterable[Any] = (),
-                 run_as: tuple[int | None, int | None] = (None, None)) -> None:
+                 run_as: tuple[int | None, int | None] = (None, None), cluster: Any = None) -> None:
         self.reactor = reactor
         self.path = unix_path(str(control_config.endpoint))
         self.run_as = run_as
@@ -494,6 +534,7 @@ class ControlService(Service):
             unauthorized_rate=float(getattr(control_config, "unauthorized_rate", UNAUTHORIZED_RATE)),
             unauthorized_total_rate=float(
                 getattr(control_config, "unauthorized_total_rate", UNAUTHORIZED_TOTAL_RATE)),
+            cluster=cluster,
         )
         self.port: Any = None
 

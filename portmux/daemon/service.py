@@ -57,12 +57,20 @@ class PortmuxService(MultiService):
         control_config = getattr(config, "control", None)
         if self._control_override:
             control_config = _control_with_endpoint(control_config, self._control_override)
+        self.cluster: Any = None
+        self._stored_routes: Any = None
+        if getattr(config, "registry", None) is not None:
+            from portmux.daemon.cluster import StoredRoutes, build_cluster
+
+            self._stored_routes = StoredRoutes(self.mux, config)
+            self.cluster = build_cluster(reactor, self.mux, config.registry, self._stored_routes)
+            self.cluster.setServiceParent(self)
         if control_config is not None:
             from portmux.control._server import ControlService
 
             self.control = ControlService(
                 reactor, self.mux, control_config, getattr(config, "reservations", ()),
-                run_as=run_as,
+                run_as=run_as, cluster=self.cluster,
             )
             self.control.setServiceParent(self)
         self._previous_signals: dict[int, Any] = {}
@@ -193,10 +201,15 @@ class PortmuxService(MultiService):
         sd_notify("RELOADING=1")
         if not self._listen_override:
             self._apply_listeners(config)
+        if getattr(config, "registry", None) != getattr(self.config, "registry", None):
+            log.warn("reload: [registry] changed in the config; restart portmux to apply it")  # noqa: G010
         self.config = config
         self._set_access_log(config)
         self.mux.settings = config.sniff
-        self.mux.set_static_routes(config.routes)
+        if self._stored_routes is not None:
+            self._stored_routes.set_config(config)
+        else:
+            self.mux.set_static_routes(config.routes)
         for target in self.mux.router.targets():
             reload_target = getattr(target, "reload", None)
             if reload_target is not None:

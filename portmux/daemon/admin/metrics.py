@@ -30,6 +30,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from twisted.web.resource import Resource
 
+from portmux.control._cluster import registry_health
 from portmux.daemon.admin.inventory import backends_of, certificates, walk_routes
 
 __all__ = ["MetricsPage", "PortmuxCollector", "registry_for"]
@@ -128,6 +129,15 @@ class PortmuxCollector(Collector):
         yield expiry
         yield GaugeMetricFamily("portmux_registered_routes", "Routes registered by worker processes.",
                                 value=len(getattr(mux, "registered_routes", ())))
+        health = registry_health(mux)
+        if health is not None:
+            yield GaugeMetricFamily(
+                "portmux_registry_stale",
+                "1 while the shared etcd registry is unreachable (routing with the last table).",
+                value=int(health.stale))
+            yield GaugeMetricFamily(
+                "portmux_registry_remote_routes", "Routes of other nodes learnt from etcd.",
+                value=health.snapshot()["remote_routes"])
 
     def _stages(self) -> Iterator[tuple[str, Any, str]]:
         """(path of the enclosing route, multiplexer, route-name prefix) for the top level and each nested stage."""

@@ -19,6 +19,7 @@ from portmux.daemon.admin.metrics import MetricsPage
 Metrics = MetricsPage  # the old name
 
 _EMPTY = {"connections": 0, "active": 0, "refused": 0, "bytes_in": 0, "bytes_out": 0}
+from portmux.control._cluster import registry_health
 
 
 def status_snapshot(mux: Any) -> dict[str, Any]:
@@ -54,8 +55,11 @@ def status_snapshot(mux: Any) -> dict[str, Any]:
         listener = counters["listeners"].get(name, {})
         listeners.append({"name": name, "address": addresses.get(name), "listening": name in addresses,
                           **listener})
+    health = registry_health(mux)
     snapshot: dict[str, Any] = {
         "now": mux.reactor.seconds(),
+        "portmux_registry_stale": bool(health and health.stale),
+        "registry": health.snapshot() if health is not None else None,
         "listeners": listeners,
         "probes": [probe.name for probe in mux.probes],
         "sniff": {

@@ -114,10 +114,11 @@ class Document:
             if not isinstance(table, dict):
                 self.problem(path, f"expected a table, got {describe(table)}")
                 continue
-            out.append(self._read_route(path, table))
+            out.append(self.read_route(table, path))
         return tuple(out)
 
-    def _read_route(self, path: str, table: dict[str, Any]) -> RouteDecl:
+    def read_route(self, table: dict[str, Any], path: str) -> RouteDecl:
+        """Check one ``[[route]]``-shaped table at ``path`` (also used for routes stored in etcd)."""
         names = ", ".join(self.kinds)
         values, _ = read_table(
             _ROUTE, table, path, self, extra=self.kinds,

@@ -17,6 +17,7 @@ from portmux.core.routing import Route
 from portmux.daemon.config._document import Document
 from portmux.daemon.config._kinds import TargetKind
 from portmux.daemon.config._problems import ConfigError, ConfigProblem, Reporter
+from portmux.daemon.config._registry import RegistryConfig
 from portmux.daemon.config._schema import INVALID, read_table, schema_of
 from portmux.daemon.config._tables import (
     AccessLogConfig,
@@ -44,6 +45,7 @@ class Config:
     routes: tuple[Route, ...]
     control: ControlConfig | None = None
     reservations: tuple[Reservation, ...] = ()
+    registry: RegistryConfig | None = None
     filename: str = "<config>"
     warnings: tuple[ConfigProblem, ...] = ()
     access_log: AccessLogConfig | None = None
@@ -71,6 +73,7 @@ def _build(data: dict[str, Any], document: Document, filename: str) -> Config:
         reservations=tuple(
             Reservation(table.match, table.uids) for table in _valid(values["reservation"], ())
         ),
+        registry=_valid(values["registry"], None),
         filename=filename,
         warnings=tuple(report.warnings),
         access_log=_valid(values["access_log"], None),

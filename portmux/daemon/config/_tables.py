@@ -15,6 +15,7 @@ from portmux.core.mux import SniffSettings
 from portmux.core.routing import Match, Network
 from portmux.daemon.config._checks import NETWORKS, GroupId, UserId, positive, server_endpoint
 from portmux.daemon.config._match import MISSING_MATCH, MatchTable
+from portmux.daemon.config._registry import RegistryConfig
 from portmux.daemon.config._schema import (
     Flag,
     ListOf,
@@ -182,4 +183,7 @@ class ConfigFile:
     shutdown: ShutdownTable = setting(
         TableOf("a table ([shutdown])", declaration=ShutdownTable), "draining on SIGTERM",
         default=ShutdownTable(),
+    )
+    registry: RegistryConfig | None = setting(
+        TableOf("a table ([registry])", declaration=RegistryConfig), "routes shared through etcd", default=None
     )
