@@ -25,7 +25,9 @@ from zope.interface import implementer
 from portmux.core import refusal
 from portmux.core.deadlines import DeadlineQueue
 from portmux.core.interfaces import IProbe, as_target
+from portmux.core.limits import Admission, Limits, ListenerGate, Timeouts
 from portmux.core.preamble import NEED_MORE, NO, Preamble
+from portmux.core.ratelog import RateLimitedLog
 from portmux.core.routing import Match, Network, Route, Router, _in_networks, peer_ip
 from portmux.core.stats import RouteCounters, Stats
 from portmux.protocols import refusal_bytes, tcpmux
@@ -43,10 +45,16 @@ UNKNOWN = Preamble(protocol="unknown")
 
 @dataclass(frozen=True)
 class SniffSettings:
-    """Bounds on classification: total deadline, byte cap, and the silence deadline."""
+    """Bounds on classification: total deadline, byte cap, and the silence deadline.
+
+    ``preamble_max_bytes`` is a hard cap: probes never see more than that many
+    bytes, however the client's bytes were split into reads, so a verdict never
+    depends on read boundaries and probe CPU per connection is bounded.  32 KiB
+    holds real multi-record post-quantum ClientHellos (openssl's ~20 KB one).
+    """
 
     preamble_timeout: float = 10.0
-    preamble_max_bytes: int = 16384
+    preamble_max_bytes: int = 32768
     silence_timeout: float = 2.0
 
 
@@ -113,6 +121,9 @@ class SniffingProtocol(Protocol):
     _target: Any = None
     _counters: RouteCounters | None = None
     header_from: tuple[Network, ...] = ()
+    gate: ListenerGate | None = None
+    source: Any = None
+    _counted = False
     route: Route | None = None
     """The route chosen for this connection, once attached."""
     preamble: Preamble | None = None
@@ -197,6 +208,9 @@ class SniffingProtocol(Protocol):
             half.writeConnectionLost()  # type: ignore[misc]  # zope: no self
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        if self._counted:
+            self._counted = False
+            self.mux.admission.closed(self.gate, self.source)
         target = self._target
         if target is not None:
             if self._counters is not None:
@@ -209,6 +223,10 @@ class SniffingProtocol(Protocol):
 
     def _classify(self, final: bool, timed_out: bool = False) -> None:
         buffer = self._buffer
+        cap = self.mux.settings.preamble_max_bytes
+        full = len(buffer) >= cap
+        if full and len(buffer) > cap:
+            buffer = buffer[:cap]  # probes see the same bytes however the reads were split
         undecided = False
         first_match: Preamble | None = None
         keep: list[IProbe] = []
@@ -229,7 +247,7 @@ class SniffingProtocol(Protocol):
         self._candidates = keep
         if not keep:
             self._route(UNKNOWN)
-        elif final or timed_out or len(buffer) >= self.mux.settings.preamble_max_bytes:
+        elif final or timed_out or full:
             if first_match is not None:
                 self._route(first_match)
             elif timed_out:
@@ -244,7 +262,7 @@ class SniffingProtocol(Protocol):
                 self.refuse(
                     self._guess(keep),
                     refusal.TOO_LARGE,
-                    f"preamble exceeds {self.mux.settings.preamble_max_bytes} bytes",
+                    f"preamble exceeds {cap} bytes",
                 )
 
     @staticmethod
@@ -335,7 +353,8 @@ class SniffingProtocol(Protocol):
             self._buffer = b""
             self.dataReceived = self._target.dataReceived  # type: ignore[method-assign]
         self.mux.stats.refusals[str(status)] += 1
-        log.info(
+        self.mux.log.emit(
+            "refused",
             "refused {peer} protocol={protocol} route={route} status={status}: {reason}",
             peer=_describe(self.peer),
             protocol=preamble.protocol,
@@ -380,14 +399,17 @@ def _describe(address: object) -> str:
     return str(getattr(address, "name", address))
 
 
-class _HeaderListener(ServerFactory):
-    """Listens for a Multiplexer, expecting PROXY headers from trusted networks."""
+class _Listener(ServerFactory):
+    """Listens for a Multiplexer on one port: its own connection gate, optional PROXY headers."""
 
     noisy = False
 
-    def __init__(self, mux: Multiplexer, trusted: tuple[Network, ...]) -> None:
+    def __init__(
+        self, mux: Multiplexer, trusted: tuple[Network, ...], gate: ListenerGate | None
+    ) -> None:
         self.mux = mux
         self.trusted = trusted
+        self.gate = gate
 
     def startFactory(self) -> None:
         self.mux.doStart()  # type: ignore[no-untyped-call]
@@ -395,9 +417,15 @@ class _HeaderListener(ServerFactory):
     def stopFactory(self) -> None:
         self.mux.doStop()  # type: ignore[no-untyped-call]
 
-    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]
-        protocol = SniffingProtocol(self.mux, addr)
-        protocol.header_from = self.trusted
+    def listening(self, port: IListeningPort) -> None:
+        """Record the port this factory listens on: paused and resumed by the gate."""
+        if self.gate is not None:
+            self.gate.ports.append(port)
+
+    def buildProtocol(self, addr: IAddress) -> SniffingProtocol | None:  # type: ignore[override]
+        protocol = self.mux.admit(addr, self.gate)
+        if protocol is not None:
+            protocol.header_from = self.trusted
         return protocol
 
 
@@ -417,6 +445,8 @@ class Multiplexer(ServerFactory):
         routes: Iterable[Route] = (),
         probes: Sequence[IProbe] | None = None,
         settings: SniffSettings = SniffSettings(),
+        limits: Limits = Limits(),  # noqa: B008
+        timeouts: Timeouts = Timeouts(),  # noqa: B008
     ) -> None:
         if probes is None:
             from portmux.protocols import all_probes
@@ -431,6 +461,11 @@ class Multiplexer(ServerFactory):
         """Ports opened by ``listen``, in order."""
         self.probes: tuple[IProbe, ...] = tuple(probes)
         self.settings = settings
+        self.timeouts = timeouts
+        """Timeouts after classification, read by targets (proxy, resource)."""
+        self.admission = Admission(reactor, limits)
+        self.log = RateLimitedLog(reactor, log)
+        """Refusals, limits and timeouts log through this: a flood becomes a summary."""
         self.stats = Stats()
         self._running = False
         self._started: dict[int, Any] = {}  # id(target) -> target, in start order
@@ -451,14 +486,41 @@ class Multiplexer(ServerFactory):
             )
         return queue
 
-    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]
-        return SniffingProtocol(self, addr)
+    def buildProtocol(self, addr: IAddress) -> SniffingProtocol | None:  # type: ignore[override]
+        return self.admit(addr, None)
 
-    def listener_factory(self, proxy_header_from: tuple[Network, ...] = ()) -> ServerFactory:
-        """The factory to listen with; peers in ``proxy_header_from`` must send a PROXY header."""
-        if not proxy_header_from:
-            return self
-        return _HeaderListener(self, proxy_header_from)
+    def admit(self, addr: IAddress, gate: ListenerGate | None) -> SniffingProtocol | None:
+        """A sniffer for a just-accepted connection, or None (Twisted closes it) over a limit."""
+        admission = self.admission
+        if admission.over_cap(gate):
+            self.stats.refusals["limit"] += 1
+            self.log.emit("limit", "closed {peer}: max_connections reached", peer=_describe(addr))
+            return None
+        source = admission.source_key(peer_ip(addr))
+        why = admission.refusal(source)
+        if why is not None:
+            admission.refused_sources += 1
+            self.stats.refusals["source"] += 1
+            self.log.emit("source-limit", "closed {peer}: {why}", peer=_describe(addr), why=why)
+            return None
+        protocol = SniffingProtocol(self, addr)
+        protocol.gate, protocol.source, protocol._counted = gate, source, True
+        admission.opened(gate, source)
+        return protocol
+
+    def listener_factory(
+        self, proxy_header_from: tuple[Network, ...] = (), max_connections: int = 0
+    ) -> ServerFactory:
+        """The factory to listen with on one port.
+
+        Peers in ``proxy_header_from`` must send a PROXY header; ``max_connections``
+        (0: none) is this listener's own cap, on top of the global one.
+        """
+        return _Listener(self, proxy_header_from, self.admission.gate(max_connections))
+
+    def set_limits(self, limits: Limits) -> None:
+        """Replace the admission limits (reload)."""
+        self.admission.set_limits(limits)
 
     # -- routes ------------------------------------------------------------
 
@@ -547,6 +609,7 @@ class Multiplexer(ServerFactory):
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
         self.ports.append(port)
+        self.admission.extra_ports.append(port)
         return port
 
     def startFactory(self) -> None:
@@ -556,6 +619,7 @@ class Multiplexer(ServerFactory):
 
     def stopFactory(self) -> None:
         self._running = False
+        self.log.flush()
         started, self._started = self._started, {}
         for target in reversed(list(started.values())):
             self._stop_target(target)

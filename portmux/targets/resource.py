@@ -20,6 +20,7 @@ from zope.interface import implementer
 from portmux import _twisted
 from portmux.core.interfaces import ITarget
 from portmux.core.routing import normalize_name, peer_ip
+from portmux.targets.http_channel import BoundedChannel
 
 
 @implementer(ITarget)
@@ -39,9 +40,16 @@ class ResourceTarget:
         """Nothing to stop."""
 
     def attach(self, connection: Any) -> IProtocol | None:
-        site = connection.mux.shared("portmux.targets.resource.site", dispatching_site)
+        mux = connection.mux
+        site = mux.shared("portmux.targets.resource.site", dispatching_site)
         site.resource.remember(connection.transport, connection.preamble)
-        channel = site.buildProtocol(connection.peer)
+        timeouts = getattr(mux, "timeouts", None)
+        if timeouts is not None:
+            site.timeOut = timeouts.client_idle or None  # keep-alive idle limit
+        if connection.preamble.http_version == "HTTP/2":
+            channel = site.buildProtocol(connection.peer)  # switches to H2 by ALPN
+        else:
+            channel = site.http1_channel(connection.peer)
         channel.makeConnection(connection.transport)
         payload = connection.payload
         if payload:
@@ -134,9 +142,21 @@ def _renders_at_mount_point(resource: Any) -> bool:
     return getattr(type(resource), "getChild", None) is Resource.getChild
 
 
+class _Site(Site):
+    """A Site whose HTTP/1.x channels bound pipelined answers (portmux.targets.http_channel)."""
+
+    def http1_channel(self, addr: Any) -> Any:
+        """A BoundedChannel built the way Site.buildProtocol builds its channels."""
+        self.protocol = BoundedChannel  # read by buildProtocol; this call only
+        try:
+            return self.buildProtocol(addr)
+        finally:
+            del self.protocol
+
+
 def dispatching_site(mux: Any) -> Site:
     """The shared Site whose root dispatches per request over ``mux``'s routes."""
-    site = Site(_Dispatcher(mux))
+    site = _Site(_Dispatcher(mux))
     site.displayTracebacks = False
     site.portmux_mux = mux  # the admin pages find the multiplexer through request.site
     return site
