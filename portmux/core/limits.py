@@ -86,6 +86,8 @@ class Admission:
 
     MAX_TRACKED_SOURCES = 100_000
     """Token buckets kept at most; full, idle buckets are forgotten first."""
+    FIT_MARGIN = 1024
+    """Below this many free places, accept batches are sized to the free places."""
 
     def __init__(self, reactor: Any, limits: Limits = Limits()) -> None:
         self.reactor = reactor
@@ -99,6 +101,7 @@ class Admission:
         self._buckets: dict[Any, _Bucket] = {}
         self.refused_sources = 0
         self.paused_times = 0
+        self._fit_call: Any = None
 
     def gate(self, max_connections: int = 0) -> ListenerGate:
         """A new listener's gate, paused together with the others at the global mark."""
@@ -173,6 +176,31 @@ class Admission:
             self.paused = True
             self.paused_times += 1
             self._pause(self._all_ports())
+        if self._fit_call is None and self._free(gate) < self.FIT_MARGIN:
+            # After this accept batch (before the reactor polls again), size the next ones.
+            self._fit_call = self.reactor.callLater(0, self.fit_batches)
+
+    def _free(self, gate: ListenerGate | None) -> int:
+        """Connections that may still be accepted on ``gate``'s ports (a large number: no cap)."""
+        cap = self.limits.max_connections
+        free = cap - self.open if cap else 1 << 30
+        if gate is not None and gate.max_connections:
+            free = min(free, gate.max_connections - gate.open)
+        return free
+
+    def fit_batches(self) -> None:
+        """Accept at most as many connections per readiness event as there are free places.
+
+        Twisted's TCP port accepts ``numberAccepts`` connections per event (100 and
+        growing); past a mark the rest would be accepted only to be closed.
+        """
+        self._fit_call = None
+        for gate, ports in [(None, self.extra_ports)] + [(g, g.ports) for g in self.gates]:
+            free = max(1, self._free(gate))
+            for port in ports:
+                batch = getattr(port, "numberAccepts", None)
+                if isinstance(batch, int) and batch > free:
+                    port.numberAccepts = free
 
     def closed(self, gate: ListenerGate | None, source: Any) -> None:
         """A counted connection ended; resume listening below the marks."""
@@ -213,6 +241,12 @@ class Admission:
                 if not g.paused:
                     self._resume(g.ports)
             self._resume(self.extra_ports)
+
+    def stop(self) -> None:
+        """Cancel a pending batch fit (the multiplexer stops)."""
+        call, self._fit_call = self._fit_call, None
+        if call is not None and call.active():
+            call.cancel()
 
     def _all_ports(self) -> list[Any]:
         ports = list(self.extra_ports)

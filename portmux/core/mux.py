@@ -421,6 +421,7 @@ class _Listener(ServerFactory):
         """Record the port this factory listens on: paused and resumed by the gate."""
         if self.gate is not None:
             self.gate.ports.append(port)
+        self.mux.admission.fit_batches()
 
     def buildProtocol(self, addr: IAddress) -> SniffingProtocol | None:  # type: ignore[override]
         protocol = self.mux.admit(addr, self.gate)
@@ -620,6 +621,7 @@ class Multiplexer(ServerFactory):
     def stopFactory(self) -> None:
         self._running = False
         self.log.flush()
+        self.admission.stop()
         started, self._started = self._started, {}
         for target in reversed(list(started.values())):
             self._stop_target(target)

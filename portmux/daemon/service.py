@@ -12,11 +12,13 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from portmux.core.limits import Limits, Timeouts
 from portmux.core.mux import Multiplexer
 from portmux.core.routing import parse_networks
-from portmux.daemon.endpoints import EndpointStringError, parse_server_endpoint
+from portmux.daemon.endpoints import EndpointStringError, parse_server_endpoint, with_backlog
 
 log = Logger(namespace="portmux")
+DEFAULT_BACKLOG = 511
 
 
 class PortmuxService(MultiService):
@@ -35,16 +37,20 @@ class PortmuxService(MultiService):
         self._control_override = control
         config = load()
         self.config = config
-        self.mux = Multiplexer(reactor, config.routes, settings=config.sniff)
+        self.mux = Multiplexer(
+            reactor, config.routes, settings=config.sniff,
+            limits=getattr(config, "limits", Limits()), timeouts=getattr(config, "timeouts", Timeouts()),
+        )
         if self._listen_override:
-            listeners = [(description, ()) for description in self._listen_override]
+            listeners = [(description, (), 0, DEFAULT_BACKLOG) for description in self._listen_override]
         else:
             listeners = [
-                (listener.endpoint, _header_networks(listener)) for listener in config.listeners
+                (listener.endpoint, _header_networks(listener), listener.max_connections, listener.backlog)
+                for listener in config.listeners
             ]
-        for description, trusted in listeners:
-            factory = self.mux.listener_factory(tuple(trusted))
-            listener_service = ListenerService(reactor, description, self.mux, factory)
+        for description, trusted, max_connections, backlog in listeners:
+            factory = self.mux.listener_factory(tuple(trusted), max_connections)
+            listener_service = ListenerService(reactor, description, self.mux, factory, backlog)
             listener_service.setServiceParent(self)  # type: ignore[no-untyped-call]
         control_config = getattr(config, "control", None)
         if self._control_override:
@@ -99,6 +105,8 @@ class PortmuxService(MultiService):
             )
         self.config = config
         self.mux.settings = config.sniff
+        self.mux.timeouts = config.timeouts
+        self.mux.set_limits(config.limits)
         self.mux.set_static_routes(config.routes)
         for target in self.mux.router.targets():
             reload_target = getattr(target, "reload", None)
@@ -129,9 +137,10 @@ class ListenerService(Service):
     """
 
     def __init__(self, reactor: Any, description: str, mux: Multiplexer,
-                 factory: Any = None) -> None:
+                 factory: Any = None, backlog: int = DEFAULT_BACKLOG) -> None:
         self.reactor = reactor
         self.description = description
+        self.backlog = backlog
         self.mux = mux
         self.factory = factory if factory is not None else mux
         self.port: Any = None
@@ -142,7 +151,7 @@ class ListenerService(Service):
             return
         outcome: list[Any] = []
         try:
-            endpoint = parse_server_endpoint(self.reactor, self.description)
+            endpoint = parse_server_endpoint(self.reactor, with_backlog(self.description, self.backlog))
             endpoint.listen(self.factory).addBoth(outcome.append)
         except (EndpointStringError, OSError) as error:
             raise StartupError(f"cannot listen on {self.description}: {error}") from None
@@ -152,6 +161,9 @@ class ListenerService(Service):
         if isinstance(result, Failure):
             raise StartupError(f"cannot listen on {self.description}: {result.getErrorMessage()}")
         self.port = result
+        listening = getattr(self.factory, "listening", None)
+        if listening is not None:
+            listening(result)  # its connection gate pauses and resumes this port
         address = result.getHost()
         where = f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}"
         if not getattr(address, "port", None):

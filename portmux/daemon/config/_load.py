@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from portmux.control import Reservation
+from portmux.core.limits import Limits, Timeouts
 from portmux.core.mux import SniffSettings
 from portmux.core.routing import Route
 from portmux.daemon.config._document import Document
 from portmux.daemon.config._kinds import TargetKind
+from portmux.daemon.config._limits import default_limits
 from portmux.daemon.config._problems import ConfigError, ConfigProblem, Reporter
 from portmux.daemon.config._schema import INVALID, read_table, schema_of
 from portmux.daemon.config._tables import ConfigFile, ControlConfig, Listener
@@ -40,6 +42,10 @@ class Config:
     reservations: tuple[Reservation, ...] = ()
     filename: str = "<config>"
     warnings: tuple[ConfigProblem, ...] = ()
+    limits: Limits = Limits()
+    """``[limits]``; without the table, the automatic global cap."""
+    timeouts: Timeouts = Timeouts()
+    """``[timeouts]``."""
 
 
 def _valid(value: Any, fallback: Any) -> Any:
@@ -65,6 +71,8 @@ def _build(data: dict[str, Any], document: Document, filename: str) -> Config:
         ),
         filename=filename,
         warnings=tuple(report.warnings),
+        limits=_valid(values["limits"], None) or default_limits(),
+        timeouts=_valid(values["timeouts"], Timeouts()),
     )
 
 

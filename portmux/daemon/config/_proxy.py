@@ -12,6 +12,7 @@ from typing import Any
 
 from portmux.daemon.config._checks import positive
 from portmux.daemon.config._context import BuildContext
+from portmux.daemon.config._limits import ProxyTimeoutsTable
 from portmux.daemon.config._problems import join_key, one_line
 from portmux.daemon.config._schema import (
     INVALID,
@@ -68,6 +69,10 @@ class ProxyTable:
     ca: str | None = setting(Text("a path"), "CA bundle verifying tls: backends", default=None)
     client_cert: Any = setting(_CLIENT_CERT, "client certificate for tls: backends", default=None)
     server_name: str | None = setting(Text(), "SNI and verified name for tls: backends", default=None)
+    timeouts: dict[str, float] | None = setting(
+        TableOf("a table of timeouts", declaration=ProxyTimeoutsTable),
+        "this route's own timeouts, overriding [timeouts]", default=None,
+    )
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,8 @@ def _plan(values: dict[str, Any], key_path: str, endpoints_key: str, walk: Walk)
         options["connect_timeout"] = float(values["connect_timeout"])
     if values.get("proxy_header") is not None:
         options["proxy_header"] = values["proxy_header"]
+    if values.get("timeouts"):
+        options["timeouts"] = dict(values["timeouts"])
     return ProxyPlan(tuple(backends), options)
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from portmux.core.limits import Limits, Timeouts
 from portmux.core.mux import SniffSettings
 from portmux.core.routing import Match, Network
 from portmux.daemon.config._checks import NETWORKS, GroupId, UserId, positive, server_endpoint
+from portmux.daemon.config._limits import LimitsTable, TimeoutsTable, non_negative
 from portmux.daemon.config._match import MISSING_MATCH, MatchTable
 from portmux.daemon.config._schema import (
     Flag,
@@ -29,6 +31,7 @@ from portmux.daemon.config._schema import (
 __all__ = ["ConfigFile", "ControlConfig", "Listener", "ReservationTable", "SniffTable"]
 
 DEFAULT_MAX_PENDING = 64
+DEFAULT_BACKLOG = 511
 _SERVER_ENDPOINT = Text("a server endpoint string")
 
 
@@ -44,6 +47,12 @@ class Listener:
     )
     proxy_protocol: bool = setting(Flag(), "read a PROXY v1/v2 header before sniffing", default=False)
     trusted: tuple[Network, ...] = setting(NETWORKS, "peers allowed to send a PROXY header", default=())
+    max_connections: int = setting(
+        Whole(non_negative), "this listener's own cap on open connections (0: only the global one)", default=0
+    )
+    backlog: int = setting(
+        Whole(positive), "the listen(2) backlog for tcp:, ssl: and unix: endpoints", default=DEFAULT_BACKLOG
+    )
 
     def validate(self, key_path: str, walk: Walk) -> Listener:
         """Warn about PROXY-header settings that do nothing or trust everyone."""
@@ -141,4 +150,11 @@ class ConfigFile:
     )
     reservation: tuple[ReservationTable, ...] = setting(
         _tables("reservation", ReservationTable), "who may register which routes", default=()
+    )
+    limits: Limits | None = setting(
+        TableOf("a table ([limits])", declaration=LimitsTable), "connection limits", default=None
+    )
+    timeouts: Timeouts = setting(
+        TableOf("a table ([timeouts])", declaration=TimeoutsTable), "timeouts after classification",
+        default=Timeouts(),
     )
