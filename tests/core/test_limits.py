@@ -74,7 +74,7 @@ class LimitTests(TestCase):
         clients = self.clients()
         for _ in range(5):
             clients.append(connect(number))
-        await settle(); print("DBG2", mux.stats.accepted, mux.stats.refusals, mux.admission.open); await wait_for(lambda: mux.stats.accepted == 5)
+        await wait_for(lambda: mux.stats.accepted == 5)
         self.assertTrue(mux.admission.paused)
         self.assertNotIn(port, reactor.getReaders())
         for _ in range(50):  # a flood while full: held in the kernel's backlog, not accepted

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,9 @@ class Config:
     reservations: tuple[Reservation, ...] = ()
     filename: str = "<config>"
     warnings: tuple[ConfigProblem, ...] = ()
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     """``[limits]``; without the table, the automatic global cap."""
-    timeouts: Timeouts = Timeouts()
+    timeouts: Timeouts = field(default_factory=Timeouts)
     """``[timeouts]``."""
 
 
