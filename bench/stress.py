@@ -3,8 +3,8 @@ baseline measured in the same run.
 
     python bench/stress.py [--quick] [--slowloris 5000] [--seconds 6]
 
-Starts ``twistd -n portmux`` with a config (below) on a loopback port, then runs,
-each for ``--seconds``:
+Starts ``twistd -n portmux`` with a config (below) on a loopback port, then runs
+phases of ``--seconds`` each:
 
 1. baseline: legitimate clients only (TCPMUX ``echo``: connect, name the service,
    send 5 bytes, read them back, close; 4 concurrent, as fast as they go);
@@ -13,7 +13,11 @@ each for ``--seconds``:
    legitimate clients from 127.0.0.1;
 3. fd flood: 20 sources (127.0.1.1-20) open connections as fast as they can and
    hold them silently (reconnecting when closed), plus the legitimate clients.
-   portmux runs with a 4096-fd limit, so the flood would exhaust it.
+   portmux runs with a 4096-fd limit, so the flood would exhaust it; once with the
+   default limits (the automatic global cap only: legitimate clients wait in the
+   backlog until a place frees), once with ``max_per_source``.
+
+Each scenario has its own portmux, baseline, attack and after-attack figures.
 
 Attackers and legitimate clients run in separate processes.  Every loop is
 bounded in count and time; all traffic stays on 127.0.0.0/8.
@@ -178,18 +182,14 @@ async def attack(kind: str, port: int, count: int, seconds: float) -> None:
 # -- the run ----------------------------------------------------------------------
 
 
-def start_portmux(directory: Path, port: int, per_source: int) -> subprocess.Popen[bytes]:
-    config = directory / "stress.toml"
+def start_portmux(directory: Path, port: int, per_source: int, fds: int) -> subprocess.Popen[bytes]:
+    config = directory / f"stress-{port}.toml"
     config.write_text(CONFIG.format(port=port, per_source=per_source))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-
-    def limit_fds() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (PORTMUX_FDS, PORTMUX_FDS))
-
     process = subprocess.Popen(
-        [PYTHON, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-         "-l", str(directory / "portmux.log"), "portmux", "--config", str(config)],
-        env=env, cwd=directory, preexec_fn=limit_fds, stdout=subprocess.DEVNULL,
+        ["prlimit", f"--nofile={fds}:{fds}", PYTHON, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+         "-l", str(directory / f"portmux-{port}.log"), "portmux", "--config", str(config)],
+        env=env, cwd=directory, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 20
@@ -203,6 +203,11 @@ def start_portmux(directory: Path, port: int, per_source: int) -> subprocess.Pop
     raise SystemExit("portmux did not start")
 
 
+def portmux_pid(prlimit_pid: int) -> int:
+    """prlimit execs the command, so the pid is portmux's own."""
+    return prlimit_pid
+
+
 def run_role(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([PYTHON, __file__, *args], stdout=subprocess.PIPE, text=True)
 
@@ -214,20 +219,58 @@ def legit_rate(port: int, seconds: float) -> tuple[float, int]:
     return float(rate), int(failed)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def phase(name: str, port: int, seconds: float, attack_kind: str | None, count: int,
-          ramp: float) -> tuple[float, int, str]:
+          ramp: float, pid: int) -> tuple[float, int, str]:
     attacker = None
     if attack_kind is not None:
         attacker = run_role("--role", attack_kind, "--port", str(port), "--count", str(count),
                             "--seconds", str(ramp + seconds + 1))
-        time.sleep(ramp)
+    time.sleep(ramp)
+    cpu = cpu_seconds(pid)
+    started = time.monotonic()
     rate, failed = legit_rate(port, seconds)
-    note = ""
+    busy = 100 * (cpu_seconds(pid) - cpu) / (time.monotonic() - started)
+    note = f"portmux CPU {busy:3.0f}%"
     if attacker is not None:
         line, _ = attacker.communicate(timeout=ramp + seconds + 120)
         connections, errors = line.split()
-        note = f"attack connections {connections}, connect errors {errors}"
+        note += f"; attack connections {connections}, connect errors {errors}"
     return rate, failed, note
+
+
+def scenario(directory: Path, title: str, per_source: int, fds: int, kind: str, count: int,
+             ramp: float, seconds: float) -> None:
+    """One portmux: baseline, the attack, and the rate once it is over."""
+    port = free_port()
+    process = start_portmux(directory, port, per_source, fds)
+    pid = portmux_pid(process.pid)
+    try:
+        print(f"-- {title}: portmux fd limit {fds} (max_connections automatic: "
+              f"{(fds - 64) // 2}), max_per_source = {per_source or 'off'}")
+        base, base_failed, base_note = phase("baseline", port, seconds, None, 0, 0, pid)
+        print(f"   baseline          {base:8.1f} legit exchanges/s (failed {base_failed}); {base_note}")
+        rate, failed, note = phase(kind, port, seconds, kind, count, ramp, pid)
+        label = f"{kind} ({count})"
+        print(f"   {label:17} {rate:8.1f} legit exchanges/s (failed {failed}) = "
+              f"{100 * rate / base:5.1f}% of baseline; {note}")
+        after, _, after_note = phase("after", port, seconds, None, 0, 2.0, pid)
+        print(f"   after the attack  {after:8.1f} legit exchanges/s = "
+              f"{100 * after / base:5.1f}% of baseline; {after_note}")
+        log = (directory / f"portmux-{port}.log").read_text(errors="replace")
+        print(f"   portmux log: {log.count(chr(10))} lines, "
+              f"{log.count('suppressed')} 'suppressed N' summaries")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def main() -> None:
@@ -238,7 +281,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--slowloris", type=int, default=5000)
     parser.add_argument("--flood", type=int, default=6000)
-    parser.add_argument("--per-source", type=int, default=100)
+    parser.add_argument("--per-source", type=int, default=100, help="max_per_source in the flood run")
     parser.add_argument("--quick", action="store_true", help="3 s phases, 1000 tricklers")
     args = parser.parse_args()
     if args.role == "legit":
@@ -249,37 +292,23 @@ def main() -> None:
         asyncio.run(attack(args.role, args.port, args.count, args.seconds))
         return
     if args.quick:
-        args.seconds, args.slowloris, args.flood = 3.0, 1000, 2000
-    available = raise_fd_limit(args.slowloris + 512) - 256
+        args.seconds, args.slowloris, args.flood = 3.0, 1000, 3000
+    available = raise_fd_limit(max(args.slowloris, args.flood) + 512) - 256
     slowloris = min(args.slowloris, available)
     flood = min(args.flood, available)
     if slowloris < args.slowloris:
         print(f"fd limit: {slowloris} tricklers instead of {args.slowloris}")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as directory:
-        process = start_portmux(Path(directory), port, args.per_source)
-        try:
-            print(f"portmux on 127.0.0.1:{port}, fd limit {PORTMUX_FDS}, "
-                  f"[limits] max_per_source = {args.per_source}; {args.seconds:g} s per phase")
-            base, base_failed, _ = phase("baseline", port, args.seconds, None, 0, 0)
-            print(f"baseline          {base:8.1f} legit exchanges/s (failed {base_failed})")
-            for kind, count, ramp in (("slowloris", slowloris, count_ramp(slowloris)),
-                                      ("flood", flood, 2.0)):
-                rate, failed, note = phase(kind, port, args.seconds, kind, count, ramp)
-                label = f"{kind} ({count})"
-                print(f"{label:17} {rate:8.1f} legit exchanges/s (failed {failed}) = "
-                      f"{100 * rate / base:5.1f}% of baseline; {note}")
-            after, _, _ = phase("after", port, args.seconds, None, 0, 3.0)
-            print(f"after the attacks {after:8.1f} legit exchanges/s = {100 * after / base:5.1f}% of baseline")
-            log = (Path(directory) / "portmux.log").read_text(errors="replace")
-            print(f"portmux log: {log.count(chr(10))} lines, "
-                  f"{log.count('suppressed')} 'suppressed N' summaries")
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    own_fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    print(f"{os.cpu_count()} CPUs shared by portmux, the legitimate clients and the attackers; "
+          f"{args.seconds:g} s per phase")
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        scenario(directory, "slowloris, default limits", 0, own_fds, "slowloris", slowloris,
+                 count_ramp(slowloris), args.seconds)
+        scenario(directory, "fd flood without per-source limits", 0, PORTMUX_FDS, "flood", flood,
+                 2.0, args.seconds)
+        scenario(directory, "fd flood with per-source limits", args.per_source, PORTMUX_FDS,
+                 "flood", flood, 2.0, args.seconds)
 
 
 def count_ramp(count: int) -> float:
