@@ -392,8 +392,8 @@ class OutgoingConnection(tcp.Connection):
 
     def _address(self, host: str, port: int) -> IAddress:
         if self._family == socket.AF_INET6:
-            return IPv6Address("TCP", host, port)  # type: ignore[return-value]
-        return IPv4Address("TCP", host, port)  # type: ignore[return-value]
+            return IPv6Address("TCP", host, port)
+        return IPv4Address("TCP", host, port)
 
     def getHost(self) -> IAddress:
         host, port = self.socket.getsockname()[:2]

@@ -21,7 +21,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from portmux.control import _framing as pc
-from portmux.control._keys import registration_match
+from portmux.control._keys import known_protocols, registration_match
+from portmux.control._limits import ConnectLimiter, LogThrottle
 from portmux.control._registry import RegistrationError, Registry
 from portmux.targets.handoff import PendingHandoff, WorkerGroupTarget
 
@@ -33,6 +34,30 @@ HEARTBEAT_TIMEOUT = 15.0
 """A worker silent this long is considered gone: its routes are dropped."""
 ACK_TIMEOUT = 10.0
 """A handoff not acknowledged this long is refused to the client."""
+MAX_REGISTRATIONS = 1000
+"""Registrations one control connection may hold ([control] max_registrations)."""
+UNAUTHORIZED_RATE = 2.0
+"""Refused connects answered per second per uid; more are dropped unanswered."""
+UNAUTHORIZED_TOTAL_RATE = 20.0
+"""Refused connects answered per second over all uids."""
+
+
+def _unauthorized_logger(reactor: Any) -> Callable[[str], None]:
+    """One warning per 10 s for refused peers, counting the refusals it held back."""
+    latest = [""]
+
+    def emit(suppressed: int) -> None:
+        more = f" ({suppressed} more refused since the last line)" if suppressed else ""
+        log.warn("control: refused {label}: uid/gid not in [control] allow_uids/allow_gids{more}",  # noqa: G010 (twisted.logger)
+                 label=latest[0], more=more)
+
+    throttle = LogThrottle(emit)
+
+    def refused(label: str) -> None:
+        latest[0] = label
+        throttle(reactor.seconds())
+
+    return refused
 
 PeerCred = tuple[int, int, int]
 
@@ -125,7 +150,10 @@ class ControlProtocol(Protocol):
             return
         self.label = f"pid {self.pid} uid {self.uid}"
         if not factory.authorized(self.pid, self.uid, self.gid):
-            log.warn("control: refused {label}: uid/gid not in [control] allow_uids/allow_gids", label=self.label)  # noqa: G010 (twisted.logger)
+            factory.log_unauthorized(self.label)
+            if not factory.unauthorized.admit(self.uid, factory.reactor.seconds()):
+                self.transport.abortConnection()  # over the rate: no answer, no line of its own
+                return
             self.send({
                 "op": "error",
                 "error": "Unauthorized",
@@ -169,19 +197,25 @@ class ControlProtocol(Protocol):
             return
         self._last_heard = self.factory.reactor.seconds()
         try:
-            messages = self.decoder.feed(data)
+            messages, error = self.decoder.feed(data), None
         except pc.FrameError as e:
-            self.send({"op": "error", "error": "BadFrame", "message": str(e)})
-            log.warn("control: {label} sent a bad frame: {error}", label=self.label, error=e)  # noqa: G010 (twisted.logger)
-            self.transport.loseConnection()
-            return
+            messages, error = e.messages, e
         for message in messages:
             if self._gone:
                 return
             self.handle(message)
+        if error is not None and not self._gone:
+            self.send({"op": "error", "error": "BadFrame", "message": str(error)})
+            log.warn("control: {label} sent a bad frame: {error}", label=self.label, error=error)  # noqa: G010 (twisted.logger)
+            self.transport.loseConnection()
 
     def send(self, message: pc.Message) -> None:
-        self.transport.write(pc.encode(message))
+        try:
+            frame = pc.encode(message)
+        except pc.FrameError as e:
+            frame = pc.encode({"op": "error", "id": message.get("id"), "error": "TooLarge",
+                               "message": f"the {message['op']} reply does not fit in a frame: {e}"})
+        self.transport.write(frame)
 
     # -- heartbeat ---------------------------------------------------------
 
@@ -202,9 +236,14 @@ class ControlProtocol(Protocol):
     def handle(self, message: pc.Message) -> None:
         op = message["op"]
         request_id = message.get("id")
+        if request_id is not None and (type(request_id) is not int or request_id < 0):
+            self.send({"op": "error", "error": "BadRequest",
+                       "message": "id must be a non-negative integer (at most 2**53-1)"})
+            return
         handler: Callable[[pc.Message], pc.Message | None] | None = getattr(self, f"op_{op}", None)
         if handler is None:
-            self.send({"op": "error", "id": request_id, "error": "UnknownOp", "message": f"unknown op {op!r}"})
+            self.send({"op": "error", "id": request_id, "error": "UnknownOp",
+                       "message": f"unknown op {_brief(op)}"})
             return
         try:
             reply = handler(message)
@@ -212,8 +251,8 @@ class ControlProtocol(Protocol):
             log.info("control: refused {op} from {label}: {code}: {message}", op=op, label=self.label,
                      code=e.code, message=e.message)
             reply = {"op": "error", "error": e.code, "message": e.message}
-        except (KeyError, TypeError, ValueError) as e:
-            reply = {"op": "error", "error": "BadRequest", "message": f"malformed {op}: {e}"}
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            reply = {"op": "error", "error": "BadRequest", "message": f"malformed {op}: {_brief(e)}"}
         if reply is not None:
             if request_id is not None:
                 reply["id"] = request_id
@@ -221,7 +260,7 @@ class ControlProtocol(Protocol):
 
     def op_hello(self, message: pc.Message) -> pc.Message:
         version = message.get("version")
-        if version not in pc.VERSIONS:
+        if type(version) is not int or version not in pc.VERSIONS:
             raise RegistrationError(
                 "UnsupportedVersion",
                 f"this portmux speaks control protocol versions {', '.join(map(str, pc.VERSIONS))}")
@@ -229,11 +268,14 @@ class ControlProtocol(Protocol):
         return {"op": "hello", "version": version, "versions": list(pc.VERSIONS),
                 "server": "portmux", "pid": os.getpid(),
                 "uid": self.uid, "heartbeat": self.factory.heartbeat,
-                "max_pending": self.factory.max_pending}
+                "max_pending": self.factory.max_pending,
+                "max_registrations": self.factory.registry.max_per_owner}
 
     def op_register(self, message: pc.Message) -> pc.Message:
-        match, deprecated = registration_match(message)
+        match, deprecated = registration_match(message, self.factory.protocols())
         mode = message.get("mode", "handoff")
+        if not isinstance(mode, str):
+            raise RegistrationError("BadMode", "mode must be a string: handoff or proxy")
         endpoint = message.get("endpoint")
         if endpoint is not None and not isinstance(endpoint, str):
             raise RegistrationError("BadMode", "endpoint must be a client endpoint string")
@@ -248,7 +290,7 @@ class ControlProtocol(Protocol):
         return reply
 
     def op_unregister(self, message: pc.Message) -> pc.Message:
-        match, _ = registration_match(message)
+        match, _ = registration_match(message, self.factory.protocols())
         if not self.factory.registry.unregister(self, match):
             raise RegistrationError("NotRegistered", f"{match.describe(',')} is not registered by this connection")
         return {"op": "unregistered", "match": match.to_keys()}
@@ -264,7 +306,7 @@ class ControlProtocol(Protocol):
         return None
 
     def op_ack(self, message: pc.Message) -> None:
-        entry = self.pending.pop(int(message["id"]), None)
+        entry = self.pending.pop(_handoff_id(message), None)
         if entry is not None:
             handoff, timer = entry
             if timer.active():
@@ -272,12 +314,12 @@ class ControlProtocol(Protocol):
             handoff.acknowledged()
 
     def op_nack(self, message: pc.Message) -> None:
-        entry = self.pending.pop(int(message["id"]), None)
+        entry = self.pending.pop(_handoff_id(message), None)
         if entry is not None:
             handoff, timer = entry
             if timer.active():
                 timer.cancel()
-            handoff.failed(f"worker declined: {message.get('reason', 'no reason')}", True)
+            handoff.failed(f"worker declined: {_brief(message.get('reason', 'no reason'))}", True)
 
     # -- handoff -----------------------------------------------------------
 
@@ -301,6 +343,20 @@ class ControlProtocol(Protocol):
             entry[0].failed("the worker did not accept the connection in time", False)
 
 
+def _handoff_id(message: pc.Message) -> int:
+    """The ``id`` an ack/nack answers: required, a non-negative integer (handle() checked its type)."""
+    handoff_id = message.get("id")
+    if handoff_id is None:
+        raise ValueError("an ack or nack needs the handoff's integer 'id'")
+    return int(handoff_id)
+
+
+def _brief(value: object, limit: int = 120) -> str:
+    """``repr``-ish text of a peer's value, cut short for error messages and logs."""
+    text = value if isinstance(value, str) else str(value)
+    return repr(text[:limit] + ("…" if len(text) > limit else ""))
+
+
 class ControlFactory(ServerFactory):
     """Builds ControlProtocols sharing one Registry and the multiplexer."""
 
@@ -318,6 +374,9 @@ class ControlFactory(ServerFactory):
         credentials: Callable[[Any], PeerCred] = peer_credentials,
         own_uid: int | None = None,
         make_proxy: Callable[[str], Any] | None = None,
+        max_registrations: int | None = MAX_REGISTRATIONS,
+        unauthorized_rate: float = UNAUTHORIZED_RATE,
+        unauthorized_total_rate: float = UNAUTHORIZED_TOTAL_RATE,
     ) -> None:
         self.reactor = reactor
         self.mux = mux
@@ -331,13 +390,23 @@ class ControlFactory(ServerFactory):
         self.own_uid = os.getuid() if own_uid is None else own_uid
         self.connections: list[ControlProtocol] = []
         self._timed_out: list[ControlProtocol] = []
+        self._protocols: frozenset[str] | None = None
+        self.unauthorized = ConnectLimiter(unauthorized_rate, unauthorized_total_rate)
+        self.log_unauthorized = _unauthorized_logger(reactor)
+        sink = mux if hasattr(mux, "add_registered_route") else mux.set_registered_routes
         self.registry = Registry(
-            mux.set_registered_routes, reservations, WorkerGroupTarget,
-            make_proxy or self._make_proxy,
+            sink, reservations, WorkerGroupTarget, make_proxy or self._make_proxy,
+            max_per_owner=max_registrations,
         )
 
     def buildProtocol(self, addr: Any) -> ControlProtocol:
         return ControlProtocol(self)
+
+    def protocols(self) -> frozenset[str]:
+        """The probe names a registration's ``protocol`` may take, found once per factory."""
+        if self._protocols is None:
+            self._protocols = known_protocols()
+        return self._protocols
 
     def authorized(self, pid: int, uid: int, gid: int) -> bool:
         """portmux's own uid and root always; others by allow_uids or (any of their) gids."""
@@ -385,6 +454,10 @@ class ControlService(Service):
             max_pending=int(getattr(control_config, "max_pending", 100) or 100),
             heartbeat=float(getattr(control_config, "heartbeat", HEARTBEAT) or HEARTBEAT),
             heartbeat_timeout=float(getattr(control_config, "heartbeat_timeout", HEARTBEAT_TIMEOUT) or HEARTBEAT_TIMEOUT),
+            max_registrations=int(getattr(control_config, "max_registrations", MAX_REGISTRATIONS)),
+            unauthorized_rate=float(getattr(control_config, "unauthorized_rate", UNAUTHORIZED_RATE)),
+            unauthorized_total_rate=float(
+                getattr(control_config, "unauthorized_total_rate", UNAUTHORIZED_TOTAL_RATE)),
         )
         self.port: Any = None
 

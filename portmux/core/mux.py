@@ -28,8 +28,10 @@ from portmux.core.interfaces import IProbe, as_target
 from portmux.core.limits import Admission, Limits, ListenerGate, Timeouts
 from portmux.core.preamble import NEED_MORE, NO, Preamble
 from portmux.core.ratelog import RateLimitedLog
+from portmux.core.registered import RegisteredLayer
 from portmux.core.routing import Match, Network, Route, Router, _in_networks, peer_ip
 from portmux.core.stats import RouteCounters, Stats
+from portmux.core.trace import log_trace
 from portmux.protocols import refusal_bytes, tcpmux
 
 if TYPE_CHECKING:
@@ -56,6 +58,8 @@ class SniffSettings:
     preamble_timeout: float = 10.0
     preamble_max_bytes: int = 32768
     silence_timeout: float = 2.0
+    trace: tuple[Network, ...] = ()
+    """Client networks whose routing decisions are logged at debug level (core/trace.py)."""
 
 
 class Classified:
@@ -94,7 +98,7 @@ class Classified:
     def accept(self, text: str = "") -> None:
         """Send the protocol's positive answer, if it has one (TCPMUX ``+``)."""
         if self.preamble.protocol == "tcpmux":
-            self.transport.write(tcpmux.accept_bytes(text))  # type: ignore[call-arg,misc]  # zope: no self
+            self.transport.write(tcpmux.accept_bytes(text))
 
     def refuse(self, status: int, reason: str) -> None:
         """Send the protocol's refusal, log it, count it, and close."""
@@ -190,7 +194,7 @@ class SniffingProtocol(Protocol):
         if target is None:
             if not self._buffer:
                 self._stop_sniffing()
-                self.transport.loseConnection()  # type: ignore[union-attr,misc]  # zope: no self
+                self.transport.loseConnection()  # type: ignore[union-attr]  # connected
                 return
             self._classify(final=True)
             target = self._target
@@ -198,14 +202,14 @@ class SniffingProtocol(Protocol):
                 return
         half = IHalfCloseableProtocol(target, None)
         if half is not None:
-            half.readConnectionLost()  # type: ignore[misc]  # zope: no self
+            half.readConnectionLost()
         else:
             self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
         half = IHalfCloseableProtocol(self._target, None)
         if half is not None:
-            half.writeConnectionLost()  # type: ignore[misc]  # zope: no self
+            half.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         if self._counted:
@@ -231,7 +235,7 @@ class SniffingProtocol(Protocol):
         first_match: Preamble | None = None
         keep: list[IProbe] = []
         for probe in self._candidates:
-            verdict = probe.probe(buffer)  # type: ignore[call-arg,misc]  # zope: no self
+            verdict = probe.probe(buffer)
             if verdict is NO:
                 continue
             if verdict is NEED_MORE:
@@ -309,6 +313,8 @@ class SniffingProtocol(Protocol):
         if self.outer is not None:
             preamble = with_outer(preamble, self.outer)
         route = self._router.select(preamble, self._ip)
+        if self.mux.settings.trace and _in_networks(self._ip, self.mux.settings.trace):
+            log_trace(self.mux.probes, self._router, self._buffer, self._ip, _describe(self.peer), preamble)
         if route is None:
             status = refusal.NOT_FOUND if preamble.error is None else refusal.BAD_REQUEST
             self.refuse(preamble, status, self._router.refusal_reason(preamble))
@@ -367,8 +373,8 @@ class SniffingProtocol(Protocol):
             return
         data = refusal_bytes(preamble, status, reason)
         if data:
-            transport.write(data)  # type: ignore[call-arg,misc]  # zope: no self
-        transport.loseConnection()  # type: ignore[misc]  # zope: no self
+            transport.write(data)
+        transport.loseConnection()
 
 
 def with_outer(preamble: Preamble, outer: Preamble) -> Preamble:
@@ -455,7 +461,6 @@ class Multiplexer(ServerFactory):
             probes = all_probes()
         self.reactor = reactor
         self.static_routes: tuple[Route, ...] = tuple(routes)
-        self.registered_routes: tuple[Route, ...] = ()
         self.router = Router(self.static_routes)
         self.listeners: list[str] = []
         self.ports: list[IListeningPort] = []
@@ -560,7 +565,7 @@ class Multiplexer(ServerFactory):
         """
         from portmux.core.endpoint import RouteEndpoint
 
-        return RouteEndpoint(self, name, match)  # type: ignore[return-value]
+        return RouteEndpoint(self, name, match)
 
     def _fresh_name(self, match: dict[str, Any]) -> str:
         """A route name from the match (``http``, ``ssh-2``...), unique in this multiplexer."""
@@ -569,22 +574,43 @@ class Multiplexer(ServerFactory):
              if match.get(key)),
             "default" if match.get("default") else "silent" if match.get("silent") else "route",
         )
-        taken = {route.name for route in self.static_routes + self.registered_routes}
+        taken = {route.name for route in self.static_routes}
         name, n = base, 1
-        while name in taken:
+        while name in taken or name in self.router.registered:
             n += 1
             name = f"{base}-{n}"
         return name
 
+    @property
+    def registered_routes(self) -> tuple[Route, ...]:
+        """The routes registered at run time by workers, most specific first."""
+        return self.router.registered.routes()
+
     def set_static_routes(self, routes: Iterable[Route]) -> None:
         """Replace the configured routes (e.g. on reload), keeping registered ones."""
         self.static_routes = tuple(routes)
-        self.set_router(Router(self.registered_routes + self.static_routes))
+        self.set_router(Router(self.static_routes, self.router.registered))
 
     def set_registered_routes(self, routes: Iterable[Route]) -> None:
-        """Replace the routes registered at run time by workers; they come first."""
-        self.registered_routes = tuple(routes)
-        self.set_router(Router(self.registered_routes + self.static_routes))
+        """Replace every route registered at run time by workers; they come first."""
+        self.set_router(Router(self.static_routes, RegisteredLayer.of(routes)))
+
+    def add_registered_route(self, route: Route) -> None:
+        """Add one worker route in O(log n): no other route is re-indexed."""
+        self.router = self.router.with_registered(self.router.registered.with_route(route))
+        if self._running:
+            self._start_target(route.target)
+
+    def remove_registered_route(self, route: Route) -> None:
+        """Remove one worker route in O(log n); its target stops if no route uses it."""
+        router = self.router
+        self.router = router.with_registered(router.registered.without(route.name))
+        target = route.target
+        if (self._running and not self.router.registered.uses_target(target)
+                and all(r.target is not target for r in self.static_routes)):
+            started = self._started.pop(id(target), None)
+            if started is not None:
+                self._stop_target(started)
 
     def set_router(self, router: Router) -> None:
         """Swap in a new Router, starting new targets and stopping ones no route uses."""
@@ -605,7 +631,7 @@ class Multiplexer(ServerFactory):
             from twisted.internet.endpoints import serverFromString
 
             endpoint = cast(IStreamServerEndpoint, serverFromString(self.reactor, endpoint))
-        listening: Deferred[IListeningPort] = endpoint.listen(self)  # type: ignore[call-arg,misc]  # zope: no self
+        listening: Deferred[IListeningPort] = endpoint.listen(self)
         return listening.addCallback(self._listening)
 
     def _listening(self, port: IListeningPort) -> IListeningPort:

@@ -204,4 +204,4 @@ class WorkerGroupTarget:
         connection.transport.pauseProducing()
         waiting = _Waiting(pending)
         pending.next()
-        return waiting  # type: ignore[return-value]
+        return waiting

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 MAX_PIPELINED = 16
@@ -37,41 +39,42 @@ class BoundedChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self.paused and data:  # parsing is on hold: keep the bytes, stop reading more
             self._hold()
-        super().dataReceived(data)
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
 
     def pauseProducing(self) -> None:
         """The transport's send buffer is full: stop parsing and reading."""
         self.transport_full = True
-        super().pauseProducing()
+        super().pauseProducing()  # type: ignore[no-untyped-call]
         self._hold()
 
     def resumeProducing(self) -> None:
         """The transport's send buffer drained: parse what is held, read again."""
         self.transport_full = False
-        super().resumeProducing()
+        super().resumeProducing()  # type: ignore[no-untyped-call]
         self._release()
 
     def requestDone(self, request: Any) -> None:
-        super().requestDone(request)
+        super().requestDone(request)  # type: ignore[no-untyped-call]
         self.answered += 1
         if self.answered >= self.max_pipelined and not self.yielding and self.transport is not None:
             self.yielding = True
             self._hold()
-            self._batch_call = self.callLater(0, self._next_batch)
+            self._batch_call = self.callLater(0, self._next_batch)  # type: ignore[no-untyped-call]
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
         call, self._batch_call = self._batch_call, None
         if call is not None and call.active():
             call.cancel()
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
     def _hold(self) -> None:
         if not self.paused:
             self.holds += 1
         self.paused = True  # LineReceiver's loop stops after the current request
-        if self.transport is not None:
-            self.transport.pauseProducing()
+        transport: Any = self.transport
+        if transport is not None:
+            transport.pauseProducing()
 
     def _next_batch(self) -> None:
         self._batch_call = None
@@ -82,8 +85,9 @@ class BoundedChannel(HTTPChannel):
     def _release(self) -> None:
         if not self.paused or self.transport_full or self.yielding:
             return
-        if self.lost or self.transport is None or self.transport.disconnecting:
+        transport: Any = self.transport
+        if self.lost or transport is None or transport.disconnecting:
             return
         self.paused = False
-        self.transport.resumeProducing()
+        transport.resumeProducing()
         self.dataReceived(b"")  # parse what was held

@@ -32,6 +32,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -40,7 +41,7 @@ from portmux._twisted import OutgoingConnection as _Outgoing
 from portmux.core import refusal
 from portmux.core.interfaces import ITarget
 from portmux.core.limits import Timeouts
-from portmux.protocols import proxyheader
+from portmux.protocols import nmf, proxyheader
 from portmux.targets.proxy_timeouts import PairWatch, abort
 
 log = Logger(namespace="portmux")
@@ -173,8 +174,16 @@ def _shut_write(sink: Any, direct: bool, leg: _Leg | None) -> None:
     saves the turn and two epoll_ctl calls per direction; ``leg`` (the proxy
     leg reading ``sink``) is told directly, without the transport's adapter
     lookups through whatever protocol the transport reports to.
+
+    A TLS-wrapped ``sink`` (termination's client side, a ``tls:`` backend) half-closes
+    the TLS way: its ``loseConnection`` sends close_notify after what is buffered and
+    keeps reading until the peer's close_notify, then sends the FIN.  (Its
+    ``loseWriteConnection`` would reach the TCP transport beneath and FIN without
+    close_notify.)
     """
-    if not (direct and _twisted.shut_write_now(sink, leg)):
+    if isinstance(sink, TLSMemoryBIOProtocol):
+        sink.loseConnection()
+    elif not (direct and _twisted.shut_write_now(sink, leg)):
         sink.loseWriteConnection()
 
 
@@ -516,6 +525,8 @@ class _Front(_Leg):
         if not self.direct:
             server.registerProducer(client, True)
         data = connection.payload
+        if self.target.rewrite_via:  # net.tcp: the Via names the backend (docs/config.md)
+            data = nmf.rewrite_via(data, self.target.via_address(server))
         version = self.target.proxy_header
         if version is not None:
             data = proxyheader.header(version, connection.peer, client.getHost()) + data
@@ -539,7 +550,8 @@ class ProxyTarget:
     """Byte-for-byte proxy to backends, round-robin with failover.
 
     ``endpoints`` are client endpoint strings (``tcp:``, ``unix:``, ``tls:``...)
-    or IStreamClientEndpoint objects; ``proxy_header`` is None, "v1" or "v2".
+    or IStreamClientEndpoint objects; ``proxy_header`` is None, "v1" or "v2";
+    ``rewrite_via`` (net.tcp) is True (the backend's address) or a ``net.tcp://HOST:PORT``.
     ``ProxyTarget(["tcp:127.0.0.1:22"])`` takes the reactor of the multiplexer it
     first serves; ``ProxyTarget(reactor, [...])`` names it.
     """
@@ -553,11 +565,12 @@ class ProxyTarget:
         connect_timeout: float | None = None,
         proxy_header: str | None = None,
         timeouts: dict[str, float] | None = None,
+        rewrite_via: bool | str = False,
     ) -> None:
         if endpoints is None and _are_endpoints(reactor):
             reactor, endpoints = None, reactor
         if isinstance(endpoints, str) or IStreamClientEndpoint.providedBy(endpoints):
-            endpoints = [endpoints]  # type: ignore[list-item]
+            endpoints = [endpoints]
         if not endpoints:
             raise ValueError("a proxy target needs at least one backend endpoint")
         if proxy_header is not None and proxy_header not in PROXY_HEADER_VERSIONS:
@@ -576,9 +589,12 @@ class ProxyTarget:
         self.connect_timeout = self.overrides.get("connect", Timeouts.connect)
         self._timeouts: tuple[Any, Timeouts] = (None, Timeouts())
         self.proxy_header = proxy_header
+        self.rewrite_via = rewrite_via
         self.first = 0
         names = ", ".join(s if isinstance(s, str) else _endpoint_name(s) for s in self.endpoints)
         header = f" (PROXY {proxy_header})" if proxy_header else ""
+        if rewrite_via:
+            header += " (Via rewritten)"
         self.description = f"proxy to {names}{header}"
 
     def bind(self, reactor: Any) -> None:
@@ -595,6 +611,12 @@ class ProxyTarget:
             self._timeouts = (base, timeouts)
             self.connect_timeout = timeouts.connect
         return timeouts
+
+    def via_address(self, backend: Any) -> str | None:
+        """The net.tcp address a rewritten Via names: the configured one, or the backend's."""
+        if isinstance(self.rewrite_via, str):
+            return self.rewrite_via
+        return nmf.address_of(backend.getPeer())
 
     def start(self) -> None:
         """Nothing to start: backends are dialled per connection."""

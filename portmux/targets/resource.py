@@ -3,7 +3,8 @@
 
 Every resource route of a multiplexer shares one Site whose root re-matches each
 request's Host and path, so keep-alive requests for different paths reach
-different resources.
+different resources.  An h2c (HTTP/2 prior knowledge) connection is served by the
+same Site over Twisted's HTTP/2 support, as an ALPN-h2 connection after TLS is.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import weakref
 from typing import Any, cast
 
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.interfaces import INegotiated, IProtocol
+from twisted.web.http import H2_ENABLED
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import Site
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer, providedBy
 
 from portmux import _twisted
+from portmux.core import refusal
 from portmux.core.interfaces import ITarget
 from portmux.core.routing import normalize_name, peer_ip
 from portmux.targets.http_channel import BoundedChannel
@@ -39,22 +42,65 @@ class ResourceTarget:
     def stop(self) -> None:
         """Nothing to stop."""
 
+    h2_enabled = H2_ENABLED
+
+    def cannot_serve(self, match: Any) -> str | None:
+        """Why a route with ``match`` could not be served (``portmux check`` reports it)."""
+        if match.protocol == "h2c" and not self.h2_enabled:
+            return (
+                "h2c to an in-process resource needs Twisted's HTTP/2 support: "
+                "install the h2 extra (pip install 'portmux[h2]')"
+            )
+        return None
+
     def attach(self, connection: Any) -> IProtocol | None:
+        transport = connection.transport
+        h2 = connection.preamble.http_version == "HTTP/2"  # switched to by ALPN
+        if _prior_knowledge_h2(connection.preamble, transport):
+            if not self.h2_enabled:
+                connection.refuse(
+                    refusal.UNAVAILABLE, "HTTP/2 needs the h2 extra (pip install portmux[h2])"
+                )
+                return None
+            transport = PriorKnowledgeH2(transport)
+            h2 = True
         mux = connection.mux
         site = mux.shared("portmux.targets.resource.site", dispatching_site)
-        site.resource.remember(connection.transport, connection.preamble)
+        site.resource.remember(transport, connection.preamble)
         timeouts = getattr(mux, "timeouts", None)
         if timeouts is not None:
             site.timeOut = timeouts.client_idle or None  # keep-alive idle limit
-        if connection.preamble.http_version == "HTTP/2":
-            channel = site.buildProtocol(connection.peer)  # switches to H2 by ALPN
-        else:
-            channel = site.http1_channel(connection.peer)
-        channel.makeConnection(connection.transport)
+        channel = site.buildProtocol(connection.peer) if h2 else site.http1_channel(connection.peer)
+        channel.makeConnection(transport)
         payload = connection.payload
         if payload:
             channel.dataReceived(payload)
         return channel  # type: ignore[no-any-return]
+
+
+def _prior_knowledge_h2(preamble: Any, transport: Any) -> bool:
+    """An HTTP/2 preface on a connection that did not negotiate h2 by ALPN."""
+    return bool(
+        preamble.protocol == "h2c" and getattr(transport, "negotiatedProtocol", None) != b"h2"
+    )
+
+
+@implementer(INegotiated)
+class PriorKnowledgeH2:
+    """A connection's transport as its HTTP channel sees it: HTTP/2 by prior knowledge.
+
+    twisted.web's channel switches to HTTP/2 when its transport's public
+    ``INegotiated.negotiatedProtocol`` says ``h2``; everything else is the transport's.
+    """
+
+    negotiatedProtocol = b"h2"
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        directlyProvides(self, providedBy(transport), INegotiated)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def _address_key(host: Any, peer: Any) -> tuple[str, str]:
@@ -103,14 +149,14 @@ class _Dispatcher(Resource):
     def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
         preamble = _request_preamble(request, self._preambles, self._by_address)
         ip = peer_ip(request.getClientAddress())
-        for route in self._mux.router.routes:
+        for route in self._mux.router.static_routes:  # registered routes are never resources
             target = route.target
             if isinstance(target, ResourceTarget) and route.match.accepts(preamble, ip):
                 return _descend(route, target.resource, request)
         return notFound(brief="No Such Resource", message="No route serves this host and path.")
 
     def render(self, request: Any) -> bytes:
-        return cast(bytes, notFound().render(request))  # type: ignore[call-arg,misc]  # zope: no self
+        return cast(bytes, notFound().render(request))
 
 
 def _descend(route: Any, resource: IResource, request: Any) -> IResource:
@@ -147,16 +193,16 @@ class _Site(Site):
 
     def http1_channel(self, addr: Any) -> Any:
         """A BoundedChannel built the way Site.buildProtocol builds its channels."""
-        self.protocol = BoundedChannel  # read by buildProtocol; this call only
+        self.protocol = BoundedChannel  # type: ignore[method-assign,assignment]  # read by buildProtocol, this call only
         try:
-            return self.buildProtocol(addr)
+            return self.buildProtocol(addr)  # type: ignore[no-untyped-call]
         finally:
             del self.protocol
 
 
 def dispatching_site(mux: Any) -> Site:
     """The shared Site whose root dispatches per request over ``mux``'s routes."""
-    site = _Site(_Dispatcher(mux))
+    site = _Site(_Dispatcher(mux))  # type: ignore[no-untyped-call]
     site.displayTracebacks = False
-    site.portmux_mux = mux  # the admin pages find the multiplexer through request.site
+    site.portmux_mux = mux  # type: ignore[attr-defined]  # the admin pages find the multiplexer through request.site
     return site

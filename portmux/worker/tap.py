@@ -85,7 +85,7 @@ def load_factory(spec: str) -> IProtocolFactory:
         obj = obj()
     if not IProtocolFactory.providedBy(obj):
         raise usage.UsageError(f"--factory {spec!r} is not a protocol factory")
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 def take_factory(service: Any) -> IProtocolFactory | None:
@@ -95,7 +95,7 @@ def take_factory(service: Any) -> IProtocolFactory | None:
         factory = getattr(child, "factory", None)
         if factory is not None and IProtocolFactory.providedBy(factory) and hasattr(child, "endpoint"):
             child.disownServiceParent()
-            return factory  # type: ignore[no-any-return]
+            return factory
         found = take_factory(child)
         if found is not None:
             return found
@@ -182,7 +182,7 @@ def makeService(options: Options) -> MultiService:
         factory = load_factory(options["factory"])
     else:
         plugin = next(p for p in getPlugins(IServiceMaker) if p.tapname == options.subCommand)
-        inner: Any = plugin.makeService(options.subOptions)  # type: ignore[call-arg,misc]
+        inner: Any = plugin.makeService(options.subOptions)
         own = getattr(inner, "factory", None)
         if own is not None and hasattr(inner, "endpoint") and IProtocolFactory.providedBy(own):
             factory = own

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from twisted.trial.unittest import TestCase
 from twisted.internet.testing import MemoryReactorClock
 
 from portmux.core.limits import Limits, Timeouts, automatic_max_connections
@@ -77,3 +78,33 @@ def test_backlog_is_added_to_endpoints_that_take_one() -> None:
     assert with_backlog("unix:/run/p.sock", 7) == "unix:/run/p.sock:backlog=7"
     assert with_backlog("tcp:80:backlog=9", 511) == "tcp:80:backlog=9"
     assert with_backlog("systemd:domain=INET:index=0", 511) == "systemd:domain=INET:index=0"
+
+
+class ServiceWiringTests(TestCase):
+    """The daemon applies [[listen]] backlog/max_connections and [limits]/[timeouts]."""
+
+    def test_listener_backlog_and_limits_reach_the_listening_socket(self) -> None:
+        import shutil
+        import subprocess
+
+        from twisted.internet import reactor
+
+        from portmux.daemon.service import PortmuxService
+
+        if shutil.which("ss") is None:
+            pytest.skip("ss (iproute2) is not installed")
+        text = ('[[listen]]\nendpoint = "tcp:0:interface=127.0.0.1"\nbacklog = 77\nmax_connections = 3\n'
+                "[limits]\nmax_connections = 40\n[timeouts]\ntunnel = 5\n" + ROUTE)
+        service = PortmuxService(reactor, lambda: parse_config(text, "t.toml", reactor))
+        service.privilegedStartService()
+        listener = next(iter(service))
+        self.addCleanup(listener.port.stopListening)
+        port = listener.port.getHost().port
+        out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert out[2] == "77"  # a listening socket's Send-Q is its backlog
+        mux = service.mux
+        assert mux.admission.limits.max_connections == 40
+        assert mux.timeouts.tunnel == 5.0
+        gate = mux.admission.gates[0]
+        assert gate.max_connections == 3 and gate.ports == [listener.port]

@@ -649,6 +649,20 @@ class FromConfigTests(SynchronousTestCase):
             '{ endpoints = ["tcp:127.0.0.1:1"], connect_timeout = 2, proxy_header = "v2" }')
         self.assertEqual((target.connect_timeout, target.proxy_header), (2.0, "v2"))
 
+    def test_rewrite_via(self) -> None:
+        """net.tcp's Via rewriting: true (the backend's address) or a net.tcp://HOST:PORT."""
+        self.assertFalse(self.parse('["tcp:127.0.0.1:1"]').rewrite_via)
+        target = self.parse('{ endpoints = ["tcp:127.0.0.1:1"], rewrite_via = true }')
+        self.assertIs(target.rewrite_via, True)
+        self.assertIn("(Via rewritten)", target.description)
+        target = self.parse('{ endpoints = ["tcp:127.0.0.1:1"], rewrite_via = "net.tcp://svc.internal:8808/" }')
+        self.assertEqual(target.rewrite_via, "net.tcp://svc.internal:8808")
+        for bad in ('"http://a:1"', '"net.tcp://a:1/path/"', '"net.tcp://a:x"', "1"):
+            self.assertEqual(
+                self.problems(f'{{ endpoints = ["tcp:127.0.0.1:1"], rewrite_via = {bad} }}'),
+                ["route[0].proxy.rewrite_via"], bad,
+            )
+
     def test_problems(self) -> None:
         cases = [
             ("[]", "route[0].proxy"),

@@ -157,6 +157,11 @@ class Document:
                 f"a {decl.kind.name} target is chosen per connection from its first HTTP request; "
                 "later keep-alive requests for other paths go to it too",
             )
+        refusal = getattr(target, "cannot_serve", None)  # a target that knows it cannot
+        reason = refusal(decl.match) if refusal is not None else None
+        if reason:
+            self.problem(join_key(decl.key_path, "match"), reason)
+            return None
         return Route(str(decl.name), decl.match, target)
 
     def _build_target(self, decl: RouteDecl, kind: TargetKind) -> object | None:

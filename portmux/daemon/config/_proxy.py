@@ -17,6 +17,7 @@ from portmux.daemon.config._problems import join_key, one_line
 from portmux.daemon.config._schema import (
     INVALID,
     AnyOf,
+    Flag,
     ListOf,
     Number,
     OneOf,
@@ -55,6 +56,28 @@ _CLIENT_CERT = AnyOf(
 )
 
 
+def _via_address(value: str, key_path: str, walk: Walk) -> Any:
+    """``net.tcp://HOST:PORT``: the address a rewritten Via names (no path: the client's is kept)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as e:
+        walk.problem(key_path, f"not a net.tcp address: {e}")
+        return INVALID
+    if parts.scheme != "net.tcp" or not parts.hostname or parts.path.strip("/") or parts.query:
+        walk.problem(key_path, f'expected "net.tcp://HOST[:PORT]" without a path, got {value!r}')
+        return INVALID
+    return value.rstrip("/")
+
+
+_REWRITE_VIA = AnyOf(
+    'true, or a "net.tcp://HOST:PORT" address',
+    choices=(Flag(), Text("a net.tcp address", check=_via_address)),
+)
+
+
 @dataclass(frozen=True)
 class ProxyTable:
     """The table form: ``proxy = { endpoints = [...], connect_timeout = 5.0, ... }``."""
@@ -72,6 +95,11 @@ class ProxyTable:
     timeouts: dict[str, float] | None = setting(
         TableOf("a table of timeouts", declaration=ProxyTimeoutsTable),
         "this route's own timeouts, overriding [timeouts]", default=None,
+    )
+    rewrite_via: Any = setting(
+        _REWRITE_VIA,
+        "net.tcp: point the Via record at the backend (true) or at this address",
+        default=False,
     )
 
 
@@ -140,6 +168,8 @@ def _plan(values: dict[str, Any], key_path: str, endpoints_key: str, walk: Walk)
         options["proxy_header"] = values["proxy_header"]
     if values.get("timeouts"):
         options["timeouts"] = dict(values["timeouts"])
+    if values.get("rewrite_via"):
+        options["rewrite_via"] = values["rewrite_via"]
     return ProxyPlan(tuple(backends), options)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from portmux.control._server import MAX_REGISTRATIONS, UNAUTHORIZED_RATE, UNAUTHORIZED_TOTAL_RATE
 from portmux.core.limits import Limits, Timeouts
 from portmux.core.mux import SniffSettings
 from portmux.core.routing import Match, Network
@@ -79,10 +80,14 @@ class SniffTable:
     silence_timeout: float = setting(
         Number(), "seconds of silence before the silent route", default=_SNIFF.silence_timeout, check=positive
     )
+    trace: tuple[Network, ...] = setting(
+        NETWORKS, "client networks whose routing decisions are logged at debug level", default=()
+    )
 
     def validate(self, key_path: str, walk: Walk) -> SniffSettings:
         settings = SniffSettings(
-            float(self.preamble_timeout), self.preamble_max_bytes, float(self.silence_timeout)
+            float(self.preamble_timeout), self.preamble_max_bytes, float(self.silence_timeout),
+            tuple(self.trace),
         )
         if settings.silence_timeout > settings.preamble_timeout:
             walk.warn(
@@ -110,6 +115,17 @@ class ControlConfig:
     )
     max_pending: int = setting(
         Whole(), "bound on queued, unanswered control requests", default=DEFAULT_MAX_PENDING, check=positive
+    )
+    max_registrations: int = setting(
+        Whole(), "registrations one control connection may hold", default=MAX_REGISTRATIONS, check=positive
+    )
+    unauthorized_rate: float = setting(
+        Number(), "refused (unauthorized) connects answered per second per uid; more are dropped",
+        default=UNAUTHORIZED_RATE, check=positive,
+    )
+    unauthorized_total_rate: float = setting(
+        Number(), "refused connects answered per second over all uids", default=UNAUTHORIZED_TOTAL_RATE,
+        check=positive,
     )
 
 
