@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from twisted.internet import reactor, task
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from portmux.core.limits import Limits
@@ -145,6 +145,21 @@ class LimitTests(TestCase):
         clients.append(connect(number, "127.0.0.2"))
         await wait_for(lambda: mux.admission.open == 6)
         self.assertEqual(mux.stats.refusals["source"], 3)
+
+    async def test_a_flood_of_limit_closes_logs_a_burst_and_a_summary(self) -> None:
+        mux = Multiplexer(reactor, [], settings=SniffSettings(preamble_timeout=60),
+                          limits=Limits(max_per_source=1))
+        mux.log.interval = 0.5
+        number, _ = self.listen(mux)
+        events = self.log_lines()
+        clients = self.clients()
+        clients += [connect(number, "127.0.0.2") for _ in range(101)]
+        await wait_for(lambda: mux.stats.refusals["source"] == 100)
+        await settle(0.7)
+        texts = [formatEvent(e) for e in events if e.get("log_namespace") == "portmux"]
+        closes = [t for t in texts if "max_per_source" in t]
+        self.assertEqual(len(closes), mux.log.burst)
+        self.assertIn(f"suppressed {100 - mux.log.burst} similar source-limit lines", " ".join(texts))
 
     async def test_new_connection_rate_per_source(self) -> None:
         mux = Multiplexer(reactor, [], settings=SniffSettings(preamble_timeout=60),

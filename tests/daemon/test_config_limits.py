@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from twisted.trial.unittest import TestCase
 from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import TestCase
 
 from portmux.core.limits import Limits, Timeouts, automatic_max_connections
 from portmux.daemon.config import ConfigError, default_config, parse_config

@@ -204,3 +204,54 @@ class ProxyTimeoutTests(TestCase):
     async def test_backend_reset_closes_an_http_client_cleanly(self) -> None:
         data, end = await self.reset_mid_stream(REQUEST, protocol="http")
         self.assertEqual((data, end), (b"partial", "eof"))
+
+
+class IdleTimeoutTests(TestCase):
+    """client_idle closes an idle keep-alive HTTP connection to an in-process resource;
+    with tunnel = 0, server_idle closes a proxy pair whose backend stays quiet."""
+
+    timeout = 30
+
+    async def test_idle_keep_alive_connection_to_a_resource_is_closed(self) -> None:
+        from twisted.web.static import Data
+
+        mux = Multiplexer(reactor, [], timeouts=Timeouts(client_idle=0.3))
+        mux.add_route(Data(b"hi", "text/plain"), name="web", protocol="http")
+        port = reactor.listenTCP(0, mux, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        def keep_alive() -> tuple[bytes, float]:
+            with socket.create_connection(("127.0.0.1", port.getHost().port), timeout=10) as client:
+                client.sendall(REQUEST)
+                data = b""
+                started = time.monotonic()
+                while chunk := client.recv(4096):
+                    data += chunk
+                return data, time.monotonic() - started
+
+        data, waited = await threads.deferToThread(keep_alive)
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 "))
+        self.assertLess(waited, 5)
+        await wait_for(lambda: mux.stats.routes["web"].active == 0)
+
+    async def test_quiet_backend_is_dropped_after_server_idle(self) -> None:
+        backend = SilentBackend()
+        self.addCleanup(backend.close)
+        mux = Multiplexer(reactor, [], timeouts=Timeouts(tunnel=0, client_idle=0, server_idle=0.3))
+        mux.add_route(ProxyTarget([f"tcp:127.0.0.1:{backend.port}"]), name="p", default=True)
+        port = reactor.listenTCP(0, mux, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(client.close)
+        client.sendall(RAW)
+        await wait_for(lambda: "p" in mux.stats.routes and mux.stats.routes["p"].connections == 1)
+        started = time.monotonic()
+        for _ in range(50):  # the client keeps talking; the backend says nothing
+            try:
+                client.sendall(b"more\n")
+            except OSError:  # reset: the pair was closed
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        await wait_for(lambda: mux.stats.routes["p"].active == 0)
+        self.assertGreaterEqual(time.monotonic() - started, 0.25)
+        self.assertLess(time.monotonic() - started, 2.0)
