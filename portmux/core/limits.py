@@ -235,7 +235,11 @@ class Admission:
         """New limits (reload); ports paused under the old ones resume if now below."""
         self.limits = limits
         cap = limits.max_connections
-        if self.paused and not (cap and self.open >= cap):
+        if not self.paused and cap and self.open >= cap:
+            self.paused = True
+            self.paused_times += 1
+            self._pause(self._all_ports())
+        elif self.paused and not (cap and self.open >= cap):
             self.paused = False
             for g in self.gates:
                 if not g.paused:

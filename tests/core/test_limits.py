@@ -174,3 +174,31 @@ class LimitTests(TestCase):
         clients.append(connect(number, "127.0.0.2"))
         await wait_for(lambda: mux.admission.open == 4)
         self.assertEqual(mux.stats.refusals["source"], 3)
+
+
+def test_new_limits_pause_or_resume_at_once() -> None:
+    from twisted.internet.task import Clock
+
+    from portmux.core.limits import Admission
+
+    class Port:
+        reading = True
+        connected = True
+
+        def stopReading(self) -> None:
+            self.reading = False
+
+        def startReading(self) -> None:
+            self.reading = True
+
+    admission = Admission(Clock(), Limits(max_connections=10))
+    gate = admission.gate()
+    port = Port()
+    gate.ports.append(port)
+    for _ in range(5):
+        admission.opened(gate, None)
+    assert port.reading
+    admission.set_limits(Limits(max_connections=4))  # a reload lowers the mark below the open count
+    assert not port.reading
+    admission.set_limits(Limits(max_connections=100))
+    assert port.reading
