@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import tcp, unix
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -96,14 +97,18 @@ def unix_path(endpoint: str) -> str:
     return path
 
 
-def prepare_path(path: str, uid: int | None = None) -> None:
-    """Make ``path`` free to bind: refuse one owned by someone else or in use; drop a stale socket."""
+def prepare_path(path: str, uid: int | None = None, owners: Iterable[int | None] = ()) -> None:
+    """Make ``path`` free to bind: refuse one owned by someone else or in use; drop a stale socket.
+
+    ``owners`` are further accounts whose stale socket may be replaced (the --uid
+    account a root-started daemon handed its socket to).
+    """
     uid = os.getuid() if uid is None else uid
     try:
         info = os.lstat(path)
     except FileNotFoundError:
         return
-    if info.st_uid != uid:
+    if info.st_uid != uid and info.st_uid not in owners:
         raise OSError(errno.EEXIST, f"{path} exists and belongs to uid {info.st_uid}, not {uid}; refusing to replace it")
     if not stat.S_ISSOCK(info.st_mode):
         raise OSError(errno.EEXIST, f"{path} exists and is not a socket; refusing to replace it")
@@ -439,12 +444,38 @@ class ControlFactory(ServerFactory):
         return ProxyTarget(self.reactor, [endpoint])
 
 
-class ControlService(Service):
-    """Listens on the [control] UNIX socket while the service runs."""
+class _ControlPort(unix.Port):
+    """A UNIX listening port that survives not being allowed to remove its socket file.
 
-    def __init__(self, reactor: Any, mux: Any, control_config: Any, reservations: Iterable[Any] = ()) -> None:
+    Bound as root before twistd's --uid/--gid drop, the socket's directory may not be
+    writable by the account that later stops listening; the file is then left for
+    the next start's prepare_path to replace.
+    """
+
+    control_path = ""
+
+    def connectionLost(self, reason: Failure) -> None:
+        try:
+            super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        except PermissionError as error:
+            log.info("control: cannot remove {path} after dropping privileges ({error}); "
+                     "the next start replaces it", path=self.control_path, error=error.strerror)
+            tcp.Port.connectionLost(self, reason)  # the rest of what the unlink cut short
+
+
+class ControlService(Service):
+    """Listens on the [control] UNIX socket while the service runs.
+
+    It binds in privilegedStartService, so with ``twistd --uid/--gid`` the socket is
+    created while still root (its directory, e.g. /run/portmux, may be root's) and
+    handed to ``run_as``; workers of that account may then connect.
+    """
+
+    def __init__(self, reactor: Any, mux: Any, control_config: Any, reservations: Iterable[Any] = (),
+                 run_as: tuple[int | None, int | None] = (None, None)) -> None:
         self.reactor = reactor
         self.path = unix_path(str(control_config.endpoint))
+        self.run_as = run_as
         self.factory = ControlFactory(
             reactor,
             mux,
@@ -454,6 +485,7 @@ class ControlService(Service):
             max_pending=int(getattr(control_config, "max_pending", 100) or 100),
             heartbeat=float(getattr(control_config, "heartbeat", HEARTBEAT) or HEARTBEAT),
             heartbeat_timeout=float(getattr(control_config, "heartbeat_timeout", HEARTBEAT_TIMEOUT) or HEARTBEAT_TIMEOUT),
+            own_uid=run_as[0],
             max_registrations=int(getattr(control_config, "max_registrations", MAX_REGISTRATIONS)),
             unauthorized_rate=float(getattr(control_config, "unauthorized_rate", UNAUTHORIZED_RATE)),
             unauthorized_total_rate=float(
@@ -461,15 +493,32 @@ class ControlService(Service):
         )
         self.port: Any = None
 
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+        if self.port is None:
+            self._bind()
+
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        prepare_path(self.path)
+        if self.port is None:  # started without twistd's privileged phase (embedded)
+            self._bind()
+
+    def _bind(self) -> None:
+        uid, gid = self.run_as
+        handing_over = os.getuid() == 0 and uid not in (None, 0)
+        prepare_path(self.path, owners=(uid,) if handing_over else ())
         others = (self.factory.allow_uids - {0, self.factory.own_uid}) or self.factory.allow_gids
         old = os.umask(0o177)
         try:
-            self.port = self.reactor.listenUNIX(self.path, self.factory, backlog=50, mode=0o600)
+            port = _ControlPort(self.path, self.factory, backlog=50, mode=0o600,  # type: ignore[arg-type]  # str paths work
+                                reactor=self.reactor)
+            port.control_path = self.path
+            port.startListening()  # type: ignore[no-untyped-call]
         finally:
             os.umask(old)
+        self.port = port
+        if handing_over:
+            os.chown(self.path, uid, -1 if gid is None else gid)  # type: ignore[arg-type]
         if others:
             # Other accounts need connect permission; SO_PEERCRED does the refusing.
             os.chmod(self.path, 0o666)

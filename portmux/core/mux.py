@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -27,15 +27,13 @@ from portmux.core.deadlines import DeadlineQueue
 from portmux.core.interfaces import IProbe, as_target
 from portmux.core.limits import Admission, Limits, ListenerGate, Timeouts
 from portmux.core.preamble import NEED_MORE, NO, Preamble
+from portmux.core.proxied import present_addresses
 from portmux.core.ratelog import RateLimitedLog
 from portmux.core.registered import RegisteredLayer
 from portmux.core.routing import Match, Network, Route, Router, _in_networks, peer_ip
 from portmux.core.stats import RouteCounters, Stats
 from portmux.core.trace import log_trace
-from portmux.protocols import refusal_bytes, tcpmux
-
-if TYPE_CHECKING:
-    from portmux.protocols.proxyheader import ProxyHeader
+from portmux.protocols import proxyheader, refusal_bytes, tcpmux
 
 T = TypeVar("T")
 
@@ -100,10 +98,14 @@ class Classified:
         if self.preamble.protocol == "tcpmux":
             self.transport.write(tcpmux.accept_bytes(text))
 
-    def refuse(self, status: int, reason: str) -> None:
-        """Send the protocol's refusal, log it, count it, and close."""
+    def refuse(self, status: int, reason: str, detail: str = "") -> None:
+        """Send the protocol's refusal, log it, count it, and close.
+
+        ``reason`` is what the client is told: short and generic. ``detail`` (backend
+        names, addresses, errors) goes only to the log line.
+        """
         self.mux.stats.for_route(self.route.name).refused += 1
-        self._sniffer.refuse(self.preamble, status, reason, route=self.route.name)
+        self._sniffer.refuse(self.preamble, status, reason, route=self.route.name, detail=detail)
 
 
 @implementer(IProtocol)
@@ -163,10 +165,8 @@ class SniffingProtocol(Protocol):
 
     def _header_received(self, data: bytes) -> None:
         """Read a PROXY v1/v2 header from a trusted load balancer, then sniff the rest."""
-        from portmux.protocols.proxyheader import parse_header
-
         self._buffer = self._buffer + data if self._buffer else data
-        header = parse_header(self._buffer)
+        header = proxyheader.parse_header(self._buffer)
         if header is NEED_MORE:
             if len(self._buffer) >= self.mux.settings.preamble_max_bytes:
                 self.refuse(UNKNOWN, refusal.BAD_REQUEST, "PROXY header too long")
@@ -176,10 +176,12 @@ class SniffingProtocol(Protocol):
                         "trusted peer sent no valid PROXY header")
             return
         del self.dataReceived  # back to the class's sniffing method
-        proxy = cast("ProxyHeader", header)
+        proxy = cast(proxyheader.ProxyHeader, header)
         if proxy.source is not None:
             self.peer = cast(IAddress, proxy.source)
             self._ip = peer_ip(self.peer)
+        present_addresses(self.transport, cast(IAddress, proxy.source),
+                          cast(IAddress, proxy.destination))
         rest = self._buffer[proxy.length:]
         self._buffer = b""
         if rest:
@@ -227,6 +229,8 @@ class SniffingProtocol(Protocol):
 
     def _classify(self, final: bool, timed_out: bool = False) -> None:
         buffer = self._buffer
+        if buffer[:1] in proxyheader.FIRST_BYTES and self._untrusted_header(final or timed_out):
+            return
         cap = self.mux.settings.preamble_max_bytes
         full = len(buffer) >= cap
         if full and len(buffer) > cap:
@@ -268,6 +272,19 @@ class SniffingProtocol(Protocol):
                     refusal.TOO_LARGE,
                     f"preamble exceeds {cap} bytes",
                 )
+
+    def _untrusted_header(self, last_chance: bool) -> bool:
+        """Refuse a PROXY header from a peer not trusted to send one (True: handled or waiting).
+
+        Forwarding it would let any client claim any address to the backend.
+        """
+        verdict = proxyheader.signature(self._buffer)
+        if verdict is NO or (verdict is NEED_MORE and last_chance):
+            return False
+        if verdict is True:
+            self.refuse(UNKNOWN, refusal.BAD_REQUEST,
+                        f"PROXY header from untrusted {peer_ip(self.peer) or _describe(self.peer)}")
+        return True
 
     @staticmethod
     def _guess(candidates: Sequence[IProbe]) -> Preamble:
@@ -319,6 +336,8 @@ class SniffingProtocol(Protocol):
             status = refusal.NOT_FOUND if preamble.error is None else refusal.BAD_REQUEST
             self.refuse(preamble, status, self._router.refusal_reason(preamble))
             return
+        if preamble.protocol == "tcpmux" and not _serves_tcpmux(route):
+            preamble = _not_tcpmux(preamble)
         self._attach(route, preamble)
 
     def _attach(self, route: Route, preamble: Preamble) -> None:
@@ -349,9 +368,13 @@ class SniffingProtocol(Protocol):
             self.writeConnectionLost = target.writeConnectionLost  # type: ignore[method-assign]
 
     def refuse(
-        self, preamble: Preamble, status: int, reason: str, route: str | None = None
+        self, preamble: Preamble, status: int, reason: str, route: str | None = None,
+        detail: str = "",
     ) -> None:
-        """Answer ``preamble``'s protocol with a refusal, log one line, and close."""
+        """Answer ``preamble``'s protocol with a refusal, log one line, and close.
+
+        The client gets ``reason`` only; the log line adds ``detail``.
+        """
         self._stop_sniffing()
         self.preamble = preamble
         if self._target is None:  # refused while sniffing: what else arrives is dropped
@@ -366,7 +389,7 @@ class SniffingProtocol(Protocol):
             protocol=preamble.protocol,
             route=route or "-",
             status=status,
-            reason=reason,
+            reason=f"{reason} ({detail})" if detail else reason,
         )
         transport = self.transport
         if transport is None:
@@ -375,6 +398,21 @@ class SniffingProtocol(Protocol):
         if data:
             transport.write(data)
         transport.loseConnection()
+
+
+def _serves_tcpmux(route: Route) -> bool:
+    """True for a TCPMUX route: one naming a service, or ``protocol = "tcpmux"``."""
+    match = route.match
+    return match.service is not None or match.protocol == "tcpmux"
+
+
+def _not_tcpmux(preamble: Preamble) -> Preamble:
+    """A one-word line no TCPMUX route took (redis ``PING``, memcached ``stats``): raw bytes.
+
+    The line stays in the payload and no ``+`` is sent, so a default route's backend
+    sees exactly what the client wrote.
+    """
+    return preamble.replace(protocol=UNKNOWN.protocol, service=None, consumed=0)
 
 
 def with_outer(preamble: Preamble, outer: Preamble) -> Preamble:

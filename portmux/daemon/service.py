@@ -29,7 +29,8 @@ class PortmuxService(MultiService):
     """
 
     def __init__(self, reactor: Any, load: Callable[[], Any], listen: list[str] | None = None,
-                 control: str | None = None) -> None:
+                 control: str | None = None,
+                 run_as: tuple[int | None, int | None] = (None, None)) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.reactor = reactor
         self._load = load
@@ -59,7 +60,8 @@ class PortmuxService(MultiService):
             from portmux.control._server import ControlService
 
             ControlService(  # type: ignore[no-untyped-call]
-                reactor, self.mux, control_config, getattr(config, "reservations", ())
+                reactor, self.mux, control_config, getattr(config, "reservations", ()),
+                run_as=run_as,
             ).setServiceParent(self)
         self._previous_sighup: Any = None
 

@@ -456,7 +456,8 @@ class _Front(_Leg):
         why = reason.getErrorMessage() if reason is not None else "failed"
         connection.refuse(
             refusal.BAD_GATEWAY,
-            f"backend unreachable: tried {', '.join(self.tried())} (last error: {why})",
+            "backend unreachable",
+            detail=f"tried {', '.join(self.tried())}; last error: {why}",
         )
 
     # -- IProtocolFactory, for reactor.connectTCP and endpoints -----------------

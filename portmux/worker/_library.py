@@ -33,6 +33,7 @@ from portmux import _twisted
 from portmux.control import _framing as pc
 from portmux.control._keys import REGISTRATION_KEYS, translate_address
 from portmux.control._registry import RegistrationError
+from portmux.core.proxied import present_addresses
 
 log = Logger(namespace="portmux.worker")
 
@@ -98,6 +99,8 @@ class _Adopting(Factory):
 
             def remember(transport: Any) -> None:
                 self.transport = transport
+                # The client portmux saw (a trusted PROXY header's source), not the socket's peer.
+                present_addresses(transport, self.handoff.peer, None)
                 make_connection(transport)
 
             protocol.makeConnection = remember  # instance attribute shadows the method
