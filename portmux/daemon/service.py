@@ -13,11 +13,13 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from portmux.core.limits import Limits, Timeouts
 from portmux.core.mux import Multiplexer
 from portmux.core.routing import parse_networks
-from portmux.daemon.endpoints import EndpointStringError, parse_server_endpoint
+from portmux.daemon.endpoints import EndpointStringError, parse_server_endpoint, with_backlog
 
 log = Logger(namespace="portmux")
+DEFAULT_BACKLOG = 511
 
 
 class PortmuxService(MultiService):
@@ -38,16 +40,20 @@ class PortmuxService(MultiService):
         self._control_override = control
         config = load()
         self.config = config
-        self.mux = Multiplexer(reactor, config.routes, settings=config.sniff)
+        self.mux = Multiplexer(
+            reactor, config.routes, settings=config.sniff,
+            limits=getattr(config, "limits", Limits()), timeouts=getattr(config, "timeouts", Timeouts()),
+        )
         if self._listen_override:
-            listeners = [(description, ()) for description in self._listen_override]
+            listeners = [(description, (), 0, DEFAULT_BACKLOG) for description in self._listen_override]
         else:
             listeners = [
-                (listener.endpoint, _header_networks(listener)) for listener in config.listeners
+                (listener.endpoint, _header_networks(listener), listener.max_connections, listener.backlog)
+                for listener in config.listeners
             ]
         self.listener_services: dict[str, ListenerService] = {}
-        for description, trusted in listeners:
-            self._add_listener(description, tuple(trusted))
+        for description, trusted, max_connections, backlog in listeners:
+            self._add_listener(description, tuple(trusted), max_connections, backlog)
         self.access_log: Any = None
         self.drain: Any = None
         self.control: Any = None
@@ -75,9 +81,11 @@ class PortmuxService(MultiService):
             self.control.setServiceParent(self)
         self._previous_signals: dict[int, Any] = {}
 
-    def _add_listener(self, description: str, trusted: tuple[Any, ...]) -> ListenerService:
-        factory = self.mux.listener_factory(trusted, name=description)
-        listener_service = ListenerService(self.reactor, description, self.mux, factory)
+    def _add_listener(self, description: str, trusted: tuple[Any, ...], max_connections: int = 0,
+                      backlog: int = DEFAULT_BACKLOG) -> ListenerService:
+        factory = self.mux.listener_factory(trusted, name=description,
+                                            max_connections=max_connections)
+        listener_service = ListenerService(self.reactor, description, self.mux, factory, backlog)
         self.listener_services[description] = listener_service
         listener_service.setServiceParent(self)  # type: ignore[no-untyped-call]
         return listener_service
@@ -206,6 +214,8 @@ class PortmuxService(MultiService):
         self.config = config
         self._set_access_log(config)
         self.mux.settings = config.sniff
+        self.mux.timeouts = config.timeouts
+        self.mux.set_limits(config.limits)
         if self._stored_routes is not None:
             self._stored_routes.set_config(config)
         else:
@@ -224,6 +234,8 @@ class PortmuxService(MultiService):
     def _apply_listeners(self, config: Any) -> None:
         """Stop listeners gone from the config, start new ones; the others are not touched."""
         wanted = {listener.endpoint: _header_networks(listener) for listener in config.listeners}
+        limits = {listener.endpoint: (listener.max_connections, listener.backlog)
+                  for listener in config.listeners}
         for description in [d for d in self.listener_services if d not in wanted]:
             listener = self.listener_services.pop(description)
             listener.disownServiceParent()  # type: ignore[no-untyped-call]  # stops it
@@ -234,7 +246,7 @@ class PortmuxService(MultiService):
                 current.factory.trusted = tuple(trusted)  # type: ignore[union-attr]  # a named listener's factory
                 continue
             try:
-                self._add_listener(description, tuple(trusted))
+                self._add_listener(description, tuple(trusted), *limits[description])
             except StartupError as error:  # e.g. the port is taken: keep the others running
                 self.listener_services.pop(description).disownServiceParent()  # type: ignore[no-untyped-call]
                 log.error("reload: {error}", error=str(error))
@@ -258,9 +270,10 @@ class ListenerService(Service):
     """
 
     def __init__(self, reactor: Any, description: str, mux: Multiplexer,
-                 factory: Any = None) -> None:
+                 factory: Any = None, backlog: int = DEFAULT_BACKLOG) -> None:
         self.reactor = reactor
         self.description = description
+        self.backlog = backlog
         self.mux = mux
         self.factory = factory if factory is not None else mux
         self.port: Any = None
@@ -271,7 +284,7 @@ class ListenerService(Service):
             return
         outcome: list[Any] = []
         try:
-            endpoint = parse_server_endpoint(self.reactor, self.description)
+            endpoint = parse_server_endpoint(self.reactor, with_backlog(self.description, self.backlog))
             endpoint.listen(self.factory).addBoth(outcome.append)
         except (EndpointStringError, OSError) as error:
             raise StartupError(f"cannot listen on {self.description}: {error}") from None
@@ -281,6 +294,9 @@ class ListenerService(Service):
         if isinstance(result, Failure):
             raise StartupError(f"cannot listen on {self.description}: {result.getErrorMessage()}")
         self.port = result
+        listening = getattr(self.factory, "listening", None)
+        if listening is not None:
+            listening(result)  # its connection gate pauses and resumes this port
         address = result.getHost()
         where = f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}"
         if not getattr(address, "port", None):

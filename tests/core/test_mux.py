@@ -228,6 +228,8 @@ class SharedDeadlineTests(MuxTestCase):
         self.clock.advance(5.0)
         self.assertTrue(all(t.disconnecting for t in others))
         self.assertEqual(self.mux.stats.sniffing, 0)
+        self.clock.advance(10.0)  # 21 refusals: the rate-limited log's summary timer fires
+        self.assertEqual(self.mux.log.suppressed_total, 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_classified_connections_leave_the_queue(self) -> None:
