@@ -38,6 +38,7 @@ __all__ = [
     "plain_socket",
     "send_now",
     "shut_write_now",
+    "splice_ready",
     "stream_connection",
     "tcp_endpoint_parts",
     "unix_endpoint_path",
@@ -296,6 +297,17 @@ def _idle(sink: Any) -> bool:
         and not sink.disconnecting
         and not sink._writeDisconnecting
     )
+
+
+def splice_ready(transport: Any) -> bool:
+    """True when a ``plain_socket`` transport may have its socket copied by the kernel now.
+
+    It must be connected, not closing or half-closed, with nothing buffered (so
+    no byte already handed to Twisted could be overtaken).  Fallback: never (the
+    proxy keeps copying through the public transport API).
+    """
+    return bool(FAST_PATHS and plain_socket(transport) and _idle(transport)
+                and not transport._writeDisconnected)
 
 
 def send_now(sink: Any, data: bytes) -> bytes:

@@ -39,6 +39,7 @@ from portmux._twisted import OutgoingConnection as _Outgoing
 from portmux.core import refusal
 from portmux.core.interfaces import ITarget
 from portmux.protocols import proxyheader
+from portmux.targets import _splice
 
 log = Logger(namespace="portmux")
 
@@ -198,9 +199,10 @@ class _Leg:
     empty instead of through write() + a reactor turn + two epoll_ctl calls.
     """
 
-    __slots__ = ("direct", "other", "read_done", "sink", "transport", "write_done")
+    __slots__ = ("budget", "direct", "other", "read_done", "sink", "transport", "write_done")
 
     def __init__(self) -> None:
+        self.budget = _splice.NEVER  # bytes to copy here before the kernel takes over
         self.transport: Any = None
         self.sink: Any = None
         self.direct = False
@@ -211,12 +213,22 @@ class _Leg:
     def dataReceived(self, data: bytes) -> None:
         sink = self.sink  # after the other side is lost, its dead transport drops writes
         if self.direct:
+            size = len(data)
             data = _send_now(sink, data)
             if not data:
+                self.budget -= size
+                if self.budget < 0:
+                    self._splice()
                 return
             if sink.producer is None:  # backpressure can only start now that we buffer
                 sink.registerProducer(self.transport, True)
         sink.write(data)
+
+    def _splice(self) -> None:
+        """Enough bytes went through Python: hand the pair to splice(2) (see _splice)."""
+        other = self.other
+        if other is None or not _splice.take_over(self.transport.reactor, self, other):
+            self.budget = _splice.RETRY_AFTER
 
     def readConnectionLost(self) -> None:
         """FIN from this side: pass it on, keep the other direction open."""
@@ -468,6 +480,9 @@ class _Front(_Leg):
         back.direct = _direct(client)
         self.sink = server
         self.direct = _direct(server)
+        self.budget = back.budget = _splice.budget(
+            self.target.reactor, client, server, self.target.splice_after
+        )
         # Plain socket sinks get their producer registered on the first write
         # that has to buffer (see dataReceived); other transports right away.
         _no_delay(client)
@@ -506,6 +521,8 @@ class ProxyTarget:
     """
 
     kind = "proxy"
+    splice_after: int | None = _splice.SPLICE_AFTER
+    """Bytes copied in Python before splice(2) takes over a plain pair; None: never."""
 
     def __init__(
         self,
