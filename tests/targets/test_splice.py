@@ -13,7 +13,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -72,7 +72,7 @@ def receive_all(skt: socket.socket, pause: float = 0.0, stop_at: int | None = No
 class RecordingPair(_splice.SplicedPair):
     """A SplicedPair that lists itself, so a test can tell the kernel did the copying."""
 
-    made: list[RecordingPair] = []
+    made: ClassVar[list[RecordingPair]] = []
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
