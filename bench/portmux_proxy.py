@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--default", help="HOST:PORT for connections that match nothing")
     parser.add_argument("--proxy-header", choices=("v1", "v2"), help="send a PROXY header")
     parser.add_argument("--quiet", action="store_true", help="no log output")
+    parser.add_argument("--no-splice", action="store_true", help="copy every byte in Python")
     args = parser.parse_args(argv)
 
     from twisted.internet import epollreactor
@@ -44,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])  # type: ignore[list-item]
     mux = Multiplexer(reactor)
     host, port = _host_port(args.http)
-    mux.add_route(
-        ProxyTarget(reactor, [f"tcp:{host}:{port}"], proxy_header=args.proxy_header), name="http",
-        protocol="http",
-    )
+    target = ProxyTarget(reactor, [f"tcp:{host}:{port}"], proxy_header=args.proxy_header)
+    if args.no_splice:
+        target.splice_after = None
+    mux.add_route(target, name="http", protocol="http")
     if args.default:
         host, port = _host_port(args.default)
         mux.add_route(ProxyTarget(reactor, [f"tcp:{host}:{port}"]), name="default", default=True)

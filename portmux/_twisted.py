@@ -39,6 +39,8 @@ __all__ = [
     "send_now",
     "shut_write_now",
     "splice_ready",
+    "take_unsent",
+    "unsent_size",
     "stream_connection",
     "tcp_endpoint_parts",
     "unix_endpoint_path",
@@ -302,12 +304,39 @@ def _idle(sink: Any) -> bool:
 def splice_ready(transport: Any) -> bool:
     """True when a ``plain_socket`` transport may have its socket copied by the kernel now.
 
-    It must be connected, not closing or half-closed, with nothing buffered (so
-    no byte already handed to Twisted could be overtaken).  Fallback: never (the
-    proxy keeps copying through the public transport API).
+    It must be connected and neither closing nor half-closed; what it still
+    buffers is taken with ``take_unsent``.  Fallback: never (the proxy keeps
+    copying through the public transport API).
     """
-    return bool(FAST_PATHS and plain_socket(transport) and _idle(transport)
-                and not transport._writeDisconnected)
+    return bool(
+        FAST_PATHS
+        and plain_socket(transport)
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnecting
+        and not transport._writeDisconnected
+    )
+
+
+def unsent_size(transport: Any) -> int:
+    """Bytes a ``splice_ready`` transport buffers but has not sent."""
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+def take_unsent(transport: Any) -> bytes:
+    """Empty a ``splice_ready`` transport's write buffer and return what it held, in order.
+
+    The caller sends those bytes ahead of anything newer (the splice pipe).
+    """
+    data = bytes(memoryview(transport.dataBuffer)[transport.offset:])
+    if transport._tempDataBuffer:
+        data += b"".join(transport._tempDataBuffer)
+    transport.dataBuffer = b""
+    transport.offset = 0
+    transport._tempDataBuffer = []
+    transport._tempDataLen = 0
+    transport.stopWriting()
+    return data
 
 
 def send_now(sink: Any, data: bytes) -> bytes:

@@ -27,7 +27,8 @@ class PortmuxService(MultiService):
     """
 
     def __init__(self, reactor: Any, load: Callable[[], Any], listen: list[str] | None = None,
-                 control: str | None = None) -> None:
+                 control: str | None = None, processes: int | None = None,
+                 config_path: str | None = None, adopt: list[Any] | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.reactor = reactor
         self._load = load
@@ -37,17 +38,32 @@ class PortmuxService(MultiService):
         self.config = config
         self.mux = Multiplexer(reactor, config.routes, settings=config.sniff)
         if self._listen_override:
-            listeners = [(description, ()) for description in self._listen_override]
+            listeners: list[tuple[Any, Any]] = [(d, ()) for d in self._listen_override]
         else:
             listeners = [
                 (listener.endpoint, _header_networks(listener)) for listener in config.listeners
             ]
+        if adopt is not None:  # a child of a process group: the parent's sockets, same order
+            trusted_lists = [t for _, t in listeners] if len(listeners) == len(adopt) else []
+            listeners = [(e, trusted_lists[i] if trusted_lists else ()) for i, e in enumerate(adopt)]
+        services = []
         for description, trusted in listeners:
             factory = self.mux.listener_factory(tuple(trusted))
             listener_service = ListenerService(reactor, description, self.mux, factory)
             listener_service.setServiceParent(self)  # type: ignore[no-untyped-call]
-        control_config = getattr(config, "control", None)
-        if self._control_override:
+            services.append(listener_service)
+        count = processes if processes is not None else getattr(config, "processes", 1)
+        self.group: Any = None
+        if adopt is None and count > 1:
+            from portmux.daemon.group import ProcessGroup
+
+            if self._control_override or getattr(config, "control", None) is not None:
+                raise StartupError("processes > 1 cannot be combined with a control socket yet")
+            self.group = ProcessGroup(reactor, count, services, config_path,
+                                      plain=bool(self._listen_override))
+            self.group.setServiceParent(self)  # type: ignore[no-untyped-call]
+        control_config = getattr(config, "control", None) if adopt is None else None
+        if self._control_override and adopt is None:
             control_config = _control_with_endpoint(control_config, self._control_override)
         if control_config is not None:
             from portmux.control._server import ControlService
@@ -108,6 +124,8 @@ class PortmuxService(MultiService):
                 except Exception:  # noqa: BLE001
                     log.failure("reloading target {target} failed", target=target)
         log.info("reloaded: {count} routes", count=len(self.mux.router.routes))
+        if self.group is not None:
+            self.group.signal_all(signal.SIGHUP)  # each child re-reads the same file
         return True
 
 
@@ -128,10 +146,12 @@ class ListenerService(Service):
     A bind failure raises at startup so twistd exits with the reason.
     """
 
-    def __init__(self, reactor: Any, description: str, mux: Multiplexer,
+    def __init__(self, reactor: Any, description: Any, mux: Multiplexer,
                  factory: Any = None) -> None:
         self.reactor = reactor
-        self.description = description
+        # An endpoint object (a process group child's inherited socket) or a string to parse.
+        self._endpoint = None if isinstance(description, str) else description
+        self.description = description if isinstance(description, str) else _label(description)
         self.mux = mux
         self.factory = factory if factory is not None else mux
         self.port: Any = None
@@ -142,7 +162,7 @@ class ListenerService(Service):
             return
         outcome: list[Any] = []
         try:
-            endpoint = parse_server_endpoint(self.reactor, self.description)
+            endpoint = self._endpoint or parse_server_endpoint(self.reactor, self.description)
             endpoint.listen(self.factory).addBoth(outcome.append)
         except (EndpointStringError, OSError) as error:
             raise StartupError(f"cannot listen on {self.description}: {error}") from None
@@ -172,6 +192,12 @@ class ListenerService(Service):
             return None
         self.mux.listeners[:] = [x for x in self.mux.listeners if not x.startswith(self.description + " (")]
         return maybeDeferred(port.stopListening)
+
+
+def _label(endpoint: Any) -> str:
+    """A display name for an endpoint object (an inherited socket: its descriptor)."""
+    fileno = getattr(endpoint, "fileno", None)
+    return f"inherited:fd={fileno}" if isinstance(fileno, int) else repr(endpoint)
 
 
 def _header_networks(listener: Any) -> tuple[Any, ...]:

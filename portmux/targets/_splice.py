@@ -7,7 +7,7 @@ are plain TCP sockets (no TLS, no PROXY header still owed, nothing buffered),
 ``os.splice``: socket → pipe → socket, never through Python.  Per socket one
 small descriptor is registered with the reactor: read readiness pumps the way
 out of that socket, write readiness drains the pipe into it.  A way reads its
-source only while its pipe is empty (the pipe is the whole buffer, so a slow
+source only while its pipe has room (the pipe is the whole buffer, so a slow
 reader stops the writer exactly as TCP backpressure does); an EOF is passed on
 as ``shutdown(SHUT_WR)`` once the pipe is empty; when both ways ended, or one
 socket fails, both transports are closed through Twisted so the proxy's legs
@@ -46,6 +46,9 @@ RETRY_AFTER = 64 * 1024
 PIPE_SIZE = 1024 * 1024
 """Requested capacity of each pipe (F_SETPIPE_SZ; the kernel may cap it lower)."""
 
+HIGH_WATER = PIPE_SIZE // 2
+"""A way stops reading its source while its pipe holds this much (it resumes as it drains)."""
+
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 
 
@@ -79,39 +82,54 @@ def take_over(reactor: Any, front: Any, back: Any) -> bool:
     except OSError as e:
         log.info("splice unavailable, copying in Python: {error}", error=e)
         return False
+    if _twisted.unsent_size(server) > up.capacity or _twisted.unsent_size(client) > down.capacity:
+        up.close()
+        down.close()
+        return False
     for transport in (client, server):
         if transport.producer is not None:
             transport.unregisterProducer()
         transport.stopReading()
+    # Bytes Twisted still buffers go first, through the pipe towards their socket.
+    up.queued = _preload(up, server)
+    down.queued = _preload(down, client)
     SplicedPair(reactor, client, server, up, down).start()
     return True
+
+
+def _preload(way: _Way, transport: Any) -> int:
+    """Move what ``transport`` still buffers into the (empty, big enough) pipe towards it."""
+    if not _twisted.unsent_size(transport):
+        return 0
+    return os.write(way.write_fd, _twisted.take_unsent(transport))
 
 
 class _Way:
     """One direction: a pipe, the bytes it holds, and whether its source ended."""
 
-    __slots__ = ("eof", "queued", "read_fd", "shut", "sink", "source", "waiting", "write_fd")
+    __slots__ = ("capacity", "eof", "queued", "read_fd", "shut", "sink", "source", "write_fd")
 
-    def __init__(self, read_fd: int, write_fd: int) -> None:
+    def __init__(self, read_fd: int, write_fd: int, capacity: int = 65536) -> None:
+        self.capacity = capacity
         self.read_fd = read_fd
         self.write_fd = write_fd
         self.queued = 0
         self.eof = False
         self.shut = False
-        self.waiting = False  # the sink is watched for writability
         self.source: _End = None  # type: ignore[assignment]
         self.sink: _End = None  # type: ignore[assignment]
 
     @classmethod
     def make(cls) -> _Way:
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        capacity = 65536
         try:
             import fcntl
 
-            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            capacity = fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         except (OSError, AttributeError, ImportError):
             pass  # the default 64 KiB pipe works too, with more wake-ups
-        return cls(read_fd, write_fd)
+        return cls(read_fd, write_fd, capacity)
 
     def close(self) -> None:
         for fd in (self.read_fd, self.write_fd):
@@ -171,8 +189,11 @@ class SplicedPair:
         self.done = False
 
     def start(self) -> None:
-        self._read(self.client, True)
-        self._read(self.server, True)
+        for way in (self.up, self.down):
+            if way.queued:
+                self.drain(way)
+            else:
+                self._read(way.source, True)
 
     # -- readiness bookkeeping ------------------------------------------------
 
@@ -189,17 +210,16 @@ class SplicedPair:
     # -- moving bytes ---------------------------------------------------------
 
     def pump(self, way: _Way) -> None:
-        """The source is readable: move what it has into the (empty) pipe, then on."""
-        if self.done or way.queued or way.eof:
+        """The source is readable: move what it has into the pipe, then on to the sink."""
+        if self.done or way.eof:
             return
         try:
-            got = os.splice(way.source.fd, way.write_fd, PIPE_SIZE, flags=_FLAGS)
-        except BlockingIOError:
-            return
+            got = os.splice(way.source.fd, way.write_fd, PIPE_SIZE - way.queued, flags=_FLAGS)
         except OSError as e:
-            if e.errno == EAGAIN:
-                return
-            self.finish(failed=way.source)
+            if e.errno != EAGAIN:
+                self.finish(failed=way.source)
+            elif way.queued:  # the pipe is full: wait for the sink to take some
+                self._read(way.source, False)
             return
         if not got:
             way.eof = True
@@ -207,18 +227,17 @@ class SplicedPair:
             if not way.queued:
                 self._shut(way)
             return
-        way.queued = got
+        way.queued += got
         self.drain(way)
 
     def drain(self, way: _Way) -> None:
-        """Move the pipe's bytes into the sink; stop reading the source while any remain."""
+        """Move the pipe's bytes into the sink; the source is read while the pipe has room."""
         if self.done:
             return
-        while way.queued:
+        queued = way.queued
+        while queued:
             try:
-                sent = os.splice(way.read_fd, way.sink.fd, way.queued, flags=_FLAGS)
-            except BlockingIOError:
-                break
+                sent = os.splice(way.read_fd, way.sink.fd, queued, flags=_FLAGS)
             except OSError as e:
                 if e.errno == EAGAIN:
                     break
@@ -226,17 +245,14 @@ class SplicedPair:
                 return
             if not sent:
                 break
-            way.queued -= sent
+            queued -= sent
             self.moved += sent
-        if way.queued:
-            if not way.waiting:
-                way.waiting = True
-                self._read(way.source, False)
-                self._write(way.sink, True)
+        way.queued = queued
+        if queued:
+            self._write(way.sink, True)
+            self._read(way.source, queued < HIGH_WATER and not way.eof)
             return
-        if way.waiting:
-            way.waiting = False
-            self._write(way.sink, False)
+        self._write(way.sink, False)
         if way.eof:
             self._shut(way)
         else:

@@ -213,15 +213,15 @@ class _Leg:
     def dataReceived(self, data: bytes) -> None:
         sink = self.sink  # after the other side is lost, its dead transport drops writes
         if self.direct:
-            size = len(data)
+            budget = self.budget = self.budget - len(data)
             data = _send_now(sink, data)
-            if not data:
-                self.budget -= size
-                if self.budget < 0:
-                    self._splice()
-                return
-            if sink.producer is None:  # backpressure can only start now that we buffer
-                sink.registerProducer(self.transport, True)
+            if data:
+                if sink.producer is None:  # backpressure can only start now that we buffer
+                    sink.registerProducer(self.transport, True)
+                sink.write(data)
+            if budget < 0:
+                self._splice()
+            return
         sink.write(data)
 
     def _splice(self) -> None:

@@ -38,6 +38,7 @@ class Config:
     routes: tuple[Route, ...]
     control: ControlConfig | None = None
     reservations: tuple[Reservation, ...] = ()
+    processes: int = 1
     filename: str = "<config>"
     warnings: tuple[ConfigProblem, ...] = ()
 
@@ -53,6 +54,13 @@ def _build(data: dict[str, Any], document: Document, filename: str) -> Config:
     routes = tuple(document.build_routes(_valid(values["route"], ())))
     if not data.get("route"):
         document.warn("route", "no routes: every connection will be refused")
+    processes = _valid(values["processes"], 1)
+    if processes > 1 and data.get("control") is not None:
+        document.problem(
+            "processes",
+            "cannot be combined with [control] yet: routes registered at run time would reach "
+            "the first process only",
+        )
     report = document.report
     report.in_line_order()
     return Config(
@@ -63,6 +71,7 @@ def _build(data: dict[str, Any], document: Document, filename: str) -> Config:
         reservations=tuple(
             Reservation(table.match, table.uids) for table in _valid(values["reservation"], ())
         ),
+        processes=processes,
         filename=filename,
         warnings=tuple(report.warnings),
     )

@@ -142,3 +142,7 @@ class ConfigFile:
     reservation: tuple[ReservationTable, ...] = setting(
         _tables("reservation", ReservationTable), "who may register which routes", default=()
     )
+    processes: int = setting(
+        Whole(), "processes serving the listeners (this one plus processes - 1 children)",
+        default=1, check=positive,
+    )

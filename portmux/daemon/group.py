@@ -1,0 +1,218 @@
+# -*- test-case-name: tests.daemon.test_group -*-
+"""``processes = N``: the parent serves and keeps N - 1 children serving the same listening sockets.
+
+The children inherit the parent's listening sockets (one shared socket per
+listener; the kernel hands each new connection to whichever process accepts
+it first) and run the same config with no control socket.  The parent passes
+SIGHUP on (each child reloads the same file), stops them on a graceful stop,
+and replaces a child that dies, with a delay that grows while children keep
+dying young.  Run as ``python -m portmux.daemon.group`` it is the child side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+log = Logger(namespace="portmux")
+_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\S+ ")
+"""The timestamp a child's log line starts with (the parent's log adds its own)."""
+
+FIRST_FD = 3
+"""The children's listening sockets are inherited from descriptor 3 up, in listener order."""
+RESPAWN_DELAY = 0.2
+MAX_RESPAWN_DELAY = 30.0
+STOP_GRACE = 10.0
+"""Seconds children get to finish after SIGTERM before SIGKILL."""
+
+
+class _Child(ProcessProtocol):
+    """One child process, as the parent sees it."""
+
+    def __init__(self, group: ProcessGroup, slot: int) -> None:
+        self.group = group
+        self.slot = slot
+        self.ended: Deferred[None] = Deferred()
+        self.started = group.reactor.seconds()
+        self.partial = b""
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """Relay the child's log lines into the parent's log, one event per line."""
+        self.partial += data
+        *lines, self.partial = self.partial.split(b"\n")
+        for line in lines:
+            text = _STAMP.sub("", line.decode("utf-8", "replace")).rstrip()
+            if text:
+                log.info("[process {slot}] {line}", slot=self.slot + 1, line=text)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+        self.group.child_ended(self, reason)
+
+
+class ProcessGroup(Service):
+    """Keeps ``count - 1`` children serving ``listeners``' sockets (ListenerService objects)."""
+
+    def __init__(self, reactor: Any, count: int, listeners: Sequence[Any], config_path: str | None,
+                 plain: bool = False) -> None:
+        self.reactor = reactor
+        self.count = count
+        self.listeners = list(listeners)
+        self.config_path = config_path
+        self.plain = plain  # listeners from --listen: no PROXY-header trust
+        self.children: dict[int, Any] = {}  # slot → IProcessTransport
+        self.protocols: dict[int, _Child] = {}
+        self.delay = RESPAWN_DELAY
+        self.stopping = False
+
+    def pids(self) -> list[int]:
+        """Process ids of the running children."""
+        return [t.pid for t in self.children.values() if t.pid is not None]
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self.stopping = False
+        for slot in range(1, self.count):
+            self._spawn(slot)
+
+    def _sockets(self) -> list[tuple[int, int]]:
+        """(descriptor, address family) of every listening socket, in listener order."""
+        found = []
+        for listener in self.listeners:
+            port = listener.port
+            found.append((port.fileno(), getattr(port, "addressFamily", socket.AF_INET)))
+        return found
+
+    def _spawn(self, slot: int) -> None:
+        sockets = self._sockets()
+        args = [sys.executable, "-m", "portmux.daemon.group", "--parent", str(os.getpid())]
+        if self.config_path is not None:
+            args += ["--config", self.config_path]
+        if self.plain:
+            args.append("--plain")
+        for number, (_, family) in enumerate(sockets):
+            args += ["--socket", f"{FIRST_FD + number}:{int(family)}"]
+        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}  # their logs come back to us
+        for number, (fd, _) in enumerate(sockets):
+            child_fds[FIRST_FD + number] = fd
+        protocol = _Child(self, slot)
+        self.protocols[slot] = protocol
+        self.children[slot] = self.reactor.spawnProcess(
+            protocol, sys.executable, args, env=dict(os.environ), childFDs=child_fds
+        )
+        log.info("process {slot} of {count} started (pid {pid})", slot=slot + 1, count=self.count,
+                 pid=self.children[slot].pid)
+
+    def child_ended(self, child: _Child, reason: Failure) -> None:
+        """A child exited: replace it unless the group is stopping."""
+        self.children.pop(child.slot, None)
+        self.protocols.pop(child.slot, None)
+        if self.stopping or not self.running:
+            return
+        lived = self.reactor.seconds() - child.started
+        self.delay = RESPAWN_DELAY if lived > 10 else min(self.delay * 2, MAX_RESPAWN_DELAY)
+        log.warn(  # noqa: G010  # twisted.logger.Logger has no .warning
+            "process {slot} exited ({why}); replacing it in {delay:.1f} s",
+            slot=child.slot + 1, why=reason.getErrorMessage(), delay=self.delay,
+        )
+        self.reactor.callLater(self.delay, self._respawn, child.slot)
+
+    def _respawn(self, slot: int) -> None:
+        if not self.stopping and self.running and slot not in self.children:
+            self._spawn(slot)
+
+    def signal_all(self, signum: int) -> None:
+        """Send ``signum`` to every child (SIGHUP: reload the config)."""
+        for transport in list(self.children.values()):
+            try:
+                transport.signalProcess(signum)
+            except Exception:  # noqa: BLE001  # already gone: processEnded follows
+                pass
+
+    def stopService(self) -> Any:
+        """SIGTERM every child; SIGKILL those still running after STOP_GRACE seconds."""
+        super().stopService()  # type: ignore[no-untyped-call]
+        self.stopping = True
+        waiting = [p.ended for p in self.protocols.values()]
+        if not waiting:
+            return None
+        self.signal_all(signal.SIGTERM)
+        timer = self.reactor.callLater(STOP_GRACE, self.signal_all, signal.SIGKILL)
+
+        def done(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return DeferredList(waiting).addBoth(done)
+
+
+# -- the child side --------------------------------------------------------------
+
+
+def _watch_parent(reactor: Any, parent: int) -> None:
+    """Stop when the parent is gone (we were re-parented), so no orphan keeps serving."""
+    from twisted.internet.task import LoopingCall
+
+    def check() -> None:
+        if os.getppid() != parent:
+            log.info("parent {pid} is gone; stopping", pid=parent)
+            reactor.stop()
+
+    LoopingCall(check).start(1.0, now=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve the inherited listening sockets with the same config until SIGTERM."""
+    parser = argparse.ArgumentParser(description="a portmux child process (started by the parent)")
+    parser.add_argument("--config")
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--socket", action="append", default=[], help="FD:FAMILY")
+    parser.add_argument("--plain", action="store_true", help="the parent's listeners came from --listen")
+    args = parser.parse_args(argv)
+
+    from twisted.internet import epollreactor
+
+    epollreactor.install()
+    from twisted.internet import reactor as _reactor
+    from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from portmux.daemon import config
+    from portmux.daemon.service import PortmuxService
+
+    reactor: Any = _reactor
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])  # type: ignore[list-item]
+    path = args.config
+
+    def load() -> Any:
+        return config.default_config(reactor) if path is None else config.load_config(path, reactor)
+
+    adopted = []
+    for text in args.socket:
+        fd, _, family = text.partition(":")
+        adopted.append(AdoptedStreamServerEndpoint(reactor, int(fd), int(family)))
+    listen = [f"inherited:{n}" for n in range(len(adopted))] if args.plain else None
+    service = PortmuxService(reactor, load, listen=listen, adopt=adopted)
+    service.privilegedStartService()
+    service.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    _watch_parent(reactor, args.parent)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
