@@ -39,11 +39,11 @@ __all__ = [
     "send_now",
     "shut_write_now",
     "splice_ready",
-    "take_unsent",
-    "unsent_size",
     "stream_connection",
+    "take_unsent",
     "tcp_endpoint_parts",
     "unix_endpoint_path",
+    "unsent_size",
 ]
 
 log = Logger(namespace="portmux")

@@ -22,6 +22,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -138,8 +139,8 @@ class ProcessGroup(Service):
         for transport in list(self.children.values()):
             try:
                 transport.signalProcess(signum)
-            except Exception:  # noqa: BLE001  # already gone: processEnded follows
-                pass
+            except ProcessExitedAlready:
+                log.debug("process {pid} already exited", pid=transport.pid)
 
     def stopService(self) -> Any:
         """SIGTERM every child; SIGKILL those still running after STOP_GRACE seconds."""

@@ -74,7 +74,7 @@ def test_two_processes_serve_survive_a_killed_child_and_stop_together(tmp_path: 
             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
-            text = lambda: log.read_text() if log.exists() else ""  # noqa: E731
+            text = lambda: log.read_text() if log.exists() else ""
             first = int(wait_for(lambda: STARTED.search(text())).group(1))  # type: ignore[union-attr]
             wait_for(lambda: CHILD_LISTENING.search(text()))
             for _ in range(20):
