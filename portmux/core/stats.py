@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -24,6 +25,8 @@ class Stats:
         self.refusals: Counter[str] = Counter()
         self.accepted = 0
         self.sniffing = 0
+        self.elsewhere: dict[str, dict[str, object]] = {}
+        """Latest local snapshots of the other processes of a process group, by process label."""
 
     def for_route(self, name: str) -> RouteCounters:
         counters = self.routes.get(name)
@@ -31,11 +34,24 @@ class Stats:
             counters = self.routes[name] = RouteCounters()
         return counters
 
-    def snapshot(self) -> dict[str, object]:
-        """A JSON-ready copy of every counter."""
-        return {
+    def snapshot(self, local: bool = False) -> dict[str, object]:
+        """A JSON-ready copy of every counter: this process's own (``local``) or the group's sum."""
+        mine: dict[str, Any] = {
             "accepted": self.accepted,
             "sniffing": self.sniffing,
             "routes": {name: asdict(c) for name, c in self.routes.items()},
             "refusals": dict(self.refusals),
         }
+        if local or not self.elsewhere:
+            return mine
+        for other in self.elsewhere.values():
+            mine["accepted"] += int(other.get("accepted", 0))  # type: ignore[call-overload]
+            mine["sniffing"] += int(other.get("sniffing", 0))  # type: ignore[call-overload]
+            for name, counters in dict(other.get("routes", {})).items():  # type: ignore[call-overload]
+                total = mine["routes"].setdefault(name, {"connections": 0, "active": 0, "refused": 0})
+                for key in total:
+                    total[key] += int(counters.get(key, 0))
+            for status, count in dict(other.get("refusals", {})).items():  # type: ignore[call-overload]
+                mine["refusals"][status] = mine["refusals"].get(status, 0) + int(count)
+        mine["processes"] = 1 + len(self.elsewhere)
+        return mine

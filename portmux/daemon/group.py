@@ -6,12 +6,12 @@ listener; the kernel hands each new connection to whichever process accepts
 it first) and run the same config with no control socket.  The parent passes
 SIGHUP on (each child reloads the same file), stops them on a graceful stop,
 and replaces a child that dies, with a delay that grows while children keep
-dying young.  Run as ``python -m portmux.daemon.group`` it is the child side.
+dying young.  The child side is portmux.daemon.group_child.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
 import re
 import signal
@@ -48,9 +48,19 @@ class _Child(ProcessProtocol):
         self.ended: Deferred[None] = Deferred()
         self.started = group.reactor.seconds()
         self.partial = b""
+        self.reports = b""
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        """Relay the child's log lines into the parent's log, one event per line."""
+        """fd 1: the child's counters, one JSON line each; fd 2: its log, relayed into ours."""
+        if childFD == 1:
+            self.reports += data
+            *lines, self.reports = self.reports.split(b"\n")
+            if lines:
+                try:
+                    self.group.reported(self.slot, json.loads(lines[-1]))
+                except ValueError:
+                    log.warn("process {slot} sent unreadable counters", slot=self.slot + 1)  # noqa: G010
+            return
         self.partial += data
         *lines, self.partial = self.partial.split(b"\n")
         for line in lines:
@@ -67,8 +77,9 @@ class ProcessGroup(Service):
     """Keeps ``count - 1`` children serving ``listeners``' sockets (ListenerService objects)."""
 
     def __init__(self, reactor: Any, count: int, listeners: Sequence[Any], config_path: str | None,
-                 plain: bool = False) -> None:
+                 plain: bool = False, stats: Any = None) -> None:
         self.reactor = reactor
+        self.stats = stats  # the parent multiplexer's Stats: children's counters are kept there
         self.count = count
         self.listeners = list(listeners)
         self.config_path = config_path
@@ -98,7 +109,7 @@ class ProcessGroup(Service):
 
     def _spawn(self, slot: int) -> None:
         sockets = self._sockets()
-        args = [sys.executable, "-m", "portmux.daemon.group", "--parent", str(os.getpid())]
+        args = [sys.executable, "-m", "portmux.daemon.group_child", "--parent", str(os.getpid())]
         if self.config_path is not None:
             args += ["--config", self.config_path]
         if self.plain:
@@ -116,10 +127,25 @@ class ProcessGroup(Service):
         log.info("process {slot} of {count} started (pid {pid})", slot=slot + 1, count=self.count,
                  pid=self.children[slot].pid)
 
+    def reported(self, slot: int, counters: dict[str, Any]) -> None:
+        """A child's own counters arrived: keep them, and tell every child the others' counters."""
+        if self.stats is None:
+            return
+        self.stats.elsewhere[str(slot + 1)] = counters
+        everyone = dict(self.stats.elsewhere, **{"1": self.stats.snapshot(local=True)})
+        for other, transport in list(self.children.items()):
+            rest = {label: c for label, c in everyone.items() if label != str(other + 1)}
+            try:
+                transport.write(json.dumps(rest).encode() + b"\n")
+            except Exception:  # noqa: BLE001  # a child that just died: processEnded follows
+                log.debug("process {slot} gone while sending counters", slot=other + 1)
+
     def child_ended(self, child: _Child, reason: Failure) -> None:
         """A child exited: replace it unless the group is stopping."""
         self.children.pop(child.slot, None)
         self.protocols.pop(child.slot, None)
+        if self.stats is not None:
+            self.stats.elsewhere.pop(str(child.slot + 1), None)
         if self.stopping or not self.running:
             return
         lived = self.reactor.seconds() - child.started
@@ -158,62 +184,3 @@ class ProcessGroup(Service):
             return result
 
         return DeferredList(waiting).addBoth(done)
-
-
-# -- the child side --------------------------------------------------------------
-
-
-def _watch_parent(reactor: Any, parent: int) -> None:
-    """Stop when the parent is gone (we were re-parented), so no orphan keeps serving."""
-    from twisted.internet.task import LoopingCall
-
-    def check() -> None:
-        if os.getppid() != parent:
-            log.info("parent {pid} is gone; stopping", pid=parent)
-            reactor.stop()
-
-    LoopingCall(check).start(1.0, now=False)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Serve the inherited listening sockets with the same config until SIGTERM."""
-    parser = argparse.ArgumentParser(description="a portmux child process (started by the parent)")
-    parser.add_argument("--config")
-    parser.add_argument("--parent", type=int, required=True)
-    parser.add_argument("--socket", action="append", default=[], help="FD:FAMILY")
-    parser.add_argument("--plain", action="store_true", help="the parent's listeners came from --listen")
-    args = parser.parse_args(argv)
-
-    from twisted.internet import epollreactor
-
-    epollreactor.install()
-    from twisted.internet import reactor as _reactor
-    from twisted.internet.endpoints import AdoptedStreamServerEndpoint
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-
-    from portmux.daemon import config
-    from portmux.daemon.service import PortmuxService
-
-    reactor: Any = _reactor
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])  # type: ignore[list-item]
-    path = args.config
-
-    def load() -> Any:
-        return config.default_config(reactor) if path is None else config.load_config(path, reactor)
-
-    adopted = []
-    for text in args.socket:
-        fd, _, family = text.partition(":")
-        adopted.append(AdoptedStreamServerEndpoint(reactor, int(fd), int(family)))
-    listen = [f"inherited:{n}" for n in range(len(adopted))] if args.plain else None
-    service = PortmuxService(reactor, load, listen=listen, adopt=adopted)
-    service.privilegedStartService()
-    service.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    _watch_parent(reactor, args.parent)
-    reactor.run()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

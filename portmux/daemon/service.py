@@ -60,7 +60,7 @@ class PortmuxService(MultiService):
             if self._control_override or getattr(config, "control", None) is not None:
                 raise StartupError("processes > 1 cannot be combined with a control socket yet")
             self.group = ProcessGroup(reactor, count, services, config_path,
-                                      plain=bool(self._listen_override))
+                                      plain=bool(self._listen_override), stats=self.mux.stats)
             self.group.setServiceParent(self)  # type: ignore[no-untyped-call]
         control_config = getattr(config, "control", None) if adopt is None else None
         if self._control_override and adopt is None:

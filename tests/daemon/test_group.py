@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,6 +67,8 @@ def test_two_processes_serve_survive_a_killed_child_and_stop_together(tmp_path: 
         config.write_text(
             "processes = 2\n"
             f'[[listen]]\nendpoint = "tcp:{port}:interface=127.0.0.1"\n'
+            '[[route]]\nname = "status"\nmatch = { protocol = "http", path = "/admin" }\n'
+            "status = true\n"
             f'[[route]]\nname = "web"\nmatch = {{ protocol = "http" }}\n'
             f'proxy = ["tcp:127.0.0.1:{backend_port}"]\n'
         )
@@ -90,8 +94,24 @@ def test_two_processes_serve_survive_a_killed_child_and_stop_together(tmp_path: 
             for _ in range(20):
                 assert curl(port) == b"hello from the backend\n"
 
+            # Either process answers for the whole group: counters summed over both.
+            def group_status() -> dict[str, Any]:
+                done = subprocess.run(
+                    ["curl", "-sf", "--max-time", "10", f"http://127.0.0.1:{port}/admin/status.json"],
+                    check=True, capture_output=True, timeout=30,
+                )
+                return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+            time.sleep(1.5)  # a report from the new child
+            for _ in range(6):
+                status = group_status()
+                assert status["processes"] == 2
+                web = next(r for r in status["routes"] if r["name"] == "web")
+                # 30 before the kill may include some the killed child served (gone with it)
+                assert web["counters"]["connections"] >= 20, status
+
             portmux.send_signal(signal.SIGHUP)
-            wait_for(lambda: len(re.findall(r"\] reloaded: 1 routes", text())) == 2)  # parent + child
+            wait_for(lambda: len(re.findall(r"\] reloaded: 2 routes", text())) == 2)  # parent + child
 
             portmux.send_signal(signal.SIGTERM)
             assert portmux.wait(20) in (0, -signal.SIGTERM)  # twistd may exit by the signal it got

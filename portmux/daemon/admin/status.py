@@ -38,6 +38,7 @@ def status_snapshot(mux: Any) -> dict[str, Any]:
             "silence_timeout": mux.settings.silence_timeout,
         },
         "connections": {"accepted": counters["accepted"], "sniffing": counters["sniffing"]},
+        "processes": counters.get("processes", 1),
         "refusals": counters["refusals"],
         "routes": routes,
     }
@@ -70,6 +71,8 @@ class Metrics(Resource):
             f"portmux_accepted_total {snap['connections']['accepted']}",
             "# TYPE portmux_sniffing gauge",
             f"portmux_sniffing {snap['connections']['sniffing']}",
+            "# TYPE portmux_processes gauge",
+            f"portmux_processes {snap['processes']}",
             "# TYPE portmux_route_connections_total counter",
             "# TYPE portmux_route_active gauge",
             "# TYPE portmux_route_refused_total counter",
@@ -124,7 +127,7 @@ class StatusPage(Resource):
 td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}</style></head>
 <body><h1>portmux</h1>
 <h2>Listeners</h2><ul>{listeners}</ul>
-<p>Connections accepted: {snap['connections']['accepted']};
+<p>Processes: {snap['processes']}. Connections accepted: {snap['connections']['accepted']};
 being sniffed now: {snap['connections']['sniffing']}; refusals: {esc(refusals)}.</p>
 <h2>Routes</h2>
 <table><tr><th>name</th><th>match</th><th>target</th><th>source</th>
