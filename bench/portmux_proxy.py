@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         mux.add_route(ProxyTarget(reactor, [f"tcp:{host}:{port}"]), name="default", default=True)
     host, port = _host_port(args.listen)
     reactor.listenTCP(port, mux, backlog=4096, interface=host)
+    from portmux.daemon._gc import freeze_startup_objects
+
+    reactor.callWhenRunning(freeze_startup_objects)
     reactor.run()
     return 0
 

@@ -82,6 +82,9 @@ class PortmuxService(MultiService):
                 target=getattr(route.target, "description", route.kind),
             )
         super().startService()  # type: ignore[no-untyped-call]
+        from portmux.daemon._gc import freeze_startup_objects
+
+        freeze_startup_objects()
         try:
             self._previous_sighup = signal.signal(
                 signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload)

@@ -52,15 +52,12 @@ HIGH_WATER = PIPE_SIZE // 2
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 
 
-def budget(reactor: Any, client: Any, server: Any, splice_after: int | None) -> int:
-    """Bytes to copy in Python before trying ``take_over``; ``NEVER`` for pairs that cannot splice."""
-    if (
-        splice_after is None
-        or not AVAILABLE
-        or not IReactorFDSet.providedBy(reactor)
-        or not _twisted.plain_socket(client)
-        or not _twisted.plain_socket(server)
-    ):
+def budget(reactor: Any, plain: bool, splice_after: int | None) -> int:
+    """Bytes to copy in Python before trying ``take_over``; ``NEVER`` for pairs that cannot splice.
+
+    ``plain``: both transports are plain sockets (``_twisted.plain_socket``).
+    """
+    if not plain or splice_after is None or not AVAILABLE or not IReactorFDSet.providedBy(reactor):
         return NEVER
     return splice_after
 

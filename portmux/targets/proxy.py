@@ -481,7 +481,7 @@ class _Front(_Leg):
         self.sink = server
         self.direct = _direct(server)
         self.budget = back.budget = _splice.budget(
-            self.target.reactor, client, server, self.target.splice_after
+            self.target.reactor, self.direct and back.direct, self.target.splice_after
         )
         # Plain socket sinks get their producer registered on the first write
         # that has to buffer (see dataReceived); other transports right away.

@@ -81,8 +81,9 @@ class RecordingPair(_splice.SplicedPair):
 
 class BudgetTests(SynchronousTestCase):
     def test_never_without_a_threshold_or_plain_sockets(self) -> None:
-        self.assertEqual(_splice.budget(reactor, object(), object(), 10), _splice.NEVER)
-        self.assertEqual(_splice.budget(reactor, None, None, None), _splice.NEVER)
+        self.assertEqual(_splice.budget(reactor, False, 10), _splice.NEVER)
+        self.assertEqual(_splice.budget(reactor, True, None), _splice.NEVER)
+        self.assertEqual(_splice.budget(object(), True, 10), _splice.NEVER)  # no file descriptors
 
 
 class SpliceTests(TestCase):
