@@ -73,6 +73,35 @@ class _Child(ProcessProtocol):
         self.group.child_ended(self, reason)
 
 
+def _reuseport_twin(port: Any, family: int) -> socket.socket | None:
+    """A new listening socket on ``port``'s TCP address, both with SO_REUSEPORT; None if not possible."""
+    reuse = getattr(socket, "SO_REUSEPORT", None)
+    if reuse is None or family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        original = socket.socket(fileno=os.dup(port.fileno()))
+        try:
+            original.setsockopt(socket.SOL_SOCKET, reuse, 1)
+            address = original.getsockname()
+            backlog = 4096
+        finally:
+            original.close()  # only our duplicate descriptor
+        twin = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            twin.setsockopt(socket.SOL_SOCKET, reuse, 1)
+            twin.bind(address)
+            twin.listen(backlog)
+        except OSError:
+            twin.close()
+            raise
+    except OSError as e:
+        log.info("SO_REUSEPORT unavailable ({error}): the processes share one socket", error=e)
+        return None
+    twin.set_inheritable(True)
+    return twin
+
+
 class ProcessGroup(Service):
     """Keeps ``count - 1`` children serving ``listeners``' sockets (ListenerService objects)."""
 
@@ -99,12 +128,20 @@ class ProcessGroup(Service):
         for slot in range(1, self.count):
             self._spawn(slot)
 
-    def _sockets(self) -> list[tuple[int, int]]:
-        """(descriptor, address family) of every listening socket, in listener order."""
-        found = []
+    def _sockets(self) -> list[tuple[Any, int]]:
+        """(socket or descriptor, address family) to give one new child, in listener order.
+
+        A TCP listener gets a socket of the child's own, bound to the same address
+        with SO_REUSEPORT (the parent's gets the option too), so the kernel spreads
+        new connections over the processes and wakes only the one it chose.  Other
+        listeners (UNIX, or when that fails) share the parent's socket: every
+        process is woken, the first to accept wins.
+        """
+        found: list[tuple[Any, int]] = []
         for listener in self.listeners:
             port = listener.port
-            found.append((port.fileno(), getattr(port, "addressFamily", socket.AF_INET)))
+            family = getattr(port, "addressFamily", socket.AF_INET)
+            found.append((_reuseport_twin(port, family) or port.fileno(), family))
         return found
 
     def _spawn(self, slot: int) -> None:
@@ -118,12 +155,17 @@ class ProcessGroup(Service):
             args += ["--socket", f"{FIRST_FD + number}:{int(family)}"]
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}  # their logs come back to us
         for number, (fd, _) in enumerate(sockets):
-            child_fds[FIRST_FD + number] = fd
+            child_fds[FIRST_FD + number] = fd if isinstance(fd, int) else fd.fileno()
         protocol = _Child(self, slot)
         self.protocols[slot] = protocol
-        self.children[slot] = self.reactor.spawnProcess(
-            protocol, sys.executable, args, env=dict(os.environ), childFDs=child_fds
-        )
+        try:
+            self.children[slot] = self.reactor.spawnProcess(
+                protocol, sys.executable, args, env=dict(os.environ), childFDs=child_fds
+            )
+        finally:
+            for fd, _ in sockets:
+                if not isinstance(fd, int):
+                    fd.close()  # the child has its copy; it closes with the child
         log.info("process {slot} of {count} started (pid {pid})", slot=slot + 1, count=self.count,
                  pid=self.children[slot].pid)
 

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.targets.test_splice -*-
 """Kernel-side copying for an established plain proxied pair: splice(2) through a pipe per way.
 
-Once the proxy has moved ``splice_after`` bytes on a connection whose two ends
+Once the proxy has moved ``splice_after`` bytes in reads of at least ``BULK_READ``
+bytes on a connection whose two ends
 are plain TCP sockets (no TLS, no PROXY header still owed, nothing buffered),
 ``take_over`` stops both Twisted transports reading and moves the bytes with
 ``os.splice``: socket → pipe → socket, never through Python.  Per socket one
@@ -35,7 +36,12 @@ AVAILABLE: bool = hasattr(os, "splice") and sys.platform.startswith("linux")
 """Whether this Python and kernel have splice(2) (Linux, Python ≥ 3.10)."""
 
 SPLICE_AFTER = 256 * 1024
-"""Bytes a connection moves in Python (either way) before it is handed to the kernel."""
+"""Bytes of bulk reads a connection moves in Python (either way) before it is handed to the kernel."""
+
+BULK_READ = 8192
+"""Only reads at least this big count towards SPLICE_AFTER (as HAProxy's splice-auto waits for
+full buffers): request/response and interactive traffic of small messages never splices,
+where a pipe per direction would cost more than it saves."""
 
 NEVER = sys.maxsize
 """The budget of a pair that never splices."""

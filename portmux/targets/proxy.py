@@ -213,14 +213,16 @@ class _Leg:
     def dataReceived(self, data: bytes) -> None:
         sink = self.sink  # after the other side is lost, its dead transport drops writes
         if self.direct:
-            budget = self.budget = self.budget - len(data)
+            size = len(data)
             data = _send_now(sink, data)
             if data:
                 if sink.producer is None:  # backpressure can only start now that we buffer
                     sink.registerProducer(self.transport, True)
                 sink.write(data)
-            if budget < 0:
-                self._splice()
+            if size >= _splice.BULK_READ:  # only bulk reads count: chatty pairs never splice
+                self.budget -= size
+                if self.budget < 0:
+                    self._splice()
             return
         sink.write(data)
 

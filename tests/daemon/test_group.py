@@ -121,3 +121,30 @@ def test_two_processes_serve_survive_a_killed_child_and_stop_together(tmp_path: 
                 stop_process(portmux)
     finally:
         stop_process(backend)
+
+
+LISTEN = '[[listen]]\nendpoint = "tcp:0:interface=127.0.0.1"\n'
+
+
+def test_processes_is_declared_and_checked() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from portmux.daemon.config import ConfigError, parse_config
+
+    reactor = MemoryReactorClock()
+    assert parse_config(LISTEN, "t.toml", reactor).processes == 1
+    assert parse_config("processes = 3\n" + LISTEN, "t.toml", reactor).processes == 3
+    with pytest.raises(ConfigError, match="processes: must be greater than 0"):
+        parse_config("processes = 0\n" + LISTEN, "t.toml", reactor)
+    with pytest.raises(ConfigError, match="cannot be combined with \\[control\\]"):
+        parse_config('processes = 2\n[control]\nendpoint = "unix:/tmp/x"\n' + LISTEN, "t.toml", reactor)
+
+
+def test_twistd_processes_option() -> None:
+    out = subprocess.run([*TWISTD, "portmux", "--help"], check=False, capture_output=True,
+                         timeout=60).stdout
+    assert b"--processes" in out
+    done = subprocess.run([*TWISTD, "-n", "--pidfile=", "portmux", "--processes", "0"],
+                          check=False, capture_output=True, timeout=60)
+    assert done.returncode != 0
+    assert b"--processes must be at least 1" in done.stderr + done.stdout

@@ -297,3 +297,31 @@ class SpliceTests(TestCase):
         self.assertEqual(rest, 0)
         yield defer.ensureDeferred(self.settled())
         self.assert_spliced(4 << 20)
+
+    @defer.inlineCallbacks
+    def test_chatty_pair_is_never_spliced(self) -> Any:
+        """Small request/response messages, more than splice_after in total, stay in Python."""
+        rounds, size = 600, 512  # 300 KiB each way, well past splice_after = 64 KiB
+
+        def run() -> int:
+            client, server = self.connect()
+            echoed = 0
+            for n in range(rounds):
+                message = bytes([n % 251]) * size
+                client.sendall(message)
+                got = b""
+                while len(got) < size:
+                    got += server.recv(size - len(got))
+                server.sendall(got)
+                back = b""
+                while len(back) < size:
+                    back += client.recv(size - len(back))
+                echoed += back == message
+            client.close()
+            server.close()
+            return echoed
+
+        echoed = yield threads.deferToThread(run)
+        self.assertEqual(echoed, rounds)
+        yield defer.ensureDeferred(self.settled())
+        self.assertEqual(RecordingPair.made, [])
