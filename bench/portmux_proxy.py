@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-splice", action="store_true", help="copy every byte in Python")
     parser.add_argument("--processes", type=int, default=1,
                         help="N > 1: run the daemon (twistd portmux) with processes = N instead")
+    parser.add_argument("--access-log", help="write the access log to this file (- for stdout)")
+    parser.add_argument("--access-log-format", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
     if args.processes > 1:
         return _daemon(args)
@@ -61,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.default:
         host, port = _host_port(args.default)
         mux.add_route(ProxyTarget(reactor, [f"tcp:{host}:{port}"]), name="default", default=True)
+    if args.access_log:
+        from portmux.daemon.accesslog import AccessLog
+
+        access_log = AccessLog(reactor, args.access_log, args.access_log_format)
+        access_log.start()
+        mux.stats.observers.append(access_log)
     host, port = _host_port(args.listen)
     reactor.listenTCP(port, mux, backlog=4096, interface=host)
     from portmux.daemon._gc import freeze_startup_objects

@@ -44,6 +44,7 @@ __all__ = [
     "tcp_endpoint_parts",
     "unix_endpoint_path",
     "unsent_size",
+    "watch_socket_close",
 ]
 
 log = Logger(namespace="portmux")
@@ -320,7 +321,7 @@ def splice_ready(transport: Any) -> bool:
 
 def unsent_size(transport: Any) -> int:
     """Bytes a ``splice_ready`` transport buffers but has not sent."""
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
 
 
 def take_unsent(transport: Any) -> bytes:
@@ -401,6 +402,51 @@ def close_now(transport: Any, read_done: bool) -> bool:
     return False
 
 
+class _SocketWatch:
+    """Stands in for one transport's ``_closeSocket`` and ``readConnectionLost``."""
+
+    __slots__ = ("observer", "transport")
+
+    def __init__(self, transport: Any, observer: Any) -> None:
+        self.transport = transport
+        self.observer = observer
+
+    def read_connection_lost(self, reason: Failure) -> None:
+        transport = self.transport
+        self.observer.socket_eof(transport.socket)
+        type(transport).readConnectionLost(transport, reason)
+
+    def close_socket(self, orderly: bool) -> None:
+        transport = self.transport
+        skt = getattr(transport, "socket", None)
+        if skt is not None:
+            self.observer.socket_closing(skt)
+        # Break the transport -> watch -> transport cycle now, so the connection is
+        # freed by reference counting, not left to the cyclic garbage collector.
+        attributes = vars(transport)
+        del attributes["_closeSocket"]
+        attributes.pop("readConnectionLost", None)
+        self.transport = self.observer = None
+        type(transport)._closeSocket(transport, orderly)
+
+
+def watch_socket_close(transport: Any, observer: Any) -> bool:
+    """Call ``observer.socket_eof(socket)`` when the peer's FIN is read and
+    ``observer.socket_closing(socket)`` just before a plain socket transport closes its
+    socket (accounting reads TCP_INFO there).
+
+    Replaces, on this transport instance only, ``tcp.Connection._closeSocket`` and
+    ``readConnectionLost``: nothing runs per read. Returns False (nothing watched) for
+    other transports or with fast paths off: then connections report no byte counts.
+    """
+    if not FAST_PATHS or not isinstance(transport, tcp.Connection):
+        return False
+    watch = _SocketWatch(transport, observer)
+    transport._closeSocket = watch.close_socket  # type: ignore[method-assign]
+    transport.readConnectionLost = watch.read_connection_lost  # type: ignore[method-assign]
+    return True
+
+
 _TCP_INFO: int = getattr(socket, "TCP_INFO", -1)
 _CLOSE_WAIT = b"\x08" if _TCP_INFO != -1 and sys.platform.startswith("linux") else None
 """First byte of Linux's struct tcp_info once the peer's FIN arrived (TCP_CLOSE_WAIT)."""
@@ -433,8 +479,8 @@ class OutgoingConnection(tcp.Connection):
 
     def _address(self, host: str, port: int) -> IAddress:
         if self._family == socket.AF_INET6:
-            return IPv6Address("TCP", host, port)  # type: ignore[return-value]
-        return IPv4Address("TCP", host, port)  # type: ignore[return-value]
+            return IPv6Address("TCP", host, port)
+        return IPv4Address("TCP", host, port)
 
     def getHost(self) -> IAddress:
         host, port = self.socket.getsockname()[:2]

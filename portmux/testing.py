@@ -140,7 +140,7 @@ class RecordingTarget:
     def stop(self) -> None:
         self.stopped += 1
 
-    def attach(self, connection: Classified) -> RecordingProtocol:
+    def attach(self, connection: Classified) -> RecordingProtocol:  # type: ignore[override]
         self.connections.append(connection)
         if self.accept is not None:
             connection.accept(self.accept)

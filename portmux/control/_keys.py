@@ -35,8 +35,12 @@ def known_protocols() -> frozenset[str]:
         return frozenset(str(probe.name) for probe in all_probes())
 
 
-def parse_match(data: Any, code: str = "BadMatch") -> Match:
-    """Validate a register frame's ``match`` object; raise RegistrationError(code) why not."""
+def parse_match(data: Any, code: str = "BadMatch", protocols: frozenset[str] | None = None) -> Match:
+    """Validate a register frame's ``match`` object; raise RegistrationError(code) why not.
+
+    ``protocols`` is the set ``known_protocols()`` returns; pass it when validating many
+    (finding the probe plugins scans the disk).
+    """
     if not isinstance(data, Mapping):
         raise RegistrationError(code, f"match must be an object with some of {', '.join(REGISTRATION_KEYS)}")
     unknown = sorted(set(data) - set(REGISTRATION_KEYS))
@@ -61,8 +65,10 @@ def parse_match(data: Any, code: str = "BadMatch") -> Match:
     if "path" in values and not values["path"].startswith("/"):
         raise RegistrationError(code, "path must start with '/'")
     protocol = values.get("protocol")
-    if protocol is not None and protocol.lower() not in known_protocols():
-        raise RegistrationError(code, f"unknown protocol {protocol!r}; known: {', '.join(sorted(known_protocols()))}")
+    if protocol is not None:
+        known = known_protocols() if protocols is None else protocols
+        if protocol.lower() not in known:
+            raise RegistrationError(code, f"unknown protocol {protocol!r}; known: {', '.join(sorted(known))}")
     try:
         return Match(**values).canonical()
     except ValueError as error:  # a malformed service name or via base address
@@ -107,12 +113,14 @@ def _legacy_via(via: Any, host_mode: Any) -> str:
     return via
 
 
-def registration_match(message: Mapping[str, Any]) -> tuple[Match, str | None]:
+def registration_match(
+    message: Mapping[str, Any], protocols: frozenset[str] | None = None
+) -> tuple[Match, str | None]:
     """The Match a register/unregister frame names, and a deprecation note for protocol 1."""
     if "match" in message:
-        return parse_match(message["match"]), None
+        return parse_match(message["match"], protocols=protocols), None
     keys = translate_address(message.get("address"))
-    match = parse_match(keys, code="BadAddress")
+    match = parse_match(keys, code="BadAddress", protocols=protocols)
     note = (f"'address' with 'kind' is control protocol 1 and deprecated; "
             f"register with \"match\": {match.to_keys()}")
     return match, note

@@ -18,7 +18,24 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
-from portmux.core.routing import Match, Route
+from portmux.control._capture import captured
+from portmux.core.registered import RegisteredLayer, specificity
+from portmux.core.routing import Match, Route, Router
+from portmux.protocols import tcpmux as naming
+from portmux.protocols.nmf import parse_base_address
+
+__all__ = [
+    "MODES",
+    "Group",
+    "Member",
+    "Owner",
+    "RegistrationError",
+    "Registry",
+    "Reservation",
+    "RouteSink",
+    "route_name",
+    "specificity",
+]
 
 log = Logger(namespace="portmux")
 
@@ -51,26 +68,6 @@ def route_name(mode: str, match: Match) -> str:
     return f"{mode}:{match.describe(',')}"
 
 
-def _pattern_rank(value: str | None) -> tuple[int, int]:
-    """Exact names first, then ``*.suffix`` (longest first), then ``*``, then unset."""
-    if value is None:
-        return (3, 0)
-    if value == "*":
-        return (2, 0)
-    if value.startswith("*"):
-        return (1, -len(value))
-    return (0, 0)
-
-
-def specificity(match: Match) -> tuple[Any, ...]:
-    """Sort key putting the most specific registration first (the Router takes the first).
-
-    Services and Via base addresses need none: the Router's indexes rank those.
-    """
-    return (_pattern_rank(match.sni), _pattern_rank(match.host),
-            -len((match.path or "").rstrip("/")), match.describe())
-
-
 class Owner(Protocol):
     """The control connection a registration belongs to."""
 
@@ -98,6 +95,7 @@ class Group:
     uid: int
     members: list[Member] = field(default_factory=list)
     target: Any = None
+    route: Any = None  # the Route published for this group, made once
     _turn: Any = field(default_factory=itertools.count)
 
     @property
@@ -113,21 +111,43 @@ class Group:
         return members[start:] + members[:start]
 
 
+class RouteSink(Protocol):
+    """Where registered routes go (the Multiplexer): one route added or removed per change."""
+
+    def add_registered_route(self, route: Route) -> None: ...
+
+    def remove_registered_route(self, route: Route) -> None: ...
+
+
 class Registry:
-    """Live registrations; every change republishes the routes through ``publish``."""
+    """Live registrations; each change adds or removes one route in ``publish``.
+
+    ``publish`` is a ``RouteSink`` (O(log n) per change), or a callable given the
+    whole list after each change (simple, O(n): for tests and small embedders).
+    ``max_per_owner`` caps the registrations one control connection may hold.
+    """
 
     def __init__(
         self,
-        publish: Callable[[list[Route]], None],
+        publish: RouteSink | Callable[[list[Route]], None],
         reservations: Iterable[Reservation] = (),
         make_target: Callable[[Group], Any] | None = None,
         make_proxy: Callable[[str], Any] | None = None,
+        max_per_owner: int | None = None,
     ) -> None:
         self._publish = publish
         self.reservations = tuple(reservations)
         self._make_target = make_target
         self._make_proxy = make_proxy
+        self.max_per_owner = max_per_owner
         self.groups: dict[Match, Group] = {}
+        self._layer = RegisteredLayer()
+        self._owned: dict[int, dict[Match, Group]] = {}  # id(owner) -> its groups
+        self._families: dict[tuple[str, ...], dict[int, dict[Match, Group]]] = {}  # family -> uid -> groups
+
+    def owned(self, owner: Owner) -> int:
+        """How many registrations ``owner`` holds."""
+        return len(self._owned.get(id(owner), ()))
 
     def register(self, owner: Owner, match: Match, mode: str, endpoint: str | None = None) -> Group:
         """Add ``owner`` to the group for (match, mode); raise RegistrationError if refused."""
@@ -136,12 +156,19 @@ class Registry:
         if mode == "proxy" and not endpoint:
             raise RegistrationError("BadMode", "proxy mode needs the worker's 'endpoint'")
         text = match.describe(",")
+        granted = False
         for reservation in self.reservations:
             if reservation.refuses(owner.uid, match):
                 raise RegistrationError(
                     "AddressReserved",
                     f"{text} is reserved for uids {sorted(reservation.uids)}; uid {owner.uid} may not register it",
                 )
+            granted = granted or reservation.match.covers(match)
+        if self.max_per_owner is not None and self.owned(owner) >= self.max_per_owner:
+            raise RegistrationError(
+                "TooManyRegistrations",
+                f"this connection already holds {self.max_per_owner} registrations "
+                "([control] max_registrations); open another connection or unregister some")
         group = self.groups.get(match)
         if group is not None:
             if group.uid != owner.uid:
@@ -154,6 +181,8 @@ class Registry:
                 )
             if any(m.owner is owner for m in group.members):
                 raise RegistrationError("AlreadyRegistered", f"{text} is already registered by this connection")
+        elif not granted:
+            self._refuse_capture(owner.uid, match, mode)
         member = Member(owner, endpoint)
         if mode == "proxy" and self._make_proxy is not None:
             member.target = self._make_proxy(endpoint or "")
@@ -163,12 +192,32 @@ class Registry:
         if group is None:
             group = Group(match, mode, owner.uid)
             group.target = self._make_target(group) if self._make_target else None
+            group.route = Route(group.name, match, group.target)
             self.groups[match] = group
+            self._families.setdefault(family(match), {}).setdefault(owner.uid, {})[match] = group
             group.members.append(member)
-            self._republish()
+            self._added(group)
         else:
             group.members.append(member)
+        self._owned.setdefault(id(owner), {})[match] = group
         return group
+
+    def _refuse_capture(self, uid: int, match: Match, mode: str) -> None:
+        """Raise AddressReserved when ``match`` would take another uid's connections."""
+        others = [groups for other, groups in self._families.get(family(match), {}).items() if other != uid]
+        if not others:
+            return
+        new = Route(route_name(mode, match), match, None)
+        before = Router((), self._layer)
+        after = Router((), self._layer.with_route(new))
+        for groups in others:
+            for group in groups.values():
+                if captured(before, after, new, group.route):
+                    raise RegistrationError(
+                        "AddressReserved",
+                        f"{match.describe(',')} would take connections that reach {group.name} "
+                        f"registered by uid {group.uid}; only a [[reservation]] granting uid {uid} "
+                        "this space allows it")
 
     def unregister(self, owner: Owner, match: Match) -> bool:
         """Remove ``owner`` from ``match``'s group; True if it was a member."""
@@ -180,16 +229,18 @@ class Registry:
             return False
         self._drop([m for m in group.members if m.owner is owner])
         group.members = kept
+        owned = self._owned.get(id(owner), {})
+        owned.pop(match, None)
+        if not owned:
+            self._owned.pop(id(owner), None)
         if not kept:
-            del self.groups[match]
-            self._republish()
+            self._forget(group)
         return True
 
     def unregister_all(self, owner: Owner) -> list[Match]:
         """Drop every registration of ``owner`` at once (its connection is gone)."""
         gone: list[Match] = []
-        changed = False
-        for match, group in list(self.groups.items()):
+        for match, group in self._owned.pop(id(owner), {}).items():
             mine = [m for m in group.members if m.owner is owner]
             if not mine:
                 continue
@@ -197,18 +248,24 @@ class Registry:
             gone.append(match)
             group.members = [m for m in group.members if m.owner is not owner]
             if not group.members:
-                del self.groups[match]
-                changed = True
-        if changed:
-            self._republish()
+                self._forget(group)
         return gone
+
+    def _forget(self, group: Group) -> None:
+        del self.groups[group.match]
+        by_uid = self._families[family(group.match)]
+        mine = by_uid[group.uid]
+        del mine[group.match]
+        if not mine:
+            del by_uid[group.uid]
+        self._removed(group)
 
     def _ordered(self) -> list[Group]:
         return sorted(self.groups.values(), key=lambda g: specificity(g.match))
 
     def routes(self) -> list[Route]:
         """One route per group, most specific first."""
-        return [Route(g.name, g.match, g.target) for g in self._ordered()]
+        return [g.route for g in self._ordered()]
 
     def describe(self) -> list[dict[str, Any]]:
         """JSON-ready listing of the groups and their members."""
@@ -235,5 +292,28 @@ class Registry:
                 except Exception:  # noqa: BLE001 - one bad target must not keep others alive
                     log.failure("stopping {target} failed", target=member.target)
 
-    def _republish(self) -> None:
-        self._publish(self.routes())
+    def _added(self, group: Group) -> None:
+        self._layer = self._layer.with_route(group.route)
+        add = getattr(self._publish, "add_registered_route", None)
+        if add is not None:
+            add(group.route)
+        else:
+            self._publish(self.routes())  # type: ignore[operator]
+
+    def _removed(self, group: Group) -> None:
+        self._layer = self._layer.without(group.route.name)
+        remove = getattr(self._publish, "remove_registered_route", None)
+        if remove is not None:
+            remove(group.route)
+        else:
+            self._publish(self.routes())  # type: ignore[operator]
+
+
+def family(match: Match) -> tuple[str, ...]:
+    """Registrations that can compete for connections share a family: a service
+    namespace, a Via scheme, or every other (host/SNI/path) registration."""
+    if match.service is not None:
+        return ("service", naming.parse_pattern(match.service).namespace)
+    if match.via is not None:
+        return ("via", parse_base_address(match.via).scheme)
+    return ("name",)

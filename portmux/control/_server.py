@@ -16,12 +16,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import tcp, unix
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from portmux.control import _framing as pc
-from portmux.control._keys import registration_match
+from portmux.control._keys import known_protocols, registration_match
+from portmux.control._limits import ConnectLimiter, LogThrottle
 from portmux.control._registry import RegistrationError, Registry
 from portmux.targets.handoff import PendingHandoff, WorkerGroupTarget
 
@@ -33,6 +36,30 @@ HEARTBEAT_TIMEOUT = 15.0
 """A worker silent this long is considered gone: its routes are dropped."""
 ACK_TIMEOUT = 10.0
 """A handoff not acknowledged this long is refused to the client."""
+MAX_REGISTRATIONS = 1000
+"""Registrations one control connection may hold ([control] max_registrations)."""
+UNAUTHORIZED_RATE = 2.0
+"""Refused connects answered per second per uid; more are dropped unanswered."""
+UNAUTHORIZED_TOTAL_RATE = 20.0
+"""Refused connects answered per second over all uids."""
+
+
+def _unauthorized_logger(reactor: Any) -> Callable[[str], None]:
+    """One warning per 10 s for refused peers, counting the refusals it held back."""
+    latest = [""]
+
+    def emit(suppressed: int) -> None:
+        more = f" ({suppressed} more refused since the last line)" if suppressed else ""
+        log.warn("control: refused {label}: uid/gid not in [control] allow_uids/allow_gids{more}",  # noqa: G010 (twisted.logger)
+                 label=latest[0], more=more)
+
+    throttle = LogThrottle(emit)
+
+    def refused(label: str) -> None:
+        latest[0] = label
+        throttle(reactor.seconds())
+
+    return refused
 
 PeerCred = tuple[int, int, int]
 
@@ -71,14 +98,18 @@ def unix_path(endpoint: str) -> str:
     return path
 
 
-def prepare_path(path: str, uid: int | None = None) -> None:
-    """Make ``path`` free to bind: refuse one owned by someone else or in use; drop a stale socket."""
+def prepare_path(path: str, uid: int | None = None, owners: Iterable[int | None] = ()) -> None:
+    """Make ``path`` free to bind: refuse one owned by someone else or in use; drop a stale socket.
+
+    ``owners`` are further accounts whose stale socket may be replaced (the --uid
+    account a root-started daemon handed its socket to).
+    """
     uid = os.getuid() if uid is None else uid
     try:
         info = os.lstat(path)
     except FileNotFoundError:
         return
-    if info.st_uid != uid:
+    if info.st_uid != uid and info.st_uid not in owners:
         raise OSError(errno.EEXIST, f"{path} exists and belongs to uid {info.st_uid}, not {uid}; refusing to replace it")
     if not stat.S_ISSOCK(info.st_mode):
         raise OSError(errno.EEXIST, f"{path} exists and is not a socket; refusing to replace it")
@@ -125,7 +156,10 @@ class ControlProtocol(Protocol):
             return
         self.label = f"pid {self.pid} uid {self.uid}"
         if not factory.authorized(self.pid, self.uid, self.gid):
-            log.warn("control: refused {label}: uid/gid not in [control] allow_uids/allow_gids", label=self.label)  # noqa: G010 (twisted.logger)
+            factory.log_unauthorized(self.label)
+            if not factory.unauthorized.admit(self.uid, factory.reactor.seconds()):
+                self.transport.abortConnection()  # over the rate: no answer, no line of its own
+                return
             self.send({
                 "op": "error",
                 "error": "Unauthorized",
@@ -152,6 +186,8 @@ class ControlProtocol(Protocol):
         if self in factory.connections:
             factory.connections.remove(self)
         gone = factory.registry.unregister_all(self)
+        if factory.cluster is not None:
+            factory.cluster.released(factory.registry, self, gone)
         if gone:
             log.info("control: {label} disconnected; dropped {routes}", label=self.label,
                      routes=", ".join(m.describe(",") for m in gone))
@@ -169,19 +205,25 @@ class ControlProtocol(Protocol):
             return
         self._last_heard = self.factory.reactor.seconds()
         try:
-            messages = self.decoder.feed(data)
+            messages, error = self.decoder.feed(data), None
         except pc.FrameError as e:
-            self.send({"op": "error", "error": "BadFrame", "message": str(e)})
-            log.warn("control: {label} sent a bad frame: {error}", label=self.label, error=e)  # noqa: G010 (twisted.logger)
-            self.transport.loseConnection()
-            return
+            messages, error = e.messages, e
         for message in messages:
             if self._gone:
                 return
             self.handle(message)
+        if error is not None and not self._gone:
+            self.send({"op": "error", "error": "BadFrame", "message": str(error)})
+            log.warn("control: {label} sent a bad frame: {error}", label=self.label, error=error)  # noqa: G010 (twisted.logger)
+            self.transport.loseConnection()
 
     def send(self, message: pc.Message) -> None:
-        self.transport.write(pc.encode(message))
+        try:
+            frame = pc.encode(message)
+        except pc.FrameError as e:
+            frame = pc.encode({"op": "error", "id": message.get("id"), "error": "TooLarge",
+                               "message": f"the {message['op']} reply does not fit in a frame: {e}"})
+        self.transport.write(frame)
 
     # -- heartbeat ---------------------------------------------------------
 
@@ -202,26 +244,45 @@ class ControlProtocol(Protocol):
     def handle(self, message: pc.Message) -> None:
         op = message["op"]
         request_id = message.get("id")
+        if request_id is not None and (type(request_id) is not int or request_id < 0):
+            self.send({"op": "error", "error": "BadRequest",
+                       "message": "id must be a non-negative integer (at most 2**53-1)"})
+            return
         handler: Callable[[pc.Message], pc.Message | None] | None = getattr(self, f"op_{op}", None)
         if handler is None:
-            self.send({"op": "error", "id": request_id, "error": "UnknownOp", "message": f"unknown op {op!r}"})
+            self.send({"op": "error", "id": request_id, "error": "UnknownOp",
+                       "message": f"unknown op {_brief(op)}"})
             return
         try:
             reply = handler(message)
         except RegistrationError as e:
-            log.info("control: refused {op} from {label}: {code}: {message}", op=op, label=self.label,
-                     code=e.code, message=e.message)
-            reply = {"op": "error", "error": e.code, "message": e.message}
-        except (KeyError, TypeError, ValueError) as e:
-            reply = {"op": "error", "error": "BadRequest", "message": f"malformed {op}: {e}"}
-        if reply is not None:
+            reply = self._refused(op, e)
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            reply = {"op": "error", "error": "BadRequest", "message": f"malformed {op}: {_brief(e)}"}
+        if isinstance(reply, Deferred):  # answered once the shared registry has (docs/scale-out.md)
+            reply.addErrback(self._refused_later, op)
+            reply.addCallback(self._reply, request_id)
+            return
+        self._reply(reply, request_id)
+
+    def _reply(self, reply: pc.Message | None, request_id: Any) -> None:
+        if reply is not None and not self._gone:
             if request_id is not None:
                 reply["id"] = request_id
             self.send(reply)
 
+    def _refused_later(self, failure: Failure, op: str) -> pc.Message:
+        failure.trap(RegistrationError)
+        return self._refused(op, failure.value)  # type: ignore[arg-type]
+
+    def _refused(self, op: str, e: RegistrationError) -> pc.Message:
+        log.info("control: refused {op} from {label}: {code}: {message}", op=op, label=self.label,
+                 code=e.code, message=e.message)
+        return {"op": "error", "error": e.code, "message": e.message}
+
     def op_hello(self, message: pc.Message) -> pc.Message:
         version = message.get("version")
-        if version not in pc.VERSIONS:
+        if type(version) is not int or version not in pc.VERSIONS:
             raise RegistrationError(
                 "UnsupportedVersion",
                 f"this portmux speaks control protocol versions {', '.join(map(str, pc.VERSIONS))}")
@@ -229,15 +290,38 @@ class ControlProtocol(Protocol):
         return {"op": "hello", "version": version, "versions": list(pc.VERSIONS),
                 "server": "portmux", "pid": os.getpid(),
                 "uid": self.uid, "heartbeat": self.factory.heartbeat,
-                "max_pending": self.factory.max_pending}
+                "max_pending": self.factory.max_pending,
+                "max_registrations": self.factory.registry.max_per_owner}
 
-    def op_register(self, message: pc.Message) -> pc.Message:
-        match, deprecated = registration_match(message)
+    def op_register(self, message: pc.Message) -> pc.Message | Deferred[pc.Message | None]:
+        if self.factory.draining:
+            raise RegistrationError("ShuttingDown", "portmux is shutting down; register with its successor")
+        match, deprecated = registration_match(message, self.factory.protocols())
         mode = message.get("mode", "handoff")
+        if not isinstance(mode, str):
+            raise RegistrationError("BadMode", "mode must be a string: handoff or proxy")
         endpoint = message.get("endpoint")
         if endpoint is not None and not isinstance(endpoint, str):
             raise RegistrationError("BadMode", "endpoint must be a client endpoint string")
-        group = self.factory.registry.register(self, match, mode, endpoint)
+        advertise = message.get("advertise")
+        if advertise is not None and not isinstance(advertise, str):
+            raise RegistrationError("BadAdvertise", "advertise must be a client endpoint string")
+        cluster = self.factory.cluster
+        if cluster is not None:
+            claimed: Deferred[Any] = cluster.register(self.factory.registry, self, match, mode, endpoint, advertise)
+            return claimed.addCallback(lambda group: self._claimed(group, match, deprecated))
+        return self._registered(self.factory.registry.register(self, match, mode, endpoint), match, deprecated)
+
+    def _claimed(self, group: Any, match: Any, deprecated: str | None) -> pc.Message | None:
+        """The cluster-wide claim succeeded; undo it if this worker left meanwhile."""
+        if self._gone:
+            registry = self.factory.registry
+            if registry.unregister(self, match):
+                self.factory.cluster.released(registry, self, [match])
+            return None
+        return self._registered(group, match, deprecated)
+
+    def _registered(self, group: Any, match: Any, deprecated: str | None) -> pc.Message:
         log.info("control: {label} registered {name} ({members} in group)", label=self.label,
                  name=group.name, members=len(group.members))
         reply: pc.Message = {"op": "registered", "route": group.name, "members": len(group.members),
@@ -248,9 +332,11 @@ class ControlProtocol(Protocol):
         return reply
 
     def op_unregister(self, message: pc.Message) -> pc.Message:
-        match, _ = registration_match(message)
+        match, _ = registration_match(message, self.factory.protocols())
         if not self.factory.registry.unregister(self, match):
             raise RegistrationError("NotRegistered", f"{match.describe(',')} is not registered by this connection")
+        if self.factory.cluster is not None:
+            self.factory.cluster.released(self.factory.registry, self, [match])
         return {"op": "unregistered", "match": match.to_keys()}
 
     def op_routes(self, message: pc.Message) -> pc.Message:
@@ -264,7 +350,7 @@ class ControlProtocol(Protocol):
         return None
 
     def op_ack(self, message: pc.Message) -> None:
-        entry = self.pending.pop(int(message["id"]), None)
+        entry = self.pending.pop(_handoff_id(message), None)
         if entry is not None:
             handoff, timer = entry
             if timer.active():
@@ -272,12 +358,12 @@ class ControlProtocol(Protocol):
             handoff.acknowledged()
 
     def op_nack(self, message: pc.Message) -> None:
-        entry = self.pending.pop(int(message["id"]), None)
+        entry = self.pending.pop(_handoff_id(message), None)
         if entry is not None:
             handoff, timer = entry
             if timer.active():
                 timer.cancel()
-            handoff.failed(f"worker declined: {message.get('reason', 'no reason')}", True)
+            handoff.failed(f"worker declined: {_brief(message.get('reason', 'no reason'))}", True)
 
     # -- handoff -----------------------------------------------------------
 
@@ -301,6 +387,20 @@ class ControlProtocol(Protocol):
             entry[0].failed("the worker did not accept the connection in time", False)
 
 
+def _handoff_id(message: pc.Message) -> int:
+    """The ``id`` an ack/nack answers: required, a non-negative integer (handle() checked its type)."""
+    handoff_id = message.get("id")
+    if handoff_id is None:
+        raise ValueError("an ack or nack needs the handoff's integer 'id'")
+    return int(handoff_id)
+
+
+def _brief(value: object, limit: int = 120) -> str:
+    """``repr``-ish text of a peer's value, cut short for error messages and logs."""
+    text = value if isinstance(value, str) else str(value)
+    return repr(text[:limit] + ("…" if len(text) > limit else ""))
+
+
 class ControlFactory(ServerFactory):
     """Builds ControlProtocols sharing one Registry and the multiplexer."""
 
@@ -318,8 +418,14 @@ class ControlFactory(ServerFactory):
         credentials: Callable[[Any], PeerCred] = peer_credentials,
         own_uid: int | None = None,
         make_proxy: Callable[[str], Any] | None = None,
+        max_registrations: int | None = MAX_REGISTRATIONS,
+        unauthorized_rate: float = UNAUTHORIZED_RATE,
+        unauthorized_total_rate: float = UNAUTHORIZED_TOTAL_RATE,
+        cluster: Any = None,
     ) -> None:
         self.reactor = reactor
+        self.cluster = cluster
+        """A portmux.control._cluster.Cluster sharing registrations through etcd, or None."""
         self.mux = mux
         self.allow_uids = frozenset(allow_uids)
         self.allow_gids = frozenset(allow_gids)
@@ -330,14 +436,26 @@ class ControlFactory(ServerFactory):
         self.credentials = credentials
         self.own_uid = os.getuid() if own_uid is None else own_uid
         self.connections: list[ControlProtocol] = []
+        self.draining = False
+        """True once portmux is stopping: new registrations are refused."""
         self._timed_out: list[ControlProtocol] = []
+        self._protocols: frozenset[str] | None = None
+        self.unauthorized = ConnectLimiter(unauthorized_rate, unauthorized_total_rate)
+        self.log_unauthorized = _unauthorized_logger(reactor)
+        sink = mux if hasattr(mux, "add_registered_route") else mux.set_registered_routes
         self.registry = Registry(
-            mux.set_registered_routes, reservations, WorkerGroupTarget,
-            make_proxy or self._make_proxy,
+            sink, reservations, WorkerGroupTarget, make_proxy or self._make_proxy,
+            max_per_owner=max_registrations,
         )
 
     def buildProtocol(self, addr: Any) -> ControlProtocol:
         return ControlProtocol(self)
+
+    def protocols(self) -> frozenset[str]:
+        """The probe names a registration's ``protocol`` may take, found once per factory."""
+        if self._protocols is None:
+            self._protocols = known_protocols()
+        return self._protocols
 
     def authorized(self, pid: int, uid: int, gid: int) -> bool:
         """portmux's own uid and root always; others by allow_uids or (any of their) gids."""
@@ -370,12 +488,38 @@ class ControlFactory(ServerFactory):
         return ProxyTarget(self.reactor, [endpoint])
 
 
-class ControlService(Service):
-    """Listens on the [control] UNIX socket while the service runs."""
+class _ControlPort(unix.Port):
+    """A UNIX listening port that survives not being allowed to remove its socket file.
 
-    def __init__(self, reactor: Any, mux: Any, control_config: Any, reservations: Iterable[Any] = ()) -> None:
+    Bound as root before twistd's --uid/--gid drop, the socket's directory may not be
+    writable by the account that later stops listening; the file is then left for
+    the next start's prepare_path to replace.
+    """
+
+    control_path = ""
+
+    def connectionLost(self, reason: Failure) -> None:
+        try:
+            super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        except PermissionError as error:
+            log.info("control: cannot remove {path} after dropping privileges ({error}); "
+                     "the next start replaces it", path=self.control_path, error=error.strerror)
+            tcp.Port.connectionLost(self, reason)  # the rest of what the unlink cut short
+
+
+class ControlService(Service):
+    """Listens on the [control] UNIX socket while the service runs.
+
+    It binds in privilegedStartService, so with ``twistd --uid/--gid`` the socket is
+    created while still root (its directory, e.g. /run/portmux, may be root's) and
+    handed to ``run_as``; workers of that account may then connect.
+    """
+
+    def __init__(self, reactor: Any, mux: Any, control_config: Any, reservations: Iterable[Any] = (),
+                 run_as: tuple[int | None, int | None] = (None, None), cluster: Any = None) -> None:
         self.reactor = reactor
         self.path = unix_path(str(control_config.endpoint))
+        self.run_as = run_as
         self.factory = ControlFactory(
             reactor,
             mux,
@@ -385,18 +529,41 @@ class ControlService(Service):
             max_pending=int(getattr(control_config, "max_pending", 100) or 100),
             heartbeat=float(getattr(control_config, "heartbeat", HEARTBEAT) or HEARTBEAT),
             heartbeat_timeout=float(getattr(control_config, "heartbeat_timeout", HEARTBEAT_TIMEOUT) or HEARTBEAT_TIMEOUT),
+            own_uid=run_as[0],
+            max_registrations=int(getattr(control_config, "max_registrations", MAX_REGISTRATIONS)),
+            unauthorized_rate=float(getattr(control_config, "unauthorized_rate", UNAUTHORIZED_RATE)),
+            unauthorized_total_rate=float(
+                getattr(control_config, "unauthorized_total_rate", UNAUTHORIZED_TOTAL_RATE)),
+            cluster=cluster,
         )
         self.port: Any = None
 
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+        if self.port is None:
+            self._bind()
+
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        prepare_path(self.path)
+        if self.port is None:  # started without twistd's privileged phase (embedded)
+            self._bind()
+
+    def _bind(self) -> None:
+        uid, gid = self.run_as
+        handing_over = os.getuid() == 0 and uid not in (None, 0)
+        prepare_path(self.path, owners=(uid,) if handing_over else ())
         others = (self.factory.allow_uids - {0, self.factory.own_uid}) or self.factory.allow_gids
         old = os.umask(0o177)
         try:
-            self.port = self.reactor.listenUNIX(self.path, self.factory, backlog=50, mode=0o600)
+            port = _ControlPort(self.path, self.factory, backlog=50, mode=0o600,  # type: ignore[arg-type]  # str paths work
+                                reactor=self.reactor)
+            port.control_path = self.path
+            port.startListening()  # type: ignore[no-untyped-call]
         finally:
             os.umask(old)
+        self.port = port
+        if handing_over:
+            os.chown(self.path, uid, -1 if gid is None else gid)  # type: ignore[arg-type]
         if others:
             # Other accounts need connect permission; SO_PEERCRED does the refusing.
             os.chmod(self.path, 0o666)

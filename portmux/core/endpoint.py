@@ -34,7 +34,7 @@ class RouteEndpoint:
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         route = self.mux.add_route(factory, name=self.name, **self.match)
-        return succeed(RoutePort(self.mux, route))  # type: ignore[arg-type]
+        return succeed(RoutePort(self.mux, route))
 
 
 @implementer(IListeningPort)
@@ -56,5 +56,5 @@ class RoutePort:
     def getHost(self) -> IAddress:
         """The address of the multiplexer's first port, or 0.0.0.0:0 before it listens."""
         for port in self.mux.ports:
-            return port.getHost()  # type: ignore[misc]  # zope: no self
-        return UNBOUND  # type: ignore[return-value]
+            return port.getHost()
+        return UNBOUND

@@ -8,7 +8,7 @@ from typing import Any, cast
 from zope.interface import Attribute, Interface
 
 
-class IProbe(Interface):  # type: ignore[misc]  # zope.interface is untyped
+class IProbe(Interface):
     """Recognises one protocol from a connection's first bytes, without I/O."""
 
     name = Attribute("Lower-case protocol name routes match on, e.g. 'tls'.")
@@ -20,7 +20,7 @@ class IProbe(Interface):  # type: ignore[misc]  # zope.interface is untyped
         """
 
 
-class ITarget(Interface):  # type: ignore[misc]  # zope.interface is untyped
+class ITarget(Interface):
     """Takes a classified connection together with the bytes already read."""
 
     description = Attribute("One-line human description, for logs and status.")
@@ -33,10 +33,10 @@ class ITarget(Interface):  # type: ignore[misc]  # zope.interface is untyped
         IHalfCloseableProtocol).
         """
 
-    def start() -> None:  # type: ignore[misc]  # zope: no self
+    def start() -> None:
         """Called once when the listener starts (e.g. factory.doStart)."""
 
-    def stop() -> object:  # type: ignore[misc]  # zope: no self
+    def stop() -> object:
         """Called once when the listener stops; may return a Deferred."""
 
 

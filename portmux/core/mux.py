@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -22,16 +22,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from portmux.core import refusal
+from portmux.core import accounting, refusal
 from portmux.core.deadlines import DeadlineQueue
 from portmux.core.interfaces import IProbe, as_target
 from portmux.core.preamble import NEED_MORE, NO, Preamble
+from portmux.core.proxied import present_addresses
+from portmux.core.registered import RegisteredLayer
 from portmux.core.routing import Match, Network, Route, Router, _in_networks, peer_ip
 from portmux.core.stats import RouteCounters, Stats
-from portmux.protocols import refusal_bytes, tcpmux
-
-if TYPE_CHECKING:
-    from portmux.protocols.proxyheader import ProxyHeader
+from portmux.core.trace import log_trace
+from portmux.protocols import proxyheader, refusal_bytes, tcpmux
 
 T = TypeVar("T")
 
@@ -48,6 +48,8 @@ class SniffSettings:
     preamble_timeout: float = 10.0
     preamble_max_bytes: int = 16384
     silence_timeout: float = 2.0
+    trace: tuple[Network, ...] = ()
+    """Client networks whose routing decisions are logged at debug level (core/trace.py)."""
 
 
 class Classified:
@@ -86,12 +88,37 @@ class Classified:
     def accept(self, text: str = "") -> None:
         """Send the protocol's positive answer, if it has one (TCPMUX ``+``)."""
         if self.preamble.protocol == "tcpmux":
-            self.transport.write(tcpmux.accept_bytes(text))  # type: ignore[call-arg,misc]  # zope: no self
+            self.transport.write(tcpmux.accept_bytes(text))
 
-    def refuse(self, status: int, reason: str) -> None:
-        """Send the protocol's refusal, log it, count it, and close."""
+    def refuse(self, status: int, reason: str, detail: str = "", why: str | None = None) -> None:
+        """Send the protocol's refusal, log it, count it, and close.
+
+        ``reason`` is what the client is told: short and generic. ``detail`` (backend
+        names, addresses, errors) goes only to the log line. ``why`` is the
+        protocol-neutral reason name (portmux.core.refusal); by default it follows
+        from the status.
+        """
         self.mux.stats.for_route(self.route.name).refused += 1
-        self._sniffer.refuse(self.preamble, status, reason, route=self.route.name)
+        self._sniffer.refuse(self.preamble, status, reason, route=self.route.name,
+                             detail=detail, why=why)
+
+    def dialing(self, backend: str) -> None:
+        """A target started connecting to ``backend`` for this connection (access log, metrics)."""
+        sniffer = self._sniffer
+        sniffer.backend = backend
+        sniffer.dialed_at = self.mux.reactor.seconds()
+
+    def connected(self) -> None:
+        """The backend named by ``dialing`` answered."""
+        sniffer = self._sniffer
+        sniffer.connected_at = now = self.mux.reactor.seconds()
+        if sniffer.backend is not None:
+            self.mux.stats.connected(sniffer.backend, now - sniffer.dialed_at)
+
+    def nest(self, inner: SniffingProtocol) -> None:
+        """``inner`` sniffs what this connection carries (TLS termination): one log line, nested routes."""
+        self._sniffer.inner = inner
+        inner.listener = self._sniffer.listener
 
 
 @implementer(IProtocol)
@@ -119,6 +146,20 @@ class SniffingProtocol(Protocol):
     """What classification found: set on attach and on refusal."""
     outer: Preamble | None = None
     """Facts of an enclosing layer (TLS termination), merged by with_outer before routing."""
+    listener = "-"
+    """The name of the listener that accepted this connection."""
+    inner: SniffingProtocol | None = None
+    """The sniffer of a nested stage (TLS termination), for the route path and the log."""
+    why: str | None = None
+    """The refusal's reason name, once refused."""
+    end_reason: str | None = None
+    """Why portmux itself ended the connection (e.g. ``drain_timeout``), for the log."""
+    started = 0.0
+    sniff_seconds: float | None = None
+    totals: accounting.TcpTotals | None = None
+    backend: str | None = None
+    dialed_at = 0.0
+    connected_at = 0.0
 
     def __init__(self, mux: Multiplexer, peer: IAddress) -> None:
         self.mux = mux
@@ -133,8 +174,13 @@ class SniffingProtocol(Protocol):
 
     def connectionMade(self) -> None:
         mux = self.mux
-        mux.stats.accepted += 1
-        mux.stats.sniffing += 1
+        stats = mux.stats
+        stats.accepted += 1
+        stats.sniffing += 1
+        stats.for_listener(self.listener).accepted += 1
+        self.started = mux.reactor.seconds()
+        mux.connections.add(self)
+        accounting.watch_close(self.transport, self)
         self._sniffing = True
         settings = mux.settings
         delay = settings.preamble_timeout
@@ -148,23 +194,24 @@ class SniffingProtocol(Protocol):
 
     def _header_received(self, data: bytes) -> None:
         """Read a PROXY v1/v2 header from a trusted load balancer, then sniff the rest."""
-        from portmux.protocols.proxyheader import parse_header
-
         self._buffer = self._buffer + data if self._buffer else data
-        header = parse_header(self._buffer)
+        header = proxyheader.parse_header(self._buffer)
         if header is NEED_MORE:
             if len(self._buffer) >= self.mux.settings.preamble_max_bytes:
-                self.refuse(UNKNOWN, refusal.BAD_REQUEST, "PROXY header too long")
+                self.refuse(UNKNOWN, refusal.BAD_REQUEST, "PROXY header too long",
+                            why=refusal.PROXY_HEADER_TOO_LARGE)
             return
         if header is NO:
             self.refuse(UNKNOWN, refusal.BAD_REQUEST,
-                        "trusted peer sent no valid PROXY header")
+                        "trusted peer sent no valid PROXY header", why=refusal.PROXY_HEADER_MISSING)
             return
         del self.dataReceived  # back to the class's sniffing method
-        proxy = cast("ProxyHeader", header)
+        proxy = cast(proxyheader.ProxyHeader, header)
         if proxy.source is not None:
             self.peer = cast(IAddress, proxy.source)
             self._ip = peer_ip(self.peer)
+        present_addresses(self.transport, cast(IAddress, proxy.source),
+                          cast(IAddress, proxy.destination))
         rest = self._buffer[proxy.length:]
         self._buffer = b""
         if rest:
@@ -179,7 +226,7 @@ class SniffingProtocol(Protocol):
         if target is None:
             if not self._buffer:
                 self._stop_sniffing()
-                self.transport.loseConnection()  # type: ignore[union-attr,misc]  # zope: no self
+                self.transport.loseConnection()  # type: ignore[union-attr]  # connected
                 return
             self._classify(final=True)
             target = self._target
@@ -187,14 +234,14 @@ class SniffingProtocol(Protocol):
                 return
         half = IHalfCloseableProtocol(target, None)
         if half is not None:
-            half.readConnectionLost()  # type: ignore[misc]  # zope: no self
+            half.readConnectionLost()
         else:
             self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
         half = IHalfCloseableProtocol(self._target, None)
         if half is not None:
-            half.writeConnectionLost()  # type: ignore[misc]  # zope: no self
+            half.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         target = self._target
@@ -204,16 +251,20 @@ class SniffingProtocol(Protocol):
             target.connectionLost(reason)
         else:
             self._stop_sniffing()
+            self.mux.stats.for_listener(self.listener).closed_sniffing += 1
+        accounting.finish(self)
 
     # -- classification ----------------------------------------------------
 
     def _classify(self, final: bool, timed_out: bool = False) -> None:
         buffer = self._buffer
+        if buffer[:1] in proxyheader.FIRST_BYTES and self._untrusted_header(final or timed_out):
+            return
         undecided = False
         first_match: Preamble | None = None
         keep: list[IProbe] = []
         for probe in self._candidates:
-            verdict = probe.probe(buffer)  # type: ignore[call-arg,misc]  # zope: no self
+            verdict = probe.probe(buffer)
             if verdict is NO:
                 continue
             if verdict is NEED_MORE:
@@ -246,6 +297,20 @@ class SniffingProtocol(Protocol):
                     refusal.TOO_LARGE,
                     f"preamble exceeds {self.mux.settings.preamble_max_bytes} bytes",
                 )
+
+    def _untrusted_header(self, last_chance: bool) -> bool:
+        """Refuse a PROXY header from a peer not trusted to send one (True: handled or waiting).
+
+        Forwarding it would let any client claim any address to the backend.
+        """
+        verdict = proxyheader.signature(self._buffer)
+        if verdict is NO or (verdict is NEED_MORE and last_chance):
+            return False
+        if verdict is True:
+            self.refuse(UNKNOWN, refusal.BAD_REQUEST,
+                        f"PROXY header from untrusted {peer_ip(self.peer) or _describe(self.peer)}",
+                        why=refusal.PROXY_HEADER_UNTRUSTED)
+        return True
 
     @staticmethod
     def _guess(candidates: Sequence[IProbe]) -> Preamble:
@@ -291,16 +356,24 @@ class SniffingProtocol(Protocol):
         if self.outer is not None:
             preamble = with_outer(preamble, self.outer)
         route = self._router.select(preamble, self._ip)
+        if self.mux.settings.trace and _in_networks(self._ip, self.mux.settings.trace):
+            log_trace(self.mux.probes, self._router, self._buffer, self._ip, _describe(self.peer), preamble)
         if route is None:
             status = refusal.NOT_FOUND if preamble.error is None else refusal.BAD_REQUEST
             self.refuse(preamble, status, self._router.refusal_reason(preamble))
             return
+        if preamble.protocol == "tcpmux" and not _serves_tcpmux(route):
+            preamble = _not_tcpmux(preamble)
         self._attach(route, preamble)
 
     def _attach(self, route: Route, preamble: Preamble) -> None:
         self._stop_sniffing()
         self.route, self.preamble = route, preamble
-        counters = self.mux.stats.for_route(route.name)
+        stats = self.mux.stats
+        self.sniff_seconds = seconds = self.mux.reactor.seconds() - self.started
+        stats.sniff_seconds.observe(seconds)
+        stats.for_listener(self.listener).routed[route.name] += 1
+        counters = stats.for_route(route.name)
         counters.connections += 1
         counters.active += 1
         self._counters = counters
@@ -314,7 +387,8 @@ class SniffingProtocol(Protocol):
             target = route.target.attach(connection)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001  # a failing target must not crash the listener
             log.failure("target of route {route} failed to attach", route=route.name)
-            self.refuse(preamble, refusal.BAD_GATEWAY, "internal error", route=route.name)
+            self.refuse(preamble, refusal.BAD_GATEWAY, "internal error", route=route.name,
+                        why=refusal.INTERNAL_ERROR)
             return
         if target is None:
             target = _Closed()
@@ -325,31 +399,52 @@ class SniffingProtocol(Protocol):
             self.writeConnectionLost = target.writeConnectionLost  # type: ignore[method-assign]
 
     def refuse(
-        self, preamble: Preamble, status: int, reason: str, route: str | None = None
+        self, preamble: Preamble, status: int, reason: str, route: str | None = None,
+        detail: str = "", why: str | None = None,
     ) -> None:
-        """Answer ``preamble``'s protocol with a refusal, log one line, and close."""
+        """Answer ``preamble``'s protocol with a refusal, log one line, count it by reason, close.
+
+        The client gets ``reason`` only; the log line adds ``detail``.
+        """
         self._stop_sniffing()
+        self.why = why = why or refusal.reason_name(status, preamble)
         self.preamble = preamble
         if self._target is None:  # refused while sniffing: what else arrives is dropped
             self._target = _Closed()
             self._buffer = b""
             self.dataReceived = self._target.dataReceived  # type: ignore[method-assign]
-        self.mux.stats.refusals[str(status)] += 1
+        self.mux.stats.refused(self.listener, why, route)
         log.info(
-            "refused {peer} protocol={protocol} route={route} status={status}: {reason}",
+            "refused {peer} protocol={protocol} route={route} {why} (status {status}): {reason}",
             peer=_describe(self.peer),
             protocol=preamble.protocol,
             route=route or "-",
+            why=why,
             status=status,
-            reason=reason,
+            reason=f"{reason} ({detail})" if detail else reason,
         )
         transport = self.transport
         if transport is None:
             return
         data = refusal_bytes(preamble, status, reason)
         if data:
-            transport.write(data)  # type: ignore[call-arg,misc]  # zope: no self
-        transport.loseConnection()  # type: ignore[misc]  # zope: no self
+            transport.write(data)
+        transport.loseConnection()
+
+
+def _serves_tcpmux(route: Route) -> bool:
+    """True for a TCPMUX route: one naming a service, or ``protocol = "tcpmux"``."""
+    match = route.match
+    return match.service is not None or match.protocol == "tcpmux"
+
+
+def _not_tcpmux(preamble: Preamble) -> Preamble:
+    """A one-word line no TCPMUX route took (redis ``PING``, memcached ``stats``): raw bytes.
+
+    The line stays in the payload and no ``+`` is sent, so a default route's backend
+    sees exactly what the client wrote.
+    """
+    return preamble.replace(protocol=UNKNOWN.protocol, service=None, consumed=0)
 
 
 def with_outer(preamble: Preamble, outer: Preamble) -> Preamble:
@@ -385,9 +480,10 @@ class _HeaderListener(ServerFactory):
 
     noisy = False
 
-    def __init__(self, mux: Multiplexer, trusted: tuple[Network, ...]) -> None:
+    def __init__(self, mux: Multiplexer, trusted: tuple[Network, ...], name: str = "-") -> None:
         self.mux = mux
         self.trusted = trusted
+        self.name = name
 
     def startFactory(self) -> None:
         self.mux.doStart()  # type: ignore[no-untyped-call]
@@ -396,8 +492,9 @@ class _HeaderListener(ServerFactory):
         self.mux.doStop()  # type: ignore[no-untyped-call]
 
     def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]
-        protocol = SniffingProtocol(self.mux, addr)
+        protocol = self.mux.buildProtocol(addr)
         protocol.header_from = self.trusted
+        protocol.listener = self.name
         return protocol
 
 
@@ -424,7 +521,6 @@ class Multiplexer(ServerFactory):
             probes = all_probes()
         self.reactor = reactor
         self.static_routes: tuple[Route, ...] = tuple(routes)
-        self.registered_routes: tuple[Route, ...] = ()
         self.router = Router(self.static_routes)
         self.listeners: list[str] = []
         self.ports: list[IListeningPort] = []
@@ -432,6 +528,8 @@ class Multiplexer(ServerFactory):
         self.probes: tuple[IProbe, ...] = tuple(probes)
         self.settings = settings
         self.stats = Stats()
+        self.connections: set[SniffingProtocol] = set()
+        """Every open connection (sniffing or attached), for draining on shutdown."""
         self._running = False
         self._started: dict[int, Any] = {}  # id(target) -> target, in start order
         self._shared: dict[str, Any] = {}
@@ -454,11 +552,16 @@ class Multiplexer(ServerFactory):
     def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]
         return SniffingProtocol(self, addr)
 
-    def listener_factory(self, proxy_header_from: tuple[Network, ...] = ()) -> ServerFactory:
-        """The factory to listen with; peers in ``proxy_header_from`` must send a PROXY header."""
-        if not proxy_header_from:
+    def listener_factory(
+        self, proxy_header_from: tuple[Network, ...] = (), name: str | None = None
+    ) -> ServerFactory:
+        """The factory to listen with; peers in ``proxy_header_from`` must send a PROXY header.
+
+        ``name`` labels the listener's connections in counters and the access log.
+        """
+        if not proxy_header_from and name is None:
             return self
-        return _HeaderListener(self, proxy_header_from)
+        return _HeaderListener(self, proxy_header_from, name or "-")
 
     # -- routes ------------------------------------------------------------
 
@@ -497,7 +600,7 @@ class Multiplexer(ServerFactory):
         """
         from portmux.core.endpoint import RouteEndpoint
 
-        return RouteEndpoint(self, name, match)  # type: ignore[return-value]
+        return RouteEndpoint(self, name, match)
 
     def _fresh_name(self, match: dict[str, Any]) -> str:
         """A route name from the match (``http``, ``ssh-2``...), unique in this multiplexer."""
@@ -506,22 +609,43 @@ class Multiplexer(ServerFactory):
              if match.get(key)),
             "default" if match.get("default") else "silent" if match.get("silent") else "route",
         )
-        taken = {route.name for route in self.static_routes + self.registered_routes}
+        taken = {route.name for route in self.static_routes}
         name, n = base, 1
-        while name in taken:
+        while name in taken or name in self.router.registered:
             n += 1
             name = f"{base}-{n}"
         return name
 
+    @property
+    def registered_routes(self) -> tuple[Route, ...]:
+        """The routes registered at run time by workers, most specific first."""
+        return self.router.registered.routes()
+
     def set_static_routes(self, routes: Iterable[Route]) -> None:
         """Replace the configured routes (e.g. on reload), keeping registered ones."""
         self.static_routes = tuple(routes)
-        self.set_router(Router(self.registered_routes + self.static_routes))
+        self.set_router(Router(self.static_routes, self.router.registered))
 
     def set_registered_routes(self, routes: Iterable[Route]) -> None:
-        """Replace the routes registered at run time by workers; they come first."""
-        self.registered_routes = tuple(routes)
-        self.set_router(Router(self.registered_routes + self.static_routes))
+        """Replace every route registered at run time by workers; they come first."""
+        self.set_router(Router(self.static_routes, RegisteredLayer.of(routes)))
+
+    def add_registered_route(self, route: Route) -> None:
+        """Add one worker route in O(log n): no other route is re-indexed."""
+        self.router = self.router.with_registered(self.router.registered.with_route(route))
+        if self._running:
+            self._start_target(route.target)
+
+    def remove_registered_route(self, route: Route) -> None:
+        """Remove one worker route in O(log n); its target stops if no route uses it."""
+        router = self.router
+        self.router = router.with_registered(router.registered.without(route.name))
+        target = route.target
+        if (self._running and not self.router.registered.uses_target(target)
+                and all(r.target is not target for r in self.static_routes)):
+            started = self._started.pop(id(target), None)
+            if started is not None:
+                self._stop_target(started)
 
     def set_router(self, router: Router) -> None:
         """Swap in a new Router, starting new targets and stopping ones no route uses."""
@@ -542,7 +666,7 @@ class Multiplexer(ServerFactory):
             from twisted.internet.endpoints import serverFromString
 
             endpoint = cast(IStreamServerEndpoint, serverFromString(self.reactor, endpoint))
-        listening: Deferred[IListeningPort] = endpoint.listen(self)  # type: ignore[call-arg,misc]  # zope: no self
+        listening: Deferred[IListeningPort] = endpoint.listen(self)
         return listening.addCallback(self._listening)
 
     def _listening(self, port: IListeningPort) -> IListeningPort:

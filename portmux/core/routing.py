@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import copy
+import heapq
 import ipaddress
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from portmux.core.preamble import Preamble
+from portmux.core.registered import RegisteredLayer
 from portmux.protocols import tcpmux as naming
-from portmux.protocols.nmf import ViaIndex, parse_base_address
+from portmux.protocols.nmf import ViaIndex, lookup_via, parse_base_address
 from portmux.protocols.tcpmux import ServiceIndex
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -226,6 +230,17 @@ class Match:
                 return False
         return True
 
+    def explain(self, preamble: Preamble, ip: str = "") -> str | None:
+        """The first key (in MATCH_KEYS order) that rejects ``preamble`` from ``ip``, or None.
+
+        ``silent`` and ``default`` are not checked here: they say when the Router asks.
+        """
+        for key in MATCH_KEYS[:-2]:
+            value = getattr(self, key)
+            if value not in (None, ()) and not Match(**{key: value}).accepts(preamble, ip):
+                return key
+        return None
+
     def accepts_peer(self, ip: str) -> bool:
         """True when the network constraint (if any) admits ``ip``."""
         return not self.network or _in_networks(ip, self.network)
@@ -290,18 +305,25 @@ class Route:
 
 
 class Router:
-    """An immutable, ordered set of routes; replace the whole Router to change it."""
+    """An immutable, ordered set of routes in two layers: registered first, then static.
 
-    def __init__(self, routes: Iterable[Route] = ()) -> None:
-        self.routes: tuple[Route, ...] = tuple(routes)
+    The static layer (config, ``add_route``) is indexed once per Router; the
+    registered layer (workers) is a persistent ``RegisteredLayer``, so
+    ``with_registered`` makes a new Router in O(1) sharing the static indexes.
+    """
+
+    def __init__(self, routes: Iterable[Route] = (), registered: RegisteredLayer | None = None) -> None:
+        self.static_routes: tuple[Route, ...] = tuple(routes)
+        self.registered = RegisteredLayer() if registered is None else registered
+        self._all: tuple[Route, ...] | None = None
         self.silent_route: Route | None = None
         self.default_routes: tuple[Route, ...] = tuple(
-            r for r in self.routes if r.match.default
+            r for r in self.static_routes if r.match.default
         )
         self._ordered = tuple(
-            r for r in self.routes if not (r.match.silent or r.match.default)
+            r for r in self.static_routes if not (r.match.silent or r.match.default)
         )
-        for route in self.routes:
+        for route in self.static_routes:
             if route.match.silent and self.silent_route is None:
                 self.silent_route = route
         # Service names (portmux.protocols.tcpmux): per name in route order, newest first.
@@ -313,6 +335,20 @@ class Router:
             (r.match.via, r) for r in self._ordered if r.match.via
         )
 
+    @property
+    def routes(self) -> tuple[Route, ...]:
+        """Every route in order: registered (most specific first), then static."""
+        if self._all is None:
+            self._all = self.registered.routes() + self.static_routes
+        return self._all
+
+    def with_registered(self, registered: RegisteredLayer) -> Router:
+        """This Router with another registered layer; the static indexes are shared, not rebuilt."""
+        router = copy.copy(self)
+        router.registered = registered
+        router._all = None
+        return router
+
     def select(self, preamble: Preamble, ip: str = "") -> Route | None:
         """The route for ``preamble``: by Via for net.tcp, else the first accepting one.
 
@@ -321,16 +357,22 @@ class Router:
         """
         if preamble.error is not None:
             return None
-        if preamble.via is not None and self._via_index:
-            for route in self._via_index.lookup(preamble.via):
+        registered = self.registered
+        if preamble.via is not None and (self._via_index or registered.has_via):
+            buckets: tuple[Callable[[int, str], Iterable[tuple[Any, Route]]], ...] = (
+                (registered.via_bucket, self._via_index.bucket) if registered else (self._via_index.bucket,))
+            for route in lookup_via(preamble.via, buckets):
                 if route.match.accepts(preamble, ip):
                     return route
         service = preamble.service
-        for route in self._services.candidates(service):
+        candidates: Iterable[Route] = self._services.candidates(service)
+        if registered:
+            candidates = itertools.chain(registered.candidates(preamble), candidates)
+        for route in candidates:
             if route.match.accepts(preamble, ip):
                 if service is None:
                     return route
-                for chosen in self._services.ranked(service, route):
+                for chosen in self._ranked(service, route):
                     if chosen.match.accepts(preamble, ip):
                         return chosen
         for route in self.default_routes:
@@ -338,12 +380,31 @@ class Router:
                 return route
         return None
 
+    def _ranked(self, service: str, route: Route) -> Iterable[Route]:
+        """What to try for an accepting ``route``: its name's versions newest first over
+        both layers (registered first on a tie) for an unversioned request."""
+        if naming.is_versioned(service) or route.match.service is None:
+            return (route,)
+        if not self.registered:
+            return self._services.ranked(service, route)
+        name = naming.parse_pattern(route.match.service)
+        if name.is_pattern:
+            return (route,)
+        versions = heapq.merge(self.registered.newest(name.base), self._services.newest(name.base),
+                               key=lambda entry: entry[0], reverse=True)
+        return (item for _, item in versions)
+
     def refusal_reason(self, preamble: Preamble) -> str:
         """One line saying why ``select`` found no route for ``preamble``."""
         if preamble.error is not None:
             return f"{preamble.protocol} preamble refused: {preamble.error}"
         if preamble.protocol == "tcpmux" and preamble.service is not None:
-            return naming.resolution_failure(preamble.service, self._services.names)
+            names = self._services.names
+            try:
+                names += self.registered.service_names(naming.parse(preamble.service).base)
+            except naming.MalformedName:
+                pass
+            return naming.resolution_failure(preamble.service, names)
         what = preamble.protocol
         detail = preamble.sni or preamble.host or preamble.service or preamble.via
         if detail:
@@ -352,19 +413,22 @@ class Router:
 
     def select_silent(self, ip: str = "") -> Route | None:
         """The route for a connection that has sent nothing, if any admits ``ip``."""
-        for route in self.routes:
+        for route in self.static_routes:
             if route.match.silent and route.match.accepts_peer(ip):
                 return route
         return None
 
     def with_route(self, route: Route) -> Router:
-        """A new Router with ``route`` appended."""
-        return Router(self.routes + (route,))
+        """A new Router with ``route`` appended to the static layer."""
+        return Router(self.static_routes + (route,), self.registered)
 
     def without(self, names: Iterable[str]) -> Router:
-        """A new Router without the routes named in ``names``."""
+        """A new Router without the routes named in ``names`` (in either layer)."""
         drop = set(names)
-        return Router(r for r in self.routes if r.name not in drop)
+        registered = self.registered
+        for name in drop:
+            registered = registered.without(name)
+        return Router((r for r in self.static_routes if r.name not in drop), registered)
 
     def targets(self) -> tuple[object, ...]:
         """Every distinct target, in route order."""

@@ -25,7 +25,8 @@ def parse_server_endpoint(reactor: Any, description: str,
         if description.startswith("systemd:"):
             found = inherited_sockets() if sockets is None else sockets
             return systemd_endpoint(reactor, description, found)
-        return serverFromString(reactor, description)
+        endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
+        return endpoint
     except KeyError as error:
         raise EndpointStringError(str(error.args[0]) if error.args else "not found") from None
     except (ValueError, TypeError, IndexError) as error:

@@ -35,8 +35,8 @@ FIRST_FD = 3
 """The children's listening sockets are inherited from descriptor 3 up, in listener order."""
 RESPAWN_DELAY = 0.2
 MAX_RESPAWN_DELAY = 30.0
-STOP_GRACE = 10.0
-"""Seconds children get to finish after SIGTERM before SIGKILL."""
+STOP_GRACE = 5.0
+"""Seconds past the daemon's grace period children get after SIGTERM before SIGKILL."""
 
 
 class _Child(ProcessProtocol):
@@ -71,6 +71,14 @@ class _Child(ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         self.ended.callback(None)
         self.group.child_ended(self, reason)
+
+
+def _child_environment() -> dict[str, str]:
+    """Our environment minus systemd's: only the parent talks to systemd (sd_notify, sockets)."""
+    env = dict(os.environ)
+    for name in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC"):
+        env.pop(name, None)
+    return env
 
 
 def _reuseport_twin(port: Any, family: int) -> socket.socket | None:
@@ -117,6 +125,7 @@ class ProcessGroup(Service):
         self.protocols: dict[int, _Child] = {}
         self.delay = RESPAWN_DELAY
         self.stopping = False
+        self._stopped: Any = None
 
     def pids(self) -> list[int]:
         """Process ids of the running children."""
@@ -125,6 +134,7 @@ class ProcessGroup(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         self.stopping = False
+        self._stopped = None
         for slot in range(1, self.count):
             self._spawn(slot)
 
@@ -160,7 +170,7 @@ class ProcessGroup(Service):
         self.protocols[slot] = protocol
         try:
             self.children[slot] = self.reactor.spawnProcess(
-                protocol, sys.executable, args, env=dict(os.environ), childFDs=child_fds
+                protocol, sys.executable, args, env=_child_environment(), childFDs=child_fds
             )
         finally:
             for fd, _ in sockets:
@@ -210,19 +220,28 @@ class ProcessGroup(Service):
             except ProcessExitedAlready:
                 log.debug("process {pid} already exited", pid=transport.pid)
 
-    def stopService(self) -> Any:
-        """SIGTERM every child; SIGKILL those still running after STOP_GRACE seconds."""
-        super().stopService()  # type: ignore[no-untyped-call]
+    def stop_children(self, grace: float) -> Any:
+        """SIGTERM every child (each drains for up to ``grace`` s), SIGKILL 5 s after that.
+
+        Returns a Deferred fired once every child has exited (None: there are none).
+        """
         self.stopping = True
         waiting = [p.ended for p in self.protocols.values()]
         if not waiting:
             return None
-        self.signal_all(signal.SIGTERM)
-        timer = self.reactor.callLater(STOP_GRACE, self.signal_all, signal.SIGKILL)
+        if self._stopped is None:
+            self.signal_all(signal.SIGTERM)
+            timer = self.reactor.callLater(grace + STOP_GRACE, self.signal_all, signal.SIGKILL)
 
-        def done(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
-            return result
+            def done(result: Any) -> Any:
+                if timer.active():
+                    timer.cancel()
+                return result
 
-        return DeferredList(waiting).addBoth(done)
+            self._stopped = DeferredList(waiting).addBoth(done)
+        return self._stopped
+
+    def stopService(self) -> Any:
+        """Stop the children (if the daemon did not already): SIGTERM, then SIGKILL."""
+        super().stopService()  # type: ignore[no-untyped-call]
+        return self.stop_children(0.0)

@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from portmux.daemon.service import PortmuxService
 
     reactor: Any = _reactor
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])  # type: ignore[list-item]
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
     path = args.config
 
     def load() -> Any:
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         adopted.append(AdoptedStreamServerEndpoint(reactor, int(fd), int(family)))
     listen = [f"inherited:{n}" for n in range(len(adopted))] if args.plain else None
     service = PortmuxService(reactor, load, listen=listen, adopt=adopted)
-    service.privilegedStartService()
+    service.privilegedStartService()  # type: ignore[no-untyped-call]
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     _watch_parent(reactor, args.parent)

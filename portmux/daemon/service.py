@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -23,12 +24,15 @@ class PortmuxService(MultiService):
     """One Multiplexer shared by every configured listener, plus the control socket.
 
     ``load`` returns a fresh portmux.daemon.config.Config (or raises ConfigError); it is
-    called again on SIGHUP to swap routes and reload certificates.
+    called again on SIGHUP to swap routes, listeners and the access log and to reload
+    certificates. SIGTERM drains (see ``stopService``); SIGUSR1 reopens the access log.
     """
 
     def __init__(self, reactor: Any, load: Callable[[], Any], listen: list[str] | None = None,
-                 control: str | None = None, processes: int | None = None,
-                 config_path: str | None = None, adopt: list[Any] | None = None) -> None:
+                 control: str | None = None,
+                 run_as: tuple[int | None, int | None] = (None, None),
+                 processes: int | None = None, config_path: str | None = None,
+                 adopt: list[Any] | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.reactor = reactor
         self._load = load
@@ -38,7 +42,7 @@ class PortmuxService(MultiService):
         self.config = config
         self.mux = Multiplexer(reactor, config.routes, settings=config.sniff)
         if self._listen_override:
-            listeners: list[tuple[Any, Any]] = [(d, ()) for d in self._listen_override]
+            listeners = [(description, ()) for description in self._listen_override]
         else:
             listeners = [
                 (listener.endpoint, _header_networks(listener)) for listener in config.listeners
@@ -46,32 +50,97 @@ class PortmuxService(MultiService):
         if adopt is not None:  # a child of a process group: the parent's sockets, same order
             trusted_lists = [t for _, t in listeners] if len(listeners) == len(adopt) else []
             listeners = [(e, trusted_lists[i] if trusted_lists else ()) for i, e in enumerate(adopt)]
-        services = []
+        self._adopted = adopt is not None
+        self.listener_services: dict[str, ListenerService] = {}
         for description, trusted in listeners:
-            factory = self.mux.listener_factory(tuple(trusted))
-            listener_service = ListenerService(reactor, description, self.mux, factory)
-            listener_service.setServiceParent(self)  # type: ignore[no-untyped-call]
-            services.append(listener_service)
-        count = processes if processes is not None else getattr(config, "processes", 1)
+            self._add_listener(description, tuple(trusted))
         self.group: Any = None
+        count = processes if processes is not None else getattr(config, "processes", 1)
         if adopt is None and count > 1:
             from portmux.daemon.group import ProcessGroup
 
             if self._control_override or getattr(config, "control", None) is not None:
                 raise StartupError("processes > 1 cannot be combined with a control socket yet")
-            self.group = ProcessGroup(reactor, count, services, config_path,
-                                      plain=bool(self._listen_override), stats=self.mux.stats)
-            self.group.setServiceParent(self)  # type: ignore[no-untyped-call]
+            if getattr(config, "registry", None) is not None:
+                raise StartupError("processes > 1 cannot be combined with [registry] yet")
+            self.group = ProcessGroup(reactor, count, list(self.listener_services.values()),
+                                      config_path, plain=bool(self._listen_override),
+                                      stats=self.mux.stats)
+            self.group.setServiceParent(self)
+        self.access_log: Any = None
+        self.drain: Any = None
+        self.control: Any = None
+        self.started_at = reactor.seconds()
+        extras: list[Callable[[], dict[str, Any]]] = self.mux.shared("status-extras", lambda _: [])
+        extras.append(self.status_extras)
         control_config = getattr(config, "control", None) if adopt is None else None
         if self._control_override and adopt is None:
             control_config = _control_with_endpoint(control_config, self._control_override)
+        self.cluster: Any = None
+        self._stored_routes: Any = None
+        if getattr(config, "registry", None) is not None and adopt is None:
+            from portmux.daemon.cluster import StoredRoutes, build_cluster
+
+            self._stored_routes = StoredRoutes(self.mux, config)
+            self.cluster = build_cluster(reactor, self.mux, config.registry, self._stored_routes)
+            self.cluster.setServiceParent(self)
         if control_config is not None:
             from portmux.control._server import ControlService
 
-            ControlService(  # type: ignore[no-untyped-call]
-                reactor, self.mux, control_config, getattr(config, "reservations", ())
-            ).setServiceParent(self)
-        self._previous_sighup: Any = None
+            self.control = ControlService(
+                reactor, self.mux, control_config, getattr(config, "reservations", ()),
+                run_as=run_as, cluster=self.cluster,
+            )
+            self.control.setServiceParent(self)
+        self._previous_signals: dict[int, Any] = {}
+
+    def _add_listener(self, description: Any, trusted: tuple[Any, ...]) -> ListenerService:
+        label = description if isinstance(description, str) else _label(description)
+        factory = self.mux.listener_factory(trusted, name=label)
+        listener_service = ListenerService(self.reactor, description, self.mux, factory)
+        self.listener_services[label] = listener_service
+        listener_service.setServiceParent(self)  # type: ignore[no-untyped-call]
+        return listener_service
+
+    def _set_access_log(self, config: Any) -> None:
+        """Open the configured access log (or none), replacing the current one."""
+        from portmux.daemon.accesslog import AccessLog
+
+        wanted = getattr(config, "access_log", None)
+        current = self.access_log
+        if current is not None and wanted is not None and (current.path, current.format_name) == (
+            wanted.path, wanted.format
+        ):
+            return
+        if wanted is not None:
+            new = AccessLog(self.reactor, wanted.path, wanted.format)
+            new.start()
+            self.mux.stats.observers.append(new)
+            self.access_log = new
+        else:
+            self.access_log = None
+        if current is not None:
+            self.mux.stats.observers.remove(current)
+            current.stop()
+
+    def status_extras(self) -> dict[str, Any]:
+        """What only the daemon knows, for the status page: uptime, workers, draining."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            running_version = version("portmux")
+        except PackageNotFoundError:
+            running_version = "unknown"
+        extras: dict[str, Any] = {
+            "version": running_version,
+            "started": self.started_at,
+            "uptime": self.reactor.seconds() - self.started_at,
+            "draining": self.drain is not None,
+            "config": getattr(self.config, "filename", None),
+        }
+        if self.control is not None:
+            extras["workers"] = self.control.factory.registry.describe()
+        return extras
 
     def startService(self) -> None:
         for route in self.mux.router.routes:
@@ -81,21 +150,63 @@ class PortmuxService(MultiService):
                 match=route.match.describe(),
                 target=getattr(route.target, "description", route.kind),
             )
+        self._set_access_log(self.config)
         super().startService()  # type: ignore[no-untyped-call]
         from portmux.daemon._gc import freeze_startup_objects
 
         freeze_startup_objects()
+        self._on_signal(signal.SIGHUP, self.reload)
+        self._on_signal(signal.SIGUSR1, self.reopen_logs)
+        from portmux.daemon.notify import sd_notify
+
+        sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=listening on "
+                  + ", ".join(self.listener_services))
+
+    def _on_signal(self, signum: int, handler: Callable[[], Any]) -> None:
+        """Run ``handler`` in the reactor on ``signum``; remember the old disposition once."""
         try:
-            self._previous_sighup = signal.signal(
-                signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload)
-            )
+            previous = signal.signal(signum, lambda *_: self.reactor.callFromThread(handler))
         except ValueError:  # not the main thread (embedded in tests)
-            self._previous_sighup = None
+            return
+        self._previous_signals.setdefault(signum, previous)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen the access log (logrotate)."""
+        if self.access_log is not None:
+            self.access_log.reopen()
 
     def stopService(self) -> Any:
-        if self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
-            self._previous_sighup = None
+        """Stop accepting and registering, let open connections finish (grace period), then stop.
+
+        A second SIGTERM (or SIGINT) during the grace period closes what is left at once.
+        """
+        from portmux.daemon.drain import Drain
+        from portmux.daemon.notify import sd_notify
+
+        sd_notify("STOPPING=1")
+        for listener in list(self.listener_services.values()):
+            listener.stopService()
+        grace = float(getattr(self.config, "grace_period", 30.0))
+        if self.group is not None:
+            self.group.stop_children(grace)  # they drain as we do
+        if self.control is not None:
+            self.control.factory.draining = True
+        self.drain = Drain(self.reactor, self.mux, grace)
+        self._on_signal(signal.SIGTERM, self.drain.now)
+        self._on_signal(signal.SIGINT, self.drain.now)
+        done = self.drain.start()
+        done.addCallback(lambda _: self._stopped())
+        return done
+
+    def _stopped(self) -> Any:
+        for signum, previous in self._previous_signals.items():
+            if previous is not None:
+                signal.signal(signum, previous)
+        self._previous_signals.clear()
+        if self.access_log is not None:
+            self.mux.stats.observers.remove(self.access_log)
+            self.access_log.stop()
+            self.access_log = None
         return super().stopService()  # type: ignore[no-untyped-call]
 
     def reload(self) -> bool:
@@ -110,15 +221,25 @@ class PortmuxService(MultiService):
         except Exception:  # noqa: BLE001  # keep running on any reload failure
             log.failure("reload failed, keeping the running config")
             return False
-        old_listeners = [listener.endpoint for listener in self.config.listeners]
-        new_listeners = [listener.endpoint for listener in config.listeners]
-        if not self._listen_override and old_listeners != new_listeners:
-            log.warn(  # noqa: G010  # twisted.logger.Logger has no .warning
-                "reload: listeners changed in the config; restart portmux to apply them"
-            )
+        from portmux.daemon.notify import sd_notify
+
+        sd_notify("RELOADING=1")
+        if self.group is not None or self._adopted:
+            if [x.endpoint for x in config.listeners] != [x.endpoint for x in self.config.listeners]:
+                log.warn(  # noqa: G010
+                    "reload: listeners changed; a process group applies that on restart only"
+                )
+        elif not self._listen_override:
+            self._apply_listeners(config)
+        if getattr(config, "registry", None) != getattr(self.config, "registry", None):
+            log.warn("reload: [registry] changed in the config; restart portmux to apply it")  # noqa: G010
         self.config = config
+        self._set_access_log(config)
         self.mux.settings = config.sniff
-        self.mux.set_static_routes(config.routes)
+        if self._stored_routes is not None:
+            self._stored_routes.set_config(config)
+        else:
+            self.mux.set_static_routes(config.routes)
         for target in self.mux.router.targets():
             reload_target = getattr(target, "reload", None)
             if reload_target is not None:
@@ -129,7 +250,26 @@ class PortmuxService(MultiService):
         log.info("reloaded: {count} routes", count=len(self.mux.router.routes))
         if self.group is not None:
             self.group.signal_all(signal.SIGHUP)  # each child re-reads the same file
+        sd_notify("READY=1")
         return True
+
+    def _apply_listeners(self, config: Any) -> None:
+        """Stop listeners gone from the config, start new ones; the others are not touched."""
+        wanted = {listener.endpoint: _header_networks(listener) for listener in config.listeners}
+        for description in [d for d in self.listener_services if d not in wanted]:
+            listener = self.listener_services.pop(description)
+            listener.disownServiceParent()  # type: ignore[no-untyped-call]  # stops it
+            log.info("reload: stopped listening on {endpoint}", endpoint=description)
+        for description, trusted in wanted.items():
+            current = self.listener_services.get(description)
+            if current is not None:
+                current.factory.trusted = tuple(trusted)  # type: ignore[union-attr]  # a named listener's factory
+                continue
+            try:
+                self._add_listener(description, tuple(trusted))
+            except StartupError as error:  # e.g. the port is taken: keep the others running
+                self.listener_services.pop(description).disownServiceParent()  # type: ignore[no-untyped-call]
+                log.error("reload: {error}", error=str(error))
 
 
 class StartupError(SystemExit):

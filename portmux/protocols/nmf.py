@@ -19,7 +19,7 @@ the router refuses it with the matching framing Fault record.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
@@ -37,15 +37,18 @@ __all__ = [
     "BaseAddress",
     "Record",
     "ViaIndex",
+    "address_of",
     "decode_size",
     "encode_size",
     "fault_record",
+    "lookup_via",
     "parse_base_address",
     "parse_via",
     "probe_nmf",
     "read_records",
     "refusal_fault",
     "refuse",
+    "rewrite_via",
     "via_matches",
 ]
 
@@ -248,19 +251,29 @@ class ViaIndex(Generic[T]):
     def __bool__(self) -> bool:
         return bool(self._table)
 
+    def bucket(self, rank: int, prefix: str) -> tuple[tuple[BaseAddress, T], ...]:
+        """The (base address, item) pairs filed under ``rank`` and path ``prefix``, in route order."""
+        return self._table.get((rank, prefix), ())
+
     def lookup(self, via: str) -> Iterator[T]:
         """Items whose base address takes ``via``: strong, exact, weak; longest prefix first."""
-        try:
-            parsed = parse_via(via)
-        except ValueError:
-            return
-        prefixes = [parsed.path.rstrip("/")]
-        while prefixes[-1]:
-            prefixes.append(prefixes[-1].rpartition("/")[0])
-        table = self._table
-        for rank in (0, 1, 2):
-            for prefix in prefixes:
-                for base, item in table.get((rank, prefix), ()):
+        return lookup_via(via, (self.bucket,))
+
+
+def lookup_via(via: str, buckets: Sequence[Callable[[int, str], Iterable[tuple[BaseAddress, T]]]]) -> Iterator[T]:
+    """Items whose base address takes ``via`` over several tables (earlier tables win ties):
+    strong, exact, weak; longest path prefix first."""
+    try:
+        parsed = parse_via(via)
+    except ValueError:
+        return
+    prefixes = [parsed.path.rstrip("/")]
+    while prefixes[-1]:
+        prefixes.append(prefixes[-1].rpartition("/")[0])
+    for rank in (0, 1, 2):
+        for prefix in prefixes:
+            for bucket in buckets:
+                for base, item in bucket(rank, prefix):
                     if base.matches(parsed):
                         yield item
 
@@ -367,6 +380,41 @@ def probe_nmf(data: bytes) -> ProbeResult:
 
 
 PROBE = FunctionProbe("nmf", probe_nmf)
+
+
+def rewrite_via(data: bytes, address: str | None) -> bytes:
+    """``data`` with its preamble's Via pointing at ``address`` (``net.tcp://HOST:PORT``).
+
+    The scheme and authority are replaced, the path and query kept, and the Via
+    record's size re-encoded, so a proxied WCF service that checks the Via against
+    its own listening address accepts the connection. Anything that is not a
+    complete, valid net.tcp preamble start (or ``address`` None) comes back unchanged.
+    """
+    if address is None:
+        return data
+    verdict = probe_nmf(data)
+    if not isinstance(verdict, Preamble) or verdict.error is not None or verdict.via is None:
+        return data
+    length, start = decode_size(data, 6)  # type: ignore[misc]  # the probe read it already
+    target = urlsplit(address)
+    via = urlsplit(verdict.via)._replace(scheme=target.scheme or "net.tcp", netloc=target.netloc)
+    body = via.geturl().encode("utf-8")
+    if len(body) > MAX_VIA:
+        return data
+    return data[:5] + bytes([VIA_RECORD]) + encode_size(len(body)) + body + data[start + length :]
+
+
+def address_of(peer: object) -> str | None:
+    """``net.tcp://HOST:PORT`` for a connected backend's address (IPv6 in brackets).
+
+    None for an address without host and port (a UNIX socket).
+    """
+    host = getattr(peer, "host", None)
+    if not host or getattr(peer, "port", None) is None:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    return f"net.tcp://{host}:{peer.port}"  # type: ignore[attr-defined]
 
 
 def refuse(preamble: Preamble, status: int, reason: str) -> bytes:

@@ -199,8 +199,12 @@ class ServiceIndex(Generic[T]):
             for base, members in groups.items()
         }
         self._newest: dict[int, tuple[T, ...]] = {}
-        for members in groups.values():
-            ranked = tuple(rank_newest((name, item) for _, name, item in members))
+        self._versions: dict[str, tuple[tuple[tuple[int, ...], T], ...]] = {}
+        for base, members in groups.items():
+            versions = sorted(((name.version, item) for _, name, item in members),
+                              key=lambda entry: entry[0], reverse=True)
+            self._versions[base] = tuple(versions)
+            ranked = tuple(item for _, item in versions)
             for _, _, item in members:
                 self._newest[id(item)] = ranked
 
@@ -209,6 +213,10 @@ class ServiceIndex(Generic[T]):
         if requested is None:
             return self._general
         return self._candidates.get(base_of(requested), self._general)
+
+    def newest(self, base: str) -> tuple[tuple[tuple[int, ...], T], ...]:
+        """(version, item) for the items serving name ``base``, newest first (route order on ties)."""
+        return self._versions.get(base, ())
 
     def ranked(self, requested: str, item: T) -> tuple[T, ...]:
         """What to try in place of ``item``: its name's versions newest first when

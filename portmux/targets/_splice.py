@@ -160,7 +160,7 @@ class _End:
         self.writing = False
 
     def fileno(self) -> int:
-        return self.fd
+        return int(self.fd)
 
     def logPrefix(self) -> str:
         return "portmux-splice"

@@ -23,19 +23,19 @@ class FactoryTarget:
         self.description = f"factory {type(factory).__module__}.{type(factory).__qualname__}"
 
     def start(self) -> None:
-        self.factory.doStart()  # type: ignore[misc]  # zope interface method, no self
+        self.factory.doStart()
 
     def stop(self) -> None:
-        self.factory.doStop()  # type: ignore[misc]  # zope interface method, no self
+        self.factory.doStop()
 
     def attach(self, connection: Any) -> IProtocol | None:
-        protocol = self.factory.buildProtocol(connection.peer)  # type: ignore[call-arg,misc]  # zope
+        protocol = self.factory.buildProtocol(connection.peer)
         if protocol is None:
             connection.refuse(refusal.UNAVAILABLE, "service declined the connection")
             return None
         connection.accept()
-        protocol.makeConnection(connection.transport)  # type: ignore[call-arg,misc]  # zope
+        protocol.makeConnection(connection.transport)
         payload = connection.payload
         if payload:
-            protocol.dataReceived(payload)  # type: ignore[call-arg,misc]  # zope
+            protocol.dataReceived(payload)
         return protocol

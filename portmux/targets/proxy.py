@@ -31,6 +31,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -38,7 +39,7 @@ from portmux import _twisted
 from portmux._twisted import OutgoingConnection as _Outgoing
 from portmux.core import refusal
 from portmux.core.interfaces import ITarget
-from portmux.protocols import proxyheader
+from portmux.protocols import nmf, proxyheader
 from portmux.targets import _splice
 
 log = Logger(namespace="portmux")
@@ -171,8 +172,16 @@ def _shut_write(sink: Any, direct: bool, leg: _Leg | None) -> None:
     saves the turn and two epoll_ctl calls per direction; ``leg`` (the proxy
     leg reading ``sink``) is told directly, without the transport's adapter
     lookups through whatever protocol the transport reports to.
+
+    A TLS-wrapped ``sink`` (termination's client side, a ``tls:`` backend) half-closes
+    the TLS way: its ``loseConnection`` sends close_notify after what is buffered and
+    keeps reading until the peer's close_notify, then sends the FIN.  (Its
+    ``loseWriteConnection`` would reach the TCP transport beneath and FIN without
+    close_notify.)
     """
-    if not (direct and _twisted.shut_write_now(sink, leg)):
+    if isinstance(sink, TLSMemoryBIOProtocol):
+        sink.loseConnection()
+    elif not (direct and _twisted.shut_write_now(sink, leg)):
         sink.loseWriteConnection()
 
 
@@ -349,6 +358,7 @@ class _Front(_Leg):
         self.attempt += 1
         attempt = self.attempt
         reactor = target.reactor
+        self.connection.dialing(backend.name)
         if backend.address is not None:
             self._dial_socket(backend)
             return
@@ -419,7 +429,7 @@ class _Front(_Leg):
 
     def tried(self) -> list[str]:
         """Names of the backends dialled for this connection so far, in order."""
-        backends = self.target.backends
+        backends = self.target.backends or self.target.all_backends
         return [backends[(self.start + i) % len(backends)].name for i in range(self.attempt)]
 
     def _dial_failed(self, reason: Failure) -> None:
@@ -437,7 +447,8 @@ class _Front(_Leg):
         why = reason.getErrorMessage() if reason is not None else "failed"
         connection.refuse(
             refusal.BAD_GATEWAY,
-            f"backend unreachable: tried {', '.join(self.tried())} (last error: {why})",
+            "backend unreachable",
+            detail=f"tried {', '.join(self.tried())}; last error: {why}",
         )
 
     # -- IProtocolFactory, for reactor.connectTCP and endpoints -----------------
@@ -477,6 +488,7 @@ class _Front(_Leg):
         connection = self.connection
         client = self.transport
         server = back.transport
+        connection.connected()
         connection.accept()
         back.sink = client
         back.direct = _direct(client)
@@ -495,6 +507,8 @@ class _Front(_Leg):
         if not self.direct:
             server.registerProducer(client, True)
         data = connection.payload
+        if self.target.rewrite_via:  # net.tcp: the Via names the backend (docs/config.md)
+            data = nmf.rewrite_via(data, self.target.via_address(server))
         version = self.target.proxy_header
         if version is not None:
             data = proxyheader.header(version, connection.peer, client.getHost()) + data
@@ -517,7 +531,8 @@ class ProxyTarget:
     """Byte-for-byte proxy to backends, round-robin with failover.
 
     ``endpoints`` are client endpoint strings (``tcp:``, ``unix:``, ``tls:``...)
-    or IStreamClientEndpoint objects; ``proxy_header`` is None, "v1" or "v2".
+    or IStreamClientEndpoint objects; ``proxy_header`` is None, "v1" or "v2";
+    ``rewrite_via`` (net.tcp) is True (the backend's address) or a ``net.tcp://HOST:PORT``.
     ``ProxyTarget(["tcp:127.0.0.1:22"])`` takes the reactor of the multiplexer it
     first serves; ``ProxyTarget(reactor, [...])`` names it.
     """
@@ -532,11 +547,12 @@ class ProxyTarget:
         endpoints: Sequence[str | IStreamClientEndpoint] | str | None = None,
         connect_timeout: float = 5.0,
         proxy_header: str | None = None,
+        rewrite_via: bool | str = False,
     ) -> None:
         if endpoints is None and _are_endpoints(reactor):
             reactor, endpoints = None, reactor
         if isinstance(endpoints, str) or IStreamClientEndpoint.providedBy(endpoints):
-            endpoints = [endpoints]  # type: ignore[list-item]
+            endpoints = [endpoints]
         if not endpoints:
             raise ValueError("a proxy target needs at least one backend endpoint")
         if proxy_header is not None and proxy_header not in PROXY_HEADER_VERSIONS:
@@ -544,27 +560,46 @@ class ProxyTarget:
         self.reactor = reactor
         self.endpoints = tuple(endpoints)
         self.backends: tuple[Backend, ...] = ()
+        self.all_backends: tuple[Backend, ...] = ()
         if reactor is not None:
             self.bind(reactor)
         else:
             _check_syntax(self.endpoints)
         self.connect_timeout = connect_timeout
         self.proxy_header = proxy_header
+        self.rewrite_via = rewrite_via
         self.first = 0
         names = ", ".join(s if isinstance(s, str) else _endpoint_name(s) for s in self.endpoints)
         header = f" (PROXY {proxy_header})" if proxy_header else ""
+        if rewrite_via:
+            header += " (Via rewritten)"
         self.description = f"proxy to {names}{header}"
 
     def bind(self, reactor: Any) -> None:
         """Dial with ``reactor`` from now on (parses the endpoint strings with it)."""
         self.reactor = reactor
-        self.backends = tuple(Backend(reactor, spec) for spec in self.endpoints)
+        self.all_backends = tuple(Backend(reactor, spec) for spec in self.endpoints)
+        self.backends = self.all_backends
+        """The backends in rotation: all of them, or the healthy ones when checked."""
+
+    health: Any = None
+    """A portmux.targets._health.HealthChecker keeping ``backends`` to the healthy ones."""
+
+    def via_address(self, backend: Any) -> str | None:
+        """The net.tcp address a rewritten Via names: the configured one, or the backend's."""
+        if isinstance(self.rewrite_via, str):
+            return self.rewrite_via
+        return nmf.address_of(backend.getPeer())
 
     def start(self) -> None:
-        """Nothing to start: backends are dialled per connection."""
+        """Start health checks, if configured; backends are dialled per connection."""
+        if self.health is not None:
+            self.health.start(self)
 
     def stop(self) -> None:
-        """Nothing to stop: open connections finish on their own."""
+        """Stop health checks; open connections finish on their own."""
+        if self.health is not None:
+            self.health.stop()
 
     def attach(self, connection: Any) -> IProtocol:
         """Dial a backend and return the client leg.
@@ -574,6 +609,9 @@ class ProxyTarget:
         """
         if self.reactor is None:
             self.bind(connection.reactor)
+        if not self.backends:  # health checks found every backend down
+            connection.refuse(refusal.UNAVAILABLE, "no backend is up", why=refusal.NO_BACKEND_UP)
+            return None  # type: ignore[return-value]
         front = _Front(self, connection)
         front.start = self.first
         self.first = (self.first + 1) % len(self.backends)

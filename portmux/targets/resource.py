@@ -3,7 +3,8 @@
 
 Every resource route of a multiplexer shares one Site whose root re-matches each
 request's Host and path, so keep-alive requests for different paths reach
-different resources.
+different resources.  An h2c (HTTP/2 prior knowledge) connection is served by the
+same Site over Twisted's HTTP/2 support, as an ALPN-h2 connection after TLS is.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from __future__ import annotations
 import weakref
 from typing import Any, cast
 
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.interfaces import INegotiated, IProtocol
+from twisted.web.http import H2_ENABLED
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import Site
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer, providedBy
 
 from portmux import _twisted
+from portmux.core import refusal
 from portmux.core.interfaces import ITarget
 from portmux.core.routing import normalize_name, peer_ip
 
@@ -38,15 +41,59 @@ class ResourceTarget:
     def stop(self) -> None:
         """Nothing to stop."""
 
+    h2_enabled = H2_ENABLED
+
+    def cannot_serve(self, match: Any) -> str | None:
+        """Why a route with ``match`` could not be served (``portmux check`` reports it)."""
+        if match.protocol == "h2c" and not self.h2_enabled:
+            return (
+                "h2c to an in-process resource needs Twisted's HTTP/2 support: "
+                "install the h2 extra (pip install 'portmux[h2]')"
+            )
+        return None
+
     def attach(self, connection: Any) -> IProtocol | None:
+        transport = connection.transport
+        if _prior_knowledge_h2(connection.preamble, transport):
+            if not self.h2_enabled:
+                connection.refuse(
+                    refusal.UNAVAILABLE, "HTTP/2 needs the h2 extra (pip install portmux[h2])"
+                )
+                return None
+            transport = PriorKnowledgeH2(transport)
         site = connection.mux.shared("portmux.targets.resource.site", dispatching_site)
-        site.resource.remember(connection.transport, connection.preamble)
+        site.resource.remember(transport, connection.preamble)
         channel = site.buildProtocol(connection.peer)
-        channel.makeConnection(connection.transport)
+        channel.makeConnection(transport)
         payload = connection.payload
         if payload:
             channel.dataReceived(payload)
         return channel  # type: ignore[no-any-return]
+
+
+def _prior_knowledge_h2(preamble: Any, transport: Any) -> bool:
+    """An HTTP/2 preface on a connection that did not negotiate h2 by ALPN."""
+    return bool(
+        preamble.protocol == "h2c" and getattr(transport, "negotiatedProtocol", None) != b"h2"
+    )
+
+
+@implementer(INegotiated)
+class PriorKnowledgeH2:
+    """A connection's transport as its HTTP channel sees it: HTTP/2 by prior knowledge.
+
+    twisted.web's channel switches to HTTP/2 when its transport's public
+    ``INegotiated.negotiatedProtocol`` says ``h2``; everything else is the transport's.
+    """
+
+    negotiatedProtocol = b"h2"
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        directlyProvides(self, providedBy(transport), INegotiated)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def _address_key(host: Any, peer: Any) -> tuple[str, str]:
@@ -95,14 +142,14 @@ class _Dispatcher(Resource):
     def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
         preamble = _request_preamble(request, self._preambles, self._by_address)
         ip = peer_ip(request.getClientAddress())
-        for route in self._mux.router.routes:
+        for route in self._mux.router.static_routes:  # registered routes are never resources
             target = route.target
             if isinstance(target, ResourceTarget) and route.match.accepts(preamble, ip):
                 return _descend(route, target.resource, request)
         return notFound(brief="No Such Resource", message="No route serves this host and path.")
 
     def render(self, request: Any) -> bytes:
-        return cast(bytes, notFound().render(request))  # type: ignore[call-arg,misc]  # zope: no self
+        return cast(bytes, notFound().render(request))
 
 
 def _descend(route: Any, resource: IResource, request: Any) -> IResource:
@@ -138,5 +185,5 @@ def dispatching_site(mux: Any) -> Site:
     """The shared Site whose root dispatches per request over ``mux``'s routes."""
     site = Site(_Dispatcher(mux))
     site.displayTracebacks = False
-    site.portmux_mux = mux  # the admin pages find the multiplexer through request.site
+    site.portmux_mux = mux  # type: ignore[attr-defined]  # the admin pages find the multiplexer through request.site
     return site

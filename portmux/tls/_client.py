@@ -243,7 +243,7 @@ class VerifiedTLSEndpoint:
             connecting.cancel()
             waiter = waiter_factory.waiter
             if waiter is not None and waiter.transport is not None:
-                waiter.transport.abortConnection()
+                waiter.transport.abortConnection()  # type: ignore[attr-defined]  # ITCPTransport
 
         done: Deferred[IProtocol] = Deferred(cancel)
         waiter_factory = _WaiterFactory(protocolFactory, done, spec.server_name)
@@ -301,19 +301,20 @@ class _HandshakeWaiter(Protocol):
 
     def handshakeCompleted(self) -> None:
         tls = self.transport
+        assert tls is not None  # a handshake completes on a connected transport
         owner = self.owner
         if owner.done.called:  # timed out meanwhile
-            tls.abortConnection()  # type: ignore[union-attr]
+            tls.abortConnection()  # type: ignore[attr-defined]  # ITCPTransport
             return
-        protocol = owner.wrapped.buildProtocol(self.addr)  # type: ignore[call-arg,misc]  # zope
+        protocol = owner.wrapped.buildProtocol(self.addr)
         if protocol is None:
-            tls.loseConnection()  # type: ignore[union-attr,misc]  # zope: no self
+            tls.loseConnection()
             owner.done.errback(ConnectionRefusedError("factory declined the connection"))
             return
-        tls.wrappedProtocol = protocol  # type: ignore[union-attr]
-        protocol.makeConnection(tls)  # type: ignore[call-arg,misc]  # zope: no self
+        tls.wrappedProtocol = protocol  # type: ignore[attr-defined]  # a TLSMemoryBIOProtocol
+        protocol.makeConnection(tls)
         if self.pending:
-            protocol.dataReceived(self.pending)  # type: ignore[call-arg,misc]  # zope: no self
+            protocol.dataReceived(self.pending)
         owner.done.callback(protocol)
 
     def dataReceived(self, data: bytes) -> None:

@@ -109,6 +109,11 @@ def test_two_processes_serve_survive_a_killed_child_and_stop_together(tmp_path: 
                 web = next(r for r in status["routes"] if r["name"] == "web")
                 # 30 before the kill may include some the killed child served (gone with it)
                 assert web["counters"]["connections"] >= 20, status
+            metrics = subprocess.run(
+                ["curl", "-sf", "--max-time", "10", f"http://127.0.0.1:{port}/admin/metrics"],
+                check=True, capture_output=True, timeout=30,
+            ).stdout
+            assert b"portmux_processes 2.0" in metrics, metrics[:2000]
 
             portmux.send_signal(signal.SIGHUP)
             wait_for(lambda: len(re.findall(r"\] reloaded: 2 routes", text())) == 2)  # parent + child

@@ -17,8 +17,15 @@ from portmux.core.routing import Route
 from portmux.daemon.config._document import Document
 from portmux.daemon.config._kinds import TargetKind
 from portmux.daemon.config._problems import ConfigError, ConfigProblem, Reporter
+from portmux.daemon.config._registry import RegistryConfig
 from portmux.daemon.config._schema import INVALID, read_table, schema_of
-from portmux.daemon.config._tables import ConfigFile, ControlConfig, Listener
+from portmux.daemon.config._tables import (
+    AccessLogConfig,
+    ConfigFile,
+    ControlConfig,
+    Listener,
+    ShutdownTable,
+)
 from portmux.daemon.config._targets import target_kinds
 
 if sys.version_info >= (3, 11):  # setup.cfg allows 3.10 with tomli
@@ -39,8 +46,11 @@ class Config:
     control: ControlConfig | None = None
     reservations: tuple[Reservation, ...] = ()
     processes: int = 1
+    registry: RegistryConfig | None = None
     filename: str = "<config>"
     warnings: tuple[ConfigProblem, ...] = ()
+    access_log: AccessLogConfig | None = None
+    grace_period: float = 30.0
 
 
 def _valid(value: Any, fallback: Any) -> Any:
@@ -55,12 +65,13 @@ def _build(data: dict[str, Any], document: Document, filename: str) -> Config:
     if not data.get("route"):
         document.warn("route", "no routes: every connection will be refused")
     processes = _valid(values["processes"], 1)
-    if processes > 1 and data.get("control") is not None:
-        document.problem(
-            "processes",
-            "cannot be combined with [control] yet: routes registered at run time would reach "
-            "the first process only",
-        )
+    for table in ("control", "registry"):
+        if processes > 1 and data.get(table) is not None:
+            document.problem(
+                "processes",
+                f"cannot be combined with [{table}] yet: routes registered at run time would "
+                "reach the first process only",
+            )
     report = document.report
     report.in_line_order()
     return Config(
@@ -72,8 +83,11 @@ def _build(data: dict[str, Any], document: Document, filename: str) -> Config:
             Reservation(table.match, table.uids) for table in _valid(values["reservation"], ())
         ),
         processes=processes,
+        registry=_valid(values["registry"], None),
         filename=filename,
         warnings=tuple(report.warnings),
+        access_log=_valid(values["access_log"], None),
+        grace_period=float(_valid(values["shutdown"], ShutdownTable()).grace_period),
     )
 
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from portmux.control._server import MAX_REGISTRATIONS, UNAUTHORIZED_RATE, UNAUTHORIZED_TOTAL_RATE
 from portmux.core.mux import SniffSettings
 from portmux.core.routing import Match, Network
 from portmux.daemon.config._checks import NETWORKS, GroupId, UserId, positive, server_endpoint
 from portmux.daemon.config._match import MISSING_MATCH, MatchTable
+from portmux.daemon.config._registry import RegistryConfig
 from portmux.daemon.config._schema import (
     Flag,
     ListOf,
     Number,
+    OneOf,
     Routes,
     TableOf,
     Text,
@@ -26,7 +29,7 @@ from portmux.daemon.config._schema import (
     setting,
 )
 
-__all__ = ["ConfigFile", "ControlConfig", "Listener", "ReservationTable", "SniffTable"]
+__all__ = ["AccessLogConfig", "ConfigFile", "ControlConfig", "Listener", "ReservationTable", "ShutdownTable", "SniffTable"]
 
 DEFAULT_MAX_PENDING = 64
 _SERVER_ENDPOINT = Text("a server endpoint string")
@@ -70,10 +73,14 @@ class SniffTable:
     silence_timeout: float = setting(
         Number(), "seconds of silence before the silent route", default=_SNIFF.silence_timeout, check=positive
     )
+    trace: tuple[Network, ...] = setting(
+        NETWORKS, "client networks whose routing decisions are logged at debug level", default=()
+    )
 
     def validate(self, key_path: str, walk: Walk) -> SniffSettings:
         settings = SniffSettings(
-            float(self.preamble_timeout), self.preamble_max_bytes, float(self.silence_timeout)
+            float(self.preamble_timeout), self.preamble_max_bytes, float(self.silence_timeout),
+            tuple(self.trace),
         )
         if settings.silence_timeout > settings.preamble_timeout:
             walk.warn(
@@ -102,6 +109,17 @@ class ControlConfig:
     max_pending: int = setting(
         Whole(), "bound on queued, unanswered control requests", default=DEFAULT_MAX_PENDING, check=positive
     )
+    max_registrations: int = setting(
+        Whole(), "registrations one control connection may hold", default=MAX_REGISTRATIONS, check=positive
+    )
+    unauthorized_rate: float = setting(
+        Number(), "refused (unauthorized) connects answered per second per uid; more are dropped",
+        default=UNAUTHORIZED_RATE, check=positive,
+    )
+    unauthorized_total_rate: float = setting(
+        Number(), "refused connects answered per second over all uids", default=UNAUTHORIZED_TOTAL_RATE,
+        check=positive,
+    )
 
 
 @dataclass(frozen=True)
@@ -113,6 +131,23 @@ class ReservationTable:
         ListOf("an array of user ids or names", item=UserId),
         "who may register there",
         missing="missing: the user ids allowed to register these routes",
+    )
+
+
+@dataclass(frozen=True)
+class AccessLogConfig:
+    """``[access_log]``: one line per finished connection."""
+
+    path: str = setting(Text("a file path or \"-\""), 'the log file ("-" for standard output)', default="-")
+    format: str = setting(OneOf("text", "json"), "text (tcplog-like) or json (JSON lines)", default="text")
+
+
+@dataclass(frozen=True)
+class ShutdownTable:
+    """``[shutdown]``: how SIGTERM drains."""
+
+    grace_period: float = setting(
+        Number(), "seconds open connections may finish after SIGTERM", default=30.0, check=positive
     )
 
 
@@ -145,4 +180,14 @@ class ConfigFile:
     processes: int = setting(
         Whole(), "processes serving the listeners (this one plus processes - 1 children)",
         default=1, check=positive,
+    )
+    access_log: AccessLogConfig | None = setting(
+        TableOf("a table ([access_log])", declaration=AccessLogConfig), "the access log", default=None
+    )
+    shutdown: ShutdownTable = setting(
+        TableOf("a table ([shutdown])", declaration=ShutdownTable), "draining on SIGTERM",
+        default=ShutdownTable(),
+    )
+    registry: RegistryConfig | None = setting(
+        TableOf("a table ([registry])", declaration=RegistryConfig), "routes shared through etcd", default=None
     )
