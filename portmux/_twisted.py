@@ -113,13 +113,13 @@ def _private_v2(header: bytes) -> tuple[Any, Any]:
 
 def _missing_haproxy() -> list[str]:
     try:
-        v1 = _private_v1(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2")
+        v1 = _private_v1(b"PROXY TCP4 127.1.3.4 127.5.7.8 1 2")
         v2 = _private_v2(
-            b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\x01\x02\x03\x04\x05\x06\x07\x08\x00\x01\x00\x02"
+            b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\x7f\x01\x03\x04\x7f\x05\x07\x08\x00\x01\x00\x02"
         )
     except Exception as e:  # noqa: BLE001 - any failure means the shape changed
         return [f"twisted.protocols.haproxy parsers ({e!r})"]
-    expected = (IPv4Address("TCP", "1.2.3.4", 1), IPv4Address("TCP", "5.6.7.8", 2))
+    expected = (IPv4Address("TCP", "127.1.3.4", 1), IPv4Address("TCP", "127.5.7.8", 2))
     return [] if v1 == v2 == expected else ["twisted.protocols.haproxy parser results"]
 
 

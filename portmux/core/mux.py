@@ -25,8 +25,10 @@ from zope.interface import implementer
 from portmux.core import accounting, refusal
 from portmux.core.deadlines import DeadlineQueue
 from portmux.core.interfaces import IProbe, as_target
+from portmux.core.limits import Admission, Limits, ListenerGate, Timeouts
 from portmux.core.preamble import NEED_MORE, NO, Preamble
 from portmux.core.proxied import present_addresses
+from portmux.core.ratelog import RateLimitedLog
 from portmux.core.registered import RegisteredLayer
 from portmux.core.routing import Match, Network, Route, Router, _in_networks, peer_ip
 from portmux.core.stats import RouteCounters, Stats
@@ -43,10 +45,16 @@ UNKNOWN = Preamble(protocol="unknown")
 
 @dataclass(frozen=True)
 class SniffSettings:
-    """Bounds on classification: total deadline, byte cap, and the silence deadline."""
+    """Bounds on classification: total deadline, byte cap, and the silence deadline.
+
+    ``preamble_max_bytes`` is a hard cap: probes never see more than that many
+    bytes, however the client's bytes were split into reads, so a verdict never
+    depends on read boundaries and probe CPU per connection is bounded.  32 KiB
+    holds real multi-record post-quantum ClientHellos (openssl's ~20 KB one).
+    """
 
     preamble_timeout: float = 10.0
-    preamble_max_bytes: int = 16384
+    preamble_max_bytes: int = 32768
     silence_timeout: float = 2.0
     trace: tuple[Network, ...] = ()
     """Client networks whose routing decisions are logged at debug level (core/trace.py)."""
@@ -140,6 +148,9 @@ class SniffingProtocol(Protocol):
     _target: Any = None
     _counters: RouteCounters | None = None
     header_from: tuple[Network, ...] = ()
+    gate: ListenerGate | None = None
+    source: Any = None
+    _counted = False
     route: Route | None = None
     """The route chosen for this connection, once attached."""
     preamble: Preamble | None = None
@@ -244,6 +255,9 @@ class SniffingProtocol(Protocol):
             half.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        if self._counted:
+            self._counted = False
+            self.mux.admission.closed(self.gate, self.source)
         target = self._target
         if target is not None:
             if self._counters is not None:
@@ -260,6 +274,10 @@ class SniffingProtocol(Protocol):
         buffer = self._buffer
         if buffer[:1] in proxyheader.FIRST_BYTES and self._untrusted_header(final or timed_out):
             return
+        cap = self.mux.settings.preamble_max_bytes
+        full = len(buffer) >= cap
+        if full and len(buffer) > cap:
+            buffer = buffer[:cap]  # probes see the same bytes however the reads were split
         undecided = False
         first_match: Preamble | None = None
         keep: list[IProbe] = []
@@ -280,7 +298,7 @@ class SniffingProtocol(Protocol):
         self._candidates = keep
         if not keep:
             self._route(UNKNOWN)
-        elif final or timed_out or len(buffer) >= self.mux.settings.preamble_max_bytes:
+        elif final or timed_out or full:
             if first_match is not None:
                 self._route(first_match)
             elif timed_out:
@@ -295,7 +313,7 @@ class SniffingProtocol(Protocol):
                 self.refuse(
                     self._guess(keep),
                     refusal.TOO_LARGE,
-                    f"preamble exceeds {self.mux.settings.preamble_max_bytes} bytes",
+                    f"preamble exceeds {cap} bytes",
                 )
 
     def _untrusted_header(self, last_chance: bool) -> bool:
@@ -414,7 +432,8 @@ class SniffingProtocol(Protocol):
             self._buffer = b""
             self.dataReceived = self._target.dataReceived  # type: ignore[method-assign]
         self.mux.stats.refused(self.listener, why, route)
-        log.info(
+        self.mux.log.emit(
+            "refused",
             "refused {peer} protocol={protocol} route={route} {why} (status {status}): {reason}",
             peer=_describe(self.peer),
             protocol=preamble.protocol,
@@ -475,14 +494,18 @@ def _describe(address: object) -> str:
     return str(getattr(address, "name", address))
 
 
-class _HeaderListener(ServerFactory):
-    """Listens for a Multiplexer, expecting PROXY headers from trusted networks."""
+class _Listener(ServerFactory):
+    """Listens for a Multiplexer on one port: its own connection gate, optional PROXY headers."""
 
     noisy = False
 
-    def __init__(self, mux: Multiplexer, trusted: tuple[Network, ...], name: str = "-") -> None:
+    def __init__(
+        self, mux: Multiplexer, trusted: tuple[Network, ...], gate: ListenerGate | None,
+        name: str = "-",
+    ) -> None:
         self.mux = mux
         self.trusted = trusted
+        self.gate = gate
         self.name = name
 
     def startFactory(self) -> None:
@@ -491,10 +514,17 @@ class _HeaderListener(ServerFactory):
     def stopFactory(self) -> None:
         self.mux.doStop()  # type: ignore[no-untyped-call]
 
-    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]
-        protocol = self.mux.buildProtocol(addr)
-        protocol.header_from = self.trusted
-        protocol.listener = self.name
+    def listening(self, port: IListeningPort) -> None:
+        """Record the port this factory listens on: paused and resumed by the gate."""
+        if self.gate is not None:
+            self.gate.ports.append(port)
+        self.mux.admission.fit_batches()
+
+    def buildProtocol(self, addr: IAddress) -> SniffingProtocol | None:  # type: ignore[override]
+        protocol = self.mux.admit(addr, self.gate)
+        if protocol is not None:
+            protocol.header_from = self.trusted
+            protocol.listener = self.name
         return protocol
 
 
@@ -514,6 +544,8 @@ class Multiplexer(ServerFactory):
         routes: Iterable[Route] = (),
         probes: Sequence[IProbe] | None = None,
         settings: SniffSettings = SniffSettings(),
+        limits: Limits = Limits(),  # noqa: B008
+        timeouts: Timeouts = Timeouts(),  # noqa: B008
     ) -> None:
         if probes is None:
             from portmux.protocols import all_probes
@@ -527,6 +559,11 @@ class Multiplexer(ServerFactory):
         """Ports opened by ``listen``, in order."""
         self.probes: tuple[IProbe, ...] = tuple(probes)
         self.settings = settings
+        self.timeouts = timeouts
+        """Timeouts after classification, read by targets (proxy, resource)."""
+        self.admission = Admission(reactor, limits)
+        self.log = RateLimitedLog(reactor, log)
+        """Refusals, limits and timeouts log through this: a flood becomes a summary."""
         self.stats = Stats()
         self.connections: set[SniffingProtocol] = set()
         """Every open connection (sniffing or attached), for draining on shutdown."""
@@ -549,19 +586,44 @@ class Multiplexer(ServerFactory):
             )
         return queue
 
-    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]
-        return SniffingProtocol(self, addr)
+    def buildProtocol(self, addr: IAddress) -> SniffingProtocol | None:  # type: ignore[override]
+        return self.admit(addr, None)
+
+    def admit(self, addr: IAddress, gate: ListenerGate | None) -> SniffingProtocol | None:
+        """A sniffer for a just-accepted connection, or None (Twisted closes it) over a limit."""
+        admission = self.admission
+        if admission.over_cap(gate):
+            self.stats.not_accepted["max_connections"] += 1
+            self.log.emit("limit", "closed {peer}: max_connections reached", peer=_describe(addr))
+            return None
+        source = admission.source_key(peer_ip(addr))
+        why = admission.refusal(source)
+        if why is not None:
+            admission.refused_sources += 1
+            self.stats.not_accepted["per_source_limit"] += 1
+            self.log.emit("source-limit", "closed {peer}: {why}", peer=_describe(addr), why=why)
+            return None
+        protocol = SniffingProtocol(self, addr)
+        protocol.gate, protocol.source, protocol._counted = gate, source, True
+        admission.opened(gate, source)
+        return protocol
 
     def listener_factory(
-        self, proxy_header_from: tuple[Network, ...] = (), name: str | None = None
+        self, proxy_header_from: tuple[Network, ...] = (), name: str | None = None,
+        max_connections: int = 0,
     ) -> ServerFactory:
-        """The factory to listen with; peers in ``proxy_header_from`` must send a PROXY header.
+        """The factory to listen with on one port.
 
-        ``name`` labels the listener's connections in counters and the access log.
+        Peers in ``proxy_header_from`` must send a PROXY header; ``name`` labels the
+        listener's connections in counters and the access log; ``max_connections``
+        (0: none) is this listener's own cap, on top of the global one.
         """
-        if not proxy_header_from and name is None:
-            return self
-        return _HeaderListener(self, proxy_header_from, name or "-")
+        return _Listener(self, proxy_header_from, self.admission.gate(max_connections),
+                         name or "-")
+
+    def set_limits(self, limits: Limits) -> None:
+        """Replace the admission limits (reload)."""
+        self.admission.set_limits(limits)
 
     # -- routes ------------------------------------------------------------
 
@@ -671,6 +733,7 @@ class Multiplexer(ServerFactory):
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
         self.ports.append(port)
+        self.admission.extra_ports.append(port)
         return port
 
     def startFactory(self) -> None:
@@ -680,6 +743,8 @@ class Multiplexer(ServerFactory):
 
     def stopFactory(self) -> None:
         self._running = False
+        self.log.flush()
+        self.admission.stop()
         started, self._started = self._started, {}
         for target in reversed(list(started.values())):
             self._stop_target(target)

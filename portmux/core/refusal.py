@@ -15,6 +15,7 @@ from portmux.core.preamble import Preamble
 __all__ = [
     "BAD_GATEWAY",
     "BAD_REQUEST",
+    "GATEWAY_TIMEOUT",
     "NOT_FOUND",
     "TIMEOUT",
     "TOO_LARGE",
@@ -28,6 +29,7 @@ TIMEOUT = 408
 TOO_LARGE = 431
 BAD_GATEWAY = 502
 UNAVAILABLE = 503
+GATEWAY_TIMEOUT = 504
 
 Refuser = Callable[[Preamble, int, str], bytes]
 """(preamble, status, reason) -> the bytes to send before closing."""

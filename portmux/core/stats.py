@@ -72,6 +72,8 @@ class Stats:
     def __init__(self) -> None:
         self.routes: dict[str, RouteCounters] = {}
         self.refusals: Counter[str] = Counter()
+        self.not_accepted: Counter[str] = Counter()
+        """Connections closed at accept by a limit, before any protocol (not in ``accepted``)."""
         self.listeners: dict[str, ListenerCounters] = {}
         self.tls_handshake_failures: Counter[str] = Counter()
         self.sniff_seconds = Histogram(SNIFF_BUCKETS)
@@ -113,6 +115,7 @@ class Stats:
             "sniffing": self.sniffing,
             "routes": {name: asdict(c) for name, c in self.routes.items()},
             "refusals": dict(self.refusals),
+            "not_accepted": dict(self.not_accepted),
             "listeners": {
                 name: {
                     "accepted": c.accepted,

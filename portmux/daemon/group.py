@@ -81,7 +81,7 @@ def _child_environment() -> dict[str, str]:
     return env
 
 
-def _reuseport_twin(port: Any, family: int) -> socket.socket | None:
+def _reuseport_twin(port: Any, family: int, backlog: int) -> socket.socket | None:
     """A new listening socket on ``port``'s TCP address, both with SO_REUSEPORT; None if not possible."""
     reuse = getattr(socket, "SO_REUSEPORT", None)
     if reuse is None or family not in (socket.AF_INET, socket.AF_INET6):
@@ -91,7 +91,6 @@ def _reuseport_twin(port: Any, family: int) -> socket.socket | None:
         try:
             original.setsockopt(socket.SOL_SOCKET, reuse, 1)
             address = original.getsockname()
-            backlog = 4096
         finally:
             original.close()  # only our duplicate descriptor
         twin = socket.socket(family, socket.SOCK_STREAM)
@@ -151,7 +150,8 @@ class ProcessGroup(Service):
         for listener in self.listeners:
             port = listener.port
             family = getattr(port, "addressFamily", socket.AF_INET)
-            found.append((_reuseport_twin(port, family) or port.fileno(), family))
+            backlog = int(getattr(listener, "backlog", 0) or 4096)
+            found.append((_reuseport_twin(port, family, backlog) or port.fileno(), family))
         return found
 
     def _spawn(self, slot: int) -> None:

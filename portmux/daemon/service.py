@@ -13,11 +13,13 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from portmux.core.limits import Limits, Timeouts
 from portmux.core.mux import Multiplexer
 from portmux.core.routing import parse_networks
-from portmux.daemon.endpoints import EndpointStringError, parse_server_endpoint
+from portmux.daemon.endpoints import EndpointStringError, parse_server_endpoint, with_backlog
 
 log = Logger(namespace="portmux")
+DEFAULT_BACKLOG = 511
 
 
 class PortmuxService(MultiService):
@@ -40,20 +42,27 @@ class PortmuxService(MultiService):
         self._control_override = control
         config = load()
         self.config = config
-        self.mux = Multiplexer(reactor, config.routes, settings=config.sniff)
+        self.mux = Multiplexer(
+            reactor, config.routes, settings=config.sniff,
+            limits=getattr(config, "limits", Limits()), timeouts=getattr(config, "timeouts", Timeouts()),
+        )
         if self._listen_override:
-            listeners = [(description, ()) for description in self._listen_override]
+            listeners = [(description, (), 0, DEFAULT_BACKLOG) for description in self._listen_override]
         else:
             listeners = [
-                (listener.endpoint, _header_networks(listener)) for listener in config.listeners
+                (listener.endpoint, _header_networks(listener), listener.max_connections, listener.backlog)
+                for listener in config.listeners
             ]
         if adopt is not None:  # a child of a process group: the parent's sockets, same order
-            trusted_lists = [t for _, t in listeners] if len(listeners) == len(adopt) else []
-            listeners = [(e, trusted_lists[i] if trusted_lists else ()) for i, e in enumerate(adopt)]
+            same = len(listeners) == len(adopt)
+            listeners = [
+                (e, *(listeners[i][1:] if same else ((), 0, DEFAULT_BACKLOG)))
+                for i, e in enumerate(adopt)
+            ]
         self._adopted = adopt is not None
         self.listener_services: dict[str, ListenerService] = {}
-        for description, trusted in listeners:
-            self._add_listener(description, tuple(trusted))
+        for description, trusted, max_connections, backlog in listeners:
+            self._add_listener(description, tuple(trusted), max_connections, backlog)
         self.group: Any = None
         count = processes if processes is not None else getattr(config, "processes", 1)
         if adopt is None and count > 1:
@@ -94,10 +103,12 @@ class PortmuxService(MultiService):
             self.control.setServiceParent(self)
         self._previous_signals: dict[int, Any] = {}
 
-    def _add_listener(self, description: Any, trusted: tuple[Any, ...]) -> ListenerService:
+    def _add_listener(self, description: Any, trusted: tuple[Any, ...], max_connections: int = 0,
+                      backlog: int = DEFAULT_BACKLOG) -> ListenerService:
         label = description if isinstance(description, str) else _label(description)
-        factory = self.mux.listener_factory(trusted, name=label)
-        listener_service = ListenerService(self.reactor, description, self.mux, factory)
+        factory = self.mux.listener_factory(trusted, name=label,
+                                            max_connections=max_connections)
+        listener_service = ListenerService(self.reactor, description, self.mux, factory, backlog)
         self.listener_services[label] = listener_service
         listener_service.setServiceParent(self)  # type: ignore[no-untyped-call]
         return listener_service
@@ -236,6 +247,8 @@ class PortmuxService(MultiService):
         self.config = config
         self._set_access_log(config)
         self.mux.settings = config.sniff
+        self.mux.timeouts = config.timeouts
+        self.mux.set_limits(config.limits)
         if self._stored_routes is not None:
             self._stored_routes.set_config(config)
         else:
@@ -256,6 +269,8 @@ class PortmuxService(MultiService):
     def _apply_listeners(self, config: Any) -> None:
         """Stop listeners gone from the config, start new ones; the others are not touched."""
         wanted = {listener.endpoint: _header_networks(listener) for listener in config.listeners}
+        limits = {listener.endpoint: (listener.max_connections, listener.backlog)
+                  for listener in config.listeners}
         for description in [d for d in self.listener_services if d not in wanted]:
             listener = self.listener_services.pop(description)
             listener.disownServiceParent()  # type: ignore[no-untyped-call]  # stops it
@@ -266,7 +281,7 @@ class PortmuxService(MultiService):
                 current.factory.trusted = tuple(trusted)  # type: ignore[union-attr]  # a named listener's factory
                 continue
             try:
-                self._add_listener(description, tuple(trusted))
+                self._add_listener(description, tuple(trusted), *limits[description])
             except StartupError as error:  # e.g. the port is taken: keep the others running
                 self.listener_services.pop(description).disownServiceParent()  # type: ignore[no-untyped-call]
                 log.error("reload: {error}", error=str(error))
@@ -290,11 +305,12 @@ class ListenerService(Service):
     """
 
     def __init__(self, reactor: Any, description: Any, mux: Multiplexer,
-                 factory: Any = None) -> None:
+                 factory: Any = None, backlog: int = DEFAULT_BACKLOG) -> None:
         self.reactor = reactor
         # An endpoint object (a process group child's inherited socket) or a string to parse.
         self._endpoint = None if isinstance(description, str) else description
         self.description = description if isinstance(description, str) else _label(description)
+        self.backlog = backlog
         self.mux = mux
         self.factory = factory if factory is not None else mux
         self.port: Any = None
@@ -305,7 +321,9 @@ class ListenerService(Service):
             return
         outcome: list[Any] = []
         try:
-            endpoint = self._endpoint or parse_server_endpoint(self.reactor, self.description)
+            endpoint = self._endpoint or parse_server_endpoint(
+                self.reactor, with_backlog(self.description, self.backlog)
+            )
             endpoint.listen(self.factory).addBoth(outcome.append)
         except (EndpointStringError, OSError) as error:
             raise StartupError(f"cannot listen on {self.description}: {error}") from None
@@ -315,6 +333,9 @@ class ListenerService(Service):
         if isinstance(result, Failure):
             raise StartupError(f"cannot listen on {self.description}: {result.getErrorMessage()}")
         self.port = result
+        listening = getattr(self.factory, "listening", None)
+        if listening is not None:
+            listening(result)  # its connection gate pauses and resumes this port
         address = result.getHost()
         where = f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}"
         if not getattr(address, "port", None):

@@ -96,7 +96,7 @@ def take_over(reactor: Any, front: Any, back: Any) -> bool:
     # Bytes Twisted still buffers go first, through the pipe towards their socket.
     up.queued = _preload(up, server)
     down.queued = _preload(down, client)
-    SplicedPair(reactor, client, server, up, down).start()
+    SplicedPair(reactor, client, server, up, down, front, back).start()
     return True
 
 
@@ -136,22 +136,28 @@ class _Way:
 
     def close(self) -> None:
         for fd in (self.read_fd, self.write_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
         self.read_fd = self.write_fd = -1
+
+    def __del__(self) -> None:
+        """Safety net: a pair whose sockets someone else closed still gives its pipes back."""
+        self.close()
 
 
 @implementer(IReadDescriptor, IWriteDescriptor)
 class _End:
     """One socket of the pair as the reactor sees it: readable → pump out, writable → drain in."""
 
-    __slots__ = ("fd", "inbound", "outbound", "pair", "reading", "skt", "transport", "writing")
+    __slots__ = ("fd", "inbound", "leg", "outbound", "pair", "reading", "skt", "transport", "writing")
 
-    def __init__(self, pair: SplicedPair, transport: Any) -> None:
+    def __init__(self, pair: SplicedPair, transport: Any, leg: Any) -> None:
         self.pair = pair
         self.transport = transport
+        self.leg = leg  # the proxy leg reading this socket: its read count and timeouts
         self.skt: socket.socket = transport.getHandle()
         self.fd = self.skt.fileno()
         self.outbound: _Way = None  # type: ignore[assignment]  # read from this socket
@@ -179,10 +185,11 @@ class _End:
 class SplicedPair:
     """A client and a backend socket copied both ways by the kernel."""
 
-    def __init__(self, reactor: Any, client: Any, server: Any, up: _Way, down: _Way) -> None:
+    def __init__(self, reactor: Any, client: Any, server: Any, up: _Way, down: _Way,
+                 front: Any, back: Any) -> None:
         self.reactor = reactor
-        self.client = _End(self, client)
-        self.server = _End(self, server)
+        self.client = _End(self, client, front)
+        self.server = _End(self, server, back)
         self.up, self.down = up, down
         up.source, up.sink = self.client, self.server
         down.source, down.sink = self.server, self.client
@@ -224,9 +231,14 @@ class SplicedPair:
             elif way.queued:  # the pipe is full: wait for the sink to take some
                 self._read(way.source, False)
             return
+        leg = way.source.leg
+        leg.reads += 1  # activity, for the pair's idle timeouts (proxy_timeouts.PairWatch)
         if not got:
             way.eof = True
             self._read(way.source, False)
+            leg.read_done = True
+            if leg.watch is not None:
+                leg.watch.half_closed()
             if not way.queued:
                 self._shut(way)
             return
@@ -303,8 +315,10 @@ class SplicedPair:
         self.done = True
         self.up.close()
         self.down.close()
+        # A reset passed on as a reset where the proxy does so (raw TCP, see proxy.py).
+        passthrough = failed is not None and failed.leg.reset_passthrough
         for end in (self.client, self.server):
-            if end is failed:
+            if end is failed or passthrough:
                 end.transport.abortConnection()
             else:
                 end.transport.loseConnection()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Sequence
+from dataclasses import replace
 from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from typing import Any
 
@@ -39,8 +40,10 @@ from portmux import _twisted
 from portmux._twisted import OutgoingConnection as _Outgoing
 from portmux.core import refusal
 from portmux.core.interfaces import ITarget
+from portmux.core.limits import Timeouts
 from portmux.protocols import nmf, proxyheader
 from portmux.targets import _splice
+from portmux.targets.proxy_timeouts import PairWatch, abort
 
 log = Logger(namespace="portmux")
 
@@ -208,7 +211,10 @@ class _Leg:
     empty instead of through write() + a reactor turn + two epoll_ctl calls.
     """
 
-    __slots__ = ("budget", "direct", "other", "read_done", "sink", "transport", "write_done")
+    __slots__ = (
+        "budget", "direct", "other", "read_done", "reads", "reset_passthrough", "sink",
+        "transport", "watch", "write_done",
+    )
 
     def __init__(self) -> None:
         self.budget = _splice.NEVER  # bytes to copy here before the kernel takes over
@@ -218,8 +224,12 @@ class _Leg:
         self.other: _Leg | None = None
         self.read_done = False
         self.write_done = False
+        self.reads = 0  # PairWatch's activity count
+        self.watch: PairWatch | None = None
+        self.reset_passthrough = False  # a reset from this side resets the other side
 
     def dataReceived(self, data: bytes) -> None:
+        self.reads += 1
         sink = self.sink  # after the other side is lost, its dead transport drops writes
         if self.direct:
             size = len(data)
@@ -255,6 +265,8 @@ class _Leg:
                 _close(sink, True, read_done=True)  # both ways over: close(2), no shutdown(2)
             else:
                 _shut_write(sink, self.direct, other)
+        if self.watch is not None:
+            self.watch.half_closed()
         if self.write_done:
             _close(self.transport, self._transport_direct())
 
@@ -270,12 +282,24 @@ class _Leg:
         return other.direct if other is not None else _direct(self.transport)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        """This side is gone: flush what we owe the other side, then close it."""
+        """This side is gone: flush what we owe the other side, then close it.
+
+        A reset (not a clean close) is passed on as a reset when
+        ``reset_passthrough`` is set, so the peer sees the truncation.
+        """
+        watch = self.watch
+        if watch is not None:
+            self.watch = None
+            watch.stop()
         sink = self.sink
         if sink is not None:
             if not self.direct or sink.producer is not None:
                 sink.unregisterProducer()
-            _close(sink, self.direct)
+            if (self.reset_passthrough and reason is not None
+                    and reason.check(error.ConnectionLost) is not None):
+                abort(sink)
+            else:
+                _close(sink, self.direct)
         other = self.other
         if other is not None:
             self.other = other.other = None  # break the cycle between the legs
@@ -479,6 +503,20 @@ class _Front(_Leg):
 
     # -- connected -------------------------------------------------------------
 
+    def _watch(self, connection: Any, back: _Leg) -> None:
+        """Start the pair's timeouts; resets pass through except to HTTP clients."""
+        preamble = connection.preamble
+        http = preamble.protocol == "http"
+        back.reset_passthrough = not http
+        self.reset_passthrough = True
+        timeouts = self.target.timeouts_for(connection.mux)
+        backend = self.target.backends[(self.start + self.attempt - 1) % len(self.target.backends)]
+        watch = PairWatch(
+            self.target.reactor, connection.mux.log, timeouts, self, back,
+            (_describe_peer(connection.peer), preamble, backend.name), http,
+        )
+        self.watch = back.watch = watch if watch.phase else None
+
     def backend_connected(self, back: _Leg) -> None:
         """Send the header and buffered bytes, then start copying both ways."""
         self.dialing = None
@@ -517,6 +555,7 @@ class _Front(_Leg):
             data += b"".join(pending)
         connection.buffered = b""
         self.connection = None  # drop the cycle through the sniffer
+        self._watch(connection, back)
         if data:
             _Leg.dataReceived(self, data)  # one send(2) when the socket takes it all
         if self.read_done:
@@ -545,8 +584,9 @@ class ProxyTarget:
         self,
         reactor: Any = None,
         endpoints: Sequence[str | IStreamClientEndpoint] | str | None = None,
-        connect_timeout: float = 5.0,
+        connect_timeout: float | None = None,
         proxy_header: str | None = None,
+        timeouts: dict[str, float] | None = None,
         rewrite_via: bool | str = False,
     ) -> None:
         if endpoints is None and _are_endpoints(reactor):
@@ -565,7 +605,12 @@ class ProxyTarget:
             self.bind(reactor)
         else:
             _check_syntax(self.endpoints)
-        self.connect_timeout = connect_timeout
+        self.overrides = dict(timeouts or {})
+        """Timeouts this route sets itself; the others come from the multiplexer's."""
+        if connect_timeout is not None:
+            self.overrides["connect"] = connect_timeout
+        self.connect_timeout = self.overrides.get("connect", Timeouts.connect)
+        self._timeouts: tuple[Any, Timeouts] = (None, Timeouts())
         self.proxy_header = proxy_header
         self.rewrite_via = rewrite_via
         self.first = 0
@@ -584,6 +629,16 @@ class ProxyTarget:
 
     health: Any = None
     """A portmux.targets._health.HealthChecker keeping ``backends`` to the healthy ones."""
+
+    def timeouts_for(self, mux: Any) -> Timeouts:
+        """The multiplexer's timeouts with this route's overrides (cached per value)."""
+        base = getattr(mux, "timeouts", None) or Timeouts()
+        cached_base, timeouts = self._timeouts
+        if cached_base is not base:
+            timeouts = replace(base, **self.overrides)
+            self._timeouts = (base, timeouts)
+            self.connect_timeout = timeouts.connect
+        return timeouts
 
     def via_address(self, backend: Any) -> str | None:
         """The net.tcp address a rewritten Via names: the configured one, or the backend's."""
@@ -612,11 +667,19 @@ class ProxyTarget:
         if not self.backends:  # health checks found every backend down
             connection.refuse(refusal.UNAVAILABLE, "no backend is up", why=refusal.NO_BACKEND_UP)
             return None  # type: ignore[return-value]
+        self.timeouts_for(connection.mux)
         front = _Front(self, connection)
         front.start = self.first
         self.first = (self.first + 1) % len(self.backends)
         front.dial()
         return front  # type: ignore[return-value]
+
+
+def _describe_peer(address: Any) -> str:
+    host = getattr(address, "host", None)
+    if host is not None:
+        return f"{host}:{getattr(address, 'port', '')}"
+    return str(getattr(address, "name", address))
 
 
 def _are_endpoints(value: Any) -> bool:

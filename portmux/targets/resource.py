@@ -23,6 +23,7 @@ from portmux import _twisted
 from portmux.core import refusal
 from portmux.core.interfaces import ITarget
 from portmux.core.routing import normalize_name, peer_ip
+from portmux.targets.http_channel import BoundedChannel
 
 
 @implementer(ITarget)
@@ -54,6 +55,7 @@ class ResourceTarget:
 
     def attach(self, connection: Any) -> IProtocol | None:
         transport = connection.transport
+        h2 = connection.preamble.http_version == "HTTP/2"  # switched to by ALPN
         if _prior_knowledge_h2(connection.preamble, transport):
             if not self.h2_enabled:
                 connection.refuse(
@@ -61,9 +63,14 @@ class ResourceTarget:
                 )
                 return None
             transport = PriorKnowledgeH2(transport)
-        site = connection.mux.shared("portmux.targets.resource.site", dispatching_site)
+            h2 = True
+        mux = connection.mux
+        site = mux.shared("portmux.targets.resource.site", dispatching_site)
         site.resource.remember(transport, connection.preamble)
-        channel = site.buildProtocol(connection.peer)
+        timeouts = getattr(mux, "timeouts", None)
+        if timeouts is not None:
+            site.timeOut = timeouts.client_idle or None  # keep-alive idle limit
+        channel = site.buildProtocol(connection.peer) if h2 else site.http1_channel(connection.peer)
         channel.makeConnection(transport)
         payload = connection.payload
         if payload:
@@ -181,9 +188,21 @@ def _renders_at_mount_point(resource: Any) -> bool:
     return getattr(type(resource), "getChild", None) is Resource.getChild
 
 
+class _Site(Site):
+    """A Site whose HTTP/1.x channels bound pipelined answers (portmux.targets.http_channel)."""
+
+    def http1_channel(self, addr: Any) -> Any:
+        """A BoundedChannel built the way Site.buildProtocol builds its channels."""
+        self.protocol = BoundedChannel  # type: ignore[method-assign,assignment]  # read by buildProtocol, this call only
+        try:
+            return self.buildProtocol(addr)  # type: ignore[no-untyped-call]
+        finally:
+            del self.protocol
+
+
 def dispatching_site(mux: Any) -> Site:
     """The shared Site whose root dispatches per request over ``mux``'s routes."""
-    site = Site(_Dispatcher(mux))
+    site = _Site(_Dispatcher(mux))  # type: ignore[no-untyped-call]
     site.displayTracebacks = False
     site.portmux_mux = mux  # type: ignore[attr-defined]  # the admin pages find the multiplexer through request.site
     return site

@@ -19,6 +19,7 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from portmux import _twisted
+from portmux.core.limits import Timeouts
 from portmux.core.mux import Multiplexer
 from portmux.targets import _splice
 from portmux.targets.proxy import ProxyTarget
@@ -102,7 +103,8 @@ class SpliceTests(TestCase):
         self.addCleanup(self.backend.close)
         target = ProxyTarget(reactor, [f"tcp:127.0.0.1:{self.backend.getsockname()[1]}"])
         target.splice_after = 64 * 1024
-        self.mux = Multiplexer(reactor)
+        # A short tunnel timeout: a spliced pair must still count as active (its legs' reads move).
+        self.mux = Multiplexer(reactor, timeouts=Timeouts(tunnel=0.5, server_response=0.0))
         self.mux.add_route(target, name="proxied", default=True)
         port = reactor.listenTCP(0, self.mux, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -325,3 +327,28 @@ class SpliceTests(TestCase):
         self.assertEqual(echoed, rounds)
         yield defer.ensureDeferred(self.settled())
         self.assertEqual(RecordingPair.made, [])
+
+    @defer.inlineCallbacks
+    def test_spliced_pair_stays_active_for_the_tunnel_timeout(self) -> Any:
+        """A slow steady upload, spliced, outlives a 0.5 s tunnel timeout three times over."""
+
+        def run() -> tuple[str, tuple[int, str]]:
+            client, server = self.connect()
+            digest = hashlib.sha256()
+            block = pattern(256 * 1024, 11)
+            received: dict[str, Any] = {}
+            reader = threading.Thread(target=lambda: received.__setitem__("got", receive_all(server)))
+            reader.start()
+            for _ in range(16):  # 4 MiB over ~1.6 s, bulk-sized writes
+                client.sendall(block)
+                digest.update(block)
+                time.sleep(0.1)
+            client.shutdown(socket.SHUT_WR)
+            reader.join(30)
+            server.close()
+            return digest.hexdigest(), received["got"]
+
+        sent, got = yield threads.deferToThread(run)
+        self.assertEqual(got, (16 * 256 * 1024, sent))
+        yield defer.ensureDeferred(self.settled())
+        self.assertEqual(len(RecordingPair.made), 1)

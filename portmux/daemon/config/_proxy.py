@@ -12,6 +12,7 @@ from typing import Any
 
 from portmux.daemon.config._checks import positive
 from portmux.daemon.config._context import BuildContext
+from portmux.daemon.config._limits import ProxyTimeoutsTable
 from portmux.daemon.config._problems import join_key, one_line
 from portmux.daemon.config._schema import (
     INVALID,
@@ -120,6 +121,10 @@ class ProxyTable:
         TableOf("a table", declaration=HealthCheckTable),
         "active health checks of the backends (TCP connect, or HTTP GET)", default=None,
     )
+    timeouts: dict[str, float] | None = setting(
+        TableOf("a table of timeouts", declaration=ProxyTimeoutsTable),
+        "this route's own timeouts, overriding [timeouts]", default=None,
+    )
     rewrite_via: Any = setting(
         _REWRITE_VIA,
         "net.tcp: point the Via record at the backend (true) or at this address",
@@ -191,6 +196,8 @@ def _plan(values: dict[str, Any], key_path: str, endpoints_key: str, walk: Walk)
         options["connect_timeout"] = float(values["connect_timeout"])
     if values.get("proxy_header") is not None:
         options["proxy_header"] = values["proxy_header"]
+    if values.get("timeouts"):
+        options["timeouts"] = dict(values["timeouts"])
     if values.get("rewrite_via"):
         options["rewrite_via"] = values["rewrite_via"]
     return ProxyPlan(tuple(backends), options, values.get("health_check"))

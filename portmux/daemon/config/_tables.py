@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from portmux.control._server import MAX_REGISTRATIONS, UNAUTHORIZED_RATE, UNAUTHORIZED_TOTAL_RATE
+from portmux.core.limits import Limits, Timeouts
 from portmux.core.mux import SniffSettings
 from portmux.core.routing import Match, Network
 from portmux.daemon.config._checks import NETWORKS, GroupId, UserId, positive, server_endpoint
+from portmux.daemon.config._limits import LimitsTable, TimeoutsTable, non_negative
 from portmux.daemon.config._match import MISSING_MATCH, MatchTable
 from portmux.daemon.config._registry import RegistryConfig
 from portmux.daemon.config._schema import (
@@ -32,6 +34,7 @@ from portmux.daemon.config._schema import (
 __all__ = ["AccessLogConfig", "ConfigFile", "ControlConfig", "Listener", "ReservationTable", "ShutdownTable", "SniffTable"]
 
 DEFAULT_MAX_PENDING = 64
+DEFAULT_BACKLOG = 511
 _SERVER_ENDPOINT = Text("a server endpoint string")
 
 
@@ -47,6 +50,12 @@ class Listener:
     )
     proxy_protocol: bool = setting(Flag(), "read a PROXY v1/v2 header before sniffing", default=False)
     trusted: tuple[Network, ...] = setting(NETWORKS, "peers allowed to send a PROXY header", default=())
+    max_connections: int = setting(
+        Whole(non_negative), "this listener's own cap on open connections (0: only the global one)", default=0
+    )
+    backlog: int = setting(
+        Whole(positive), "the listen(2) backlog for tcp:, ssl: and unix: endpoints", default=DEFAULT_BACKLOG
+    )
 
     def validate(self, key_path: str, walk: Walk) -> Listener:
         """Warn about PROXY-header settings that do nothing or trust everyone."""
@@ -190,4 +199,11 @@ class ConfigFile:
     )
     registry: RegistryConfig | None = setting(
         TableOf("a table ([registry])", declaration=RegistryConfig), "routes shared through etcd", default=None
+    )
+    limits: Limits | None = setting(
+        TableOf("a table ([limits])", declaration=LimitsTable), "connection limits", default=None
+    )
+    timeouts: Timeouts = setting(
+        TableOf("a table ([timeouts])", declaration=TimeoutsTable), "timeouts after classification",
+        default=Timeouts(),
     )
