@@ -38,9 +38,12 @@ __all__ = [
     "plain_socket",
     "send_now",
     "shut_write_now",
+    "splice_ready",
     "stream_connection",
+    "take_unsent",
     "tcp_endpoint_parts",
     "unix_endpoint_path",
+    "unsent_size",
     "watch_socket_close",
 ]
 
@@ -297,6 +300,44 @@ def _idle(sink: Any) -> bool:
         and not sink.disconnecting
         and not sink._writeDisconnecting
     )
+
+
+def splice_ready(transport: Any) -> bool:
+    """True when a ``plain_socket`` transport may have its socket copied by the kernel now.
+
+    It must be connected and neither closing nor half-closed; what it still
+    buffers is taken with ``take_unsent``.  Fallback: never (the proxy keeps
+    copying through the public transport API).
+    """
+    return bool(
+        FAST_PATHS
+        and plain_socket(transport)
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnecting
+        and not transport._writeDisconnected
+    )
+
+
+def unsent_size(transport: Any) -> int:
+    """Bytes a ``splice_ready`` transport buffers but has not sent."""
+    return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
+
+
+def take_unsent(transport: Any) -> bytes:
+    """Empty a ``splice_ready`` transport's write buffer and return what it held, in order.
+
+    The caller sends those bytes ahead of anything newer (the splice pipe).
+    """
+    data = bytes(memoryview(transport.dataBuffer)[transport.offset:])
+    if transport._tempDataBuffer:
+        data += b"".join(transport._tempDataBuffer)
+    transport.dataBuffer = b""
+    transport.offset = 0
+    transport._tempDataBuffer = []
+    transport._tempDataLen = 0
+    transport.stopWriting()
+    return data
 
 
 def send_now(sink: Any, data: bytes) -> bytes:
