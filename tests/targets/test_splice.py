@@ -103,8 +103,9 @@ class SpliceTests(TestCase):
         self.addCleanup(self.backend.close)
         target = ProxyTarget(reactor, [f"tcp:127.0.0.1:{self.backend.getsockname()[1]}"])
         target.splice_after = 64 * 1024
-        # A short tunnel timeout: a spliced pair must still count as active (its legs' reads move).
-        self.mux = Multiplexer(reactor, timeouts=Timeouts(tunnel=0.5, server_response=0.0))
+        # The slow-reader tests stall a reader for a while: a generous tunnel timeout here;
+        # the tunnel-timeout test sets its own short one.
+        self.mux = Multiplexer(reactor, timeouts=Timeouts(tunnel=30.0, server_response=0.0))
         self.mux.add_route(target, name="proxied", default=True)
         port = reactor.listenTCP(0, self.mux, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -331,6 +332,8 @@ class SpliceTests(TestCase):
     @defer.inlineCallbacks
     def test_spliced_pair_stays_active_for_the_tunnel_timeout(self) -> Any:
         """A slow steady upload, spliced, outlives a 0.5 s tunnel timeout three times over."""
+        # A short tunnel timeout: a spliced pair must still count as active (its legs' reads move).
+        self.mux.timeouts = Timeouts(tunnel=0.5, server_response=0.0)
 
         def run() -> tuple[str, tuple[int, str]]:
             client, server = self.connect()
