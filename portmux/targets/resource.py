@@ -12,6 +12,7 @@ import weakref
 from typing import Any, cast
 
 from twisted.internet.interfaces import IProtocol
+from twisted.logger import Logger
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import Site
@@ -20,6 +21,9 @@ from zope.interface import implementer
 from portmux import _twisted
 from portmux.core.interfaces import ITarget
 from portmux.core.routing import normalize_name, peer_ip
+from portmux.targets._http_front import RoutedRequest, http1_channel
+
+log = Logger(namespace="portmux")
 
 
 @implementer(ITarget)
@@ -39,14 +43,29 @@ class ResourceTarget:
         """Nothing to stop."""
 
     def attach(self, connection: Any) -> IProtocol | None:
-        site = connection.mux.shared("portmux.targets.resource.site", dispatching_site)
-        site.resource.remember(connection.transport, connection.preamble)
+        return serve_http(connection)
+
+
+def serve_http(connection: Any) -> IProtocol:
+    """Serve a classified HTTP connection with the multiplexer's one Site, routing per request.
+
+    HTTP/1.x gets the hardened channel (portmux.targets._http_front); HTTP/2 (after
+    TLS termination) twisted.web's own, whose streams are routed the same way.
+    """
+    site = connection.mux.shared("portmux.targets.resource.site", dispatching_site)
+    site.resource.remember(connection.transport, connection.preamble, connection.peer)
+    preamble = connection.preamble
+    channel: Any
+    if preamble.http_version == "HTTP/2" or preamble.protocol != "http":
         channel = site.buildProtocol(connection.peer)
-        channel.makeConnection(connection.transport)
-        payload = connection.payload
-        if payload:
-            channel.dataReceived(payload)
-        return channel  # type: ignore[no-any-return]
+    else:
+        settings = connection.mux.settings
+        channel = http1_channel(site, preamble, settings.preamble_max_bytes, settings.preamble_timeout)
+    channel.makeConnection(connection.transport)
+    payload = connection.payload
+    if payload:
+        channel.dataReceived(payload)
+    return channel  # type: ignore[no-any-return]
 
 
 def _address_key(host: Any, peer: Any) -> tuple[str, str]:
@@ -54,17 +73,28 @@ def _address_key(host: Any, peer: Any) -> tuple[str, str]:
     return repr(host), repr(peer)
 
 
-def _request_preamble(request: Any, preambles: Any, by_address: Any) -> Any:
-    """The connection's preamble, with this request's host and path."""
+def _request_transport(request: Any, by_address: Any) -> Any:
+    """The connection transport a request (HTTP/1 or an HTTP/2 stream) arrived on."""
     channel = _twisted.stream_connection(request.channel)  # HTTP/2 streams: their connection
     transport = getattr(channel, "transport", None)
     if transport is None:  # an HTTP/2 stream without the fast path: find it by addresses
         transport = by_address.get(_address_key(request.getHost(), request.getClientAddress()))
-    base = preambles.get(transport)
+    return transport
+
+
+def _request_preamble(request: Any, preambles: Any, by_address: Any, target: bytes | None = None) -> Any:
+    """The connection's preamble, with this request's host and path."""
+    base = preambles.get(_request_transport(request, by_address))
     host = request.getHeader(b"host")
     if host is not None:
         host = normalize_name(host.decode("latin-1").rsplit(":", 1)[0].strip("[]"))
-    path = request.path.decode("latin-1")
+    if target is None:
+        path = request.path.decode("latin-1")
+    else:
+        path = target.split(b"?", 1)[0].decode("latin-1")
+        if not path.startswith("/"):  # absolute-form: http://host/path
+            after = path.split("://", 1)[-1]
+            path = "/" + after.split("/", 1)[1] if "/" in after else "/"
     if base is None:
         from portmux.core.preamble import Preamble
 
@@ -79,30 +109,68 @@ class _Dispatcher(Resource):
         super().__init__()  # type: ignore[no-untyped-call]
         self._mux = mux
         self._preambles: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._peers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         # Without _twisted.FAST_PATHS an HTTP/2 stream does not lead to its transport.
         self._by_address: weakref.WeakValueDictionary[Any, Any] = weakref.WeakValueDictionary()
 
-    def remember(self, transport: Any, preamble: Any) -> None:
-        """Record the preamble of a connection about to be served by this Site."""
+    def remember(self, transport: Any, preamble: Any, peer: Any = None) -> None:
+        """Record the preamble (and PROXY-header-aware peer) of a connection served by this Site."""
         try:
             self._preambles[transport] = preamble
+            if peer is not None:
+                self._peers[transport] = peer
         except TypeError:  # a transport that cannot be weakly referenced
             return
         if not _twisted.FAST_PATHS:
             key = _address_key(transport.getHost(), transport.getPeer())
             self._by_address[key] = transport
 
+    @property
+    def reactor(self) -> Any:
+        return self._mux.reactor
+
+    def facts(self, request: Any, target: bytes | None = None) -> tuple[Any, Any]:
+        """(preamble with this request's host and path, the client's address) for ``request``.
+
+        The address is the connection's peer as routing saw it (a PROXY header's
+        source when one was read), not only the socket's.
+        """
+        preamble = _request_preamble(request, self._preambles, self._by_address, target)
+        peer = self._peers.get(_request_transport(request, self._by_address))
+        return preamble, peer if peer is not None else request.getClientAddress()
+
+    def route_for(self, request: Any, target: bytes | None = None) -> Any:
+        """The route the multiplexer's Router chooses for this request's host and path."""
+        preamble, peer = self.facts(request, target)
+        request.portmux_preamble = preamble
+        return self._mux.router.select(preamble, peer_ip(peer))
+
     def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
-        preamble = _request_preamble(request, self._preambles, self._by_address)
-        ip = peer_ip(request.getClientAddress())
-        for route in self._mux.router.static_routes:  # registered routes are never resources
-            target = route.target
-            if isinstance(target, ResourceTarget) and route.match.accepts(preamble, ip):
-                return _descend(route, target.resource, request)
+        route = self.route_for(request)
+        target = route.target if route is not None else None
+        if isinstance(target, ResourceTarget):
+            return _descend(route, target.resource, request)
+        if route is not None:
+            log.info("http request for {host}{path} matched whole-connection route {route}: 421",
+                     host=request.portmux_preamble.host or "", path=request.path.decode("latin-1"),
+                     route=route.name)
+            return _Misdirected()
         return notFound(brief="No Such Resource", message="No route serves this host and path.")
 
     def render(self, request: Any) -> bytes:
         return cast(bytes, notFound().render(request))
+
+
+class _Misdirected(Resource):
+    """421: this request's route takes whole connections, so it needs a connection of its own."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(421)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"connection", b"close")
+        return b"421 Misdirected Request: this host and path are served per connection; reconnect\n"
 
 
 def _descend(route: Any, resource: IResource, request: Any) -> IResource:
@@ -136,7 +204,8 @@ def _renders_at_mount_point(resource: Any) -> bool:
 
 def dispatching_site(mux: Any) -> Site:
     """The shared Site whose root dispatches per request over ``mux``'s routes."""
-    site = Site(_Dispatcher(mux))
+    site = Site(_Dispatcher(mux), reactor=mux.reactor)
+    site.requestFactory = RoutedRequest
     site.displayTracebacks = False
     site.portmux_mux = mux  # type: ignore[attr-defined]  # the admin pages find the multiplexer through request.site
     return site

@@ -16,12 +16,14 @@ from portmux.daemon.config._problems import join_key, one_line
 from portmux.daemon.config._schema import (
     INVALID,
     AnyOf,
+    Flag,
     ListOf,
     Number,
     OneOf,
     TableOf,
     Text,
     Walk,
+    Whole,
     read_table,
     schema_of,
     setting,
@@ -68,6 +70,21 @@ class ProxyTable:
     ca: str | None = setting(Text("a path"), "CA bundle verifying tls: backends", default=None)
     client_cert: Any = setting(_CLIENT_CERT, "client certificate for tls: backends", default=None)
     server_name: str | None = setting(Text(), "SNI and verified name for tls: backends", default=None)
+    per_request: bool | None = setting(
+        Flag(), "HTTP: route and forward each request on its own (default: yes, unless proxy_header)",
+        default=None)
+    pool_size: int | None = setting(
+        Whole(check=positive), "HTTP per request: idle keep-alive connections kept per backend (16)",
+        default=None)
+    idle_timeout: float | None = setting(
+        Number(), "HTTP per request: seconds an idle backend connection is kept (30)", default=None,
+        check=positive)
+    forwarded: str | None = setting(
+        OneOf("x-forwarded", "forwarded", "both"),
+        "HTTP per request: add X-Forwarded-For/-Proto/-Host, Forwarded, or both", default=None)
+    max_body: int | None = setting(
+        Whole(check=positive), "HTTP per request: larger request bodies are refused with 413",
+        default=None)
 
 
 @dataclass(frozen=True)
@@ -131,8 +148,11 @@ def _plan(values: dict[str, Any], key_path: str, endpoints_key: str, walk: Walk)
     options: dict[str, Any] = {}
     if values.get("connect_timeout") is not None:
         options["connect_timeout"] = float(values["connect_timeout"])
-    if values.get("proxy_header") is not None:
-        options["proxy_header"] = values["proxy_header"]
+    for name in ("proxy_header", "per_request", "pool_size", "forwarded", "max_body"):
+        if values.get(name) is not None:
+            options[name] = values[name]
+    if values.get("idle_timeout") is not None:
+        options["idle_timeout"] = float(values["idle_timeout"])
     return ProxyPlan(tuple(backends), options)
 
 
@@ -165,7 +185,13 @@ PROXY_VALUE = AnyOf(
 
 
 def build_proxy(plan: ProxyPlan, ctx: BuildContext) -> object:
-    """A ProxyTarget over the checked backends."""
+    """An HttpProxyTarget (HTTP per request, the rest byte-for-byte) or, with
+    ``per_request = false``, a ProxyTarget (every connection byte-for-byte)."""
+    from portmux.targets.http_proxy import HttpProxyTarget
     from portmux.targets.proxy import ProxyTarget
 
-    return ProxyTarget(ctx.reactor, list(plan.backends), **plan.options)
+    options = dict(plan.options)
+    if options.get("per_request") is False:
+        whole = {k: v for k, v in options.items() if k in ("connect_timeout", "proxy_header")}
+        return ProxyTarget(ctx.reactor, list(plan.backends), **whole)
+    return HttpProxyTarget(ctx.reactor, list(plan.backends), **options)

@@ -1,0 +1,249 @@
+# -*- test-case-name: tests.targets.test_http_hostile,tests.targets.test_http_proxy -*-
+"""The front of per-request HTTP: a hardened HTTP/1.1 channel and a request that routes early.
+
+``GuardedChannel`` is twisted.web's HTTPChannel with the request-smuggling and
+resource defences reverse proxies apply: a head line with a bare LF or CR, an
+obs-folded header, both Content-Length and Transfer-Encoding, more than one
+Content-Length, a Transfer-Encoding other than ``chunked`` are refused with 400;
+an oversized head with 431; a head not complete within the sniff preamble
+timeout with 408. Each refusal is one log line, then the connection closes —
+nothing ambiguous is ever passed on.
+
+``RoutedRequest`` picks its route as soon as the head is known, so a proxied
+request's body streams to the backend (``start_exchange``) instead of being
+spooled whole by twisted.web; other requests behave as twisted.web's own.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
+from twisted.web.server import Request
+
+from portmux import _twisted
+from portmux.core import refusal
+from portmux.core.preamble import Preamble
+from portmux.protocols import http as http_protocol
+
+log = Logger(namespace="portmux")
+
+PAYLOAD_TOO_LARGE = 413
+
+
+class GuardedChannel(HTTPChannel):
+    """An HTTPChannel that refuses ambiguous or oversized request heads (see module doc)."""
+
+    totalHeadersSize = 1 << 30  # our own limit (431) is checked first
+
+    def __init__(self, max_head: int, head_timeout: float, preamble: Preamble) -> None:
+        super().__init__()
+        self.max_head = max_head
+        self.head_timeout = head_timeout
+        self.MAX_LENGTH = max_head
+        self.portmux_preamble = preamble
+        self._head_bytes = 0
+        self._in_head = False
+        self._head_timer: Any = None
+        self._lengths: list[bytes] = []
+        self._encodings: list[bytes] = []
+        self._refused = False
+        self._tunnel: Any = None
+
+    def take_over(self, protocol: Any) -> bytes:
+        """Send every further read, and the connection's end, to ``protocol`` (a 101 tunnel).
+
+        Returns the bytes already read and buffered after the upgrade request.
+        """
+        self._cancel_head_timer()
+        self.setTimeout(None)
+        self._tunnel = protocol
+        return _twisted.drain_http_buffer(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.dataReceived(data)
+            return
+        if self._refused:
+            return
+        if self.line_mode and self._head_timer is None and self.head_timeout:
+            self._head_timer = self.callLater(self.head_timeout, self._head_timed_out)
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        self._head_bytes += len(line) + 2
+        if self._head_bytes > self.max_head:
+            self.refuse(refusal.TOO_LARGE, f"request head over {self.max_head} bytes")
+            return
+        if b"\n" in line or b"\r" in line:
+            self.refuse(refusal.BAD_REQUEST, "bare LF or CR in the request head")
+            return
+        if not self._in_head:
+            if line:
+                self._in_head = True
+        elif line[:1] in (b" ", b"\t"):
+            self.refuse(refusal.BAD_REQUEST, "obsolete line folding in a header")
+            return
+        elif line:
+            if not self._header_ok(line):
+                return
+        else:
+            self._in_head = False
+            self._head_bytes = 0
+            if not self._framing_ok():
+                return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.refuse(refusal.TOO_LARGE, f"request head line over {self.max_head} bytes")
+
+    def _header_ok(self, line: bytes) -> bool:
+        name, colon, value = line.partition(b":")
+        if not colon or name != name.strip(b" \t"):
+            self.refuse(refusal.BAD_REQUEST, "malformed header name")
+            return False
+        lower = name.lower()
+        if lower == b"content-length":
+            self._lengths.append(value.strip(b" \t"))
+        elif lower == b"transfer-encoding":
+            self._encodings.append(value.strip(b" \t"))
+        return True
+
+    def _framing_ok(self) -> bool:
+        """The body's framing is stated once, unambiguously (RFC 9112 §6)."""
+        lengths, encodings = self._lengths, self._encodings
+        self._lengths, self._encodings = [], []
+        if lengths and encodings:
+            reason = "both Content-Length and Transfer-Encoding"
+        elif len(set(lengths)) > 1 or any(b"," in v for v in lengths):
+            reason = "differing Content-Length values"
+        elif len(lengths) > 1:
+            reason = "duplicate Content-Length"
+        elif lengths and not (lengths[0].isdigit() and lengths[0].isascii()):
+            reason = "malformed Content-Length"
+        elif len(encodings) > 1 or (encodings and encodings[0].lower() != b"chunked"):
+            reason = "Transfer-Encoding other than a single chunked"
+        else:
+            return True
+        self.refuse(refusal.BAD_REQUEST, reason)
+        return False
+
+    def allHeadersReceived(self) -> None:
+        self._cancel_head_timer()
+        super().allHeadersReceived()
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            if self._head_timer.active():
+                self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        self.refuse(refusal.TIMEOUT, f"request head not complete within {self.head_timeout:g} s")
+
+    def refuse(self, status: int, reason: str) -> None:
+        """Answer ``status`` in HTTP/1.1, log one line, and close."""
+        if self._refused:
+            return
+        self._refused = True
+        self._cancel_head_timer()
+        peer = self.transport.getPeer() if self.transport is not None else None
+        log.info("http request refused ({status}) from {peer}: {reason}",
+                 status=status, peer=getattr(peer, "host", peer), reason=reason)
+        if self.transport is not None:
+            self.transport.write(http_protocol.refuse(self.portmux_preamble, status, reason))
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel_head_timer()
+        if self._tunnel is not None:
+            self._tunnel.connectionLost(reason)
+        super().connectionLost(reason)
+
+
+class RoutedRequest(Request):
+    """A Site request routed once its head is known; proxied bodies stream, never spool."""
+
+    exchange: Any = None
+    _decided = False
+
+    def gotLength(self, length: int | None) -> None:
+        self._length = length
+        if not hasattr(self.channel, "streamID"):  # HTTP/1: the head is complete now
+            self._decide()
+        if self.exchange is None:
+            super().gotLength(length)
+
+    def _decide(self, head: tuple[bytes, bytes] | None = None) -> None:
+        """Ask the Site's dispatcher for this request's route; a streaming target takes it now."""
+        if self._decided:
+            return
+        head = head or _twisted.request_head(self)
+        if head is None:
+            return  # routed later, in process(), after twisted.web buffered the body
+        self._decided = True
+        dispatcher = self.channel.site.resource
+        route = dispatcher.route_for(self, head[1])
+        start = getattr(getattr(route, "target", None), "start_exchange", None)
+        if start is None:
+            return
+        self.exchange = start(self, route, head, getattr(self, "_length", None), dispatcher)
+        if self.exchange is not None:
+            self.content = io.BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if not self._decided and hasattr(self.channel, "streamID"):
+            self._decide()
+            if self.exchange is None and getattr(self, "content", None) is None:
+                super().gotLength(getattr(self, "_length", None))
+        if self.exchange is not None:
+            self.exchange.front_data(data)
+        else:
+            super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if not self._decided:
+            self._decide((command, path))
+            if self.exchange is None and getattr(self, "content", None) is None:
+                super().gotLength(0)
+        if self.exchange is None:
+            super().requestReceived(command, path, version)
+            return
+        self.method, self.uri, self.clientproto = command, path, version
+        self.path = path.split(b"?", 1)[0]
+        self.exchange.front_complete()
+
+    def process(self) -> None:
+        if self.exchange is None and not self._decided:
+            # Without early routing the body is buffered; a streaming target takes it now.
+            self._decided = True
+            dispatcher = self.channel.site.resource
+            route = dispatcher.route_for(self, self.uri)
+            start = getattr(getattr(route, "target", None), "start_exchange", None)
+            if start is not None:
+                self.content.seek(0)
+                self.exchange = start(self, route, (self.method, self.uri), None, dispatcher)
+                if self.exchange is not None:
+                    self.exchange.front_data(self.content.read())
+                    self.exchange.front_complete()
+                    return
+        super().process()
+
+
+def http1_channel(site: Any, preamble: Preamble, max_head: int, head_timeout: float) -> GuardedChannel:
+    """A GuardedChannel wired to ``site`` the way Site.buildProtocol wires its own."""
+    channel = GuardedChannel(max_head, head_timeout, preamble)
+    channel.factory = site
+    channel.site = site
+    channel.requestFactory = site.requestFactory
+    channel.timeOut = site.timeOut
+    channel.callLater = site.reactor.callLater
+    return channel
+
+
+__all__ = ["PAYLOAD_TOO_LARGE", "GuardedChannel", "RoutedRequest", "http1_channel"]

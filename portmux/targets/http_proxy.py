@@ -1,0 +1,115 @@
+# -*- test-case-name: tests.targets.test_http_proxy,tests.targets.test_http_upgrade -*-
+"""The HTTP reverse-proxy target: each request on a kept-alive connection to its own route.
+
+An HTTP connection routed here is served by the multiplexer's one Site (as
+``resource`` routes are), so every request — HTTP/1.1 keep-alive, or each stream
+of an HTTP/2 connection after TLS termination — is matched on Host and path
+again and, when it lands on this target, forwarded as an HTTP/1.1 request over a
+pooled keep-alive connection (portmux.targets._http_exchange).  Anything that is
+not HTTP (or ``per_request=False``, or a PROXY header to send) falls back to the
+byte-for-byte ``ProxyTarget``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
+from zope.interface import implementer
+
+from portmux.core.interfaces import ITarget
+from portmux.targets._http_exchange import FORWARDED_STYLES, HttpExchange
+from portmux.targets._http_pool import BackendPool
+from portmux.targets.proxy import ProxyTarget
+from portmux.targets.resource import serve_http
+
+
+@implementer(ITarget)
+class HttpProxyTarget:
+    """Proxy HTTP per request to ``endpoints`` (round-robin, failover), whole connections otherwise.
+
+    ``pool_size`` idle keep-alive connections are kept per backend for
+    ``idle_timeout`` seconds; ``forwarded`` is None, "x-forwarded", "forwarded"
+    or "both"; ``max_body`` (bytes) refuses larger request bodies with 413;
+    ``per_request=None`` means per request for HTTP connections unless a PROXY
+    header is to be sent (which only makes sense per connection).
+    """
+
+    kind = "proxy"
+
+    def __init__(
+        self,
+        reactor: Any = None,
+        endpoints: Sequence[str | IStreamClientEndpoint] | str | None = None,
+        connect_timeout: float = 5.0,
+        proxy_header: str | None = None,
+        per_request: bool | None = None,
+        pool_size: int = 16,
+        idle_timeout: float = 30.0,
+        forwarded: str | None = None,
+        max_body: int | None = None,
+    ) -> None:
+        if forwarded is not None and forwarded not in FORWARDED_STYLES:
+            raise ValueError(f"forwarded must be one of {', '.join(FORWARDED_STYLES)}, not {forwarded!r}")
+        self.whole = ProxyTarget(reactor, endpoints, connect_timeout=connect_timeout,
+                                 proxy_header=proxy_header)
+        self.per_request = per_request if per_request is not None else proxy_header is None
+        self.pool_size = pool_size
+        self.idle_timeout = idle_timeout
+        self.forwarded = forwarded
+        self.max_body = max_body
+        self.connect_timeout = connect_timeout
+        self.pools: list[BackendPool] = []
+        self.first = 0
+        how = "per request" if self.per_request else "per connection"
+        self.description = f"{self.whole.description}, HTTP {how}"
+
+    @property
+    def endpoints(self) -> tuple[Any, ...]:
+        return self.whole.endpoints
+
+    def start(self) -> None:
+        """Nothing to start: pools fill on demand."""
+
+    def stop(self) -> None:
+        """Close the idle keep-alive connections."""
+        for pool in self.pools:
+            pool.close()
+
+    def attach(self, connection: Any) -> IProtocol | None:
+        """HTTP goes to the per-request Site; anything else byte-for-byte to a backend."""
+        if self.per_request and connection.preamble.protocol == "http":
+            return serve_http(connection)
+        return self.whole.attach(connection)
+
+    def _pools(self) -> list[BackendPool]:
+        """The backends' pools, starting with the next one round-robin."""
+        if not self.pools:
+            whole = self.whole
+            if whole.reactor is None:
+                raise RuntimeError("unbound proxy target")
+            self.pools = [
+                BackendPool(whole.reactor, backend.endpoint, self.pool_size, self.idle_timeout,
+                            self.connect_timeout)
+                for backend in whole.backends
+            ]
+            for pool, backend in zip(self.pools, whole.backends, strict=True):
+                pool.name = backend.name if isinstance(backend.name, str) else pool.name
+        first = self.first
+        self.first = (first + 1) % len(self.pools)
+        return self.pools[first:] + self.pools[:first]
+
+    def start_exchange(self, request: Any, route: Any, head: tuple[bytes, bytes],
+                       length: int | None, dispatcher: Any) -> HttpExchange:
+        """Forward ``request`` (its body still arriving) to a backend."""
+        if self.whole.reactor is None:
+            self.whole.bind(dispatcher.reactor)
+        preamble, client = dispatcher.facts(request, head[1])
+        return HttpExchange(
+            self._pools, request, head, length, client, bool(preamble.tls_terminated or request.isSecure()),
+            self.forwarded, self.max_body, route.name,
+        )
+
+
+__all__ = ["HttpProxyTarget"]
