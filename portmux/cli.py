@@ -89,7 +89,7 @@ def _proxy_choices(routes: Any, depth: int = 1) -> list[str]:
         inner = getattr(getattr(target, "inner", None), "router", None)
         if inner is not None:
             lines += _proxy_choices(inner.static_routes, depth + 1)
-        if getattr(target, "kind", None) != "proxy":
+        if getattr(target, "kind", None) != "proxy" or route.match.protocol not in (None, "http"):
             continue
         if getattr(target, "per_request", False):
             why = ("HTTP per request: each request is matched on Host and path and forwarded over "

@@ -164,6 +164,8 @@ class HttpExchange:
     front_gone = False
     sent_body = False
     retried = False
+    failure: tuple[int, str] | None = None
+    switching: Any = None
 
     def __init__(
         self, pools: Callable[[], list[BackendPool]], request: Any, head: tuple[bytes, bytes],
@@ -281,8 +283,8 @@ class HttpExchange:
         """The front request is complete (its body too): end ours, then relay the response."""
         self.front_done = True
         if self.finished:
-            if getattr(self, "_failure", None) is not None:
-                self._answer(*self._failure)
+            if self.failure is not None:
+                self._answer(*self.failure)
             return
         if self.connection is not None:
             self._end_request()
@@ -312,10 +314,9 @@ class HttpExchange:
                 request.write(bytes(event.data))
         elif isinstance(event, h11.EndOfMessage):
             self._finish()
-        elif isinstance(event, h11.InformationalResponse):
-            if event.status_code == 101:
-                self.switching = event
-            # 100 Continue was already sent by the front; other 1xx are not relayed.
+        elif isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+            self.switching = event  # the tunnel starts when h11 pauses (backend_switched)
+        # Other 1xx are not relayed: the front already answered 100 Continue itself.
 
     def _finish(self) -> None:
         self.finished = True
@@ -354,7 +355,7 @@ class HttpExchange:
 
     def backend_switched(self, trailing: bytes) -> None:
         """The backend answered 101: the front connection becomes a tunnel to it."""
-        response = getattr(self, "switching", None)
+        response = self.switching
         request = self.request
         if response is None or self.is_h2 or self.front_gone:
             self._fail(502, "backend switched protocols unasked")
@@ -439,7 +440,7 @@ class HttpExchange:
         if self.front_done:
             self._answer(status, reason)
         else:
-            self._failure = (status, reason)
+            self.failure = (status, reason)
             if not self.is_h2:  # do not wait for a body nobody will read
                 self._refuse_raw(status, reason)
         self._done_hook()

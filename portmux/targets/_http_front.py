@@ -30,10 +30,13 @@ from portmux.protocols import http as http_protocol
 
 log = Logger(namespace="portmux")
 
+_Channel: Any = HTTPChannel  # untyped Twisted bases: typed as Any so strict mypy checks our code only
+_Request: Any = Request
+
 PAYLOAD_TOO_LARGE = 413
 
 
-class GuardedChannel(HTTPChannel):
+class GuardedChannel(_Channel):  # type: ignore[misc]
     """An HTTPChannel that refuses ambiguous or oversized request heads (see module doc)."""
 
     totalHeadersSize = 1 << 30  # our own limit (431) is checked first
@@ -166,14 +169,15 @@ class GuardedChannel(HTTPChannel):
         super().connectionLost(reason)
 
 
-class RoutedRequest(Request):
+class RoutedRequest(_Request):  # type: ignore[misc]
     """A Site request routed once its head is known; proxied bodies stream, never spool."""
 
     exchange: Any = None
+    body_length: int | None = None
     _decided = False
 
     def gotLength(self, length: int | None) -> None:
-        self._length = length
+        self.body_length = length
         if not hasattr(self.channel, "streamID"):  # HTTP/1: the head is complete now
             self._decide()
         if self.exchange is None:
@@ -192,7 +196,7 @@ class RoutedRequest(Request):
         start = getattr(getattr(route, "target", None), "start_exchange", None)
         if start is None:
             return
-        self.exchange = start(self, route, head, getattr(self, "_length", None), dispatcher)
+        self.exchange = start(self, route, head, self.body_length, dispatcher)
         if self.exchange is not None:
             self.content = io.BytesIO()
 
@@ -200,7 +204,7 @@ class RoutedRequest(Request):
         if not self._decided and hasattr(self.channel, "streamID"):
             self._decide()
             if self.exchange is None and getattr(self, "content", None) is None:
-                super().gotLength(getattr(self, "_length", None))
+                super().gotLength(self.body_length)
         if self.exchange is not None:
             self.exchange.front_data(data)
         else:

@@ -9,7 +9,8 @@ waits for another one's connection (an upgraded WebSocket holds its own).
 
 from __future__ import annotations
 
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 import h11
 from twisted.internet.defer import Deferred, succeed

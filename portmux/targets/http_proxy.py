@@ -69,6 +69,22 @@ class HttpProxyTarget:
     def endpoints(self) -> tuple[Any, ...]:
         return self.whole.endpoints
 
+    @property
+    def backends(self) -> tuple[Any, ...]:
+        return self.whole.backends
+
+    @property
+    def reactor(self) -> Any:
+        return self.whole.reactor
+
+    @property
+    def proxy_header(self) -> str | None:
+        return self.whole.proxy_header
+
+    def bind(self, reactor: Any) -> None:
+        """Dial with ``reactor`` from now on."""
+        self.whole.bind(reactor)
+
     def start(self) -> None:
         """Nothing to start: pools fill on demand."""
 

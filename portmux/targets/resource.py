@@ -31,6 +31,7 @@ class ResourceTarget:
     """Mounts ``resource`` at its route's host and path prefix."""
 
     kind = "resource"
+    per_request = True
 
     def __init__(self, resource: IResource) -> None:
         self.resource = resource
@@ -154,7 +155,7 @@ class _Dispatcher(Resource):
             log.info("http request for {host}{path} matched whole-connection route {route}: 421",
                      host=request.portmux_preamble.host or "", path=request.path.decode("latin-1"),
                      route=route.name)
-            return _Misdirected()
+            return _Misdirected()  # type: ignore[no-untyped-call]
         return notFound(brief="No Such Resource", message="No route serves this host and path.")
 
     def render(self, request: Any) -> bytes:

@@ -26,7 +26,7 @@ class Handler(BaseHTTPRequestHandler):
         super().setup()
         self.connection_number = next(COUNTER)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def record(self) -> None:
