@@ -39,7 +39,9 @@ PAYLOAD_TOO_LARGE = 413
 class GuardedChannel(_Channel):  # type: ignore[misc]
     """An HTTPChannel that refuses ambiguous or oversized request heads (see module doc)."""
 
-    totalHeadersSize = 1 << 30  # our own limit (431) is checked first
+    totalHeadersSize = 1 << 30  # our own limits (431) are checked first
+    maxHeaders = 1 << 30
+    max_header_count = 500
 
     def __init__(self, max_head: int, head_timeout: float, preamble: Preamble) -> None:
         super().__init__()
@@ -48,6 +50,7 @@ class GuardedChannel(_Channel):  # type: ignore[misc]
         self.MAX_LENGTH = max_head
         self.portmux_preamble = preamble
         self._head_bytes = 0
+        self._header_count = 0
         self._in_head = False
         self._head_timer: Any = None
         self._lengths: list[bytes] = []
@@ -88,10 +91,15 @@ class GuardedChannel(_Channel):  # type: ignore[misc]
         if not self._in_head:
             if line:
                 self._in_head = True
+                self._header_count = 0
         elif line[:1] in (b" ", b"\t"):
             self.refuse(refusal.BAD_REQUEST, "obsolete line folding in a header")
             return
         elif line:
+            self._header_count += 1
+            if self._header_count > self.max_header_count:
+                self.refuse(refusal.TOO_LARGE, f"more than {self.max_header_count} header fields")
+                return
             if not self._header_ok(line):
                 return
         else:
