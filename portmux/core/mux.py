@@ -30,6 +30,7 @@ from portmux.core.registered import RegisteredLayer
 from portmux.core.routing import Match, Network, Route, Router, _in_networks, peer_ip
 from portmux.core.stats import RouteCounters, Stats
 from portmux.protocols import refusal_bytes, tcpmux
+from portmux.protocols.http import request_via
 
 if TYPE_CHECKING:
     from portmux.protocols.proxyheader import ProxyHeader
@@ -291,6 +292,8 @@ class SniffingProtocol(Protocol):
     def _route(self, preamble: Preamble) -> None:
         if self.outer is not None:
             preamble = with_outer(preamble, self.outer)
+        if preamble.protocol == "http" and preamble.via is None and preamble.path is not None:
+            preamble = preamble.replace(via=request_via(preamble, getattr(self.transport.getHost(), "port", None)))  # type: ignore[union-attr]
         route = self._router.select(preamble, self._ip)
         if route is None:
             status = refusal.NOT_FOUND if preamble.error is None else refusal.BAD_REQUEST

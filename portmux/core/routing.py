@@ -383,7 +383,7 @@ class Router:
             match = route.match
             if not getattr(route.target, "per_request", False) or match.default or match.silent:
                 continue
-            probe = preamble.replace(path=match.path or "/",
+            probe = preamble.replace(path=match.path or "/", via=match.via,
                                      host=preamble.host if preamble.host is not None else match.host)
             if match.accepts(probe, ip):
                 return route

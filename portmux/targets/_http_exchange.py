@@ -328,8 +328,7 @@ class HttpExchange:
             request.finish()
         if connection is not None:
             connection.done()
-        if self.on_done is not None:
-            self.on_done(self)
+        self._done_hook()
 
     def backend_lost(self, reason: Failure) -> None:
         """The backend connection closed or broke before the response ended."""

@@ -49,6 +49,7 @@ class HttpProxyTarget:
         idle_timeout: float = 30.0,
         forwarded: str | None = None,
         max_body: int | None = None,
+        withdraw_status: int | None = None,
     ) -> None:
         if forwarded is not None and forwarded not in FORWARDED_STYLES:
             raise ValueError(f"forwarded must be one of {', '.join(FORWARDED_STYLES)}, not {forwarded!r}")
@@ -62,6 +63,8 @@ class HttpProxyTarget:
         self.connect_timeout = connect_timeout
         self.pools: list[BackendPool] = []
         self.first = 0
+        self.withdraw_status = withdraw_status
+        self.in_flight: set[HttpExchange] = set()
         how = "per request" if self.per_request else "per connection"
         self.description = f"{self.whole.description}, HTTP {how}"
 
@@ -89,9 +92,13 @@ class HttpProxyTarget:
         """Nothing to start: pools fill on demand."""
 
     def stop(self) -> None:
-        """Close the idle keep-alive connections."""
+        """Close the idle keep-alive connections; with ``withdraw_status`` (a worker's
+        registration ended) also answer the requests in flight with it."""
         for pool in self.pools:
             pool.close()
+        if self.withdraw_status is not None:
+            for exchange in list(self.in_flight):
+                exchange.fail(self.withdraw_status, "the worker serving this prefix went away")
 
     def attach(self, connection: Any) -> IProtocol | None:
         """HTTP goes to the per-request Site; anything else byte-for-byte to a backend."""
@@ -122,10 +129,13 @@ class HttpProxyTarget:
         if self.whole.reactor is None:
             self.whole.bind(dispatcher.reactor)
         preamble, client = dispatcher.facts(request, head[1])
-        return HttpExchange(
+        exchange = HttpExchange(
             self._pools, request, head, length, client, bool(preamble.tls_terminated or request.isSecure()),
-            self.forwarded, self.max_body, route.name,
+            self.forwarded, self.max_body, route.name, self.in_flight.discard,
         )
+        if not exchange.finished:
+            self.in_flight.add(exchange)
+        return exchange
 
 
 __all__ = ["HttpProxyTarget"]

@@ -21,6 +21,7 @@ from zope.interface import implementer
 from portmux import _twisted
 from portmux.core.interfaces import ITarget
 from portmux.core.routing import normalize_name, peer_ip
+from portmux.protocols.http import request_via
 from portmux.targets._http_front import RoutedRequest, http1_channel
 
 log = Logger(namespace="portmux")
@@ -100,7 +101,8 @@ def _request_preamble(request: Any, preambles: Any, by_address: Any, target: byt
         from portmux.core.preamble import Preamble
 
         base = Preamble(protocol="http")
-    return base.replace(host=host or base.host, path=path)
+    preamble = base.replace(host=host or base.host, path=path)
+    return preamble.replace(via=request_via(preamble, getattr(request.getHost(), "port", None)))
 
 
 class _Dispatcher(Resource):

@@ -15,6 +15,7 @@ from portmux.worker._library import (
     control_path,
     parse_address_text,
 )
+from portmux.worker._http import prefix_match, serve_site
 
 __all__ = [
     "ControlError",
@@ -24,4 +25,6 @@ __all__ = [
     "adopt",
     "control_path",
     "parse_address_text",
+    "prefix_match",
+    "serve_site",
 ]
