@@ -6,6 +6,7 @@ sockets (or is proxied to); ``portmux.worker.tap`` is the ``twistd portmux-worke
 plugin built on it.
 """
 
+from portmux.worker._http import prefix_match, serve_site
 from portmux.worker._library import (
     ControlError,
     Handoff,
@@ -15,7 +16,6 @@ from portmux.worker._library import (
     control_path,
     parse_address_text,
 )
-from portmux.worker._http import prefix_match, serve_site
 
 __all__ = [
     "ControlError",

@@ -18,7 +18,6 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from portmux.worker import serve_site
 
-
 WORKER: list[Any] = []
 
 

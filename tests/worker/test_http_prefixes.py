@@ -32,7 +32,7 @@ def daemon(tmp_path: Path) -> Iterator[dict[str, Any]]:
     processes = Processes()
     control = tmp_path / "control.sock"
     try:
-        port, process, log = processes.portmux(tmp_path, f"""
+        port, _, log = processes.portmux(tmp_path, f"""
 [[listen]]
 endpoint = "tcp:0:interface=127.0.0.1"
 [control]
@@ -78,10 +78,10 @@ def test_two_workers_own_a_and_b_of_one_host_per_request(daemon: dict[str, Any])
 
 def test_precedence_strong_exact_weak_then_longest_prefix(daemon: dict[str, Any]) -> None:
     port = daemon["port"]
-    weak, _ = worker(daemon, "weak", "http://*/")
-    exact, _ = worker(daemon, "exact", "http://site.example/")
-    strong, _ = worker(daemon, "strong", "http://+/api/")
-    longer, said = worker(daemon, "longer", "http://+/api/v2/")
+    worker(daemon, "weak", "http://*/")
+    worker(daemon, "exact", "http://site.example/")
+    worker(daemon, "strong", "http://+/api/")
+    _, said = worker(daemon, "longer", "http://+/api/v2/")
     assert said == "registered"
     base = f"http://127.0.0.1:{port}"
 
