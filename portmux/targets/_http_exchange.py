@@ -2,7 +2,7 @@
 """One front request proxied as one HTTP/1.1 backend request, streamed both ways.
 
 The front is a twisted.web Request (HTTP/1.1 or an HTTP/2 stream); the back is a
-pooled ``BackendConnection`` framed by h11.  Bodies are never held whole: request
+pooled ``BackendConnection`` (requests framed there, responses parsed by httptools).  Bodies are never held whole: request
 chunks are sent as they arrive, with the backend socket's send buffer pausing
 the front (crosswise push producers), and response chunks are written to the
 front, whose buffer pauses the backend socket.  Hop-by-hop headers (RFC 9110
@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import h11
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -165,7 +164,7 @@ class HttpExchange:
     sent_body = False
     retried = False
     failure: tuple[int, str] | None = None
-    switching: Any = None
+    resume_backend = False
 
     def __init__(
         self, pools: Callable[[], list[BackendPool]], request: Any, head: tuple[bytes, bytes],
@@ -187,11 +186,10 @@ class HttpExchange:
         self.queued: list[Any] = []
         self.front_paused: _PauseBoth | None = None
         self.client_ip = peer_ip(client)
-        self.h11_request = h11.Request(
-            method=self.method, target=_origin_form(head[1]),
-            headers=backend_headers(request, length, self.method, self.upgrade, forwarded,
-                                    self.client_ip, https),
-        )
+        self.target = _origin_form(head[1])
+        self.headers = backend_headers(request, length, self.method, self.upgrade, forwarded,
+                                       self.client_ip, https)
+        self.chunked = length is None
         self.pools = pools()
         request.notifyFinish().addErrback(self._front_lost)
         request.defaultContentType = None
@@ -204,7 +202,11 @@ class HttpExchange:
 
     def _dial(self, index: int) -> None:
         pool = self.pools[index]
-        pool.acquire().addCallbacks(self._connected, self._dial_failed, errbackArgs=(index,))
+        connection = pool.take()
+        if connection is not None:
+            self._connected(connection)
+            return
+        pool.dial().addCallbacks(self._connected, self._dial_failed, errbackArgs=(index,))
 
     def _dial_failed(self, reason: Failure, index: int) -> None:
         if self.finished or self.front_gone:
@@ -217,24 +219,19 @@ class HttpExchange:
 
     def _connected(self, connection: BackendConnection) -> None:
         if self.finished or self.front_gone:
-            connection.done() if connection.h11.our_state is not h11.IDLE else connection.pool.release(connection)
+            connection.pool.release(connection)  # nothing was sent on it
             return
         self.connection = connection
         connection.exchange = self
-        try:
-            connection.send(self.h11_request)
-        except h11.LocalProtocolError as e:
-            self.connection = None
-            connection.abort()
-            self._fail(400, f"request cannot be forwarded: {e}")
-            return
+        connection.send_head(self.method, self.target, self.headers, self.chunked)
         for chunk in self.pending:
             self._send_body(chunk)
         self.pending, self.pending_size = [], 0
         if self.front_done:
             self._end_request()
         else:
-            self.front_paused = _PauseBoth(self._front_producer())
+            if self.front_paused is None:
+                self.front_paused = _PauseBoth(self._front_producer())
             connection.transport.registerProducer(self.front_paused, True)  # type: ignore[union-attr]
             self.front_paused.resumeProducing()
 
@@ -245,7 +242,7 @@ class HttpExchange:
     def _send_body(self, data: bytes) -> None:
         if data and self.connection is not None:
             self.sent_body = True
-            self.connection.send(h11.Data(data=data))
+            self.connection.send_body(data)
 
     def _end_request(self) -> None:
         connection = self.connection
@@ -255,10 +252,7 @@ class HttpExchange:
             connection.transport.unregisterProducer()  # type: ignore[union-attr]
             self.front_paused.resumeProducing()
             self.front_paused = None
-        try:
-            connection.send(h11.EndOfMessage())
-        except h11.LocalProtocolError as e:
-            self._fail(400, f"request body does not match its length: {e}")
+        connection.end_request()
 
     # -- the front request's body ---------------------------------------------
 
@@ -289,34 +283,46 @@ class HttpExchange:
         if self.connection is not None:
             self._end_request()
         queued, self.queued = self.queued, []
-        for event in queued:
-            self.backend_event(event)
+        if self.resume_backend and self.connection is not None:
+            self.connection.transport.resumeProducing()  # type: ignore[union-attr]
+        for method, args in queued:
+            method(*args)
 
     # -- the backend's response ----------------------------------------------
 
-    def backend_event(self, event: Any) -> None:
-        if isinstance(event, bytes):  # the tunnel after 101
-            self._tunnel_data(event)
-            return
+    def backend_response(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """The backend's response head: relayed once the front request is complete."""
         if not self.front_done:
-            self.queued.append(event)
+            self._queue(self.backend_response, status, reason, headers)
             return
+        self.responding = True
         request = self.request
-        if isinstance(event, h11.Response):
-            self.responding = True
-            request.setResponseCode(event.status_code, event.reason or None)
-            for name, value in _response_headers(event.headers, False):
-                request.responseHeaders.addRawHeader(name, value)
-            if self.connection is not None and not self.front_gone:
-                request.registerProducer(self.connection.transport, True)
-        elif isinstance(event, h11.Data):
-            if not self.front_gone:
-                request.write(bytes(event.data))
-        elif isinstance(event, h11.EndOfMessage):
+        request.setResponseCode(status, reason or None)
+        add = request.responseHeaders.addRawHeader
+        for name, value in _response_headers(headers, False):
+            add(name, value)
+        if self.connection is not None and not self.front_gone:
+            request.registerProducer(self.connection.transport, True)
+
+    def backend_data(self, data: bytes) -> None:
+        if not self.front_done:
+            self._queue(self.backend_data, data)
+        elif not self.front_gone:
+            self.request.write(data)
+
+    def backend_end(self) -> None:
+        if not self.front_done:
+            self._queue(self.backend_end)
+        else:
             self._finish()
-        elif isinstance(event, h11.InformationalResponse) and event.status_code == 101:
-            self.switching = event  # the tunnel starts when h11 pauses (backend_switched)
-        # Other 1xx are not relayed: the front already answered 100 Continue itself.
+
+    def _queue(self, method: Any, *args: Any) -> None:
+        """Hold a response event until the front request is complete; pause the backend meanwhile."""
+        self.queued.append((method, args))
+        connection = self.connection
+        if connection is not None and connection.transport is not None:
+            connection.transport.pauseProducing()
+            self.resume_backend = True
 
     def _finish(self) -> None:
         self.finished = True
@@ -352,18 +358,18 @@ class HttpExchange:
             return
         self._fail(502, f"backend closed before responding: {why}")
 
-    def backend_switched(self, trailing: bytes) -> None:
+    def backend_switched(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                         trailing: bytes) -> None:
         """The backend answered 101: the front connection becomes a tunnel to it."""
-        response = self.switching
         request = self.request
-        if response is None or self.is_h2 or self.front_gone:
+        if not self.upgrade or self.is_h2 or self.front_gone or not self.front_done:
             self._fail(502, "backend switched protocols unasked")
             return
         self.responding = True
         self.finished = True
         channel = request.channel
         lines = [b"HTTP/1.1 101 Switching Protocols"]
-        lines += [n + b": " + v for n, v in _response_headers(response.headers, True)]
+        lines += [n + b": " + v for n, v in _response_headers(headers, True)]
         channel.transport.write(b"\r\n".join(lines) + b"\r\n\r\n")
         front = _TunnelFront(self)
         early = channel.take_over(front)
@@ -378,7 +384,7 @@ class HttpExchange:
             connection.transport.write(early)  # type: ignore[union-attr]
         self._done_hook()
 
-    def _tunnel_data(self, data: bytes) -> None:
+    def backend_tunnel(self, data: bytes) -> None:
         transport = self.request.channel.transport
         if transport is None:
             return

@@ -84,9 +84,9 @@ def _request_transport(request: Any, by_address: Any) -> Any:
     return transport
 
 
-def _request_preamble(request: Any, preambles: Any, by_address: Any, target: bytes | None = None) -> Any:
+def _request_preamble(request: Any, preambles: Any, transport: Any, target: bytes | None = None) -> Any:
     """The connection's preamble, with this request's host and path."""
-    base = preambles.get(_request_transport(request, by_address))
+    base = preambles.get(transport)
     host = request.getHeader(b"host")
     if host is not None:
         host = normalize_name(host.decode("latin-1").rsplit(":", 1)[0].strip("[]"))
@@ -138,9 +138,15 @@ class _Dispatcher(Resource):
         The address is the connection's peer as routing saw it (a PROXY header's
         source when one was read), not only the socket's.
         """
-        preamble = _request_preamble(request, self._preambles, self._by_address, target)
-        peer = self._peers.get(_request_transport(request, self._by_address))
-        return preamble, peer if peer is not None else request.getClientAddress()
+        known = getattr(request, "portmux_facts", None)
+        if known is not None:
+            return known  # type: ignore[no-any-return]
+        transport = _request_transport(request, self._by_address)
+        preamble = _request_preamble(request, self._preambles, transport, target)
+        peer = self._peers.get(transport)
+        facts = preamble, peer if peer is not None else request.getClientAddress()
+        request.portmux_facts = facts
+        return facts
 
     def route_for(self, request: Any, target: bytes | None = None) -> Any:
         """The route the multiplexer's Router chooses for this request's host and path."""
