@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_NS, SERVER_NS = "pmxbench-client", "pmxbench-server"

@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -165,6 +166,7 @@ class HttpExchange:
     retried = False
     failure: tuple[int, str] | None = None
     resume_backend = False
+    body_file: Any = None
 
     def __init__(
         self, pools: Callable[[], list[BackendPool]], request: Any, head: tuple[bytes, bytes],
@@ -224,6 +226,9 @@ class HttpExchange:
         self.connection = connection
         connection.exchange = self
         connection.send_head(self.method, self.target, self.headers, self.chunked)
+        if self.body_file is not None:
+            self._send_file(connection)
+            return
         for chunk in self.pending:
             self._send_body(chunk)
         self.pending, self.pending_size = [], 0
@@ -234,6 +239,30 @@ class HttpExchange:
                 self.front_paused = _PauseBoth(self._front_producer())
             connection.transport.registerProducer(self.front_paused, True)  # type: ignore[union-attr]
             self.front_paused.resumeProducing()
+
+    def front_file(self, body: Any) -> None:
+        """The whole body, already spooled by twisted.web (routing without FAST_PATHS): sent
+        from the file with FileSender's backpressure once the backend is connected."""
+        self.body_file = body
+        self.sent_body = True
+        connection = self.connection
+        if connection is not None:  # connected at once (an idle pooled connection)
+            if self.front_paused is not None:
+                connection.transport.unregisterProducer()  # type: ignore[union-attr]
+                self.front_paused.resumeProducing()
+                self.front_paused = None
+            self._send_file(connection)
+
+    def _send_file(self, connection: BackendConnection) -> None:
+        assert self.body_file is not None
+        sent = FileSender().beginFileTransfer(self.body_file, connection.transport)
+
+        def sent_all(_: object) -> None:
+            self.body_file = None
+            if self.front_done and self.connection is connection:
+                self._end_request()
+
+        sent.addCallbacks(sent_all, lambda _: None)
 
     def _front_producer(self) -> Any:
         channel = self.request.channel
@@ -280,7 +309,7 @@ class HttpExchange:
             if self.failure is not None:
                 self._answer(*self.failure)
             return
-        if self.connection is not None:
+        if self.connection is not None and self.body_file is None:
             self._end_request()
         queued, self.queued = self.queued, []
         if self.resume_backend and self.connection is not None:
@@ -321,7 +350,7 @@ class HttpExchange:
         self.queued.append((method, args))
         connection = self.connection
         if connection is not None and connection.transport is not None:
-            connection.transport.pauseProducing()
+            connection.transport.pauseProducing()  # type: ignore[attr-defined]
             self.resume_backend = True
 
     def _finish(self) -> None:

@@ -191,7 +191,7 @@ class RoutedRequest(_Request):  # type: ignore[misc]
         if self.exchange is None:
             super().gotLength(length)
 
-    def _decide(self, head: tuple[bytes, bytes] | None = None) -> None:
+    def _decide(self, head: tuple[bytes, bytes] | None = None, keep_content: bool = False) -> None:
         """Ask the Site's dispatcher for this request's route; a streaming target takes it now."""
         if self._decided:
             return
@@ -205,7 +205,7 @@ class RoutedRequest(_Request):  # type: ignore[misc]
         if start is None:
             return
         self.exchange = start(self, route, head, self.body_length, dispatcher)
-        if self.exchange is not None:
+        if self.exchange is not None and not keep_content:
             self.content = io.BytesIO()
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -219,8 +219,13 @@ class RoutedRequest(_Request):  # type: ignore[misc]
             super().handleContentChunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        late = None
         if not self._decided:
-            self._decide((command, path))
+            late = getattr(self, "content", None)  # routed only now: twisted.web buffered the body
+            if late is not None:
+                self.body_length = late.seek(0, 2)
+                late.seek(0)
+            self._decide((command, path), keep_content=late is not None)
             if self.exchange is None and getattr(self, "content", None) is None:
                 super().gotLength(0)
         if self.exchange is None:
@@ -228,23 +233,9 @@ class RoutedRequest(_Request):  # type: ignore[misc]
             return
         self.method, self.uri, self.clientproto = command, path, version
         self.path = path.split(b"?", 1)[0]
+        if late is not None and self.body_length:
+            self.exchange.front_file(late)
         self.exchange.front_complete()
-
-    def process(self) -> None:
-        if self.exchange is None and not self._decided:
-            # Without early routing the body is buffered; a streaming target takes it now.
-            self._decided = True
-            dispatcher = self.channel.site.resource
-            route = dispatcher.route_for(self, self.uri)
-            start = getattr(getattr(route, "target", None), "start_exchange", None)
-            if start is not None:
-                self.content.seek(0)
-                self.exchange = start(self, route, (self.method, self.uri), None, dispatcher)
-                if self.exchange is not None:
-                    self.exchange.front_data(self.content.read())
-                    self.exchange.front_complete()
-                    return
-        super().process()
 
 
 def http1_channel(site: Any, preamble: Preamble, max_head: int, head_timeout: float) -> GuardedChannel:

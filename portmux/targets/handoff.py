@@ -191,7 +191,7 @@ class WorkerGroupTarget:
     @property
     def per_request(self) -> bool:
         """HTTP registrations in proxy mode are served per request (each member's request queue)."""
-        return self.group.mode == "proxy" and self.group.match.protocol == "http"
+        return bool(self.group.mode == "proxy" and self.group.match.protocol == "http")
 
     def start_exchange(self, request: Any, route: Any, head: Any, length: Any, dispatcher: Any) -> Any:
         """Forward one HTTP request to the next member able to take it (round-robin)."""
