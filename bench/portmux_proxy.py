@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--default", help="HOST:PORT for connections that match nothing")
     parser.add_argument("--proxy-header", choices=("v1", "v2"), help="send a PROXY header")
     parser.add_argument("--quiet", action="store_true", help="no log output")
+    parser.add_argument("--access-log", help="write the access log to this file (- for stdout)")
+    parser.add_argument("--access-log-format", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
 
     from twisted.internet import epollreactor
@@ -51,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.default:
         host, port = _host_port(args.default)
         mux.add_route(ProxyTarget(reactor, [f"tcp:{host}:{port}"]), name="default", default=True)
+    if args.access_log:
+        from portmux.daemon.accesslog import AccessLog
+
+        access_log = AccessLog(reactor, args.access_log, args.access_log_format)
+        access_log.start()
+        mux.stats.observers.append(access_log)
     host, port = _host_port(args.listen)
     reactor.listenTCP(port, mux, backlog=4096, interface=host)
     reactor.run()

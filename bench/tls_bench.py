@@ -65,6 +65,29 @@ def handshakes(port: int, context: ssl.SSLContext, count: int) -> float:
     return done / (time.perf_counter() - start)
 
 
+def resumed_handshakes(port: int, context: ssl.SSLContext, count: int) -> float:
+    """Resumed handshakes per second (one session, from a first full handshake + request)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=NAME) as conn:
+        conn.sendall(REQUEST)
+        while not conn.recv(65536).endswith(b"hello\n"):  # also takes in the tickets
+            pass
+        session = conn.session
+    start = time.perf_counter()
+    done = 0
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with context.wrap_socket(raw, server_hostname=NAME, session=session) as conn:
+                conn.do_handshake()
+                if not conn.session_reused:
+                    raise RuntimeError("the server did not resume the session")
+        done += 1
+        if time.perf_counter() - start > DEADLINE:
+            break
+    return done / (time.perf_counter() - start)
+
+
 def latencies(port: int, context: ssl.SSLContext, count: int) -> list[float]:
     """Per-request round trips on one keep-alive HTTPS connection, in microseconds."""
     times: list[float] = []
@@ -120,6 +143,7 @@ def measure(args: argparse.Namespace, ports: dict[str, Any]) -> None:
     context = ssl.create_default_context(cafile=ports["ca"])
     context.set_alpn_protocols(["http/1.1"])
     rates: dict[str, list[float]] = {"direct": [], "portmux": []}
+    resumed: dict[str, list[float]] = {"direct": [], "portmux": []}
     times: dict[str, list[float]] = {"direct": [], "portmux": []}
     labels = ("direct", "portmux")
     for label in labels:
@@ -127,17 +151,22 @@ def measure(args: argparse.Namespace, ports: dict[str, Any]) -> None:
     for _ in range(args.reps):
         for label in labels:
             rates[label].append(handshakes(ports[label], context, args.handshakes))
+            resumed[label].append(resumed_handshakes(ports[label], context, args.handshakes))
             times[label].extend(latencies(ports[label], context, args.requests))
-    print(f"{'server':<10} {'handshakes/s':>13} {'median µs':>10} {'p99 µs':>9}")
+    print(f"{'server':<10} {'handshakes/s':>13} {'resumed/s':>10} {'median µs':>10} {'p99 µs':>9}")
     for label, samples in times.items():
         series = sorted(samples)
         p99 = series[min(len(series) - 1, int(len(series) * 0.99))]
         print(f"{label:<10} {statistics.median(rates[label]):13.0f} "
+              f"{statistics.median(resumed[label]):10.0f} "
               f"{statistics.median(series):10.0f} {p99:9.0f}")
     d_rate, m_rate = statistics.median(rates["direct"]), statistics.median(rates["portmux"])
     d_lat, m_lat = statistics.median(times["direct"]), statistics.median(times["portmux"])
+    m_resumed = statistics.median(resumed["portmux"])
     print(f"portmux/direct: handshakes/s {m_rate / d_rate:.2f}x, "
+          f"resumed {m_resumed / statistics.median(resumed['direct']):.2f}x, "
           f"median request latency {m_lat / d_lat:.2f}x")
+    print(f"portmux resumed/full handshakes: {m_resumed / m_rate:.2f}x")
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "stream_connection",
     "tcp_endpoint_parts",
     "unix_endpoint_path",
+    "watch_socket_close",
 ]
 
 log = Logger(namespace="portmux")
@@ -402,6 +403,51 @@ def close_now(transport: Any, read_done: bool) -> bool:
         transport.connectionLost(DONE)
         return True
     return False
+
+
+class _SocketWatch:
+    """Stands in for one transport's ``_closeSocket`` and ``readConnectionLost``."""
+
+    __slots__ = ("observer", "transport")
+
+    def __init__(self, transport: Any, observer: Any) -> None:
+        self.transport = transport
+        self.observer = observer
+
+    def read_connection_lost(self, reason: Failure) -> None:
+        transport = self.transport
+        self.observer.socket_eof(transport.socket)
+        type(transport).readConnectionLost(transport, reason)
+
+    def close_socket(self, orderly: bool) -> None:
+        transport = self.transport
+        skt = getattr(transport, "socket", None)
+        if skt is not None:
+            self.observer.socket_closing(skt)
+        # Break the transport -> watch -> transport cycle now, so the connection is
+        # freed by reference counting, not left to the cyclic garbage collector.
+        attributes = vars(transport)
+        del attributes["_closeSocket"]
+        attributes.pop("readConnectionLost", None)
+        self.transport = self.observer = None
+        type(transport)._closeSocket(transport, orderly)
+
+
+def watch_socket_close(transport: Any, observer: Any) -> bool:
+    """Call ``observer.socket_eof(socket)`` when the peer's FIN is read and
+    ``observer.socket_closing(socket)`` just before a plain socket transport closes its
+    socket (accounting reads TCP_INFO there).
+
+    Replaces, on this transport instance only, ``tcp.Connection._closeSocket`` and
+    ``readConnectionLost``: nothing runs per read. Returns False (nothing watched) for
+    other transports or with fast paths off: then connections report no byte counts.
+    """
+    if not FAST_PATHS or not isinstance(transport, tcp.Connection):
+        return False
+    watch = _SocketWatch(transport, observer)
+    transport._closeSocket = watch.close_socket  # type: ignore[method-assign]
+    transport.readConnectionLost = watch.read_connection_lost  # type: ignore[method-assign]
+    return True
 
 
 _TCP_INFO: int = getattr(socket, "TCP_INFO", -1)

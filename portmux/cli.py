@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_cli,tests.test_layers -*-
-"""The ``portmux`` command: ``check`` configs, ``connect`` to services, list ``routes``."""
+"""The ``portmux`` command: ``check`` configs, ``explain`` routing, ``connect`` to services, list ``routes``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ EXTERNAL_COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "add_services_arguments",
         "run_services",
         "list the TCPMUX service names a portmux port answers (HELP)",
+    ),
+    "explain": (
+        "portmux.daemon.explain",
+        "add_explain_arguments",
+        "run_explain",
+        "show why given first bytes get their route: probes, preamble, every route, the target",
     ),
     "routes": (
         "portmux.control.cli",

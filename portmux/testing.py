@@ -88,6 +88,8 @@ def feed_mux(
         mux = Multiplexer(MemoryReactorClock(), mux)
         mux.startFactory()
     protocol = mux.buildProtocol(peer)
+    if protocol is None:
+        raise ValueError(f"the multiplexer's limits refused a connection from {peer}")
     transport = StringTransport(peerAddress=peer)
     protocol.makeConnection(transport)  # type: ignore[no-untyped-call]
     for chunk in chunks:

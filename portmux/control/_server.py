@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import tcp, unix
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -96,14 +98,18 @@ def unix_path(endpoint: str) -> str:
     return path
 
 
-def prepare_path(path: str, uid: int | None = None) -> None:
-    """Make ``path`` free to bind: refuse one owned by someone else or in use; drop a stale socket."""
+def prepare_path(path: str, uid: int | None = None, owners: Iterable[int | None] = ()) -> None:
+    """Make ``path`` free to bind: refuse one owned by someone else or in use; drop a stale socket.
+
+    ``owners`` are further accounts whose stale socket may be replaced (the --uid
+    account a root-started daemon handed its socket to).
+    """
     uid = os.getuid() if uid is None else uid
     try:
         info = os.lstat(path)
     except FileNotFoundError:
         return
-    if info.st_uid != uid:
+    if info.st_uid != uid and info.st_uid not in owners:
         raise OSError(errno.EEXIST, f"{path} exists and belongs to uid {info.st_uid}, not {uid}; refusing to replace it")
     if not stat.S_ISSOCK(info.st_mode):
         raise OSError(errno.EEXIST, f"{path} exists and is not a socket; refusing to replace it")
@@ -180,6 +186,8 @@ class ControlProtocol(Protocol):
         if self in factory.connections:
             factory.connections.remove(self)
         gone = factory.registry.unregister_all(self)
+        if factory.cluster is not None:
+            factory.cluster.released(factory.registry, self, gone)
         if gone:
             log.info("control: {label} disconnected; dropped {routes}", label=self.label,
                      routes=", ".join(m.describe(",") for m in gone))
@@ -248,15 +256,29 @@ class ControlProtocol(Protocol):
         try:
             reply = handler(message)
         except RegistrationError as e:
-            log.info("control: refused {op} from {label}: {code}: {message}", op=op, label=self.label,
-                     code=e.code, message=e.message)
-            reply = {"op": "error", "error": e.code, "message": e.message}
+            reply = self._refused(op, e)
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             reply = {"op": "error", "error": "BadRequest", "message": f"malformed {op}: {_brief(e)}"}
-        if reply is not None:
+        if isinstance(reply, Deferred):  # answered once the shared registry has (docs/scale-out.md)
+            reply.addErrback(self._refused_later, op)
+            reply.addCallback(self._reply, request_id)
+            return
+        self._reply(reply, request_id)
+
+    def _reply(self, reply: pc.Message | None, request_id: Any) -> None:
+        if reply is not None and not self._gone:
             if request_id is not None:
                 reply["id"] = request_id
             self.send(reply)
+
+    def _refused_later(self, failure: Failure, op: str) -> pc.Message:
+        failure.trap(RegistrationError)
+        return self._refused(op, failure.value)  # type: ignore[arg-type]
+
+    def _refused(self, op: str, e: RegistrationError) -> pc.Message:
+        log.info("control: refused {op} from {label}: {code}: {message}", op=op, label=self.label,
+                 code=e.code, message=e.message)
+        return {"op": "error", "error": e.code, "message": e.message}
 
     def op_hello(self, message: pc.Message) -> pc.Message:
         version = message.get("version")
@@ -271,7 +293,9 @@ class ControlProtocol(Protocol):
                 "max_pending": self.factory.max_pending,
                 "max_registrations": self.factory.registry.max_per_owner}
 
-    def op_register(self, message: pc.Message) -> pc.Message:
+    def op_register(self, message: pc.Message) -> pc.Message | Deferred[pc.Message | None]:
+        if self.factory.draining:
+            raise RegistrationError("ShuttingDown", "portmux is shutting down; register with its successor")
         match, deprecated = registration_match(message, self.factory.protocols())
         mode = message.get("mode", "handoff")
         if not isinstance(mode, str):
@@ -279,7 +303,25 @@ class ControlProtocol(Protocol):
         endpoint = message.get("endpoint")
         if endpoint is not None and not isinstance(endpoint, str):
             raise RegistrationError("BadMode", "endpoint must be a client endpoint string")
-        group = self.factory.registry.register(self, match, mode, endpoint)
+        advertise = message.get("advertise")
+        if advertise is not None and not isinstance(advertise, str):
+            raise RegistrationError("BadAdvertise", "advertise must be a client endpoint string")
+        cluster = self.factory.cluster
+        if cluster is not None:
+            claimed: Deferred[Any] = cluster.register(self.factory.registry, self, match, mode, endpoint, advertise)
+            return claimed.addCallback(lambda group: self._claimed(group, match, deprecated))
+        return self._registered(self.factory.registry.register(self, match, mode, endpoint), match, deprecated)
+
+    def _claimed(self, group: Any, match: Any, deprecated: str | None) -> pc.Message | None:
+        """The cluster-wide claim succeeded; undo it if this worker left meanwhile."""
+        if self._gone:
+            registry = self.factory.registry
+            if registry.unregister(self, match):
+                self.factory.cluster.released(registry, self, [match])
+            return None
+        return self._registered(group, match, deprecated)
+
+    def _registered(self, group: Any, match: Any, deprecated: str | None) -> pc.Message:
         log.info("control: {label} registered {name} ({members} in group)", label=self.label,
                  name=group.name, members=len(group.members))
         reply: pc.Message = {"op": "registered", "route": group.name, "members": len(group.members),
@@ -293,6 +335,8 @@ class ControlProtocol(Protocol):
         match, _ = registration_match(message, self.factory.protocols())
         if not self.factory.registry.unregister(self, match):
             raise RegistrationError("NotRegistered", f"{match.describe(',')} is not registered by this connection")
+        if self.factory.cluster is not None:
+            self.factory.cluster.released(self.factory.registry, self, [match])
         return {"op": "unregistered", "match": match.to_keys()}
 
     def op_routes(self, message: pc.Message) -> pc.Message:
@@ -377,8 +421,11 @@ class ControlFactory(ServerFactory):
         max_registrations: int | None = MAX_REGISTRATIONS,
         unauthorized_rate: float = UNAUTHORIZED_RATE,
         unauthorized_total_rate: float = UNAUTHORIZED_TOTAL_RATE,
+        cluster: Any = None,
     ) -> None:
         self.reactor = reactor
+        self.cluster = cluster
+        """A portmux.control._cluster.Cluster sharing registrations through etcd, or None."""
         self.mux = mux
         self.allow_uids = frozenset(allow_uids)
         self.allow_gids = frozenset(allow_gids)
@@ -389,6 +436,8 @@ class ControlFactory(ServerFactory):
         self.credentials = credentials
         self.own_uid = os.getuid() if own_uid is None else own_uid
         self.connections: list[ControlProtocol] = []
+        self.draining = False
+        """True once portmux is stopping: new registrations are refused."""
         self._timed_out: list[ControlProtocol] = []
         self._protocols: frozenset[str] | None = None
         self.unauthorized = ConnectLimiter(unauthorized_rate, unauthorized_total_rate)
@@ -441,12 +490,38 @@ class ControlFactory(ServerFactory):
         return HttpProxyTarget(self.reactor, [endpoint], withdraw_status=503)
 
 
-class ControlService(Service):
-    """Listens on the [control] UNIX socket while the service runs."""
+class _ControlPort(unix.Port):
+    """A UNIX listening port that survives not being allowed to remove its socket file.
 
-    def __init__(self, reactor: Any, mux: Any, control_config: Any, reservations: Iterable[Any] = ()) -> None:
+    Bound as root before twistd's --uid/--gid drop, the socket's directory may not be
+    writable by the account that later stops listening; the file is then left for
+    the next start's prepare_path to replace.
+    """
+
+    control_path = ""
+
+    def connectionLost(self, reason: Failure) -> None:
+        try:
+            super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        except PermissionError as error:
+            log.info("control: cannot remove {path} after dropping privileges ({error}); "
+                     "the next start replaces it", path=self.control_path, error=error.strerror)
+            tcp.Port.connectionLost(self, reason)  # the rest of what the unlink cut short
+
+
+class ControlService(Service):
+    """Listens on the [control] UNIX socket while the service runs.
+
+    It binds in privilegedStartService, so with ``twistd --uid/--gid`` the socket is
+    created while still root (its directory, e.g. /run/portmux, may be root's) and
+    handed to ``run_as``; workers of that account may then connect.
+    """
+
+    def __init__(self, reactor: Any, mux: Any, control_config: Any, reservations: Iterable[Any] = (),
+                 run_as: tuple[int | None, int | None] = (None, None), cluster: Any = None) -> None:
         self.reactor = reactor
         self.path = unix_path(str(control_config.endpoint))
+        self.run_as = run_as
         self.factory = ControlFactory(
             reactor,
             mux,
@@ -456,22 +531,41 @@ class ControlService(Service):
             max_pending=int(getattr(control_config, "max_pending", 100) or 100),
             heartbeat=float(getattr(control_config, "heartbeat", HEARTBEAT) or HEARTBEAT),
             heartbeat_timeout=float(getattr(control_config, "heartbeat_timeout", HEARTBEAT_TIMEOUT) or HEARTBEAT_TIMEOUT),
+            own_uid=run_as[0],
             max_registrations=int(getattr(control_config, "max_registrations", MAX_REGISTRATIONS)),
             unauthorized_rate=float(getattr(control_config, "unauthorized_rate", UNAUTHORIZED_RATE)),
             unauthorized_total_rate=float(
                 getattr(control_config, "unauthorized_total_rate", UNAUTHORIZED_TOTAL_RATE)),
+            cluster=cluster,
         )
         self.port: Any = None
 
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+        if self.port is None:
+            self._bind()
+
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        prepare_path(self.path)
+        if self.port is None:  # started without twistd's privileged phase (embedded)
+            self._bind()
+
+    def _bind(self) -> None:
+        uid, gid = self.run_as
+        handing_over = os.getuid() == 0 and uid not in (None, 0)
+        prepare_path(self.path, owners=(uid,) if handing_over else ())
         others = (self.factory.allow_uids - {0, self.factory.own_uid}) or self.factory.allow_gids
         old = os.umask(0o177)
         try:
-            self.port = self.reactor.listenUNIX(self.path, self.factory, backlog=50, mode=0o600)
+            port = _ControlPort(self.path, self.factory, backlog=50, mode=0o600,  # type: ignore[arg-type]  # str paths work
+                                reactor=self.reactor)
+            port.control_path = self.path
+            port.startListening()  # type: ignore[no-untyped-call]
         finally:
             os.umask(old)
+        self.port = port
+        if handing_over:
+            os.chown(self.path, uid, -1 if gid is None else gid)  # type: ignore[arg-type]
         if others:
             # Other accounts need connect permission; SO_PEERCRED does the refusing.
             os.chmod(self.path, 0o666)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -22,18 +22,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from portmux.core import refusal
+from portmux.core import accounting, refusal
 from portmux.core.deadlines import DeadlineQueue
 from portmux.core.interfaces import IProbe, as_target
+from portmux.core.limits import Admission, Limits, ListenerGate, Timeouts
 from portmux.core.preamble import NEED_MORE, NO, Preamble
+from portmux.core.proxied import present_addresses
+from portmux.core.ratelog import RateLimitedLog
 from portmux.core.registered import RegisteredLayer
 from portmux.core.routing import Match, Network, Route, Router, _in_networks, peer_ip
 from portmux.core.stats import RouteCounters, Stats
-from portmux.protocols import refusal_bytes, tcpmux
+from portmux.core.trace import log_trace
+from portmux.protocols import proxyheader, refusal_bytes, tcpmux
 from portmux.protocols.http import request_via
-
-if TYPE_CHECKING:
-    from portmux.protocols.proxyheader import ProxyHeader
 
 T = TypeVar("T")
 
@@ -45,11 +46,19 @@ UNKNOWN = Preamble(protocol="unknown")
 
 @dataclass(frozen=True)
 class SniffSettings:
-    """Bounds on classification: total deadline, byte cap, and the silence deadline."""
+    """Bounds on classification: total deadline, byte cap, and the silence deadline.
+
+    ``preamble_max_bytes`` is a hard cap: probes never see more than that many
+    bytes, however the client's bytes were split into reads, so a verdict never
+    depends on read boundaries and probe CPU per connection is bounded.  32 KiB
+    holds real multi-record post-quantum ClientHellos (openssl's ~20 KB one).
+    """
 
     preamble_timeout: float = 10.0
-    preamble_max_bytes: int = 16384
+    preamble_max_bytes: int = 32768
     silence_timeout: float = 2.0
+    trace: tuple[Network, ...] = ()
+    """Client networks whose routing decisions are logged at debug level (core/trace.py)."""
 
 
 class Classified:
@@ -90,10 +99,35 @@ class Classified:
         if self.preamble.protocol == "tcpmux":
             self.transport.write(tcpmux.accept_bytes(text))
 
-    def refuse(self, status: int, reason: str) -> None:
-        """Send the protocol's refusal, log it, count it, and close."""
+    def refuse(self, status: int, reason: str, detail: str = "", why: str | None = None) -> None:
+        """Send the protocol's refusal, log it, count it, and close.
+
+        ``reason`` is what the client is told: short and generic. ``detail`` (backend
+        names, addresses, errors) goes only to the log line. ``why`` is the
+        protocol-neutral reason name (portmux.core.refusal); by default it follows
+        from the status.
+        """
         self.mux.stats.for_route(self.route.name).refused += 1
-        self._sniffer.refuse(self.preamble, status, reason, route=self.route.name)
+        self._sniffer.refuse(self.preamble, status, reason, route=self.route.name,
+                             detail=detail, why=why)
+
+    def dialing(self, backend: str) -> None:
+        """A target started connecting to ``backend`` for this connection (access log, metrics)."""
+        sniffer = self._sniffer
+        sniffer.backend = backend
+        sniffer.dialed_at = self.mux.reactor.seconds()
+
+    def connected(self) -> None:
+        """The backend named by ``dialing`` answered."""
+        sniffer = self._sniffer
+        sniffer.connected_at = now = self.mux.reactor.seconds()
+        if sniffer.backend is not None:
+            self.mux.stats.connected(sniffer.backend, now - sniffer.dialed_at)
+
+    def nest(self, inner: SniffingProtocol) -> None:
+        """``inner`` sniffs what this connection carries (TLS termination): one log line, nested routes."""
+        self._sniffer.inner = inner
+        inner.listener = self._sniffer.listener
 
 
 @implementer(IProtocol)
@@ -115,12 +149,29 @@ class SniffingProtocol(Protocol):
     _target: Any = None
     _counters: RouteCounters | None = None
     header_from: tuple[Network, ...] = ()
+    gate: ListenerGate | None = None
+    source: Any = None
+    _counted = False
     route: Route | None = None
     """The route chosen for this connection, once attached."""
     preamble: Preamble | None = None
     """What classification found: set on attach and on refusal."""
     outer: Preamble | None = None
     """Facts of an enclosing layer (TLS termination), merged by with_outer before routing."""
+    listener = "-"
+    """The name of the listener that accepted this connection."""
+    inner: SniffingProtocol | None = None
+    """The sniffer of a nested stage (TLS termination), for the route path and the log."""
+    why: str | None = None
+    """The refusal's reason name, once refused."""
+    end_reason: str | None = None
+    """Why portmux itself ended the connection (e.g. ``drain_timeout``), for the log."""
+    started = 0.0
+    sniff_seconds: float | None = None
+    totals: accounting.TcpTotals | None = None
+    backend: str | None = None
+    dialed_at = 0.0
+    connected_at = 0.0
 
     def __init__(self, mux: Multiplexer, peer: IAddress) -> None:
         self.mux = mux
@@ -135,8 +186,13 @@ class SniffingProtocol(Protocol):
 
     def connectionMade(self) -> None:
         mux = self.mux
-        mux.stats.accepted += 1
-        mux.stats.sniffing += 1
+        stats = mux.stats
+        stats.accepted += 1
+        stats.sniffing += 1
+        stats.for_listener(self.listener).accepted += 1
+        self.started = mux.reactor.seconds()
+        mux.connections.add(self)
+        accounting.watch_close(self.transport, self)
         self._sniffing = True
         settings = mux.settings
         delay = settings.preamble_timeout
@@ -150,23 +206,24 @@ class SniffingProtocol(Protocol):
 
     def _header_received(self, data: bytes) -> None:
         """Read a PROXY v1/v2 header from a trusted load balancer, then sniff the rest."""
-        from portmux.protocols.proxyheader import parse_header
-
         self._buffer = self._buffer + data if self._buffer else data
-        header = parse_header(self._buffer)
+        header = proxyheader.parse_header(self._buffer)
         if header is NEED_MORE:
             if len(self._buffer) >= self.mux.settings.preamble_max_bytes:
-                self.refuse(UNKNOWN, refusal.BAD_REQUEST, "PROXY header too long")
+                self.refuse(UNKNOWN, refusal.BAD_REQUEST, "PROXY header too long",
+                            why=refusal.PROXY_HEADER_TOO_LARGE)
             return
         if header is NO:
             self.refuse(UNKNOWN, refusal.BAD_REQUEST,
-                        "trusted peer sent no valid PROXY header")
+                        "trusted peer sent no valid PROXY header", why=refusal.PROXY_HEADER_MISSING)
             return
         del self.dataReceived  # back to the class's sniffing method
-        proxy = cast("ProxyHeader", header)
+        proxy = cast(proxyheader.ProxyHeader, header)
         if proxy.source is not None:
             self.peer = cast(IAddress, proxy.source)
             self._ip = peer_ip(self.peer)
+        present_addresses(self.transport, cast(IAddress, proxy.source),
+                          cast(IAddress, proxy.destination))
         rest = self._buffer[proxy.length:]
         self._buffer = b""
         if rest:
@@ -199,6 +256,9 @@ class SniffingProtocol(Protocol):
             half.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        if self._counted:
+            self._counted = False
+            self.mux.admission.closed(self.gate, self.source)
         target = self._target
         if target is not None:
             if self._counters is not None:
@@ -206,11 +266,19 @@ class SniffingProtocol(Protocol):
             target.connectionLost(reason)
         else:
             self._stop_sniffing()
+            self.mux.stats.for_listener(self.listener).closed_sniffing += 1
+        accounting.finish(self)
 
     # -- classification ----------------------------------------------------
 
     def _classify(self, final: bool, timed_out: bool = False) -> None:
         buffer = self._buffer
+        if buffer[:1] in proxyheader.FIRST_BYTES and self._untrusted_header(final or timed_out):
+            return
+        cap = self.mux.settings.preamble_max_bytes
+        full = len(buffer) >= cap
+        if full and len(buffer) > cap:
+            buffer = buffer[:cap]  # probes see the same bytes however the reads were split
         undecided = False
         first_match: Preamble | None = None
         keep: list[IProbe] = []
@@ -231,7 +299,7 @@ class SniffingProtocol(Protocol):
         self._candidates = keep
         if not keep:
             self._route(UNKNOWN)
-        elif final or timed_out or len(buffer) >= self.mux.settings.preamble_max_bytes:
+        elif final or timed_out or full:
             if first_match is not None:
                 self._route(first_match)
             elif timed_out:
@@ -246,8 +314,22 @@ class SniffingProtocol(Protocol):
                 self.refuse(
                     self._guess(keep),
                     refusal.TOO_LARGE,
-                    f"preamble exceeds {self.mux.settings.preamble_max_bytes} bytes",
+                    f"preamble exceeds {cap} bytes",
                 )
+
+    def _untrusted_header(self, last_chance: bool) -> bool:
+        """Refuse a PROXY header from a peer not trusted to send one (True: handled or waiting).
+
+        Forwarding it would let any client claim any address to the backend.
+        """
+        verdict = proxyheader.signature(self._buffer)
+        if verdict is NO or (verdict is NEED_MORE and last_chance):
+            return False
+        if verdict is True:
+            self.refuse(UNKNOWN, refusal.BAD_REQUEST,
+                        f"PROXY header from untrusted {peer_ip(self.peer) or _describe(self.peer)}",
+                        why=refusal.PROXY_HEADER_UNTRUSTED)
+        return True
 
     @staticmethod
     def _guess(candidates: Sequence[IProbe]) -> Preamble:
@@ -295,16 +377,24 @@ class SniffingProtocol(Protocol):
         if preamble.protocol == "http" and preamble.via is None and preamble.path is not None:
             preamble = preamble.replace(via=request_via(preamble, getattr(self.transport.getHost(), "port", None)))  # type: ignore[union-attr]
         route = self._router.select(preamble, self._ip)
+        if self.mux.settings.trace and _in_networks(self._ip, self.mux.settings.trace):
+            log_trace(self.mux.probes, self._router, self._buffer, self._ip, _describe(self.peer), preamble)
         if route is None:
             status = refusal.NOT_FOUND if preamble.error is None else refusal.BAD_REQUEST
             self.refuse(preamble, status, self._router.refusal_reason(preamble))
             return
+        if preamble.protocol == "tcpmux" and not _serves_tcpmux(route):
+            preamble = _not_tcpmux(preamble)
         self._attach(route, preamble)
 
     def _attach(self, route: Route, preamble: Preamble) -> None:
         self._stop_sniffing()
         self.route, self.preamble = route, preamble
-        counters = self.mux.stats.for_route(route.name)
+        stats = self.mux.stats
+        self.sniff_seconds = seconds = self.mux.reactor.seconds() - self.started
+        stats.sniff_seconds.observe(seconds)
+        stats.for_listener(self.listener).routed[route.name] += 1
+        counters = stats.for_route(route.name)
         counters.connections += 1
         counters.active += 1
         self._counters = counters
@@ -318,7 +408,8 @@ class SniffingProtocol(Protocol):
             target = route.target.attach(connection)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001  # a failing target must not crash the listener
             log.failure("target of route {route} failed to attach", route=route.name)
-            self.refuse(preamble, refusal.BAD_GATEWAY, "internal error", route=route.name)
+            self.refuse(preamble, refusal.BAD_GATEWAY, "internal error", route=route.name,
+                        why=refusal.INTERNAL_ERROR)
             return
         if target is None:
             target = _Closed()
@@ -329,23 +420,30 @@ class SniffingProtocol(Protocol):
             self.writeConnectionLost = target.writeConnectionLost  # type: ignore[method-assign]
 
     def refuse(
-        self, preamble: Preamble, status: int, reason: str, route: str | None = None
+        self, preamble: Preamble, status: int, reason: str, route: str | None = None,
+        detail: str = "", why: str | None = None,
     ) -> None:
-        """Answer ``preamble``'s protocol with a refusal, log one line, and close."""
+        """Answer ``preamble``'s protocol with a refusal, log one line, count it by reason, close.
+
+        The client gets ``reason`` only; the log line adds ``detail``.
+        """
         self._stop_sniffing()
+        self.why = why = why or refusal.reason_name(status, preamble)
         self.preamble = preamble
         if self._target is None:  # refused while sniffing: what else arrives is dropped
             self._target = _Closed()
             self._buffer = b""
             self.dataReceived = self._target.dataReceived  # type: ignore[method-assign]
-        self.mux.stats.refusals[str(status)] += 1
-        log.info(
-            "refused {peer} protocol={protocol} route={route} status={status}: {reason}",
+        self.mux.stats.refused(self.listener, why, route)
+        self.mux.log.emit(
+            "refused",
+            "refused {peer} protocol={protocol} route={route} {why} (status {status}): {reason}",
             peer=_describe(self.peer),
             protocol=preamble.protocol,
             route=route or "-",
+            why=why,
             status=status,
-            reason=reason,
+            reason=f"{reason} ({detail})" if detail else reason,
         )
         transport = self.transport
         if transport is None:
@@ -354,6 +452,21 @@ class SniffingProtocol(Protocol):
         if data:
             transport.write(data)
         transport.loseConnection()
+
+
+def _serves_tcpmux(route: Route) -> bool:
+    """True for a TCPMUX route: one naming a service, or ``protocol = "tcpmux"``."""
+    match = route.match
+    return match.service is not None or match.protocol == "tcpmux"
+
+
+def _not_tcpmux(preamble: Preamble) -> Preamble:
+    """A one-word line no TCPMUX route took (redis ``PING``, memcached ``stats``): raw bytes.
+
+    The line stays in the payload and no ``+`` is sent, so a default route's backend
+    sees exactly what the client wrote.
+    """
+    return preamble.replace(protocol=UNKNOWN.protocol, service=None, consumed=0)
 
 
 def with_outer(preamble: Preamble, outer: Preamble) -> Preamble:
@@ -384,14 +497,19 @@ def _describe(address: object) -> str:
     return str(getattr(address, "name", address))
 
 
-class _HeaderListener(ServerFactory):
-    """Listens for a Multiplexer, expecting PROXY headers from trusted networks."""
+class _Listener(ServerFactory):
+    """Listens for a Multiplexer on one port: its own connection gate, optional PROXY headers."""
 
     noisy = False
 
-    def __init__(self, mux: Multiplexer, trusted: tuple[Network, ...]) -> None:
+    def __init__(
+        self, mux: Multiplexer, trusted: tuple[Network, ...], gate: ListenerGate | None,
+        name: str = "-",
+    ) -> None:
         self.mux = mux
         self.trusted = trusted
+        self.gate = gate
+        self.name = name
 
     def startFactory(self) -> None:
         self.mux.doStart()  # type: ignore[no-untyped-call]
@@ -399,9 +517,17 @@ class _HeaderListener(ServerFactory):
     def stopFactory(self) -> None:
         self.mux.doStop()  # type: ignore[no-untyped-call]
 
-    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]
-        protocol = SniffingProtocol(self.mux, addr)
-        protocol.header_from = self.trusted
+    def listening(self, port: IListeningPort) -> None:
+        """Record the port this factory listens on: paused and resumed by the gate."""
+        if self.gate is not None:
+            self.gate.ports.append(port)
+        self.mux.admission.fit_batches()
+
+    def buildProtocol(self, addr: IAddress) -> SniffingProtocol | None:  # type: ignore[override]
+        protocol = self.mux.admit(addr, self.gate)
+        if protocol is not None:
+            protocol.header_from = self.trusted
+            protocol.listener = self.name
         return protocol
 
 
@@ -421,6 +547,8 @@ class Multiplexer(ServerFactory):
         routes: Iterable[Route] = (),
         probes: Sequence[IProbe] | None = None,
         settings: SniffSettings = SniffSettings(),
+        limits: Limits = Limits(),  # noqa: B008
+        timeouts: Timeouts = Timeouts(),  # noqa: B008
     ) -> None:
         if probes is None:
             from portmux.protocols import all_probes
@@ -434,7 +562,14 @@ class Multiplexer(ServerFactory):
         """Ports opened by ``listen``, in order."""
         self.probes: tuple[IProbe, ...] = tuple(probes)
         self.settings = settings
+        self.timeouts = timeouts
+        """Timeouts after classification, read by targets (proxy, resource)."""
+        self.admission = Admission(reactor, limits)
+        self.log = RateLimitedLog(reactor, log)
+        """Refusals, limits and timeouts log through this: a flood becomes a summary."""
         self.stats = Stats()
+        self.connections: set[SniffingProtocol] = set()
+        """Every open connection (sniffing or attached), for draining on shutdown."""
         self._running = False
         self._started: dict[int, Any] = {}  # id(target) -> target, in start order
         self._shared: dict[str, Any] = {}
@@ -454,14 +589,44 @@ class Multiplexer(ServerFactory):
             )
         return queue
 
-    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]
-        return SniffingProtocol(self, addr)
+    def buildProtocol(self, addr: IAddress) -> SniffingProtocol | None:  # type: ignore[override]
+        return self.admit(addr, None)
 
-    def listener_factory(self, proxy_header_from: tuple[Network, ...] = ()) -> ServerFactory:
-        """The factory to listen with; peers in ``proxy_header_from`` must send a PROXY header."""
-        if not proxy_header_from:
-            return self
-        return _HeaderListener(self, proxy_header_from)
+    def admit(self, addr: IAddress, gate: ListenerGate | None) -> SniffingProtocol | None:
+        """A sniffer for a just-accepted connection, or None (Twisted closes it) over a limit."""
+        admission = self.admission
+        if admission.over_cap(gate):
+            self.stats.not_accepted["max_connections"] += 1
+            self.log.emit("limit", "closed {peer}: max_connections reached", peer=_describe(addr))
+            return None
+        source = admission.source_key(peer_ip(addr))
+        why = admission.refusal(source)
+        if why is not None:
+            admission.refused_sources += 1
+            self.stats.not_accepted["per_source_limit"] += 1
+            self.log.emit("source-limit", "closed {peer}: {why}", peer=_describe(addr), why=why)
+            return None
+        protocol = SniffingProtocol(self, addr)
+        protocol.gate, protocol.source, protocol._counted = gate, source, True
+        admission.opened(gate, source)
+        return protocol
+
+    def listener_factory(
+        self, proxy_header_from: tuple[Network, ...] = (), name: str | None = None,
+        max_connections: int = 0,
+    ) -> ServerFactory:
+        """The factory to listen with on one port.
+
+        Peers in ``proxy_header_from`` must send a PROXY header; ``name`` labels the
+        listener's connections in counters and the access log; ``max_connections``
+        (0: none) is this listener's own cap, on top of the global one.
+        """
+        return _Listener(self, proxy_header_from, self.admission.gate(max_connections),
+                         name or "-")
+
+    def set_limits(self, limits: Limits) -> None:
+        """Replace the admission limits (reload)."""
+        self.admission.set_limits(limits)
 
     # -- routes ------------------------------------------------------------
 
@@ -571,6 +736,7 @@ class Multiplexer(ServerFactory):
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
         self.ports.append(port)
+        self.admission.extra_ports.append(port)
         return port
 
     def startFactory(self) -> None:
@@ -580,6 +746,8 @@ class Multiplexer(ServerFactory):
 
     def stopFactory(self) -> None:
         self._running = False
+        self.log.flush()
+        self.admission.stop()
         started, self._started = self._started, {}
         for target in reversed(list(started.values())):
             self._stop_target(target)

@@ -230,6 +230,17 @@ class Match:
                 return False
         return True
 
+    def explain(self, preamble: Preamble, ip: str = "") -> str | None:
+        """The first key (in MATCH_KEYS order) that rejects ``preamble`` from ``ip``, or None.
+
+        ``silent`` and ``default`` are not checked here: they say when the Router asks.
+        """
+        for key in MATCH_KEYS[:-2]:
+            value = getattr(self, key)
+            if value not in (None, ()) and not Match(**{key: value}).accepts(preamble, ip):
+                return key
+        return None
+
     def accepts_peer(self, ip: str) -> bool:
         """True when the network constraint (if any) admits ``ip``."""
         return not self.network or _in_networks(ip, self.network)

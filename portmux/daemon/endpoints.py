@@ -10,6 +10,16 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 
 from portmux.daemon.systemd import InheritedSockets, inherited_sockets, systemd_endpoint
 
+_BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
+
+
+def with_backlog(description: str, backlog: int) -> str:
+    """``description`` with ``backlog=N`` added for endpoint types that take one (unless given)."""
+    kind = description.split(":", 1)[0]
+    if kind not in _BACKLOG_TYPES or "backlog=" in description:
+        return description
+    return f"{description}:backlog={backlog}"
+
 
 class EndpointStringError(ValueError):
     """A server endpoint string that cannot be used, with the reason in words."""

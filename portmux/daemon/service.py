@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -12,22 +13,26 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from portmux.core.limits import Limits, Timeouts
 from portmux.core.mux import Multiplexer
 from portmux.core.routing import parse_networks
-from portmux.daemon.endpoints import EndpointStringError, parse_server_endpoint
+from portmux.daemon.endpoints import EndpointStringError, parse_server_endpoint, with_backlog
 
 log = Logger(namespace="portmux")
+DEFAULT_BACKLOG = 511
 
 
 class PortmuxService(MultiService):
     """One Multiplexer shared by every configured listener, plus the control socket.
 
     ``load`` returns a fresh portmux.daemon.config.Config (or raises ConfigError); it is
-    called again on SIGHUP to swap routes and reload certificates.
+    called again on SIGHUP to swap routes, listeners and the access log and to reload
+    certificates. SIGTERM drains (see ``stopService``); SIGUSR1 reopens the access log.
     """
 
     def __init__(self, reactor: Any, load: Callable[[], Any], listen: list[str] | None = None,
-                 control: str | None = None) -> None:
+                 control: str | None = None,
+                 run_as: tuple[int | None, int | None] = (None, None)) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.reactor = reactor
         self._load = load
@@ -35,27 +40,95 @@ class PortmuxService(MultiService):
         self._control_override = control
         config = load()
         self.config = config
-        self.mux = Multiplexer(reactor, config.routes, settings=config.sniff)
+        self.mux = Multiplexer(
+            reactor, config.routes, settings=config.sniff,
+            limits=getattr(config, "limits", Limits()), timeouts=getattr(config, "timeouts", Timeouts()),
+        )
         if self._listen_override:
-            listeners = [(description, ()) for description in self._listen_override]
+            listeners = [(description, (), 0, DEFAULT_BACKLOG) for description in self._listen_override]
         else:
             listeners = [
-                (listener.endpoint, _header_networks(listener)) for listener in config.listeners
+                (listener.endpoint, _header_networks(listener), listener.max_connections, listener.backlog)
+                for listener in config.listeners
             ]
-        for description, trusted in listeners:
-            factory = self.mux.listener_factory(tuple(trusted))
-            listener_service = ListenerService(reactor, description, self.mux, factory)
-            listener_service.setServiceParent(self)  # type: ignore[no-untyped-call]
+        self.listener_services: dict[str, ListenerService] = {}
+        for description, trusted, max_connections, backlog in listeners:
+            self._add_listener(description, tuple(trusted), max_connections, backlog)
+        self.access_log: Any = None
+        self.drain: Any = None
+        self.control: Any = None
+        self.started_at = reactor.seconds()
+        extras: list[Callable[[], dict[str, Any]]] = self.mux.shared("status-extras", lambda _: [])
+        extras.append(self.status_extras)
         control_config = getattr(config, "control", None)
         if self._control_override:
             control_config = _control_with_endpoint(control_config, self._control_override)
+        self.cluster: Any = None
+        self._stored_routes: Any = None
+        if getattr(config, "registry", None) is not None:
+            from portmux.daemon.cluster import StoredRoutes, build_cluster
+
+            self._stored_routes = StoredRoutes(self.mux, config)
+            self.cluster = build_cluster(reactor, self.mux, config.registry, self._stored_routes)
+            self.cluster.setServiceParent(self)
         if control_config is not None:
             from portmux.control._server import ControlService
 
-            ControlService(  # type: ignore[no-untyped-call]
-                reactor, self.mux, control_config, getattr(config, "reservations", ())
-            ).setServiceParent(self)
-        self._previous_sighup: Any = None
+            self.control = ControlService(
+                reactor, self.mux, control_config, getattr(config, "reservations", ()),
+                run_as=run_as, cluster=self.cluster,
+            )
+            self.control.setServiceParent(self)
+        self._previous_signals: dict[int, Any] = {}
+
+    def _add_listener(self, description: str, trusted: tuple[Any, ...], max_connections: int = 0,
+                      backlog: int = DEFAULT_BACKLOG) -> ListenerService:
+        factory = self.mux.listener_factory(trusted, name=description,
+                                            max_connections=max_connections)
+        listener_service = ListenerService(self.reactor, description, self.mux, factory, backlog)
+        self.listener_services[description] = listener_service
+        listener_service.setServiceParent(self)  # type: ignore[no-untyped-call]
+        return listener_service
+
+    def _set_access_log(self, config: Any) -> None:
+        """Open the configured access log (or none), replacing the current one."""
+        from portmux.daemon.accesslog import AccessLog
+
+        wanted = getattr(config, "access_log", None)
+        current = self.access_log
+        if current is not None and wanted is not None and (current.path, current.format_name) == (
+            wanted.path, wanted.format
+        ):
+            return
+        if wanted is not None:
+            new = AccessLog(self.reactor, wanted.path, wanted.format)
+            new.start()
+            self.mux.stats.observers.append(new)
+            self.access_log = new
+        else:
+            self.access_log = None
+        if current is not None:
+            self.mux.stats.observers.remove(current)
+            current.stop()
+
+    def status_extras(self) -> dict[str, Any]:
+        """What only the daemon knows, for the status page: uptime, workers, draining."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            running_version = version("portmux")
+        except PackageNotFoundError:
+            running_version = "unknown"
+        extras: dict[str, Any] = {
+            "version": running_version,
+            "started": self.started_at,
+            "uptime": self.reactor.seconds() - self.started_at,
+            "draining": self.drain is not None,
+            "config": getattr(self.config, "filename", None),
+        }
+        if self.control is not None:
+            extras["workers"] = self.control.factory.registry.describe()
+        return extras
 
     def startService(self) -> None:
         for route in self.mux.router.routes:
@@ -65,18 +138,58 @@ class PortmuxService(MultiService):
                 match=route.match.describe(),
                 target=getattr(route.target, "description", route.kind),
             )
+        self._set_access_log(self.config)
         super().startService()  # type: ignore[no-untyped-call]
+        self._on_signal(signal.SIGHUP, self.reload)
+        self._on_signal(signal.SIGUSR1, self.reopen_logs)
+        from portmux.daemon.notify import sd_notify
+
+        sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=listening on "
+                  + ", ".join(self.listener_services))
+
+    def _on_signal(self, signum: int, handler: Callable[[], Any]) -> None:
+        """Run ``handler`` in the reactor on ``signum``; remember the old disposition once."""
         try:
-            self._previous_sighup = signal.signal(
-                signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload)
-            )
+            previous = signal.signal(signum, lambda *_: self.reactor.callFromThread(handler))
         except ValueError:  # not the main thread (embedded in tests)
-            self._previous_sighup = None
+            return
+        self._previous_signals.setdefault(signum, previous)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: reopen the access log (logrotate)."""
+        if self.access_log is not None:
+            self.access_log.reopen()
 
     def stopService(self) -> Any:
-        if self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
-            self._previous_sighup = None
+        """Stop accepting and registering, let open connections finish (grace period), then stop.
+
+        A second SIGTERM (or SIGINT) during the grace period closes what is left at once.
+        """
+        from portmux.daemon.drain import Drain
+        from portmux.daemon.notify import sd_notify
+
+        sd_notify("STOPPING=1")
+        for listener in list(self.listener_services.values()):
+            listener.stopService()
+        if self.control is not None:
+            self.control.factory.draining = True
+        grace = float(getattr(self.config, "grace_period", 30.0))
+        self.drain = Drain(self.reactor, self.mux, grace)
+        self._on_signal(signal.SIGTERM, self.drain.now)
+        self._on_signal(signal.SIGINT, self.drain.now)
+        done = self.drain.start()
+        done.addCallback(lambda _: self._stopped())
+        return done
+
+    def _stopped(self) -> Any:
+        for signum, previous in self._previous_signals.items():
+            if previous is not None:
+                signal.signal(signum, previous)
+        self._previous_signals.clear()
+        if self.access_log is not None:
+            self.mux.stats.observers.remove(self.access_log)
+            self.access_log.stop()
+            self.access_log = None
         return super().stopService()  # type: ignore[no-untyped-call]
 
     def reload(self) -> bool:
@@ -91,15 +204,22 @@ class PortmuxService(MultiService):
         except Exception:  # noqa: BLE001  # keep running on any reload failure
             log.failure("reload failed, keeping the running config")
             return False
-        old_listeners = [listener.endpoint for listener in self.config.listeners]
-        new_listeners = [listener.endpoint for listener in config.listeners]
-        if not self._listen_override and old_listeners != new_listeners:
-            log.warn(  # noqa: G010  # twisted.logger.Logger has no .warning
-                "reload: listeners changed in the config; restart portmux to apply them"
-            )
+        from portmux.daemon.notify import sd_notify
+
+        sd_notify("RELOADING=1")
+        if not self._listen_override:
+            self._apply_listeners(config)
+        if getattr(config, "registry", None) != getattr(self.config, "registry", None):
+            log.warn("reload: [registry] changed in the config; restart portmux to apply it")  # noqa: G010
         self.config = config
+        self._set_access_log(config)
         self.mux.settings = config.sniff
-        self.mux.set_static_routes(config.routes)
+        self.mux.timeouts = config.timeouts
+        self.mux.set_limits(config.limits)
+        if self._stored_routes is not None:
+            self._stored_routes.set_config(config)
+        else:
+            self.mux.set_static_routes(config.routes)
         for target in self.mux.router.targets():
             reload_target = getattr(target, "reload", None)
             if reload_target is not None:
@@ -108,7 +228,28 @@ class PortmuxService(MultiService):
                 except Exception:  # noqa: BLE001
                     log.failure("reloading target {target} failed", target=target)
         log.info("reloaded: {count} routes", count=len(self.mux.router.routes))
+        sd_notify("READY=1")
         return True
+
+    def _apply_listeners(self, config: Any) -> None:
+        """Stop listeners gone from the config, start new ones; the others are not touched."""
+        wanted = {listener.endpoint: _header_networks(listener) for listener in config.listeners}
+        limits = {listener.endpoint: (listener.max_connections, listener.backlog)
+                  for listener in config.listeners}
+        for description in [d for d in self.listener_services if d not in wanted]:
+            listener = self.listener_services.pop(description)
+            listener.disownServiceParent()  # type: ignore[no-untyped-call]  # stops it
+            log.info("reload: stopped listening on {endpoint}", endpoint=description)
+        for description, trusted in wanted.items():
+            current = self.listener_services.get(description)
+            if current is not None:
+                current.factory.trusted = tuple(trusted)  # type: ignore[union-attr]  # a named listener's factory
+                continue
+            try:
+                self._add_listener(description, tuple(trusted), *limits[description])
+            except StartupError as error:  # e.g. the port is taken: keep the others running
+                self.listener_services.pop(description).disownServiceParent()  # type: ignore[no-untyped-call]
+                log.error("reload: {error}", error=str(error))
 
 
 class StartupError(SystemExit):
@@ -129,9 +270,10 @@ class ListenerService(Service):
     """
 
     def __init__(self, reactor: Any, description: str, mux: Multiplexer,
-                 factory: Any = None) -> None:
+                 factory: Any = None, backlog: int = DEFAULT_BACKLOG) -> None:
         self.reactor = reactor
         self.description = description
+        self.backlog = backlog
         self.mux = mux
         self.factory = factory if factory is not None else mux
         self.port: Any = None
@@ -142,7 +284,7 @@ class ListenerService(Service):
             return
         outcome: list[Any] = []
         try:
-            endpoint = parse_server_endpoint(self.reactor, self.description)
+            endpoint = parse_server_endpoint(self.reactor, with_backlog(self.description, self.backlog))
             endpoint.listen(self.factory).addBoth(outcome.append)
         except (EndpointStringError, OSError) as error:
             raise StartupError(f"cannot listen on {self.description}: {error}") from None
@@ -152,6 +294,9 @@ class ListenerService(Service):
         if isinstance(result, Failure):
             raise StartupError(f"cannot listen on {self.description}: {result.getErrorMessage()}")
         self.port = result
+        listening = getattr(self.factory, "listening", None)
+        if listening is not None:
+            listening(result)  # its connection gate pauses and resumes this port
         address = result.getHost()
         where = f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}"
         if not getattr(address, "port", None):

@@ -80,5 +80,14 @@ def makeService(options: Options) -> Any:
     from portmux.daemon.service import PortmuxService
 
     return PortmuxService(
-        reactor, options.loader(), listen=options["listen"], control=options["control"]
+        reactor, options.loader(), listen=options["listen"], control=options["control"],
+        run_as=run_as(options),
     )
+
+
+def run_as(options: Options) -> tuple[int | None, int | None]:
+    """The ``twistd --uid/--gid`` the daemon will switch to after binding (None: no switch)."""
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return None, None
+    return parent.get("uid"), parent.get("gid")

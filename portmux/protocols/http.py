@@ -245,14 +245,37 @@ def probe_http(data: bytes) -> ProbeResult:
 PROBE = FunctionProbe("http", probe_http)
 
 
+REASON_PHRASES = {
+    400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 413: "Content Too Large",
+    414: "URI Too Long", 421: "Misdirected Request", 422: "Unprocessable Content",
+    426: "Upgrade Required", 428: "Precondition Required", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+    511: "Network Authentication Required",
+}
+"""Reason phrases of RFC 9110 section 15 (and RFC 6585's 428, 429, 431, 511) where
+twisted.web.http.RESPONSES lacks them or still has an older spelling."""
+
+
+def reason_phrase(status: int) -> str:
+    """The standard reason phrase of ``status``; a class name for a code nobody named."""
+    phrase = REASON_PHRASES.get(status)
+    if phrase is None:
+        known = RESPONSES.get(status)
+        if known is not None:
+            return known.decode("latin-1")
+        return "Server Error" if status >= 500 else "Client Error"
+    return phrase
+
+
 def refuse(preamble: Preamble, status: int, reason: str) -> bytes:
     """A short, complete HTTP/1.1 response that closes the connection."""
     if preamble.http_version == "HTTP/2":  # h2 negotiated by ALPN inside TLS
         return h2c.refuse(preamble, status, reason)
-    phrase = RESPONSES.get(status, b"Error")
-    body = f"{status} {phrase.decode('latin-1')}: {reason}\n".encode("utf-8", "replace")
+    phrase = reason_phrase(status)
+    body = f"{status} {phrase}: {reason}\n".encode("utf-8", "replace")
     head = (
-        f"HTTP/1.1 {status} {phrase.decode('latin-1')}\r\n"
+        f"HTTP/1.1 {status} {phrase}\r\n"
         "Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Connection: close\r\n\r\n"

@@ -37,6 +37,7 @@ __all__ = [
     "BaseAddress",
     "Record",
     "ViaIndex",
+    "address_of",
     "decode_size",
     "encode_size",
     "fault_record",
@@ -47,6 +48,7 @@ __all__ = [
     "read_records",
     "refusal_fault",
     "refuse",
+    "rewrite_via",
     "via_matches",
 ]
 
@@ -383,6 +385,41 @@ def probe_nmf(data: bytes) -> ProbeResult:
 
 
 PROBE = FunctionProbe("nmf", probe_nmf)
+
+
+def rewrite_via(data: bytes, address: str | None) -> bytes:
+    """``data`` with its preamble's Via pointing at ``address`` (``net.tcp://HOST:PORT``).
+
+    The scheme and authority are replaced, the path and query kept, and the Via
+    record's size re-encoded, so a proxied WCF service that checks the Via against
+    its own listening address accepts the connection. Anything that is not a
+    complete, valid net.tcp preamble start (or ``address`` None) comes back unchanged.
+    """
+    if address is None:
+        return data
+    verdict = probe_nmf(data)
+    if not isinstance(verdict, Preamble) or verdict.error is not None or verdict.via is None:
+        return data
+    length, start = decode_size(data, 6)  # type: ignore[misc]  # the probe read it already
+    target = urlsplit(address)
+    via = urlsplit(verdict.via)._replace(scheme=target.scheme or "net.tcp", netloc=target.netloc)
+    body = via.geturl().encode("utf-8")
+    if len(body) > MAX_VIA:
+        return data
+    return data[:5] + bytes([VIA_RECORD]) + encode_size(len(body)) + body + data[start + length :]
+
+
+def address_of(peer: object) -> str | None:
+    """``net.tcp://HOST:PORT`` for a connected backend's address (IPv6 in brackets).
+
+    None for an address without host and port (a UNIX socket).
+    """
+    host = getattr(peer, "host", None)
+    if not host or getattr(peer, "port", None) is None:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    return f"net.tcp://{host}:{peer.port}"  # type: ignore[attr-defined]
 
 
 def refuse(preamble: Preamble, status: int, reason: str) -> bytes:

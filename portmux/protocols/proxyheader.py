@@ -114,6 +114,26 @@ class ProxyHeader:
 ParseResult = ProxyHeader | Verdict
 
 
+_V1_SIGNATURES = (b"PROXY TCP4 ", b"PROXY TCP6 ", b"PROXY UNKNOWN")
+FIRST_BYTES = (b"P", b"\r")
+"""The first byte of every PROXY header: a cheap test before ``signature``."""
+
+
+def signature(data: bytes) -> Verdict | bool:
+    """Whether ``data`` starts with a PROXY v1 or v2 signature: True, NO, or NEED_MORE.
+
+    Only the fixed opening is checked (``PROXY TCP4 ``, ``PROXY TCP6 ``,
+    ``PROXY UNKNOWN``, v2's 12 bytes), so an HTTP method named PROXY is not one.
+    """
+    undecided = False
+    for opening in (V2_SIGNATURE[:12], *_V1_SIGNATURES):
+        if data.startswith(opening):
+            return True
+        if opening.startswith(data):
+            undecided = True
+    return NEED_MORE if undecided else NO
+
+
 def parse_header(data: bytes) -> ParseResult:
     """Parse a PROXY v1 or v2 header at the start of ``data``.
 

@@ -29,6 +29,8 @@ CONTENT_HANDSHAKE = 22
 HANDSHAKE_CLIENT_HELLO = 1
 MAX_RECORD_PAYLOAD = 2**14
 MAX_CLIENT_HELLO = 65536
+MAX_EXTENSIONS = 256
+"""More extensions than any real client sends (~20): such a hello is NO, not parsed on."""
 
 EXT_SERVER_NAME = 0
 EXT_ALPN = 16
@@ -205,7 +207,7 @@ def _parse_body(body: bytes, record_bytes: int) -> ClientHello:
             ext_type = block.uint(2)
             ext = block.vector(2)
             ext_data = ext.take(ext.remaining())
-            if ext_type in seen:
+            if ext_type in seen or len(seen) >= MAX_EXTENSIONS:
                 raise _Malformed()
             seen.add(ext_type)
             extensions.append((ext_type, ext_data))

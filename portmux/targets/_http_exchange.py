@@ -198,6 +198,9 @@ class HttpExchange:
         if max_body is not None and length is not None and length > max_body:
             self._refuse_early(413, f"request body of {length} bytes over the limit of {max_body}")
             return
+        if not self.pools:
+            self._fail(503, "every backend of this route is down")
+            return
         self._dial(0)
 
     # -- the backend connection ---------------------------------------------

@@ -20,35 +20,37 @@ import io
 from typing import Any
 
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
 from portmux import _twisted
 from portmux.core import refusal
 from portmux.core.preamble import Preamble
 from portmux.protocols import http as http_protocol
+from portmux.targets.http_channel import BoundedChannel
 
 log = Logger(namespace="portmux")
 
-_Channel: Any = HTTPChannel  # untyped Twisted bases: typed as Any so strict mypy checks our code only
+_Channel: Any = BoundedChannel  # untyped Twisted bases: typed as Any so strict mypy checks our code only
 _Request: Any = Request
 
 PAYLOAD_TOO_LARGE = 413
 
 
 class GuardedChannel(_Channel):  # type: ignore[misc]
-    """An HTTPChannel that refuses ambiguous or oversized request heads (see module doc)."""
+    """A BoundedChannel (an HTTPChannel bounding pipelined answers) that refuses ambiguous
+    or oversized request heads (see module doc); ``configure`` sets its limits."""
 
     totalHeadersSize = 1 << 30  # our own limits (431) are checked first
     maxHeaders = 1 << 30
     max_header_count = 500
 
-    def __init__(self, max_head: int, head_timeout: float, preamble: Preamble) -> None:
+    max_head = 16384
+    head_timeout = 10.0
+    portmux_preamble = Preamble(protocol="http")
+
+    def __init__(self) -> None:
         super().__init__()
-        self.max_head = max_head
-        self.head_timeout = head_timeout
-        self.MAX_LENGTH = max_head
-        self.portmux_preamble = preamble
+        self.MAX_LENGTH = self.max_head
         self._head_bytes = 0
         self._header_count = 0
         self._in_head = False
@@ -57,6 +59,13 @@ class GuardedChannel(_Channel):  # type: ignore[misc]
         self._encodings: list[bytes] = []
         self._refused = False
         self._tunnel: Any = None
+
+    def configure(self, max_head: int, head_timeout: float, preamble: Preamble) -> None:
+        """Head limits (431 over ``max_head`` bytes, 408 after ``head_timeout`` s) and the
+        connection's preamble (for refusals in its protocol's words)."""
+        self.max_head = self.MAX_LENGTH = max_head
+        self.head_timeout = head_timeout
+        self.portmux_preamble = preamble
 
     def take_over(self, protocol: Any) -> bytes:
         """Send every further read, and the connection's end, to ``protocol`` (a 101 tunnel).
@@ -74,7 +83,7 @@ class GuardedChannel(_Channel):  # type: ignore[misc]
             return
         if self._refused:
             return
-        if self.line_mode and self._head_timer is None and self.head_timeout:
+        if data and self.line_mode and self._head_timer is None and self.head_timeout:
             self._head_timer = self.callLater(self.head_timeout, self._head_timed_out)
         super().dataReceived(data)
 
@@ -238,15 +247,4 @@ class RoutedRequest(_Request):  # type: ignore[misc]
         self.exchange.front_complete()
 
 
-def http1_channel(site: Any, preamble: Preamble, max_head: int, head_timeout: float) -> GuardedChannel:
-    """A GuardedChannel wired to ``site`` the way Site.buildProtocol wires its own."""
-    channel = GuardedChannel(max_head, head_timeout, preamble)
-    channel.factory = site
-    channel.site = site
-    channel.requestFactory = site.requestFactory
-    channel.timeOut = site.timeOut
-    channel.callLater = site.reactor.callLater
-    return channel
-
-
-__all__ = ["PAYLOAD_TOO_LARGE", "GuardedChannel", "RoutedRequest", "http1_channel"]
+__all__ = ["PAYLOAD_TOO_LARGE", "GuardedChannel", "RoutedRequest"]

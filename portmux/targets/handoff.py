@@ -170,7 +170,7 @@ class PendingHandoff:
             self.next()
             return
         self.done = True
-        self.connection.refuse(refusal.UNAVAILABLE, reason)
+        self.connection.refuse(refusal.UNAVAILABLE, "service unavailable", detail=reason)
 
 
 @implementer(ITarget)
@@ -216,7 +216,7 @@ class WorkerGroupTarget:
         try:
             pending = PendingHandoff(connection, self.group, self.group.name)
         except DetachError as e:
-            connection.refuse(refusal.BAD_GATEWAY, f"cannot hand off: {e}")
+            connection.refuse(refusal.BAD_GATEWAY, "cannot hand off", detail=str(e))
             return None
         connection.transport.pauseProducing()
         waiting = _Waiting(pending)

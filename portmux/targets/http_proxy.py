@@ -42,8 +42,10 @@ class HttpProxyTarget:
         self,
         reactor: Any = None,
         endpoints: Sequence[str | IStreamClientEndpoint] | str | None = None,
-        connect_timeout: float = 5.0,
+        connect_timeout: float | None = None,
         proxy_header: str | None = None,
+        timeouts: dict[str, float] | None = None,
+        rewrite_via: bool | str = False,
         per_request: bool | None = None,
         pool_size: int = 16,
         idle_timeout: float = 30.0,
@@ -54,14 +56,13 @@ class HttpProxyTarget:
         if forwarded is not None and forwarded not in FORWARDED_STYLES:
             raise ValueError(f"forwarded must be one of {', '.join(FORWARDED_STYLES)}, not {forwarded!r}")
         self.whole = ProxyTarget(reactor, endpoints, connect_timeout=connect_timeout,
-                                 proxy_header=proxy_header)
+                                 proxy_header=proxy_header, timeouts=timeouts, rewrite_via=rewrite_via)
         self.per_request = per_request if per_request is not None else proxy_header is None
         self.pool_size = pool_size
         self.idle_timeout = idle_timeout
         self.forwarded = forwarded
         self.max_body = max_body
-        self.connect_timeout = connect_timeout
-        self.pools: list[BackendPool] = []
+        self.pools: dict[int, BackendPool] = {}
         self.first = 0
         self.withdraw_status = withdraw_status
         self.in_flight: set[HttpExchange] = set()
@@ -84,17 +85,32 @@ class HttpProxyTarget:
     def proxy_header(self) -> str | None:
         return self.whole.proxy_header
 
+    @property
+    def connect_timeout(self) -> float:
+        return float(self.whole.connect_timeout)
+
+    @property
+    def health(self) -> Any:
+        """The backends' health checker (portmux.targets._health), shared with whole connections."""
+        return self.whole.health
+
+    @health.setter
+    def health(self, checker: Any) -> None:
+        self.whole.health = checker
+
     def bind(self, reactor: Any) -> None:
         """Dial with ``reactor`` from now on."""
         self.whole.bind(reactor)
 
     def start(self) -> None:
-        """Nothing to start: pools fill on demand."""
+        """Start health checks, if configured; pools fill on demand."""
+        self.whole.start()
 
     def stop(self) -> None:
         """Close the idle keep-alive connections; with ``withdraw_status`` (a worker's
         registration ended) also answer the requests in flight with it."""
-        for pool in self.pools:
+        self.whole.stop()
+        for pool in self.pools.values():
             pool.close()
         if self.withdraw_status is not None:
             for exchange in list(self.in_flight):
@@ -107,21 +123,24 @@ class HttpProxyTarget:
         return self.whole.attach(connection)
 
     def _pools(self) -> list[BackendPool]:
-        """The backends' pools, starting with the next one round-robin."""
-        if not self.pools:
-            whole = self.whole
-            if whole.reactor is None:
-                raise RuntimeError("unbound proxy target")
-            self.pools = [
-                BackendPool(whole.reactor, backend.endpoint, self.pool_size, self.idle_timeout,
-                            self.connect_timeout)
-                for backend in whole.backends
-            ]
-            for pool, backend in zip(self.pools, whole.backends, strict=True):
-                pool.name = backend.name if isinstance(backend.name, str) else pool.name
-        first = self.first
-        self.first = (first + 1) % len(self.pools)
-        return self.pools[first:] + self.pools[:first]
+        """The pools of the backends in rotation (the healthy ones), next one first."""
+        whole = self.whole
+        backends = whole.backends
+        if not backends:
+            return []
+        pools = []
+        for backend in backends:
+            pool = self.pools.get(id(backend))
+            if pool is None:
+                pool = self.pools[id(backend)] = BackendPool(
+                    whole.reactor, backend.endpoint, self.pool_size, self.idle_timeout,
+                    self.connect_timeout)
+                if isinstance(backend.name, str):
+                    pool.name = backend.name
+            pools.append(pool)
+        first = self.first % len(pools)
+        self.first = first + 1
+        return pools[first:] + pools[:first]
 
     def start_exchange(self, request: Any, route: Any, head: tuple[bytes, bytes],
                        length: int | None, dispatcher: Any) -> HttpExchange:

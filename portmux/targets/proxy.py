@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Sequence
+from dataclasses import replace
 from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from typing import Any
 
@@ -31,6 +32,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -38,7 +40,9 @@ from portmux import _twisted
 from portmux._twisted import OutgoingConnection as _Outgoing
 from portmux.core import refusal
 from portmux.core.interfaces import ITarget
-from portmux.protocols import proxyheader
+from portmux.core.limits import Timeouts
+from portmux.protocols import nmf, proxyheader
+from portmux.targets.proxy_timeouts import PairWatch, abort
 
 log = Logger(namespace="portmux")
 
@@ -170,8 +174,16 @@ def _shut_write(sink: Any, direct: bool, leg: _Leg | None) -> None:
     saves the turn and two epoll_ctl calls per direction; ``leg`` (the proxy
     leg reading ``sink``) is told directly, without the transport's adapter
     lookups through whatever protocol the transport reports to.
+
+    A TLS-wrapped ``sink`` (termination's client side, a ``tls:`` backend) half-closes
+    the TLS way: its ``loseConnection`` sends close_notify after what is buffered and
+    keeps reading until the peer's close_notify, then sends the FIN.  (Its
+    ``loseWriteConnection`` would reach the TCP transport beneath and FIN without
+    close_notify.)
     """
-    if not (direct and _twisted.shut_write_now(sink, leg)):
+    if isinstance(sink, TLSMemoryBIOProtocol):
+        sink.loseConnection()
+    elif not (direct and _twisted.shut_write_now(sink, leg)):
         sink.loseWriteConnection()
 
 
@@ -198,7 +210,10 @@ class _Leg:
     empty instead of through write() + a reactor turn + two epoll_ctl calls.
     """
 
-    __slots__ = ("direct", "other", "read_done", "sink", "transport", "write_done")
+    __slots__ = (
+        "direct", "other", "read_done", "reads", "reset_passthrough", "sink", "transport",
+        "watch", "write_done",
+    )
 
     def __init__(self) -> None:
         self.transport: Any = None
@@ -207,8 +222,12 @@ class _Leg:
         self.other: _Leg | None = None
         self.read_done = False
         self.write_done = False
+        self.reads = 0  # PairWatch's activity count
+        self.watch: PairWatch | None = None
+        self.reset_passthrough = False  # a reset from this side resets the other side
 
     def dataReceived(self, data: bytes) -> None:
+        self.reads += 1
         sink = self.sink  # after the other side is lost, its dead transport drops writes
         if self.direct:
             data = _send_now(sink, data)
@@ -232,6 +251,8 @@ class _Leg:
                 _close(sink, True, read_done=True)  # both ways over: close(2), no shutdown(2)
             else:
                 _shut_write(sink, self.direct, other)
+        if self.watch is not None:
+            self.watch.half_closed()
         if self.write_done:
             _close(self.transport, self._transport_direct())
 
@@ -247,12 +268,24 @@ class _Leg:
         return other.direct if other is not None else _direct(self.transport)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        """This side is gone: flush what we owe the other side, then close it."""
+        """This side is gone: flush what we owe the other side, then close it.
+
+        A reset (not a clean close) is passed on as a reset when
+        ``reset_passthrough`` is set, so the peer sees the truncation.
+        """
+        watch = self.watch
+        if watch is not None:
+            self.watch = None
+            watch.stop()
         sink = self.sink
         if sink is not None:
             if not self.direct or sink.producer is not None:
                 sink.unregisterProducer()
-            _close(sink, self.direct)
+            if (self.reset_passthrough and reason is not None
+                    and reason.check(error.ConnectionLost) is not None):
+                abort(sink)
+            else:
+                _close(sink, self.direct)
         other = self.other
         if other is not None:
             self.other = other.other = None  # break the cycle between the legs
@@ -335,6 +368,7 @@ class _Front(_Leg):
         self.attempt += 1
         attempt = self.attempt
         reactor = target.reactor
+        self.connection.dialing(backend.name)
         if backend.address is not None:
             self._dial_socket(backend)
             return
@@ -405,7 +439,7 @@ class _Front(_Leg):
 
     def tried(self) -> list[str]:
         """Names of the backends dialled for this connection so far, in order."""
-        backends = self.target.backends
+        backends = self.target.backends or self.target.all_backends
         return [backends[(self.start + i) % len(backends)].name for i in range(self.attempt)]
 
     def _dial_failed(self, reason: Failure) -> None:
@@ -423,7 +457,8 @@ class _Front(_Leg):
         why = reason.getErrorMessage() if reason is not None else "failed"
         connection.refuse(
             refusal.BAD_GATEWAY,
-            f"backend unreachable: tried {', '.join(self.tried())} (last error: {why})",
+            "backend unreachable",
+            detail=f"tried {', '.join(self.tried())}; last error: {why}",
         )
 
     # -- IProtocolFactory, for reactor.connectTCP and endpoints -----------------
@@ -454,6 +489,20 @@ class _Front(_Leg):
 
     # -- connected -------------------------------------------------------------
 
+    def _watch(self, connection: Any, back: _Leg) -> None:
+        """Start the pair's timeouts; resets pass through except to HTTP clients."""
+        preamble = connection.preamble
+        http = preamble.protocol == "http"
+        back.reset_passthrough = not http
+        self.reset_passthrough = True
+        timeouts = self.target.timeouts_for(connection.mux)
+        backend = self.target.backends[(self.start + self.attempt - 1) % len(self.target.backends)]
+        watch = PairWatch(
+            self.target.reactor, connection.mux.log, timeouts, self, back,
+            (_describe_peer(connection.peer), preamble, backend.name), http,
+        )
+        self.watch = back.watch = watch if watch.phase else None
+
     def backend_connected(self, back: _Leg) -> None:
         """Send the header and buffered bytes, then start copying both ways."""
         self.dialing = None
@@ -463,6 +512,7 @@ class _Front(_Leg):
         connection = self.connection
         client = self.transport
         server = back.transport
+        connection.connected()
         connection.accept()
         back.sink = client
         back.direct = _direct(client)
@@ -478,6 +528,8 @@ class _Front(_Leg):
         if not self.direct:
             server.registerProducer(client, True)
         data = connection.payload
+        if self.target.rewrite_via:  # net.tcp: the Via names the backend (docs/config.md)
+            data = nmf.rewrite_via(data, self.target.via_address(server))
         version = self.target.proxy_header
         if version is not None:
             data = proxyheader.header(version, connection.peer, client.getHost()) + data
@@ -486,6 +538,7 @@ class _Front(_Leg):
             data += b"".join(pending)
         connection.buffered = b""
         self.connection = None  # drop the cycle through the sniffer
+        self._watch(connection, back)
         if data:
             _Leg.dataReceived(self, data)  # one send(2) when the socket takes it all
         if self.read_done:
@@ -500,7 +553,8 @@ class ProxyTarget:
     """Byte-for-byte proxy to backends, round-robin with failover.
 
     ``endpoints`` are client endpoint strings (``tcp:``, ``unix:``, ``tls:``...)
-    or IStreamClientEndpoint objects; ``proxy_header`` is None, "v1" or "v2".
+    or IStreamClientEndpoint objects; ``proxy_header`` is None, "v1" or "v2";
+    ``rewrite_via`` (net.tcp) is True (the backend's address) or a ``net.tcp://HOST:PORT``.
     ``ProxyTarget(["tcp:127.0.0.1:22"])`` takes the reactor of the multiplexer it
     first serves; ``ProxyTarget(reactor, [...])`` names it.
     """
@@ -511,8 +565,10 @@ class ProxyTarget:
         self,
         reactor: Any = None,
         endpoints: Sequence[str | IStreamClientEndpoint] | str | None = None,
-        connect_timeout: float = 5.0,
+        connect_timeout: float | None = None,
         proxy_header: str | None = None,
+        timeouts: dict[str, float] | None = None,
+        rewrite_via: bool | str = False,
     ) -> None:
         if endpoints is None and _are_endpoints(reactor):
             reactor, endpoints = None, reactor
@@ -525,27 +581,61 @@ class ProxyTarget:
         self.reactor = reactor
         self.endpoints = tuple(endpoints)
         self.backends: tuple[Backend, ...] = ()
+        self.all_backends: tuple[Backend, ...] = ()
         if reactor is not None:
             self.bind(reactor)
         else:
             _check_syntax(self.endpoints)
-        self.connect_timeout = connect_timeout
+        self.overrides = dict(timeouts or {})
+        """Timeouts this route sets itself; the others come from the multiplexer's."""
+        if connect_timeout is not None:
+            self.overrides["connect"] = connect_timeout
+        self.connect_timeout = self.overrides.get("connect", Timeouts.connect)
+        self._timeouts: tuple[Any, Timeouts] = (None, Timeouts())
         self.proxy_header = proxy_header
+        self.rewrite_via = rewrite_via
         self.first = 0
         names = ", ".join(s if isinstance(s, str) else _endpoint_name(s) for s in self.endpoints)
         header = f" (PROXY {proxy_header})" if proxy_header else ""
+        if rewrite_via:
+            header += " (Via rewritten)"
         self.description = f"proxy to {names}{header}"
 
     def bind(self, reactor: Any) -> None:
         """Dial with ``reactor`` from now on (parses the endpoint strings with it)."""
         self.reactor = reactor
-        self.backends = tuple(Backend(reactor, spec) for spec in self.endpoints)
+        self.all_backends = tuple(Backend(reactor, spec) for spec in self.endpoints)
+        self.backends = self.all_backends
+        """The backends in rotation: all of them, or the healthy ones when checked."""
+
+    health: Any = None
+    """A portmux.targets._health.HealthChecker keeping ``backends`` to the healthy ones."""
+
+    def timeouts_for(self, mux: Any) -> Timeouts:
+        """The multiplexer's timeouts with this route's overrides (cached per value)."""
+        base = getattr(mux, "timeouts", None) or Timeouts()
+        cached_base, timeouts = self._timeouts
+        if cached_base is not base:
+            timeouts = replace(base, **self.overrides)
+            self._timeouts = (base, timeouts)
+            self.connect_timeout = timeouts.connect
+        return timeouts
+
+    def via_address(self, backend: Any) -> str | None:
+        """The net.tcp address a rewritten Via names: the configured one, or the backend's."""
+        if isinstance(self.rewrite_via, str):
+            return self.rewrite_via
+        return nmf.address_of(backend.getPeer())
 
     def start(self) -> None:
-        """Nothing to start: backends are dialled per connection."""
+        """Start health checks, if configured; backends are dialled per connection."""
+        if self.health is not None:
+            self.health.start(self)
 
     def stop(self) -> None:
-        """Nothing to stop: open connections finish on their own."""
+        """Stop health checks; open connections finish on their own."""
+        if self.health is not None:
+            self.health.stop()
 
     def attach(self, connection: Any) -> IProtocol:
         """Dial a backend and return the client leg.
@@ -555,11 +645,22 @@ class ProxyTarget:
         """
         if self.reactor is None:
             self.bind(connection.reactor)
+        if not self.backends:  # health checks found every backend down
+            connection.refuse(refusal.UNAVAILABLE, "no backend is up", why=refusal.NO_BACKEND_UP)
+            return None  # type: ignore[return-value]
+        self.timeouts_for(connection.mux)
         front = _Front(self, connection)
         front.start = self.first
         self.first = (self.first + 1) % len(self.backends)
         front.dial()
         return front  # type: ignore[return-value]
+
+
+def _describe_peer(address: Any) -> str:
+    host = getattr(address, "host", None)
+    if host is not None:
+        return f"{host}:{getattr(address, 'port', '')}"
+    return str(getattr(address, "name", address))
 
 
 def _are_endpoints(value: Any) -> bool:

@@ -3,7 +3,8 @@
 
 Every resource route of a multiplexer shares one Site whose root re-matches each
 request's Host and path, so keep-alive requests for different paths reach
-different resources.
+different resources.  An h2c (HTTP/2 prior knowledge) connection is served by the
+same Site over Twisted's HTTP/2 support, as an ALPN-h2 connection after TLS is.
 """
 
 from __future__ import annotations
@@ -11,18 +12,20 @@ from __future__ import annotations
 import weakref
 from typing import Any, cast
 
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.interfaces import INegotiated, IProtocol
 from twisted.logger import Logger
+from twisted.web.http import H2_ENABLED
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import Site
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer, providedBy
 
 from portmux import _twisted
+from portmux.core import refusal
 from portmux.core.interfaces import ITarget
 from portmux.core.routing import normalize_name, peer_ip
 from portmux.protocols.http import request_via
-from portmux.targets._http_front import RoutedRequest, http1_channel
+from portmux.targets._http_front import GuardedChannel, RoutedRequest
 
 log = Logger(namespace="portmux")
 
@@ -44,30 +47,80 @@ class ResourceTarget:
     def stop(self) -> None:
         """Nothing to stop."""
 
+    h2_enabled = H2_ENABLED
+
+    def cannot_serve(self, match: Any) -> str | None:
+        """Why a route with ``match`` could not be served (``portmux check`` reports it)."""
+        if match.protocol == "h2c" and not self.h2_enabled:
+            return (
+                "h2c to an in-process resource needs Twisted's HTTP/2 support: "
+                "install the h2 extra (pip install 'portmux[h2]')"
+            )
+        return None
+
     def attach(self, connection: Any) -> IProtocol | None:
-        return serve_http(connection)
+        return serve_http(connection, self.h2_enabled)
 
 
-def serve_http(connection: Any) -> IProtocol:
+def serve_http(connection: Any, h2_enabled: bool = H2_ENABLED) -> IProtocol | None:
     """Serve a classified HTTP connection with the multiplexer's one Site, routing per request.
 
-    HTTP/1.x gets the hardened channel (portmux.targets._http_front); HTTP/2 (after
-    TLS termination) twisted.web's own, whose streams are routed the same way.
+    HTTP/1.x gets the hardened, bounded channel (portmux.targets._http_front); HTTP/2
+    (ALPN after TLS termination, or h2c prior knowledge) twisted.web's own, whose
+    streams are routed the same way.
     """
-    site = connection.mux.shared("portmux.targets.resource.site", dispatching_site)
-    site.resource.remember(connection.transport, connection.preamble, connection.peer)
-    preamble = connection.preamble
-    channel: Any
-    if preamble.http_version == "HTTP/2" or preamble.protocol != "http":
+    transport = connection.transport
+    h2 = connection.preamble.http_version == "HTTP/2"  # switched to by ALPN
+    if _prior_knowledge_h2(connection.preamble, transport):
+        if not h2_enabled:
+            connection.refuse(
+                refusal.UNAVAILABLE, "HTTP/2 needs the h2 extra (pip install portmux[h2])"
+            )
+            return None
+        transport = PriorKnowledgeH2(transport)
+        h2 = True
+    mux = connection.mux
+    site = mux.shared("portmux.targets.resource.site", dispatching_site)
+    site.resource.remember(transport, connection.preamble, connection.peer)
+    timeouts = getattr(mux, "timeouts", None)
+    if timeouts is not None:
+        site.timeOut = timeouts.client_idle or None  # keep-alive idle limit
+    if h2:
         channel = site.buildProtocol(connection.peer)
     else:
-        settings = connection.mux.settings
-        channel = http1_channel(site, preamble, settings.preamble_max_bytes, settings.preamble_timeout)
-    channel.makeConnection(connection.transport)
+        settings = mux.settings
+        channel = site.http1_channel(connection.peer)
+        channel.configure(settings.preamble_max_bytes, settings.preamble_timeout, connection.preamble)
+    channel.makeConnection(transport)
     payload = connection.payload
     if payload:
         channel.dataReceived(payload)
     return channel  # type: ignore[no-any-return]
+
+
+def _prior_knowledge_h2(preamble: Any, transport: Any) -> bool:
+    """An HTTP/2 preface on a connection that did not negotiate h2 by ALPN."""
+    return bool(
+        preamble.protocol == "h2c" and getattr(transport, "negotiatedProtocol", None) != b"h2"
+    )
+
+
+@implementer(INegotiated)
+class PriorKnowledgeH2:
+    """A connection's transport as its HTTP channel sees it: HTTP/2 by prior knowledge.
+
+    twisted.web's channel switches to HTTP/2 when its transport's public
+    ``INegotiated.negotiatedProtocol`` says ``h2``; everything else is the transport's.
+    """
+
+    negotiatedProtocol = b"h2"
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        directlyProvides(self, providedBy(transport), INegotiated)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def _address_key(host: Any, peer: Any) -> tuple[str, str]:
@@ -211,9 +264,22 @@ def _renders_at_mount_point(resource: Any) -> bool:
     return getattr(type(resource), "getChild", None) is Resource.getChild
 
 
+class _Site(Site):
+    """A Site whose HTTP/1.x channels bound pipelined answers (portmux.targets.http_channel)
+    and refuse ambiguous or oversized heads (portmux.targets._http_front)."""
+
+    def http1_channel(self, addr: Any) -> Any:
+        """A GuardedChannel built the way Site.buildProtocol builds its channels."""
+        self.protocol = GuardedChannel  # type: ignore[method-assign]  # read by buildProtocol, this call only
+        try:
+            return self.buildProtocol(addr)  # type: ignore[no-untyped-call]
+        finally:
+            del self.protocol
+
+
 def dispatching_site(mux: Any) -> Site:
     """The shared Site whose root dispatches per request over ``mux``'s routes."""
-    site = Site(_Dispatcher(mux), reactor=mux.reactor)
+    site = _Site(_Dispatcher(mux), reactor=mux.reactor)  # type: ignore[no-untyped-call]
     site.requestFactory = RoutedRequest
     site.displayTracebacks = False
     site.portmux_mux = mux  # type: ignore[attr-defined]  # the admin pages find the multiplexer through request.site

@@ -3,10 +3,13 @@
 
 PEM files or directories are loaded into one immutable snapshot of per-name
 OpenSSL contexts; Twisted's public ``CertificateOptions(contextForServerName=)``
-hook picks one per ClientHello. ``reload()`` builds a whole new snapshot and swaps
-it only if every certificate loaded.
+hook on the store's *front* context picks one per ClientHello. ``reload()`` builds
+a whole new snapshot and swaps it only if every certificate loaded. The front
+context outlives reloads: it holds the session cache and the session-ticket keys
+(see ``portmux.tls._sessions``).
 """
 
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +27,8 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
+
+from portmux.tls import _alpn
 
 log = Logger(namespace="portmux")
 
@@ -47,6 +52,8 @@ VERSIONS = {
 SECURE_MINIMUM = "TLSv1.2"
 PEM_SUFFIXES = (".pem", ".crt", ".cer")
 UNKNOWN_SNI_POLICIES = ("default", "refuse")
+DEFAULT_SESSION_LIFETIME = 3600
+"""Seconds a TLS session (cache entry or ticket) stays resumable; ticket keys rotate as often."""
 
 PathLike = Union[str, "os.PathLike[str]"]
 CertificateSource = PathLike | tuple[PathLike, PathLike]
@@ -70,12 +77,17 @@ def parse_tls_version(name: str) -> Any:
 class TLSSettings:
     """Per-context TLS options, named like OpenSSL / nginx name them."""
 
-    alpn: tuple[str, ...] = ()
+    alpn: tuple[str, ...] | None = None
+    """ALPN ids to negotiate; None: what the inner routes serve (see targets.tls); (): none."""
+    alpn_mismatch: str = "continue"
+    """No ALPN id in common: "continue" without ALPN, or "refuse" (alert 120)."""
     min_version: str = SECURE_MINIMUM
     max_version: str | None = None
     ciphers: str | None = None
     """An OpenSSL cipher string for TLS ≤ 1.2; None keeps Twisted's modern default list."""
     unknown_sni: str = "default"
+    session_lifetime: int = DEFAULT_SESSION_LIFETIME
+    """Seconds a session is resumable and between ticket-key rotations; 0: no resumption."""
 
     def __post_init__(self) -> None:
         parse_tls_version(self.min_version)
@@ -83,7 +95,13 @@ class TLSSettings:
             parse_tls_version(self.max_version)
         if self.unknown_sni not in UNKNOWN_SNI_POLICIES:
             raise ValueError(f"unknown_sni must be 'default' or 'refuse', not {self.unknown_sni!r}")
-        for protocol in self.alpn:
+        if self.alpn_mismatch not in _alpn.ALPN_MISMATCH_POLICIES:
+            raise ValueError(
+                f"alpn_mismatch must be 'continue' or 'refuse', not {self.alpn_mismatch!r}"
+            )
+        if self.session_lifetime < 0:
+            raise ValueError(f"session_lifetime must be >= 0, not {self.session_lifetime!r}")
+        for protocol in self.alpn or ():
             if not protocol or len(protocol.encode("ascii", "replace")) > 255:
                 raise ValueError(f"bad ALPN protocol id {protocol!r}")
 
@@ -186,7 +204,7 @@ def _matches(pattern: str, name: str) -> bool:
 
 
 class _Snapshot:
-    """An immutable set of loaded certificates with their contexts and server options."""
+    """An immutable set of loaded certificates with their per-name contexts."""
 
     def __init__(self, keys: Sequence[CertifiedKey], default: CertifiedKey, settings: TLSSettings):
         self.keys = tuple(keys)
@@ -198,7 +216,6 @@ class _Snapshot:
             for name in key.names:
                 table = self.wildcard if name.startswith("*.") else self.exact
                 table.setdefault(name.removeprefix("*."), key)
-        self.options = _server_options(default, settings, self.context_for_server_name)
 
     def lookup(self, name: str | None) -> CertifiedKey | None:
         """The certificate serving ``name``: exact name first, then a one-label wildcard."""
@@ -230,11 +247,16 @@ class _Snapshot:
 
 
 def _server_options(
-    key: CertifiedKey,
+    key: CertifiedKey | None,
     settings: TLSSettings,
+    session_id: bytes,
     context_for_server_name: Callable[[bytes | None], Any] | None = None,
 ) -> ssl.CertificateOptions:
-    """CertificateOptions for ``key`` with the secure defaults and ``settings``."""
+    """CertificateOptions with the secure defaults and ``settings``, serving ``key`` if given.
+
+    Every context of a store shares ``session_id`` (OpenSSL resumes a session only
+    under the context id it was made under) and portmux's ALPN selection.
+    """
     minimum = parse_tls_version(settings.min_version)
     kwargs: dict[str, Any] = {}
     if minimum < VERSIONS[SECURE_MINIMUM]:
@@ -247,31 +269,46 @@ def _server_options(
         kwargs["acceptableCiphers"] = ssl.AcceptableCiphers.fromOpenSSLCipherString(
             settings.ciphers
         )
-    if settings.alpn:
-        kwargs["acceptableProtocols"] = [p.encode("ascii") for p in settings.alpn]
+    if key is not None:
+        kwargs["privateKey"] = crypto.PKey.from_cryptography_key(key.key)
+        kwargs["certificate"] = crypto.X509.from_cryptography(key.certificate)
+        kwargs["extraCertChain"] = [crypto.X509.from_cryptography(c) for c in key.chain] or None
+    resumable = settings.session_lifetime > 0
     options = ssl.CertificateOptions(
-        privateKey=crypto.PKey.from_cryptography_key(key.key),
-        certificate=crypto.X509.from_cryptography(key.certificate),
-        extraCertChain=[crypto.X509.from_cryptography(c) for c in key.chain] or None,
         contextForServerName=context_for_server_name,
+        enableSessions=resumable,
+        enableSessionTickets=resumable,
         **kwargs,
     )
-    options.getContext().set_options(SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION)
+    context = options.getContext()
+    context.set_options(SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION)
+    context.set_session_id(session_id)
+    if resumable:
+        context.set_timeout(settings.session_lifetime)
+    _alpn.install(context, settings.alpn, settings.alpn_mismatch)
     return options
 
 
-def _with_context(key: CertifiedKey, settings: TLSSettings) -> CertifiedKey:
+def _with_context(key: CertifiedKey, settings: TLSSettings, session_id: bytes) -> CertifiedKey:
     """``key`` with its own per-name SSL.Context (ALPN and versions set on it too)."""
-    context = _server_options(key, settings).getContext()
+    context = _server_options(key, settings, session_id).getContext()
     return CertifiedKey(key.source, key.names, key.certificate, key.chain, key.key, context)
+
+
+def _session_id(sources: Sequence[Any], base_dir: Path) -> bytes:
+    """A session id context that is the same for a store across reloads and rotations."""
+    text = repr((str(base_dir.resolve()), [str(s) for s in sources])).encode("utf-8")
+    return hashlib.sha256(b"portmux-tls-session:" + text).digest()
 
 
 @implementer(IOpenSSLServerConnectionCreator)
 class CertificateStore:
     """Server certificates by SNI, swappable whole on ``reload()``.
 
-    It is itself the connection creator handed to TLSMemoryBIOFactory, so new
-    connections use the current snapshot and open ones keep theirs.
+    It is itself the connection creator handed to TLSMemoryBIOFactory: every
+    connection starts on the store's *front* context (session cache and ticket
+    keys, kept across reloads, renewed by ``rotate_session_keys()``), whose SNI hook
+    switches it to the current snapshot's context for the name.
     """
 
     def __init__(
@@ -286,19 +323,25 @@ class CertificateStore:
         self.settings = settings
         self.base_dir = Path(base_dir)
         self.reloads = 0
+        self.rotations = 0
+        self._session_id = _session_id(
+            [*self.sources, default_certificate], self.base_dir
+        )
         self._snapshot = self._load()
+        self._front = self._make_front()
 
     def _load(self) -> _Snapshot:
         """Load every source; raises CertificateError on the first failure."""
         keys: list[CertifiedKey] = []
         seen: set[Path] = set()
+        settings, session_id = self.settings, self._session_id
         for source in self.sources:
             for cert_path, key_path in _expand(source, self.base_dir):
                 resolved = cert_path.resolve()
                 if resolved in seen:
                     continue
                 seen.add(resolved)
-                keys.append(_with_context(load_pem(cert_path, key_path), self.settings))
+                keys.append(_with_context(load_pem(cert_path, key_path), settings, session_id))
         default: CertifiedKey | None = None
         if self.default_source is not None:
             pairs = _expand(self.default_source, self.base_dir)
@@ -307,11 +350,18 @@ class CertificateStore:
                 if Path(key.source).resolve() == wanted:
                     default = key
             if default is None:
-                default = _with_context(load_pem(*pairs[0]), self.settings)
+                default = _with_context(load_pem(*pairs[0]), settings, session_id)
                 keys.insert(0, default)
         if not keys:
             raise CertificateError("no certificates configured")
-        return _Snapshot(keys, default or keys[0], self.settings)
+        return _Snapshot(keys, default or keys[0], settings)
+
+    def _make_front(self) -> ssl.CertificateOptions:
+        """A new front context: a fresh session cache and fresh random ticket keys."""
+        return _server_options(None, self.settings, self._session_id, self._context_for_server_name)
+
+    def _context_for_server_name(self, raw: bytes | None) -> Any:
+        return self._snapshot.context_for_server_name(raw)
 
     @property
     def keys(self) -> tuple[CertifiedKey, ...]:
@@ -323,8 +373,8 @@ class CertificateStore:
 
     @property
     def options(self) -> ssl.CertificateOptions:
-        """The current server CertificateOptions (default certificate + SNI hook)."""
-        return self._snapshot.options
+        """The current front CertificateOptions (SNI hook, session cache, ticket keys)."""
+        return self._front
 
     def lookup(self, name: str | None) -> CertifiedKey | None:
         """The certificate for server name ``name``, or None when no name matches."""
@@ -339,7 +389,10 @@ class CertificateStore:
         return tuple(n for key in self._snapshot.keys for n in key.names)
 
     def reload(self) -> bool:
-        """Re-read every certificate; swap only if all load. Returns True on success."""
+        """Re-read every certificate; swap only if all load. Returns True on success.
+
+        Sessions stay resumable: the front context (cache, ticket keys) is kept.
+        """
         try:
             snapshot = self._load()
         except (CertificateError, SSL.Error, ValueError) as e:
@@ -356,8 +409,16 @@ class CertificateStore:
         )
         return True
 
+    def rotate_session_keys(self) -> None:
+        """New session-ticket keys and an empty session cache for new handshakes.
+
+        OpenSSL's public API keeps one ticket key per context and pyOpenSSL cannot set
+        it, so rotating means a new front context: tickets issued before end with it
+        (those clients make one full handshake and get a new ticket).
+        """
+        self._front = self._make_front()
+        self.rotations += 1
+
     def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
-        """A server SSL.Connection on the current snapshot's default context."""
-        return self._snapshot.options.serverConnectionForTLS(tlsProtocol)
-
-
+        """A server SSL.Connection on the front context (SNI then picks the certificate)."""
+        return self._front.serverConnectionForTLS(tlsProtocol)

@@ -33,6 +33,7 @@ from portmux import _twisted
 from portmux.control import _framing as pc
 from portmux.control._keys import REGISTRATION_KEYS, translate_address
 from portmux.control._registry import RegistrationError
+from portmux.core.proxied import present_addresses
 
 log = Logger(namespace="portmux.worker")
 
@@ -98,6 +99,8 @@ class _Adopting(Factory):
 
             def remember(transport: Any) -> None:
                 self.transport = transport
+                # The client portmux saw (a trusted PROXY header's source), not the socket's peer.
+                present_addresses(transport, self.handoff.peer, None)
                 make_connection(transport)
 
             protocol.makeConnection = remember  # instance attribute shadows the method
@@ -277,14 +280,19 @@ class Worker:
         result: Deferred[Worker] = d.addCallback(connected).addCallback(greeted)
         return result
 
-    def register(self, match: dict[str, Any], mode: str = "handoff", endpoint: str | None = None) -> Deferred[pc.Message]:
+    def register(self, match: dict[str, Any], mode: str = "handoff", endpoint: str | None = None,
+                 advertise: str | None = None) -> Deferred[pc.Message]:
         """Register ``match``, config route keys (e.g. {"protocol": "tcpmux", "service": "echo"}).
 
-        Fires with the reply. A protocol-1 address ({"kind": ...}) is still sent as one.
+        ``advertise`` (a client endpoint string) is where other nodes of a ``[registry]``
+        cluster reach this worker. Fires with the reply. A protocol-1 address
+        ({"kind": ...}) is still sent as one.
         """
         message: pc.Message = {"op": "register", _frame_key(match): match, "mode": mode}
         if endpoint is not None:
             message["endpoint"] = endpoint
+        if advertise is not None:
+            message["advertise"] = advertise
         return self._request(message)
 
     def unregister(self, match: dict[str, Any]) -> Deferred[pc.Message]:

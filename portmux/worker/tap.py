@@ -38,6 +38,9 @@ class Options(usage.Options):
         ["mode", None, "handoff", "delivery mode: handoff (socket passing) or proxy"],
         ["listen", None, "tcp:0:interface=127.0.0.1",
          "proxy mode: where this worker listens for portmux (a server endpoint string)"],
+        ["advertise", None, None,
+         ("with a [registry] cluster: tcp:HOST:PORT where other portmux nodes reach this worker; "
+          "the worker listens there (in handoff mode too)")],
         ["factory", None, None, "module:name of a protocol factory (or a callable returning one)"],
         ["retry", None, "2.0", "seconds between reconnection attempts when portmux is away"],
     ]
@@ -71,6 +74,11 @@ class Options(usage.Options):
             raise usage.UsageError("give at least one --match to register")
         if self["mode"] not in ("handoff", "proxy"):
             raise usage.UsageError("--mode must be handoff or proxy")
+        advertise = self["advertise"]
+        if advertise is not None:
+            parts = advertise.split(":")
+            if len(parts) != 3 or parts[0] != "tcp" or not parts[2].isdigit():
+                raise usage.UsageError("--advertise must be tcp:HOST:PORT")
         if not self["factory"] and not self.subCommand:
             raise usage.UsageError("give --factory MOD:NAME or a twistd plugin to run")
 
@@ -111,15 +119,21 @@ class WorkerService(Service):
         self.factory = factory
         self.worker: Worker | None = None
         self.endpoint: str | None = None
+        self.advertise: str | None = None
         self._retry: Any = None
         self._port: Any = None
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        if self.options["mode"] == "proxy":
+        advertise = self.options.get("advertise")
+        if self.options["mode"] == "proxy" or advertise:
             from twisted.internet.endpoints import serverFromString
 
-            d = serverFromString(self.reactor, self.options["listen"]).listen(self.factory)
+            listen = self.options["listen"]
+            if advertise:
+                _, host, port = advertise.split(":")
+                listen = f"tcp:{port}:interface={host}"
+            d = serverFromString(self.reactor, listen).listen(self.factory)
             d.addCallback(self._listening)
         else:
             self._connect()
@@ -127,7 +141,10 @@ class WorkerService(Service):
     def _listening(self, port: Any) -> None:
         self._port = port
         host = port.getHost()
-        self.endpoint = f"tcp:{host.host}:{host.port}"
+        if self.options["mode"] == "proxy":
+            self.endpoint = f"tcp:{host.host}:{host.port}"
+        if self.options.get("advertise"):
+            self.advertise = f"tcp:{host.host}:{host.port}"
         self._connect()
 
     def _connect(self) -> None:
@@ -139,7 +156,7 @@ class WorkerService(Service):
         async def run() -> None:
             await worker.connect()
             for match in self.options["matches"]:
-                reply = await worker.register(match, self.options["mode"], self.endpoint)
+                reply = await worker.register(match, self.options["mode"], self.endpoint, self.advertise)
                 log.info("registered {route}", route=reply.get("route"))
 
         from twisted.internet.defer import Deferred
@@ -149,6 +166,12 @@ class WorkerService(Service):
         worker.lost.addCallback(lambda _: self._again())
 
     def _failed(self, failure: Any) -> None:
+        if failure.check(ControlError) and failure.value.code == "RegistryUnavailable":
+            # The shared registry (etcd) is away: a passing state, so try again later.
+            log.warn("portmux cannot register us now: {error}; retrying", error=failure.value)  # noqa: G010
+            if self.worker is not None:
+                self.worker.close()  # its `lost` schedules the retry
+            return
         if failure.check(ControlError) and failure.value.code not in ("Disconnected",):
             log.error("portmux refused us: {error}; stopping", error=failure.value)
             self.reactor.stop()

@@ -121,7 +121,7 @@ class RefusalTests(MuxTestCase):
         self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 404 Not Found\r\n"))
         self.assertIn(b"no route for http nowhere", self.transport.value())
         self.assertTrue(self.transport.disconnecting)
-        self.assertEqual(self.mux.stats.refusals["404"], 1)
+        self.assertEqual(self.mux.stats.refusals["no_route"], 1)
 
     def test_no_route_for_tcpmux_is_a_minus_line(self) -> None:
         protocol = self.make([])
@@ -155,7 +155,7 @@ class RefusalTests(MuxTestCase):
         protocol.dataReceived(b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 2000)
         protocol.dataReceived(b"b" * 5000)
         protocol.readConnectionLost()
-        self.assertEqual(self.mux.stats.refusals["431"], 1)
+        self.assertEqual(self.mux.stats.refusals["preamble_too_large"], 1)
         self.assertEqual(sum(self.mux.stats.refusals.values()), 1)
         self.assertEqual(target.connections, [])
         self.assertEqual(self.transport.value().count(b"HTTP/1.1 431 "), 1)
@@ -228,6 +228,8 @@ class SharedDeadlineTests(MuxTestCase):
         self.clock.advance(5.0)
         self.assertTrue(all(t.disconnecting for t in others))
         self.assertEqual(self.mux.stats.sniffing, 0)
+        self.clock.advance(10.0)  # 21 refusals: the rate-limited log's summary timer fires
+        self.assertEqual(self.mux.log.suppressed_total, 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_classified_connections_leave_the_queue(self) -> None:
@@ -367,7 +369,7 @@ class SilentFloodTests(TestCase):
             await task.deferLater(reactor, 0.05, lambda: None)
             waited += 0.05
             self.assertLess(waited, 10, f"sniffing={mux.stats.sniffing}")
-        self.assertEqual(mux.stats.refusals["408"], 200)
+        self.assertEqual(mux.stats.refusals["preamble_timeout"], 200)
         # Every client sees the server's close (EOF), nothing else.  The closes finish
         # in the reactor's next turns, so poll without blocking it.
         open_clients = list(clients)

@@ -133,6 +133,16 @@ def test_sniff_defaults_when_absent() -> None:
     assert config.reservations == ()
 
 
+def test_sniff_trace_networks() -> None:
+    """``[sniff] trace``: the client networks whose routing is traced at debug level."""
+    import ipaddress
+
+    config = parse(LISTEN + '[sniff]\ntrace = ["127.0.0.1", "::1/128"]\n' + route("{ protocol = \"ssh\" }", "echo = true"))
+    assert config.sniff.trace == (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+    errors = errors_of(LISTEN + '[sniff]\ntrace = ["nope"]\n' + route("{ protocol = \"ssh\" }", "echo = true"))
+    assert [e.key_path for e in errors] == ["sniff.trace[0]"]
+
+
 def test_listener_proxy_protocol_and_trusted() -> None:
     config = parse(
         """

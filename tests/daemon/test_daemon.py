@@ -78,7 +78,7 @@ def test_default_config_serves_status_page_to_curl(portmux: tuple[int, Path]) ->
     page = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/"],
                           check=False, capture_output=True, timeout=30)
     assert page.returncode == 0
-    assert b"<h1>portmux</h1>" in page.stdout and b"echo" in page.stdout
+    assert b"<h1>portmux</h1>" in page.stdout and b"status.js" in page.stdout  # the live page
     status = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/status.json"],
                             check=False, capture_output=True, timeout=30)
     snapshot = json.loads(status.stdout)
@@ -184,7 +184,7 @@ def test_systemd_socket_activation_with_and_without_names(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}"]
+    command = ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "-E", "PYTHONPATH"]  # this tree
     if names:
         command.append(f"--fdname={names}")
     log = tmp_path / "portmux.log"

@@ -1,4 +1,4 @@
-"""The [MC-NMF] preamble probe, with byte sequences built from the spec's record layouts."""
+"""The [MC-NMF] preamble probe: byte sequences built from the spec's record layouts, and Mono's WCF client captured."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from portmux.core.preamble import NEED_MORE, NO, Preamble
 from portmux.protocols.nmf import MAX_VIA, Record, decode_size, encode_size, probe_nmf, read_records
 from portmux.testing import assert_probe_prefixes, assert_probe_verdict_for_every_split
 
-from .helpers import assert_verdict, mutations
+from .helpers import assert_verdict, fixture, mutations
 
 
 def version(major: int = 1, minor: int = 0) -> bytes:
@@ -69,6 +69,24 @@ def test_every_prefix_and_split(data: bytes) -> None:
     # Matches once the Via record is complete: 3 + 2 + 1 (type) + 1 (size) + len(via).
     via_len = data[6]
     assert decided == 7 + via_len
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "encoding"),
+    [("nmf/mono-buffered.bin", "duplex", 0x08), ("nmf/mono-streamed.bin", "singleton-unsized", 0x07)],
+)
+def test_mono_wcf_client_preambles(name: str, mode: str, encoding: int) -> None:
+    """Mono's NetTcpBinding client, captured: matched at the Via, whole, byte by byte, split."""
+    data = fixture(name)
+    result = probe_nmf(data)
+    assert isinstance(result, Preamble)
+    assert result.mode == mode and result.version == "1.0" and result.error is None
+    assert result.via is not None and result.via.endswith("/orders/Service.svc")
+    assert [r.type for r in read_records(data)] == [0x00, 0x01, 0x02, 0x03, 0x0C]
+    assert list(read_records(data))[3].value == bytes([encoding])
+    decided = assert_probe_prefixes(probe_nmf, data)
+    assert decided == len(data) - 3  # the Via's end: Known Encoding and PreambleEnd follow
+    assert_probe_verdict_for_every_split(probe_nmf, data)
 
 
 def test_matches_before_preamble_end_so_upgrades_work() -> None:

@@ -14,6 +14,7 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import globalLogPublisher
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -289,15 +290,21 @@ class ProxyTests(TestCase):
 
     @defer.inlineCallbacks
     def test_all_down_http_502(self) -> Any:
-        """HTTP clients get a 502 naming the backends tried; one log line."""
+        """HTTP clients get a generic 502; the one log line names the backends tried."""
         dead = [f"tcp:127.0.0.1:{free_port()}", f"tcp:127.0.0.1:{free_port()}"]
         port, mux = self.listen_mux(ProxyTarget(reactor, dead), protocol="http")
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         answer = yield threads.deferToThread(exchange, port, REQUEST, False)
-        self.assertTrue(answer.startswith(b"HTTP/1.1 502 "), answer)
-        self.assertIn(b"backend unreachable", answer)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), answer)
+        self.assertTrue(answer.endswith(b"\r\n\r\n502 Bad Gateway: backend unreachable\n"), answer)
+        self.assertNotIn(b"127.0.0.1", answer)
+        refused = [e for e in events if e.get("log_format", "").startswith("refused")]
+        self.assertEqual(len(refused), 1)
         for name in dead:
-            self.assertIn(name.encode(), answer)
-        self.assertEqual(mux.stats.refusals["502"], 1)
+            self.assertIn(name, refused[0]["reason"])
+        self.assertEqual(mux.stats.refusals["backend_unreachable"], 1)
 
     @defer.inlineCallbacks
     def test_all_down_tcpmux(self) -> Any:
@@ -305,8 +312,7 @@ class ProxyTests(TestCase):
         target = ProxyTarget(reactor, [f"tcp:127.0.0.1:{free_port()}"])
         port, _ = self.listen_mux(target, protocol="tcpmux", service="thing")
         answer = yield threads.deferToThread(exchange, port, b"thing\r\n", False)
-        self.assertTrue(answer.startswith(b"-backend unreachable"), answer)
-        self.assertTrue(answer.endswith(b"\r\n"))
+        self.assertEqual(answer, b"-backend unreachable\r\n")
 
     @defer.inlineCallbacks
     def test_tcpmux_accept_then_bytes(self) -> Any:
@@ -376,7 +382,7 @@ class ProxyTests(TestCase):
         yield self.wait_for(lambda: mux.stats.for_route("proxied").active == 0)
         dialing = [w for w in reactor.getWriters() if type(w).__name__ == "_Dialing"]
         self.assertEqual(dialing, [])
-        self.assertEqual(mux.stats.refusals["502"], 0)
+        self.assertEqual(mux.stats.refusals["backend_unreachable"], 0)
 
     @defer.inlineCallbacks
     def test_connect_timeout_all_down(self) -> Any:
@@ -569,7 +575,7 @@ class ProxyTests(TestCase):
 
         yield threads.deferToThread(client)
         yield self.wait_for(lambda: hanging.cancelled > 0)
-        self.assertEqual(mux.stats.refusals["502"], 0)
+        self.assertEqual(mux.stats.refusals["backend_unreachable"], 0)
         self.assertEqual(mux.stats.for_route("proxied").active, 0)
 
     @defer.inlineCallbacks
@@ -648,6 +654,20 @@ class FromConfigTests(SynchronousTestCase):
         target = self.parse(
             '{ endpoints = ["tcp:127.0.0.1:1"], connect_timeout = 2, proxy_header = "v2" }')
         self.assertEqual((target.connect_timeout, target.proxy_header), (2.0, "v2"))
+
+    def test_rewrite_via(self) -> None:
+        """net.tcp's Via rewriting: true (the backend's address) or a net.tcp://HOST:PORT."""
+        self.assertFalse(self.parse('["tcp:127.0.0.1:1"]').rewrite_via)
+        target = self.parse('{ endpoints = ["tcp:127.0.0.1:1"], rewrite_via = true }')
+        self.assertIs(target.rewrite_via, True)
+        self.assertIn("(Via rewritten)", target.description)
+        target = self.parse('{ endpoints = ["tcp:127.0.0.1:1"], rewrite_via = "net.tcp://svc.internal:8808/" }')
+        self.assertEqual(target.rewrite_via, "net.tcp://svc.internal:8808")
+        for bad in ('"http://a:1"', '"net.tcp://a:1/path/"', '"net.tcp://a:x"', "1"):
+            self.assertEqual(
+                self.problems(f'{{ endpoints = ["tcp:127.0.0.1:1"], rewrite_via = {bad} }}'),
+                ["route[0].proxy.rewrite_via"], bad,
+            )
 
     def test_problems(self) -> None:
         cases = [

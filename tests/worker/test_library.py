@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from twisted.application.service import MultiService
 from twisted.application.strports import service as strports_service
-from twisted.internet.address import IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.python import usage
 
 from portmux.targets.echo import EchoFactory
-from portmux.worker._library import Handoff, control_path, parse_address_text
+from portmux.worker._library import Handoff, _Adopting, control_path, parse_address_text
 from portmux.worker.tap import Options, load_factory, take_factory
 
 
@@ -47,6 +49,17 @@ def test_control_path_and_handoff_facts() -> None:
                     "peer": {"type": "TCP", "host": "::1", "port": 7}, "preamble": {"protocol": "x"}})
     assert (info.data, info.route, info.preamble) == (b"hi", "r", {"protocol": "x"})
     assert info.peer == IPv6Address("TCP", "::1", 7)
+
+
+def test_adopted_transport_reports_the_peer_portmux_saw() -> None:
+    """Behind a trusted PROXY header the socket's peer is the balancer; the protocol sees the client."""
+    info = Handoff({"route": "r", "data": "", "greeting": "",
+                    "peer": {"type": "TCP", "host": "192.0.2.7", "port": 4000}})
+    adopting = _Adopting(Factory.forProtocol(Protocol), info)
+    protocol = adopting.buildProtocol(IPv4Address("TCP", "10.0.0.5", 5000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.5", 5000))
+    protocol.makeConnection(transport)
+    assert protocol.transport.getPeer() == IPv4Address("TCP", "192.0.2.7", 4000)
 
 
 def test_options_validate() -> None:

@@ -1,46 +1,91 @@
-# -*- test-case-name: tests.daemon.test_daemon -*-
-"""The built-in status page: listeners, routes and live counters as HTML, JSON and metrics."""
+# -*- test-case-name: tests.daemon.test_status_page,tests.daemon.test_daemon -*-
+"""The built-in status page: a live HTML page, ``/status.json`` it polls, and ``/metrics``.
+
+The page itself is static (HTML, CSS and JavaScript shipped in ``static/``, no
+external assets); it fetches ``status.json`` every second and updates in place.
+"""
 
 from __future__ import annotations
 
-import html
 import json
+from importlib import resources
 from typing import Any, cast
 
 from twisted.web.resource import IResource, Resource
+
+from portmux.daemon.admin.inventory import backends_of, certificates, walk_routes
+from portmux.daemon.admin.metrics import MetricsPage
+
+Metrics = MetricsPage  # the old name
+
+_EMPTY = {"connections": 0, "active": 0, "refused": 0, "bytes_in": 0, "bytes_out": 0}
+from portmux.control._cluster import registry_health
 
 
 def status_snapshot(mux: Any) -> dict[str, Any]:
     """Everything the status page shows, as JSON-ready data."""
     counters = mux.stats.snapshot()
-    per_route = counters["routes"]
-    registered = {id(r) for r in mux.registered_routes}
     routes = []
-    for route in mux.router.routes:
-        routes.append(
-            {
-                "name": route.name,
-                "match": route.match.describe(),
-                "target": route.kind,
-                "description": getattr(route.target, "description", route.kind),
-                "registered": id(route) in registered,
-                "counters": per_route.get(
-                    route.name, {"connections": 0, "active": 0, "refused": 0}
-                ),
-            }
-        )
-    return {
-        "listeners": list(mux.listeners),
+    refusals: dict[str, int] = {}
+    for entry in walk_routes(mux):
+        route = entry.route
+        stage = entry.mux.stats.snapshot()
+        item: dict[str, Any] = {
+            "name": route.name,
+            "path": entry.path,
+            "depth": entry.depth,
+            "match": route.match.describe(),
+            "target": route.kind,
+            "description": str(getattr(route.target, "description", route.kind)),
+            "registered": entry.registered,
+            "counters": stage["routes"].get(route.name, dict(_EMPTY)),
+        }
+        if route.kind == "proxy":
+            item["backends"] = backends_of(route.target)
+        routes.append(item)
+    for stage_mux in _stages(mux):
+        for reason, count in stage_mux.stats.refusals.items():
+            refusals[reason] = refusals.get(reason, 0) + count
+    addresses = {}
+    for text in mux.listeners:
+        name, _, address = text.partition(" (")
+        addresses[name] = address.rstrip(")")
+    listeners = []
+    for name in dict.fromkeys([*addresses, *counters["listeners"]]):
+        listener = counters["listeners"].get(name, {})
+        listeners.append({"name": name, "address": addresses.get(name), "listening": name in addresses,
+                          **listener})
+    health = registry_health(mux)
+    snapshot: dict[str, Any] = {
+        "now": mux.reactor.seconds(),
+        "portmux_registry_stale": bool(health and health.stale),
+        "registry": health.snapshot() if health is not None else None,
+        "listeners": listeners,
         "probes": [probe.name for probe in mux.probes],
         "sniff": {
             "preamble_timeout": mux.settings.preamble_timeout,
             "preamble_max_bytes": mux.settings.preamble_max_bytes,
             "silence_timeout": mux.settings.silence_timeout,
         },
-        "connections": {"accepted": counters["accepted"], "sniffing": counters["sniffing"]},
-        "refusals": counters["refusals"],
+        "connections": {"accepted": counters["accepted"], "sniffing": counters["sniffing"],
+                        "open": len(getattr(mux, "connections", ()))},
+        "refusals": refusals,
         "routes": routes,
+        "certificates": certificates(mux),
+        "workers": [],
     }
+    for extra in mux.shared("status-extras", lambda _: []):
+        snapshot.update(extra())
+    return snapshot
+
+
+def _stages(mux: Any) -> list[Any]:
+    out = [mux]
+    for entry in walk_routes(mux):
+        inner = getattr(entry.route.target, "inner", None)
+        if inner is not None and hasattr(inner, "stats") and inner not in out:
+            out.append(inner)
+    return out
 
 
 def _mux_of(request: Any) -> Any:
@@ -55,45 +100,35 @@ class StatusJSON(Resource):
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(status_snapshot(_mux_of(request)), indent=2).encode() + b"\n"
+        return json.dumps(status_snapshot(_mux_of(request)), indent=1).encode() + b"\n"
 
 
-class Metrics(Resource):
-    """``/metrics``: per-route counters in the Prometheus text format."""
+class _Static(Resource):
+    """One file shipped in ``portmux/daemon/admin/static``."""
 
     isLeaf = True
 
+    def __init__(self, name: str, content_type: bytes) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.body = resources.files("portmux.daemon.admin").joinpath("static", name).read_bytes()
+        self.content_type = content_type
+
     def render_GET(self, request: Any) -> bytes:
-        snap = status_snapshot(_mux_of(request))
-        lines = [
-            "# TYPE portmux_accepted_total counter",
-            f"portmux_accepted_total {snap['connections']['accepted']}",
-            "# TYPE portmux_sniffing gauge",
-            f"portmux_sniffing {snap['connections']['sniffing']}",
-            "# TYPE portmux_route_connections_total counter",
-            "# TYPE portmux_route_active gauge",
-            "# TYPE portmux_route_refused_total counter",
-        ]
-        for route in snap["routes"]:
-            label = json.dumps(route["name"])
-            c = route["counters"]
-            lines.append(f"portmux_route_connections_total{{route={label}}} {c['connections']}")
-            lines.append(f"portmux_route_active{{route={label}}} {c['active']}")
-            lines.append(f"portmux_route_refused_total{{route={label}}} {c['refused']}")
-        lines.append("# TYPE portmux_refusals_total counter")
-        for status, count in sorted(snap["refusals"].items()):
-            lines.append(f'portmux_refusals_total{{status="{status}"}} {count}')
-        request.setHeader(b"content-type", b"text/plain; version=0.0.4")
-        return ("\n".join(lines) + "\n").encode()
+        request.setHeader(b"content-type", self.content_type)
+        request.setHeader(b"cache-control", b"no-cache")
+        return self.body
 
 
 class StatusPage(Resource):
-    """``/``: a small HTML page; children ``status.json`` and ``metrics``."""
+    """``/``: the live page; children ``status.json``, ``metrics``, ``status.js``, ``status.css``."""
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        self.page = _Static("status.html", b"text/html; charset=utf-8")
         self.putChild(b"status.json", cast(IResource, StatusJSON()))  # type: ignore[no-untyped-call]
-        self.putChild(b"metrics", cast(IResource, Metrics()))  # type: ignore[no-untyped-call]
+        self.putChild(b"metrics", cast(IResource, MetricsPage()))  # type: ignore[no-untyped-call]
+        self.putChild(b"status.js", cast(IResource, _Static("status.js", b"text/javascript; charset=utf-8")))
+        self.putChild(b"status.css", cast(IResource, _Static("status.css", b"text/css; charset=utf-8")))
 
     def getChild(self, path: bytes, request: Any) -> Resource:
         if path == b"":
@@ -101,38 +136,8 @@ class StatusPage(Resource):
         return cast(Resource, super().getChild(path, request))  # type: ignore[no-untyped-call]
 
     def render_GET(self, request: Any) -> bytes:
-        snap = status_snapshot(_mux_of(request))
-        esc = html.escape
-        rows = "".join(
-            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td>"
-            "<td>{}</td><td>{}</td><td>{}</td></tr>".format(
-                esc(r["name"]),
-                esc(r["match"]),
-                esc(r["description"]),
-                "registered" if r["registered"] else "static",
-                r["counters"]["connections"],
-                r["counters"]["active"],
-                r["counters"]["refused"],
-            )
-            for r in snap["routes"]
-        )
-        listeners = "".join(f"<li><code>{esc(x)}</code></li>" for x in snap["listeners"])
-        refusals = ", ".join(f"{k}: {v}" for k, v in sorted(snap["refusals"].items())) or "none"
-        page = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>portmux status</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}</style></head>
-<body><h1>portmux</h1>
-<h2>Listeners</h2><ul>{listeners}</ul>
-<p>Connections accepted: {snap['connections']['accepted']};
-being sniffed now: {snap['connections']['sniffing']}; refusals: {esc(refusals)}.</p>
-<h2>Routes</h2>
-<table><tr><th>name</th><th>match</th><th>target</th><th>source</th>
-<th>connections</th><th>active</th><th>refused</th></tr>{rows}</table>
-<p>Probes, in order: {esc(', '.join(snap['probes']))}.
-Also: <a href="status.json">status.json</a>, <a href="metrics">metrics</a>.</p>
-</body></html>
-"""
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        return page.encode("utf-8")
+        if not request.path.endswith(b"/"):  # the page's links are relative to its directory
+            from twisted.web.util import redirectTo
+
+            return redirectTo(request.path + b"/", request)
+        return self.page.render_GET(request)

@@ -23,6 +23,7 @@ from portmux.daemon.config._load import (
 )
 from portmux.daemon.config._match import MATCH_KEYS
 from portmux.daemon.config._problems import ConfigError, ConfigProblem
+from portmux.daemon.config._registry import RegistryConfig, read_stored_route
 from portmux.daemon.config._schema import (
     INVALID,
     AnyOf,
@@ -60,6 +61,7 @@ __all__ = [
     "Number",
     "OneOf",
     "PluginTargetKind",
+    "RegistryConfig",
     "Reservation",
     "Routes",
     "TableOf",
@@ -73,6 +75,7 @@ __all__ = [
     "load_config",
     "locate_lines",
     "parse_config",
+    "read_stored_route",
     "setting",
     "split_key_path",
     "target_kinds",

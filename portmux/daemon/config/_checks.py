@@ -44,6 +44,12 @@ def server_endpoint(value: str, key_path: str, walk: Walk) -> Any:
     """A Twisted server endpoint string that parses (nothing is bound)."""
     from twisted.internet.endpoints import serverFromString
 
+    if value.startswith("systemd:"):  # the sockets exist only when systemd starts portmux
+        options = dict(part.partition("=")[::2] for part in value.split(":")[1:])
+        if not options.keys() <= {"domain", "index", "name"} or not {"index", "name"} & options.keys():
+            walk.problem(key_path, f"{value!r}: use systemd:domain=INET:name=NAME (or :index=N)")
+            return INVALID
+        return value
     try:
         serverFromString(walk.reactor, value)
     except Exception as e:  # noqa: BLE001 - user input must not crash the check

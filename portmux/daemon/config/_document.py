@@ -114,10 +114,11 @@ class Document:
             if not isinstance(table, dict):
                 self.problem(path, f"expected a table, got {describe(table)}")
                 continue
-            out.append(self._read_route(path, table))
+            out.append(self.read_route(table, path))
         return tuple(out)
 
-    def _read_route(self, path: str, table: dict[str, Any]) -> RouteDecl:
+    def read_route(self, table: dict[str, Any], path: str) -> RouteDecl:
+        """Check one ``[[route]]``-shaped table at ``path`` (also used for routes stored in etcd)."""
         names = ", ".join(self.kinds)
         values, _ = read_table(
             _ROUTE, table, path, self, extra=self.kinds,
@@ -157,6 +158,11 @@ class Document:
                 f"a {decl.kind.name} target is chosen per connection from its first HTTP request; "
                 "later keep-alive requests for other paths go to it too",
             )
+        refusal = getattr(target, "cannot_serve", None)  # a target that knows it cannot
+        reason = refusal(decl.match) if refusal is not None else None
+        if reason:
+            self.problem(join_key(decl.key_path, "match"), reason)
+            return None
         return Route(str(decl.name), decl.match, target)
 
     def _build_target(self, decl: RouteDecl, kind: TargetKind) -> object | None:

@@ -6,19 +6,28 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from portmux.control import Reservation
+from portmux.core.limits import Limits, Timeouts
 from portmux.core.mux import SniffSettings
 from portmux.core.routing import Route
 from portmux.daemon.config._document import Document
 from portmux.daemon.config._kinds import TargetKind
+from portmux.daemon.config._limits import default_limits
 from portmux.daemon.config._problems import ConfigError, ConfigProblem, Reporter
+from portmux.daemon.config._registry import RegistryConfig
 from portmux.daemon.config._schema import INVALID, read_table, schema_of
-from portmux.daemon.config._tables import ConfigFile, ControlConfig, Listener
+from portmux.daemon.config._tables import (
+    AccessLogConfig,
+    ConfigFile,
+    ControlConfig,
+    Listener,
+    ShutdownTable,
+)
 from portmux.daemon.config._targets import target_kinds
 
 if sys.version_info >= (3, 11):  # setup.cfg allows 3.10 with tomli
@@ -38,8 +47,15 @@ class Config:
     routes: tuple[Route, ...]
     control: ControlConfig | None = None
     reservations: tuple[Reservation, ...] = ()
+    registry: RegistryConfig | None = None
     filename: str = "<config>"
     warnings: tuple[ConfigProblem, ...] = ()
+    access_log: AccessLogConfig | None = None
+    grace_period: float = 30.0
+    limits: Limits = field(default_factory=Limits)
+    """``[limits]``; without the table, the automatic global cap."""
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    """``[timeouts]``."""
 
 
 def _valid(value: Any, fallback: Any) -> Any:
@@ -63,8 +79,13 @@ def _build(data: dict[str, Any], document: Document, filename: str) -> Config:
         reservations=tuple(
             Reservation(table.match, table.uids) for table in _valid(values["reservation"], ())
         ),
+        registry=_valid(values["registry"], None),
         filename=filename,
         warnings=tuple(report.warnings),
+        access_log=_valid(values["access_log"], None),
+        grace_period=float(_valid(values["shutdown"], ShutdownTable()).grace_period),
+        limits=_valid(values["limits"], None) or default_limits(),
+        timeouts=_valid(values["timeouts"], Timeouts()),
     )
 
 

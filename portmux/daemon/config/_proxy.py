@@ -12,6 +12,7 @@ from typing import Any
 
 from portmux.daemon.config._checks import positive
 from portmux.daemon.config._context import BuildContext
+from portmux.daemon.config._limits import ProxyTimeoutsTable
 from portmux.daemon.config._problems import join_key, one_line
 from portmux.daemon.config._schema import (
     INVALID,
@@ -56,6 +57,52 @@ _CLIENT_CERT = AnyOf(
 )
 
 
+def _via_address(value: str, key_path: str, walk: Walk) -> Any:
+    """``net.tcp://HOST:PORT``: the address a rewritten Via names (no path: the client's is kept)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as e:
+        walk.problem(key_path, f"not a net.tcp address: {e}")
+        return INVALID
+    if parts.scheme != "net.tcp" or not parts.hostname or parts.path.strip("/") or parts.query:
+        walk.problem(key_path, f'expected "net.tcp://HOST[:PORT]" without a path, got {value!r}')
+        return INVALID
+    return value.rstrip("/")
+
+
+_REWRITE_VIA = AnyOf(
+    'true, or a "net.tcp://HOST:PORT" address',
+    choices=(Flag(), Text("a net.tcp address", check=_via_address)),
+)
+
+
+@dataclass(frozen=True)
+class HealthCheckTable:
+    """``health_check = { interval = 2.0, rise = 2, fall = 3, http_path = "/health" }``."""
+
+    interval: float = setting(Number(), "seconds between checks of each backend", default=2.0, check=positive)
+    timeout: float = setting(Number(), "seconds a check may take", default=1.0, check=positive)
+    rise: int = setting(Whole(), "successes in a row that mark a backend up", default=2, check=positive)
+    fall: int = setting(Whole(), "failures in a row that mark a backend down", default=3, check=positive)
+    http_path: str | None = setting(
+        Text("a path"), "send GET with this path and expect http_status (else: TCP connect only)", default=None
+    )
+    http_status: int = setting(Whole(), "the HTTP status a healthy backend answers", default=200)
+    http_host: str = setting(Text(), "the Host header of the check", default="localhost")
+
+    def validate(self, key_path: str, walk: Walk) -> Any:
+        from portmux.targets._health import HealthCheck
+
+        if self.http_path is not None and not self.http_path.startswith("/"):
+            walk.problem(join_key(key_path, "http_path"), 'must start with "/"')
+            return INVALID
+        return HealthCheck(float(self.interval), float(self.timeout), self.rise, self.fall,
+                           self.http_path, self.http_status, self.http_host)
+
+
 @dataclass(frozen=True)
 class ProxyTable:
     """The table form: ``proxy = { endpoints = [...], connect_timeout = 5.0, ... }``."""
@@ -85,6 +132,19 @@ class ProxyTable:
     max_body: int | None = setting(
         Whole(check=positive), "HTTP per request: larger request bodies are refused with 413",
         default=None)
+    health_check: Any = setting(
+        TableOf("a table", declaration=HealthCheckTable),
+        "active health checks of the backends (TCP connect, or HTTP GET)", default=None,
+    )
+    timeouts: dict[str, float] | None = setting(
+        TableOf("a table of timeouts", declaration=ProxyTimeoutsTable),
+        "this route's own timeouts, overriding [timeouts]", default=None,
+    )
+    rewrite_via: Any = setting(
+        _REWRITE_VIA,
+        "net.tcp: point the Via record at the backend (true) or at this address",
+        default=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -93,6 +153,7 @@ class ProxyPlan:
 
     backends: tuple[Any, ...]
     options: dict[str, Any]
+    health: Any = None
 
 
 def _file_problems(values: dict[str, Any], key_path: str, walk: Walk) -> bool:
@@ -153,7 +214,11 @@ def _plan(values: dict[str, Any], key_path: str, endpoints_key: str, walk: Walk)
             options[name] = values[name]
     if values.get("idle_timeout") is not None:
         options["idle_timeout"] = float(values["idle_timeout"])
-    return ProxyPlan(tuple(backends), options)
+    if values.get("timeouts"):
+        options["timeouts"] = dict(values["timeouts"])
+    if values.get("rewrite_via"):
+        options["rewrite_via"] = values["rewrite_via"]
+    return ProxyPlan(tuple(backends), options, values.get("health_check"))
 
 
 @dataclass(frozen=True)
@@ -191,7 +256,14 @@ def build_proxy(plan: ProxyPlan, ctx: BuildContext) -> object:
     from portmux.targets.proxy import ProxyTarget
 
     options = dict(plan.options)
+    target: Any
     if options.get("per_request") is False:
-        whole = {k: v for k, v in options.items() if k in ("connect_timeout", "proxy_header")}
-        return ProxyTarget(ctx.reactor, list(plan.backends), **whole)
-    return HttpProxyTarget(ctx.reactor, list(plan.backends), **options)
+        whole = ("connect_timeout", "proxy_header", "timeouts", "rewrite_via")
+        target = ProxyTarget(ctx.reactor, list(plan.backends), **{k: v for k, v in options.items() if k in whole})
+    else:
+        target = HttpProxyTarget(ctx.reactor, list(plan.backends), **options)
+    if plan.health is not None:
+        from portmux.targets._health import HealthChecker
+
+        target.health = HealthChecker(ctx.reactor, plan.health, label=target.description)
+    return target

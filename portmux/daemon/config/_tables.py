@@ -11,14 +11,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from portmux.control._server import MAX_REGISTRATIONS, UNAUTHORIZED_RATE, UNAUTHORIZED_TOTAL_RATE
+from portmux.core.limits import Limits, Timeouts
 from portmux.core.mux import SniffSettings
 from portmux.core.routing import Match, Network
 from portmux.daemon.config._checks import NETWORKS, GroupId, UserId, positive, server_endpoint
+from portmux.daemon.config._limits import LimitsTable, TimeoutsTable, non_negative
 from portmux.daemon.config._match import MISSING_MATCH, MatchTable
+from portmux.daemon.config._registry import RegistryConfig
 from portmux.daemon.config._schema import (
     Flag,
     ListOf,
     Number,
+    OneOf,
     Routes,
     TableOf,
     Text,
@@ -27,9 +31,10 @@ from portmux.daemon.config._schema import (
     setting,
 )
 
-__all__ = ["ConfigFile", "ControlConfig", "Listener", "ReservationTable", "SniffTable"]
+__all__ = ["AccessLogConfig", "ConfigFile", "ControlConfig", "Listener", "ReservationTable", "ShutdownTable", "SniffTable"]
 
 DEFAULT_MAX_PENDING = 64
+DEFAULT_BACKLOG = 511
 _SERVER_ENDPOINT = Text("a server endpoint string")
 
 
@@ -45,6 +50,12 @@ class Listener:
     )
     proxy_protocol: bool = setting(Flag(), "read a PROXY v1/v2 header before sniffing", default=False)
     trusted: tuple[Network, ...] = setting(NETWORKS, "peers allowed to send a PROXY header", default=())
+    max_connections: int = setting(
+        Whole(non_negative), "this listener's own cap on open connections (0: only the global one)", default=0
+    )
+    backlog: int = setting(
+        Whole(positive), "the listen(2) backlog for tcp:, ssl: and unix: endpoints", default=DEFAULT_BACKLOG
+    )
 
     def validate(self, key_path: str, walk: Walk) -> Listener:
         """Warn about PROXY-header settings that do nothing or trust everyone."""
@@ -71,10 +82,14 @@ class SniffTable:
     silence_timeout: float = setting(
         Number(), "seconds of silence before the silent route", default=_SNIFF.silence_timeout, check=positive
     )
+    trace: tuple[Network, ...] = setting(
+        NETWORKS, "client networks whose routing decisions are logged at debug level", default=()
+    )
 
     def validate(self, key_path: str, walk: Walk) -> SniffSettings:
         settings = SniffSettings(
-            float(self.preamble_timeout), self.preamble_max_bytes, float(self.silence_timeout)
+            float(self.preamble_timeout), self.preamble_max_bytes, float(self.silence_timeout),
+            tuple(self.trace),
         )
         if settings.silence_timeout > settings.preamble_timeout:
             walk.warn(
@@ -128,6 +143,23 @@ class ReservationTable:
     )
 
 
+@dataclass(frozen=True)
+class AccessLogConfig:
+    """``[access_log]``: one line per finished connection."""
+
+    path: str = setting(Text("a file path or \"-\""), 'the log file ("-" for standard output)', default="-")
+    format: str = setting(OneOf("text", "json"), "text (tcplog-like) or json (JSON lines)", default="text")
+
+
+@dataclass(frozen=True)
+class ShutdownTable:
+    """``[shutdown]``: how SIGTERM drains."""
+
+    grace_period: float = setting(
+        Number(), "seconds open connections may finish after SIGTERM", default=30.0, check=positive
+    )
+
+
 def _tables(name: str, declaration: type, **options: Any) -> ListOf:
     return ListOf(f"an array of tables ([[{name}]])", item=TableOf(declaration=declaration), **options)
 
@@ -153,4 +185,21 @@ class ConfigFile:
     )
     reservation: tuple[ReservationTable, ...] = setting(
         _tables("reservation", ReservationTable), "who may register which routes", default=()
+    )
+    access_log: AccessLogConfig | None = setting(
+        TableOf("a table ([access_log])", declaration=AccessLogConfig), "the access log", default=None
+    )
+    shutdown: ShutdownTable = setting(
+        TableOf("a table ([shutdown])", declaration=ShutdownTable), "draining on SIGTERM",
+        default=ShutdownTable(),
+    )
+    registry: RegistryConfig | None = setting(
+        TableOf("a table ([registry])", declaration=RegistryConfig), "routes shared through etcd", default=None
+    )
+    limits: Limits | None = setting(
+        TableOf("a table ([limits])", declaration=LimitsTable), "connection limits", default=None
+    )
+    timeouts: Timeouts = setting(
+        TableOf("a table ([timeouts])", declaration=TimeoutsTable), "timeouts after classification",
+        default=Timeouts(),
     )

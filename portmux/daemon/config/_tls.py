@@ -21,6 +21,7 @@ from portmux.daemon.config._schema import (
     TableOf,
     Text,
     Walk,
+    Whole,
     setting,
 )
 
@@ -75,6 +76,14 @@ def _alpn_id(value: str, key_path: str, walk: Walk) -> Any:
     return value
 
 
+def _lifetime(value: int, key_path: str, walk: Walk) -> Any:
+    """Whole seconds, 0 (no resumption) or more; OpenSSL keeps session timeouts in 32 bits."""
+    if not 0 <= value <= 2**31 - 1:
+        walk.problem(key_path, f"must be 0 (no resumption) or a number of seconds, got {value}")
+        return INVALID
+    return value
+
+
 def _cipher_string(value: str, key_path: str, walk: Walk) -> Any:
     """An OpenSSL cipher string that selects at least one cipher."""
     from OpenSSL import SSL
@@ -99,10 +108,21 @@ class TLSTable:
     )
     default_certificate: Any = setting(_SOURCE, "for hellos without SNI or with an unknown name", default=None)
     unknown_sni: str | None = setting(OneOf("default", "refuse"), "what a name no certificate covers gets", default=None)
-    alpn: tuple[str, ...] = setting(
+    alpn: tuple[str, ...] | None = setting(
         ListOf("an array of ALPN protocol ids", item=Text("an ALPN protocol id", check=_alpn_id), single=True),
-        "ALPN protocols to offer, e.g. [\"h2\", \"http/1.1\"]",
-        default=(),
+        "ALPN protocols to negotiate, e.g. [\"h2\", \"http/1.1\"]; "
+        "default: what the inner routes serve ([] for none)",
+        default=None,
+    )
+    alpn_mismatch: str | None = setting(
+        OneOf("continue", "refuse"),
+        "no ALPN id in common: carry on without ALPN, or refuse (alert 120)",
+        default=None,
+    )
+    session_lifetime: int | None = setting(
+        Whole(check=_lifetime),
+        "seconds a TLS session stays resumable; ticket keys rotate as often; 0 turns resumption off",
+        default=None,
     )
     min_version: str | None = setting(Text("a TLS version", check=_tls_version), "lowest TLS version", default=None)
     max_version: str | None = setting(Text("a TLS version", check=_tls_version), "highest TLS version", default=None)
@@ -123,7 +143,7 @@ def build_tls(table: TLSTable, ctx: BuildContext) -> object | None:
     from portmux.tls import CertificateStore, TLSSettings
 
     options: dict[str, Any] = {"alpn": table.alpn}
-    for name in ("unknown_sni", "min_version", "max_version", "ciphers"):
+    for name in ("unknown_sni", "min_version", "max_version", "ciphers", "alpn_mismatch", "session_lifetime"):
         if getattr(table, name) is not None:
             options[name] = getattr(table, name)
     routes = ctx.build_routes(table.route)
