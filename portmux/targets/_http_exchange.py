@@ -22,6 +22,7 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from portmux.core import refusal
 from portmux.core.routing import peer_ip
 from portmux.protocols import http as http_protocol
 from portmux.targets._http_pool import BackendConnection, BackendPool
@@ -172,7 +173,9 @@ class HttpExchange:
         self, pools: Callable[[], list[BackendPool]], request: Any, head: tuple[bytes, bytes],
         length: int | None, client: Any, https: bool, forwarded: str | None, max_body: int | None,
         route_name: str, on_done: Callable[[HttpExchange], None] | None = None,
+        classified: Any = None,
     ) -> None:
+        self.classified = classified
         self.request = request
         self.route_name = route_name
         self.on_done = on_done
@@ -196,10 +199,10 @@ class HttpExchange:
         request.notifyFinish().addErrback(self._front_lost)
         request.defaultContentType = None
         if max_body is not None and length is not None and length > max_body:
-            self._refuse_early(413, f"request body of {length} bytes over the limit of {max_body}")
+            self._fail(413, "request body too large", f"{length} bytes, max_body {max_body}", "body_too_large")
             return
         if not self.pools:
-            self._fail(503, "every backend of this route is down")
+            self._fail(503, "no backend up", "every backend of this route is down", refusal.NO_BACKEND_UP)
             return
         self._dial(0)
 
@@ -207,6 +210,8 @@ class HttpExchange:
 
     def _dial(self, index: int) -> None:
         pool = self.pools[index]
+        if self.classified is not None:
+            self.classified.dialing(pool.name)
         connection = pool.take()
         if connection is not None:
             self._connected(connection)
@@ -220,7 +225,8 @@ class HttpExchange:
             self._dial(index + 1)
             return
         names = ", ".join(p.name for p in self.pools)
-        self._fail(502, f"no backend answered ({names}): {reason.getErrorMessage()}")
+        self._fail(502, "backend unreachable", f"{names}: {reason.getErrorMessage()}",
+                   refusal.BACKEND_UNREACHABLE)
 
     def _connected(self, connection: BackendConnection) -> None:
         if self.finished or self.front_gone:
@@ -228,6 +234,8 @@ class HttpExchange:
             return
         self.connection = connection
         connection.exchange = self
+        if self.classified is not None:
+            self.classified.connected()
         connection.send_head(self.method, self.target, self.headers, self.chunked)
         if self.body_file is not None:
             self._send_file(connection)
@@ -294,7 +302,7 @@ class HttpExchange:
             return
         self.received += len(data)
         if self.max_body is not None and self.received > self.max_body:
-            self._refuse_early(413, f"request body over the limit of {self.max_body} bytes")
+            self._fail(413, "request body too large", f"over max_body {self.max_body}", "body_too_large")
             return
         if self.connection is None:
             self.pending.append(data)
@@ -388,14 +396,16 @@ class HttpExchange:
             self._abort_front()
             self._done_hook()
             return
-        self._fail(502, f"backend closed before responding: {why}")
+        name = connection.pool.name if connection is not None else "backend"
+        self._fail(502, "backend unreachable", f"{name} closed before responding: {why}",
+                   refusal.BACKEND_UNREACHABLE)
 
     def backend_switched(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                          trailing: bytes) -> None:
         """The backend answered 101: the front connection becomes a tunnel to it."""
         request = self.request
         if not self.upgrade or self.is_h2 or self.front_gone or not self.front_done:
-            self._fail(502, "backend switched protocols unasked")
+            self._fail(502, "bad backend response", "backend switched protocols unasked")
             return
         self.responding = True
         self.finished = True
@@ -448,7 +458,7 @@ class HttpExchange:
         elif channel.transport is not None:
             channel.transport.abortConnection()
 
-    def fail(self, status: int, reason: str) -> None:
+    def fail(self, status: int, reason: str, detail: str = "") -> None:
         """End this exchange with ``status`` (a worker vanished: 503), or cut it if already answering."""
         if self.finished:
             return
@@ -456,21 +466,30 @@ class HttpExchange:
         if connection is not None:
             connection.abort()
         if self.responding:
-            log.info("{route}: {reason}; response cut", route=self.route_name, reason=reason)
+            log.info("{route}: {detail}; response cut", route=self.route_name, detail=detail or reason)
             self.finished = True
             self._abort_front()
             self._done_hook()
             return
-        self._fail(status, reason)
+        self._fail(status, reason, detail)
 
-    def _fail(self, status: int, reason: str) -> None:
-        """Answer ``status`` with one log line (now, or when the front request is complete)."""
+    def _fail(self, status: int, reason: str, detail: str = "", why: str | None = None) -> None:
+        """Answer ``status`` and ``reason`` (generic), log one line with ``detail``; now, or
+        when the front request is complete."""
         if self.finished:
             return
         self.finished = True
-        log.info("http {method} for route {route} answered {status}: {reason}",
-                 method=self.method.decode("latin-1"), route=self.route_name, status=status,
-                 reason=reason)
+        why = why or refusal.reason_name(status)
+        classified = self.classified
+        mux_log = getattr(getattr(classified, "mux", None), "log", None)
+        fields = {"peer": self.client_ip, "route": self.route_name, "why": why, "status": status,
+                  "reason": f"{reason} ({detail})" if detail else reason,
+                  "method": self.method.decode("latin-1")}
+        text = "refused {peer} protocol=http route={route} {why} (status {status}): {reason} [{method}]"
+        if mux_log is not None:
+            mux_log.emit("refused", text, **fields)
+        else:
+            log.info(text, **fields)
         connection, self.connection = self.connection, None
         if connection is not None:
             connection.abort()
@@ -481,9 +500,6 @@ class HttpExchange:
             if not self.is_h2:  # do not wait for a body nobody will read
                 self._refuse_raw(status, reason)
         self._done_hook()
-
-    def _refuse_early(self, status: int, reason: str) -> None:
-        self._fail(status, reason)
 
     def _refuse_raw(self, status: int, reason: str) -> None:
         channel = self.request.channel

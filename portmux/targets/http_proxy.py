@@ -66,8 +66,7 @@ class HttpProxyTarget:
         self.first = 0
         self.withdraw_status = withdraw_status
         self.in_flight: set[HttpExchange] = set()
-        how = "per request" if self.per_request else "per connection"
-        self.description = f"{self.whole.description}, HTTP {how}"
+        self.description = self.whole.description
 
     @property
     def endpoints(self) -> tuple[Any, ...]:
@@ -102,6 +101,13 @@ class HttpProxyTarget:
         """Dial with ``reactor`` from now on."""
         self.whole.bind(reactor)
 
+    def __getattr__(self, name: str) -> Any:
+        """Everything else about the backends (timeouts, rewrite_via, all_backends…) is the
+        whole-connection target's."""
+        if name == "whole":
+            raise AttributeError(name)
+        return getattr(self.whole, name)
+
     def start(self) -> None:
         """Start health checks, if configured; pools fill on demand."""
         self.whole.start()
@@ -114,7 +120,8 @@ class HttpProxyTarget:
             pool.close()
         if self.withdraw_status is not None:
             for exchange in list(self.in_flight):
-                exchange.fail(self.withdraw_status, "the worker serving this prefix went away")
+                exchange.fail(self.withdraw_status, "service unavailable",
+                              "the worker serving this prefix went away")
 
     def attach(self, connection: Any) -> IProtocol | None:
         """HTTP goes to the per-request Site; anything else byte-for-byte to a backend."""
@@ -151,6 +158,7 @@ class HttpProxyTarget:
         exchange = HttpExchange(
             self._pools, request, head, length, client, bool(preamble.tls_terminated or request.isSecure()),
             self.forwarded, self.max_body, route.name, self.in_flight.discard,
+            dispatcher.connection_of(request),
         )
         if not exchange.finished:
             self.in_flight.add(exchange)

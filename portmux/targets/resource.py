@@ -82,6 +82,10 @@ def serve_http(connection: Any, h2_enabled: bool = H2_ENABLED) -> IProtocol | No
     mux = connection.mux
     site = mux.shared("portmux.targets.resource.site", dispatching_site)
     site.resource.remember(transport, connection.preamble, connection.peer)
+    try:  # the access log and metrics name the backends its requests go to
+        transport.portmux_connection = connection
+    except AttributeError:
+        pass
     timeouts = getattr(mux, "timeouts", None)
     if timeouts is not None:
         site.timeOut = timeouts.client_idle or None  # keep-alive idle limit
@@ -200,6 +204,10 @@ class _Dispatcher(Resource):
         facts = preamble, peer if peer is not None else request.getClientAddress()
         request.portmux_facts = facts
         return facts
+
+    def connection_of(self, request: Any) -> Any:
+        """The Classified connection ``request`` arrived on, if known (for accounting)."""
+        return getattr(_request_transport(request, self._by_address), "portmux_connection", None)
 
     def route_for(self, request: Any, target: bytes | None = None) -> Any:
         """The route the multiplexer's Router chooses for this request's host and path."""
