@@ -11,7 +11,7 @@ loopback, measured in the same run with h2load (nghttp2-client):
 ``h2load --h1`` over plain HTTP/1.1 and ``h2load`` h2 over TLS. Ratios: portmux
 to the Twisted baseline (goal ≥ 2), and to HAProxy and nginx. Bounded in count.
 
-    python bench/http_rps.py [--requests 20000] [--clients 8] [--streams 10]
+    python bench/http_rps.py [--requests 20000] [--clients 8] [--streams 10] [--reps 3]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--streams", type=int, default=10)
+    parser.add_argument("--reps", type=int, default=3, help="rounds over the four fronts; medians are reported")
     args = parser.parse_args()
     for tool in ("h2load", "nginx", "haproxy"):
         if shutil.which(tool) is None:
@@ -171,15 +173,23 @@ proxy = {{ endpoints = ["tcp:127.0.0.1:{backend}"], pool_size = 64 }}
                                                   stderr=subprocess.DEVNULL))
             for port in (backend, *(p for pair in ports.values() for p in pair)):
                 wait_port(port)
-            results: dict[str, dict[str, float]] = {}
-            for name, (plain, tls) in ports.items():
+            runs: dict[str, dict[str, list[float]]] = {name: {"h1": [], "h2": []} for name in ports}
+            for name, (plain, _) in ports.items():
                 h2load(f"http://127.0.0.1:{plain}/app/warm", 500, 2, 1, True)  # warm up
-                results[name] = {
-                    "h1": h2load(f"http://127.0.0.1:{plain}/app/x", args.requests, args.clients, 1, True),
-                    "h2": h2load(f"https://127.0.0.1:{tls}/app/x", args.requests, args.clients, args.streams, False),
-                }
-                print(f"{name:8} h1 {results[name]['h1']:9.0f} req/s   h2/TLS {results[name]['h2']:9.0f} req/s",
-                      flush=True)
+            for rep in range(args.reps):
+                order = list(ports.items())
+                if rep % 2:
+                    order.reverse()  # background load falls on every front alike
+                for name, (plain, tls) in order:
+                    runs[name]["h1"].append(
+                        h2load(f"http://127.0.0.1:{plain}/app/x", args.requests, args.clients, 1, True))
+                    runs[name]["h2"].append(
+                        h2load(f"https://127.0.0.1:{tls}/app/x", args.requests, args.clients, args.streams, False))
+            results = {name: {mode: statistics.median(values) for mode, values in modes.items()}
+                       for name, modes in runs.items()}
+            for name, result in results.items():
+                print(f"{name:8} h1 {result['h1']:9.0f} req/s   h2/TLS {result['h2']:9.0f} req/s   "
+                      f"(median of {args.reps})", flush=True)
         finally:
             for process in processes:
                 process.terminate()
