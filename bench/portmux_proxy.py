@@ -10,8 +10,13 @@ Usable by ../shared/peer-bench's ``--custom``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Any
+
+ROOT = str(Path(__file__).resolve().parent.parent)
+sys.path.insert(0, ROOT)  # this tree's portmux, whatever the venv has installed
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -27,9 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--default", help="HOST:PORT for connections that match nothing")
     parser.add_argument("--proxy-header", choices=("v1", "v2"), help="send a PROXY header")
     parser.add_argument("--quiet", action="store_true", help="no log output")
+    parser.add_argument("--no-splice", action="store_true", help="copy every byte in Python")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="N > 1: run the daemon (twistd portmux) with processes = N instead")
     parser.add_argument("--access-log", help="write the access log to this file (- for stdout)")
     parser.add_argument("--access-log-format", choices=("text", "json"), default="text")
     args = parser.parse_args(argv)
+    if args.processes > 1:
+        return _daemon(args)
 
     from twisted.internet import epollreactor
 
@@ -46,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])  # type: ignore[list-item]
     mux = Multiplexer(reactor)
     host, port = _host_port(args.http)
-    mux.add_route(
-        ProxyTarget(reactor, [f"tcp:{host}:{port}"], proxy_header=args.proxy_header), name="http",
-        protocol="http",
-    )
+    target = ProxyTarget(reactor, [f"tcp:{host}:{port}"], proxy_header=args.proxy_header)
+    if args.no_splice:
+        target.splice_after = None
+    mux.add_route(target, name="http", protocol="http")
     if args.default:
         host, port = _host_port(args.default)
         mux.add_route(ProxyTarget(reactor, [f"tcp:{host}:{port}"]), name="default", default=True)
@@ -61,8 +71,43 @@ def main(argv: list[str] | None = None) -> int:
         mux.stats.observers.append(access_log)
     host, port = _host_port(args.listen)
     reactor.listenTCP(port, mux, backlog=4096, interface=host)
+    from portmux.daemon._gc import freeze_startup_objects
+
+    reactor.callWhenRunning(freeze_startup_objects)
     reactor.run()
     return 0
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    """Write the same setup as a config file and exec ``twistd -n portmux`` with processes = N."""
+    import tempfile
+
+    listen_host, listen_port = _host_port(args.listen)
+    host, port = _host_port(args.http)
+    lines = [
+        f"processes = {args.processes}",
+        "[[listen]]",
+        f'endpoint = "tcp:{listen_port}:interface={listen_host}:backlog=4096"',
+        "[[route]]",
+        'name = "http"',
+        'match = { protocol = "http" }',
+        f'proxy = ["tcp:{host}:{port}"]',
+    ]
+    if args.default:
+        host, port = _host_port(args.default)
+        lines += ["[[route]]", 'name = "default"', "match = { default = true }",
+                  f'proxy = ["tcp:{host}:{port}"]']
+    if args.proxy_header:
+        raise SystemExit("--proxy-header is not supported with --processes")
+    fd, path = tempfile.mkstemp(prefix="portmux-bench-", suffix=".toml")
+    os.write(fd, ("\n".join(lines) + "\n").encode())
+    os.close(fd)
+    twistd = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
+    if args.quiet:
+        twistd += ["-l", os.devnull]
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    os.execv(sys.executable, [sys.executable, *twistd, "portmux", "--config", path])
+    return 1  # not reached
 
 
 if __name__ == "__main__":

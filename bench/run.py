@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import shutil
 import socket
@@ -28,6 +29,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
+MULTICORE = ("portmux-2proc", "haproxy-nbthread2")
+"""Middleboxes that use two cores: never pinned (the client and backend stay on CPU 0)."""
 
 
 @dataclass
@@ -50,10 +53,16 @@ class Result:
 
 
 def free_port() -> int:
-    """An unused loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """An unused loopback port below the ephemeral range (so no client's own port takes it meanwhile)."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def wait_listening(port: int, limit: float = 15.0) -> None:
@@ -83,21 +92,45 @@ def build(workdir: Path) -> tuple[Path, Path]:
     return out[0], out[1]
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (a process group's children count too)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    todo.extend(int(child) for child in f.read().split())
+        except OSError:
+            continue
+    return found
+
+
 def pss_kb(pid: int) -> int:
-    """Proportional set size of ``pid`` in KiB, from /proc/PID/smaps_rollup."""
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    raise RuntimeError("no Pss line")
+    """Proportional set size of ``pid`` and its descendants in KiB, from /proc/PID/smaps_rollup."""
+    total = 0
+    for member in tree(pid):
+        try:
+            with open(f"/proc/{member}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            continue
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by ``pid``."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    """User + system CPU seconds used so far by ``pid`` and its live descendants."""
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    total = 0.0
+    for member in tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
 
 class Runner:
@@ -115,7 +148,7 @@ class Runner:
     def start(self, name: str, argv: list[str], box: bool) -> subprocess.Popen[bytes]:
         log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        if self.pin:
+        if self.pin and not name.startswith(MULTICORE):  # those are measured on every core
             os.sched_setaffinity(proc.pid, self.box_cpus if box else self.load_cpus)
         return proc
 
@@ -160,6 +193,9 @@ class Runner:
                     used = cpu_seconds(box.pid) - before if box else 0.0
                     if box:
                         cpu.setdefault((name, mode), []).append(100 * used / took)
+                    if "error" in out:
+                        print(f"   {mode} {name}: {out}", file=sys.stderr, flush=True)
+                        continue
                     if mode == "lat":
                         figures = {"lat_p50_us": out["p50_us"], "lat_p99_us": out["p99_us"]}
                     elif mode == "rate":
@@ -193,6 +229,8 @@ class Runner:
         """PSS of a fresh middlebox before and while holding idle proxied connections."""
         count = self.settings.idle_connections
         time.sleep(0.3)
+        wait_listening(port)  # a process group's children start after the parent: wait them out
+        time.sleep(4.0 if len(tree(box.pid)) > 1 else 0.0)
         before = pss_kb(box.pid)
         argv = [str(self.client), "idle", str(port), str(count), "60"]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.PIPE)
@@ -228,10 +266,36 @@ def middleboxes(backend_port: int) -> dict[str, Any]:
             PYTHON, str(HERE / "portmux_proxy.py"), "--quiet",
             "--listen", f"127.0.0.1:{port}", "--http", backend,
         ],
+        "portmux-nosplice": lambda port: [
+            PYTHON, str(HERE / "portmux_proxy.py"), "--quiet", "--no-splice",
+            "--listen", f"127.0.0.1:{port}", "--http", backend,
+        ],
+        "portmux-2proc": lambda port: [
+            PYTHON, str(HERE / "portmux_proxy.py"), "--quiet", "--processes", "2",
+            "--listen", f"127.0.0.1:{port}", "--http", backend,
+        ],
         "portforward": lambda port: [
             PYTHON, str(HERE / "portforward_fwd.py"), "--listen", f"127.0.0.1:{port}", "--to", backend,
         ],
+        **{
+            name: _haproxy(config, backend_port)
+            for name, config in (
+                ("haproxy", "haproxy.cfg"),
+                ("haproxy-splice", "haproxy-splice.cfg"),
+                ("haproxy-nbthread2", "haproxy-nbthread2.cfg"),
+            )
+        },
     }
+
+
+def _haproxy(config: str, backend_port: int) -> Any:
+    """argv maker for HAProxy with one of bench/peers/'s configs (ports from the environment)."""
+
+    def argv(port: int) -> list[str]:
+        return ["env", f"PORT={port}", f"BPORT={backend_port}", "haproxy", "-db", "-f",
+                str(HERE / "peers" / config)]
+
+    return argv
 
 
 def ratio(a: float, b: float) -> str:
@@ -274,6 +338,18 @@ def report(results: list[Result]) -> str:
                 ratio(v, by["portforward"].figures.get(key, 0.0)) if "portforward" in by else "-",
             ]
         lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
+    base = next((n for n in ("haproxy", "portforward") if n in by), None)
+    if base is not None:
+        others = [n for n in names if n not in ("direct", base)]
+        lines += ["", (f"Every middlebox as a ratio to {base}, same run (throughput: higher is better; "
+                  "latency, CPU, memory: lower is better):"), "",
+                  "| measure | " + " | ".join(f"{n}/{base}" for n in others) + " |",
+                  "|" + "---|" * (len(others) + 1)]
+        for label, key, _higher in rows:
+            if key == "pss_pair":
+                continue
+            cells = [ratio(by[n].figures.get(key, 0.0), by[base].figures.get(key, 0.0)) for n in others]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     cpu = ["", "middlebox CPU % of one core during each test:"]
     for r in results:
         if r.cpu:
@@ -323,7 +399,11 @@ def main(argv: list[str] | None = None) -> int:
                 port = free_port()
                 box = runner.start(name, make(port), box=True)
                 running.append(box)
-                wait_listening(port)
+                try:
+                    wait_listening(port)
+                except RuntimeError:
+                    log = (workdir / f"{name}.log").read_text(errors="replace")[-800:]
+                    sys.exit(f"{name} did not start (exit status {box.poll()}):\n{log}")
                 targets.append((name, port, box))
             results = runner.measure(targets, args.reps)
             for box in running:

@@ -1,11 +1,22 @@
-"""TLS handshakes/s and HTTPS request latency: portmux termination vs a direct Twisted HTTPS server.
+"""TLS termination cost: portmux vs HAProxy (``bind … ssl crt``) vs nginx stream ``ssl``, measured with h2load.
 
-Both servers run in one child process (pinned to CPU 1 when there are two) on
-loopback, with the same certificate and TLS options; the client is this process
-(CPU 0), Python ssl sockets. Repetitions alternate direct/portmux and medians are
-reported, so background load hits both alike. Bounded in count and time.
+Each middlebox terminates TLS 1.3 with the same certificate (ECDSA P-256, then
+RSA 2048) and forwards the plaintext to one nginx HTTP backend (keep-alive,
+``return 200``).  h2load (Debian's nghttp2-client) measures, over HTTP/1.1:
 
-    python bench/tls_bench.py [--handshakes 300] [--requests 1000] [--reps 3]
+- new handshakes/s: ``-c 400 -n 400``: 400 connections at once, one request each,
+  so every connection is a full TLS 1.3 handshake (h2load never resumes sessions);
+- keep-alive requests/s: 16 connections, many requests each;
+- resumed handshakes/s, counted separately: ``openssl s_time -reuse`` (one
+  connection at a time, session resumption) next to ``s_time -new``.
+
+The middlebox runs on CPU 1, client and backend on CPU 0 (when there are two);
+middleboxes are interleaved within every repetition and medians reported, with
+ratios against HAProxy measured in the same run.  Everything is on 127.0.0.1,
+every load is bounded in count and time.
+
+    python bench/tls_bench.py [--reps 3] [--quick] [--keys ecdsa,rsa] [--only portmux,haproxy,nginx]
+    python bench/tls_bench.py --role portmux --cert C --key K --port P --backend B   (internal)
 """
 
 from __future__ import annotations
@@ -13,8 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import re
+import shutil
 import socket
-import ssl
 import statistics
 import subprocess
 import sys
@@ -23,173 +36,291 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import trustme
-from twisted.internet import reactor as _reactor
-from twisted.web.server import Site
-
-from portmux.core.mux import Multiplexer
-from portmux.core.routing import Match, Route
-from portmux.targets.resource import ResourceTarget
-from portmux.targets.tls import TLSTarget
-from portmux.tls import CertificateStore, TLSSettings
-
-reactor: Any = _reactor
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 NAME = "bench.example.com"
-REQUEST = f"GET /hello HTTP/1.1\r\nHost: {NAME}\r\n\r\n".encode()
-DEADLINE = 60.0
+MIDDLEBOXES = ("portmux", "haproxy", "nginx")
+TIMEOUT = 120
 
 
-def root() -> Any:
-    from twisted.web.resource import Resource
-    from twisted.web.static import Data
-
-    resource = Resource()
-    resource.putChild(b"hello", Data(b"hello\n", "text/plain"))
-    return resource
-
-
-def handshakes(port: int, context: ssl.SSLContext, count: int) -> float:
-    """Full handshakes (no resumption) per second, one connection after another."""
-    start = time.perf_counter()
-    done = 0
-    for _ in range(count):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with context.wrap_socket(raw, server_hostname=NAME) as conn:
-                conn.do_handshake()
-        done += 1
-        if time.perf_counter() - start > DEADLINE:
-            break
-    return done / (time.perf_counter() - start)
+def free_port() -> int:
+    """A free port below the ephemeral range, so h2load's own client ports never take it."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found in 20000-32000")
 
 
-def resumed_handshakes(port: int, context: ssl.SSLContext, count: int) -> float:
-    """Resumed handshakes per second (one session, from a first full handshake + request)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-            context.wrap_socket(raw, server_hostname=NAME) as conn:
-        conn.sendall(REQUEST)
-        while not conn.recv(65536).endswith(b"hello\n"):  # also takes in the tickets
-            pass
-        session = conn.session
-    start = time.perf_counter()
-    done = 0
-    for _ in range(count):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with context.wrap_socket(raw, server_hostname=NAME, session=session) as conn:
-                conn.do_handshake()
-                if not conn.session_reused:
-                    raise RuntimeError("the server did not resume the session")
-        done += 1
-        if time.perf_counter() - start > DEADLINE:
-            break
-    return done / (time.perf_counter() - start)
+def wait_listening(port: int, limit: float = 20.0) -> None:
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def latencies(port: int, context: ssl.SSLContext, count: int) -> list[float]:
-    """Per-request round trips on one keep-alive HTTPS connection, in microseconds."""
-    times: list[float] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with context.wrap_socket(raw, server_hostname=NAME) as conn:
-            begin = time.perf_counter()
-            for _ in range(count):
-                t0 = time.perf_counter()
-                conn.sendall(REQUEST)
-                data = b""
-                while not data.endswith(b"hello\n"):
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        raise ConnectionError("server closed")
-                    data += chunk
-                times.append((time.perf_counter() - t0) * 1e6)
-                if time.perf_counter() - begin > DEADLINE:
-                    break
-    return times
+def two_cpus() -> bool:
+    return (os.cpu_count() or 1) > 1 and hasattr(os, "sched_setaffinity")
 
 
-def pin(cpu: int) -> None:
-    """Pin this process to ``cpu`` when the machine has more than one."""
-    if (os.cpu_count() or 1) > 1 and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {cpu})
+def pinned(cpu: int) -> list[str]:
+    return ["taskset", "-c", str(cpu)] if two_cpus() and shutil.which("taskset") else []
 
 
-def serve() -> None:
-    """Child role: both HTTPS servers on ephemeral loopback ports; print them, then serve."""
-    pin(1)
-    tmp = Path(tempfile.mkdtemp())
-    ca = trustme.CA()
-    ca_file = tmp / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    cert = tmp / "cert.pem"
-    ca.issue_cert(NAME).private_key_and_cert_chain_pem.write_to_path(str(cert))
-    store = CertificateStore([cert], settings=TLSSettings(alpn=("http/1.1",)))
-    direct = reactor.listenSSL(0, Site(root()), store.options, interface="127.0.0.1")
-    target = TLSTarget(
-        reactor, store, [Route("site", Match(protocol="http"), ResourceTarget(root()))]
+# -- certificates ------------------------------------------------------------------
+
+
+def make_certificate(workdir: Path, kind: str) -> dict[str, str]:
+    """A self-signed certificate for NAME: ECDSA P-256 or RSA 2048; cert, key and combined PEM."""
+    key, cert, both = workdir / f"{kind}.key", workdir / f"{kind}.crt", workdir / f"{kind}.pem"
+    algorithm = (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] if kind == "ecdsa"
+                 else ["-newkey", "rsa:2048"])
+    subprocess.run(
+        ["openssl", "req", "-x509", "-nodes", *algorithm, "-keyout", str(key), "-out", str(cert),
+         "-days", "2", "-subj", f"/CN={NAME}", "-addext", f"subjectAltName=DNS:{NAME}"],
+        check=True, capture_output=True, timeout=60,
     )
+    both.write_text(cert.read_text() + key.read_text())
+    return {"cert": str(cert), "key": str(key), "combined": str(both)}
+
+
+# -- the processes -------------------------------------------------------------------
+
+
+BACKEND_CONF = """worker_processes 1;
+daemon off;
+pid {rundir}/backend.pid;
+error_log stderr warn;
+worker_rlimit_nofile 8192;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "hello\\n"; }}
+    }}
+}}
+"""
+
+NGINX_CONF = """load_module modules/ngx_stream_module.so;
+worker_processes 1;
+daemon off;
+pid {rundir}/nginx-{port}.pid;
+error_log stderr warn;
+worker_rlimit_nofile 8192;
+events {{ worker_connections 4096; }}
+stream {{
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.3;
+        ssl_session_cache shared:S:1m;
+        proxy_pass 127.0.0.1:{backend};
+    }}
+}}
+"""
+
+HAPROXY_CONF = """global
+    maxconn 8000
+    nbthread 1
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend fe
+    bind 127.0.0.1:{port} ssl crt {combined} ssl-min-ver TLSv1.3
+    default_backend be
+backend be
+    server b1 127.0.0.1:{backend}
+"""
+
+
+def start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("ab"),
+                            start_new_session=True)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process this script started, by its PID."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+def middlebox_argv(name: str, port: int, backend: int, cert: dict[str, str], rundir: Path) -> list[str]:
+    if name == "portmux":
+        return [*pinned(1), sys.executable, str(Path(__file__).resolve()), "--role", "portmux",
+                "--cert", cert["cert"], "--key", cert["key"], "--port", str(port),
+                "--backend", str(backend)]
+    if name == "haproxy":
+        conf = rundir / f"haproxy-{port}.cfg"
+        conf.write_text(HAPROXY_CONF.format(port=port, backend=backend, combined=cert["combined"]))
+        return [*pinned(1), "haproxy", "-db", "-f", str(conf)]
+    conf = rundir / f"nginx-{port}.conf"
+    conf.write_text(NGINX_CONF.format(port=port, backend=backend, rundir=rundir, **cert))
+    return [*pinned(1), "nginx", "-e", "stderr", "-c", str(conf)]
+
+
+def serve_portmux(args: argparse.Namespace) -> None:
+    """Internal role: portmux terminating TLS 1.3 and proxying the plaintext HTTP to the backend."""
+    from twisted.internet import epollreactor
+
+    epollreactor.install()
+    from twisted.internet import reactor as _reactor
+
+    sys.path.insert(0, str(ROOT))
+    from portmux.core.mux import Multiplexer
+    from portmux.core.routing import Match, Route
+    from portmux.daemon._gc import freeze_startup_objects
+    from portmux.targets.proxy import ProxyTarget
+    from portmux.targets.tls import TLSTarget
+    from portmux.tls import CertificateStore, TLSSettings
+
+    reactor: Any = _reactor
+    store = CertificateStore(
+        [(args.cert, args.key)],
+        settings=TLSSettings(alpn=("http/1.1",), min_version="TLSv1.3"),
+    )
+    inner = Route("http", Match(protocol="http"),
+                  ProxyTarget(reactor, [f"tcp:127.0.0.1:{args.backend}"]))
+    target = TLSTarget(reactor, store, [inner])
     mux = Multiplexer(reactor, [Route("https", Match(protocol="tls"), target)])
-    port = reactor.listenTCP(0, mux, interface="127.0.0.1")
-    ports = {"direct": direct.getHost().port, "portmux": port.getHost().port, "ca": str(ca_file)}
-    print(json.dumps(ports), flush=True)
-    reactor.callLater(DEADLINE * 10, reactor.stop)  # never outlive a lost parent for long
+    reactor.listenTCP(args.port, mux, backlog=4096, interface="127.0.0.1")
+    reactor.callWhenRunning(freeze_startup_objects)
     reactor.run()
 
 
-def measure(args: argparse.Namespace, ports: dict[str, Any]) -> None:
-    """Alternate direct/portmux ``args.reps`` times; print medians and ratios."""
-    context = ssl.create_default_context(cafile=ports["ca"])
-    context.set_alpn_protocols(["http/1.1"])
-    rates: dict[str, list[float]] = {"direct": [], "portmux": []}
-    resumed: dict[str, list[float]] = {"direct": [], "portmux": []}
-    times: dict[str, list[float]] = {"direct": [], "portmux": []}
-    labels = ("direct", "portmux")
-    for label in labels:
-        latencies(ports[label], context, 50)  # warm up
-    for _ in range(args.reps):
-        for label in labels:
-            rates[label].append(handshakes(ports[label], context, args.handshakes))
-            resumed[label].append(resumed_handshakes(ports[label], context, args.handshakes))
-            times[label].extend(latencies(ports[label], context, args.requests))
-    print(f"{'server':<10} {'handshakes/s':>13} {'resumed/s':>10} {'median µs':>10} {'p99 µs':>9}")
-    for label, samples in times.items():
-        series = sorted(samples)
-        p99 = series[min(len(series) - 1, int(len(series) * 0.99))]
-        print(f"{label:<10} {statistics.median(rates[label]):13.0f} "
-              f"{statistics.median(resumed[label]):10.0f} "
-              f"{statistics.median(series):10.0f} {p99:9.0f}")
-    d_rate, m_rate = statistics.median(rates["direct"]), statistics.median(rates["portmux"])
-    d_lat, m_lat = statistics.median(times["direct"]), statistics.median(times["portmux"])
-    m_resumed = statistics.median(resumed["portmux"])
-    print(f"portmux/direct: handshakes/s {m_rate / d_rate:.2f}x, "
-          f"resumed {m_resumed / statistics.median(resumed['direct']):.2f}x, "
-          f"median request latency {m_lat / d_lat:.2f}x")
-    print(f"portmux resumed/full handshakes: {m_resumed / m_rate:.2f}x")
+# -- the load ------------------------------------------------------------------------
+
+
+def h2load(port: int, connections: int, requests: int) -> float:
+    """Requests per second h2load reports over HTTP/1.1 on TLS (0.0 when it failed)."""
+    out = subprocess.run(
+        [*pinned(0), "h2load", "--h1", "-t", "1", "-c", str(connections), "-n", str(requests),
+         "-T", "10", "-N", "10", f"https://127.0.0.1:{port}/"],
+        capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out.stdout)
+    rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out.stdout)
+    if not (done and rate) or int(done.group(2)) < requests * 0.99:
+        sys.stderr.write(f"h2load on {port} fell short:\n{out.stdout[-600:]}{out.stderr[-300:]}\n")
+        return 0.0
+    if "TLSv1.3" not in out.stdout:
+        sys.stderr.write(f"h2load on {port}: not TLS 1.3\n")
+    return float(rate.group(1))
+
+
+def s_time(port: int, mode: str, seconds: int) -> float:
+    """Sequential connections per second from ``openssl s_time -new|-reuse``."""
+    out = subprocess.run(
+        [*pinned(0), "openssl", "s_time", "-connect", f"127.0.0.1:{port}", f"-{mode}",
+         "-time", str(seconds), "-tls1_3"],
+        capture_output=True, text=True, timeout=seconds * 4 + 30, check=False,
+    )
+    found = re.findall(r"(\d+) connections in ([\d.]+)s", out.stdout)
+    if not found:
+        return 0.0
+    count, elapsed = found[-1]
+    return int(count) / float(elapsed) if float(elapsed) else 0.0
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    rundir = Path(tempfile.mkdtemp(prefix="portmux-tls-bench-"))
+    log = rundir / "stderr.log"
+    backend_port = free_port()
+    (rundir / "backend.conf").write_text(BACKEND_CONF.format(port=backend_port, rundir=rundir))
+    backend = start([*pinned(0), "nginx", "-e", "stderr", "-c", str(rundir / "backend.conf")], log)
+    results: dict[str, Any] = {}
+    try:
+        wait_listening(backend_port)
+        for kind in args.keys:
+            cert = make_certificate(rundir, kind)
+            figures: dict[str, dict[str, list[float]]] = {n: {} for n in args.only}
+            for rep in range(args.reps):
+                order = list(args.only[rep % len(args.only):]) + list(args.only[: rep % len(args.only)])
+                for name in order:
+                    port = free_port()
+                    process = start(middlebox_argv(name, port, backend_port, cert, rundir), log)
+                    try:
+                        wait_listening(port)
+                        h2load(port, 50, 500)  # warm up
+                        f = figures[name]
+                        f.setdefault("handshakes/s", []).append(h2load(port, args.burst, args.burst))
+                        f.setdefault("keep-alive req/s", []).append(h2load(port, 16, args.requests))
+                        f.setdefault("s_time new/s", []).append(s_time(port, "new", args.stime))
+                        f.setdefault("s_time reuse/s", []).append(s_time(port, "reuse", args.stime))
+                    finally:
+                        stop(process)
+                    print(f"  {kind} rep {rep + 1} {name}: "
+                          + ", ".join(f"{k} {v[-1]:.0f}" for k, v in figures[name].items()),
+                          flush=True)
+            results[kind] = {n: {k: statistics.median(v) for k, v in f.items()} for n, f in figures.items()}
+    finally:
+        stop(backend)
+    return results
+
+
+def report(results: dict[str, Any], only: list[str]) -> None:
+    base = "haproxy" if "haproxy" in only else only[0]
+    for kind, table in results.items():
+        metrics = list(next(iter(table.values())).keys())
+        print(f"\n{kind.upper()} certificate, TLS 1.3, medians; ratio = middlebox / {base}")
+        print("| metric | " + " | ".join(only) + " | " + " | ".join(f"{n}/{base}" for n in only if n != base) + " |")
+        print("|---" * (1 + len(only) + len(only) - 1) + "|")
+        for metric in metrics:
+            values = [table[n][metric] for n in only]
+            ratios = [table[n][metric] / table[base][metric] if table[base][metric] else float("nan")
+                      for n in only if n != base]
+            print(f"| {metric} | " + " | ".join(f"{v:,.0f}" for v in values) + " | "
+                  + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--handshakes", type=int, default=300)
-    parser.add_argument("--requests", type=int, default=1000)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--role", choices=("client", "server"), default="client")
+    parser.add_argument("--quick", action="store_true", help="one rep, shorter loads")
+    parser.add_argument("--keys", default="ecdsa,rsa")
+    parser.add_argument("--only", default=",".join(MIDDLEBOXES))
+    parser.add_argument("--burst", type=int, default=400, help="connections per handshake run")
+    parser.add_argument("--requests", type=int, default=40000, help="keep-alive requests per run")
+    parser.add_argument("--stime", type=int, default=3, help="seconds per s_time run")
+    parser.add_argument("--json", help="write the medians here")
+    parser.add_argument("--role", choices=("client", "portmux"), default="client")
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--backend", type=int)
     args = parser.parse_args()
-    if args.role == "server":
-        serve()
+    if args.role == "portmux":
+        serve_portmux(args)
         return
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--role", "server"], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert child.stdout is not None
-        ports = json.loads(child.stdout.readline())
-        pin(0)
-        measure(args, ports)
-    finally:
-        child.terminate()
-        child.wait(10)
+    for tool in ("h2load", "nginx", "openssl"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench/tls_bench.py needs {tool} (Debian: nghttp2-client, nginx-light, openssl)")
+    args.keys = args.keys.split(",")
+    args.only = [n for n in args.only.split(",") if n != "haproxy" or shutil.which("haproxy")]
+    if args.quick:
+        args.reps, args.burst, args.requests, args.stime = 1, 200, 10000, 2
+    print(f"tls_bench {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, reps={args.reps}, "
+          f"pinned={two_cpus()}, load average {os.getloadavg()[0]:.1f}")
+    results = measure(args)
+    report(results, args.only)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

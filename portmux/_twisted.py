@@ -40,9 +40,12 @@ __all__ = [
     "request_head",
     "send_now",
     "shut_write_now",
+    "splice_ready",
     "stream_connection",
+    "take_unsent",
     "tcp_endpoint_parts",
     "unix_endpoint_path",
+    "unsent_size",
     "watch_socket_close",
 ]
 
@@ -112,13 +115,13 @@ def _private_v2(header: bytes) -> tuple[Any, Any]:
 
 def _missing_haproxy() -> list[str]:
     try:
-        v1 = _private_v1(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2")
+        v1 = _private_v1(b"PROXY TCP4 127.1.3.4 127.5.7.8 1 2")
         v2 = _private_v2(
-            b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\x01\x02\x03\x04\x05\x06\x07\x08\x00\x01\x00\x02"
+            b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\x7f\x01\x03\x04\x7f\x05\x07\x08\x00\x01\x00\x02"
         )
     except Exception as e:  # noqa: BLE001 - any failure means the shape changed
         return [f"twisted.protocols.haproxy parsers ({e!r})"]
-    expected = (IPv4Address("TCP", "1.2.3.4", 1), IPv4Address("TCP", "5.6.7.8", 2))
+    expected = (IPv4Address("TCP", "127.1.3.4", 1), IPv4Address("TCP", "127.5.7.8", 2))
     return [] if v1 == v2 == expected else ["twisted.protocols.haproxy parser results"]
 
 
@@ -341,6 +344,44 @@ def _idle(sink: Any) -> bool:
         and not sink.disconnecting
         and not sink._writeDisconnecting
     )
+
+
+def splice_ready(transport: Any) -> bool:
+    """True when a ``plain_socket`` transport may have its socket copied by the kernel now.
+
+    It must be connected and neither closing nor half-closed; what it still
+    buffers is taken with ``take_unsent``.  Fallback: never (the proxy keeps
+    copying through the public transport API).
+    """
+    return bool(
+        FAST_PATHS
+        and plain_socket(transport)
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnecting
+        and not transport._writeDisconnected
+    )
+
+
+def unsent_size(transport: Any) -> int:
+    """Bytes a ``splice_ready`` transport buffers but has not sent."""
+    return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
+
+
+def take_unsent(transport: Any) -> bytes:
+    """Empty a ``splice_ready`` transport's write buffer and return what it held, in order.
+
+    The caller sends those bytes ahead of anything newer (the splice pipe).
+    """
+    data = bytes(memoryview(transport.dataBuffer)[transport.offset:])
+    if transport._tempDataBuffer:
+        data += b"".join(transport._tempDataBuffer)
+    transport.dataBuffer = b""
+    transport.offset = 0
+    transport._tempDataBuffer = []
+    transport._tempDataLen = 0
+    transport.stopWriting()
+    return data
 
 
 def send_now(sink: Any, data: bytes) -> bytes:

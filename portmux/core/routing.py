@@ -287,7 +287,7 @@ def _in_networks(ip: str, networks: Sequence[Network]) -> bool:
 
 
 def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
-    """Parse CIDR strings (``10.0.0.0/8``, ``::1``); raises ValueError on bad input."""
+    """Parse CIDR strings (``127.128.0.0/9``, ``::1``); raises ValueError on bad input."""
     return tuple(ipaddress.ip_network(v, strict=False) for v in values)
 
 

@@ -81,6 +81,8 @@ class Stats:
         self.observers: list[Callable[[Any], None]] = []
         self.accepted = 0
         self.sniffing = 0
+        self.elsewhere: dict[str, dict[str, object]] = {}
+        """Latest local snapshots of the other processes of a process group, by process label."""
 
     def for_route(self, name: str) -> RouteCounters:
         counters = self.routes.get(name)
@@ -106,9 +108,9 @@ class Stats:
             histogram = self.connect_seconds[backend] = Histogram(CONNECT_BUCKETS)
         histogram.observe(seconds)
 
-    def snapshot(self) -> dict[str, object]:
-        """A JSON-ready copy of every counter."""
-        return {
+    def snapshot(self, local: bool = False) -> dict[str, object]:
+        """A JSON-ready copy of every counter: this process's own (``local``) or its group's sums."""
+        mine: dict[str, Any] = {
             "accepted": self.accepted,
             "sniffing": self.sniffing,
             "routes": {name: asdict(c) for name, c in self.routes.items()},
@@ -125,3 +127,22 @@ class Stats:
             },
             "tls_handshake_failures": dict(self.tls_handshake_failures),
         }
+        if local or not self.elsewhere:
+            return mine
+        for other in self.elsewhere.values():
+            _add_into(mine, other)
+        mine["processes"] = 1 + len(self.elsewhere)
+        return mine
+
+
+def _add_into(total: dict[str, Any], other: dict[str, Any]) -> None:
+    """Add every number of the JSON-ready ``other`` into ``total``, key by key, nested dicts too."""
+    for key, value in other.items():
+        if isinstance(value, dict):
+            inner = total.get(key)
+            if not isinstance(inner, dict):
+                inner = total[key] = {}
+            _add_into(inner, value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            current = total.get(key, 0)
+            total[key] = (current if isinstance(current, (int, float)) else 0) + value

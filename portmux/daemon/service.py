@@ -32,7 +32,9 @@ class PortmuxService(MultiService):
 
     def __init__(self, reactor: Any, load: Callable[[], Any], listen: list[str] | None = None,
                  control: str | None = None,
-                 run_as: tuple[int | None, int | None] = (None, None)) -> None:
+                 run_as: tuple[int | None, int | None] = (None, None),
+                 processes: int | None = None, config_path: str | None = None,
+                 adopt: list[Any] | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.reactor = reactor
         self._load = load
@@ -51,21 +53,41 @@ class PortmuxService(MultiService):
                 (listener.endpoint, _header_networks(listener), listener.max_connections, listener.backlog)
                 for listener in config.listeners
             ]
+        if adopt is not None:  # a child of a process group: the parent's sockets, same order
+            same = len(listeners) == len(adopt)
+            listeners = [
+                (e, *(listeners[i][1:] if same else ((), 0, DEFAULT_BACKLOG)))
+                for i, e in enumerate(adopt)
+            ]
+        self._adopted = adopt is not None
         self.listener_services: dict[str, ListenerService] = {}
         for description, trusted, max_connections, backlog in listeners:
             self._add_listener(description, tuple(trusted), max_connections, backlog)
+        self.group: Any = None
+        count = processes if processes is not None else getattr(config, "processes", 1)
+        if adopt is None and count > 1:
+            from portmux.daemon.group import ProcessGroup
+
+            if self._control_override or getattr(config, "control", None) is not None:
+                raise StartupError("processes > 1 cannot be combined with a control socket yet")
+            if getattr(config, "registry", None) is not None:
+                raise StartupError("processes > 1 cannot be combined with [registry] yet")
+            self.group = ProcessGroup(reactor, count, list(self.listener_services.values()),
+                                      config_path, plain=bool(self._listen_override),
+                                      stats=self.mux.stats)
+            self.group.setServiceParent(self)
         self.access_log: Any = None
         self.drain: Any = None
         self.control: Any = None
         self.started_at = reactor.seconds()
         extras: list[Callable[[], dict[str, Any]]] = self.mux.shared("status-extras", lambda _: [])
         extras.append(self.status_extras)
-        control_config = getattr(config, "control", None)
-        if self._control_override:
+        control_config = getattr(config, "control", None) if adopt is None else None
+        if self._control_override and adopt is None:
             control_config = _control_with_endpoint(control_config, self._control_override)
         self.cluster: Any = None
         self._stored_routes: Any = None
-        if getattr(config, "registry", None) is not None:
+        if getattr(config, "registry", None) is not None and adopt is None:
             from portmux.daemon.cluster import StoredRoutes, build_cluster
 
             self._stored_routes = StoredRoutes(self.mux, config)
@@ -81,12 +103,13 @@ class PortmuxService(MultiService):
             self.control.setServiceParent(self)
         self._previous_signals: dict[int, Any] = {}
 
-    def _add_listener(self, description: str, trusted: tuple[Any, ...], max_connections: int = 0,
+    def _add_listener(self, description: Any, trusted: tuple[Any, ...], max_connections: int = 0,
                       backlog: int = DEFAULT_BACKLOG) -> ListenerService:
-        factory = self.mux.listener_factory(trusted, name=description,
+        label = description if isinstance(description, str) else _label(description)
+        factory = self.mux.listener_factory(trusted, name=label,
                                             max_connections=max_connections)
         listener_service = ListenerService(self.reactor, description, self.mux, factory, backlog)
-        self.listener_services[description] = listener_service
+        self.listener_services[label] = listener_service
         listener_service.setServiceParent(self)  # type: ignore[no-untyped-call]
         return listener_service
 
@@ -140,6 +163,9 @@ class PortmuxService(MultiService):
             )
         self._set_access_log(self.config)
         super().startService()  # type: ignore[no-untyped-call]
+        from portmux.daemon._gc import freeze_startup_objects
+
+        freeze_startup_objects()
         self._on_signal(signal.SIGHUP, self.reload)
         self._on_signal(signal.SIGUSR1, self.reopen_logs)
         from portmux.daemon.notify import sd_notify
@@ -171,9 +197,11 @@ class PortmuxService(MultiService):
         sd_notify("STOPPING=1")
         for listener in list(self.listener_services.values()):
             listener.stopService()
+        grace = float(getattr(self.config, "grace_period", 30.0))
+        if self.group is not None:
+            self.group.stop_children(grace)  # they drain as we do
         if self.control is not None:
             self.control.factory.draining = True
-        grace = float(getattr(self.config, "grace_period", 30.0))
         self.drain = Drain(self.reactor, self.mux, grace)
         self._on_signal(signal.SIGTERM, self.drain.now)
         self._on_signal(signal.SIGINT, self.drain.now)
@@ -207,7 +235,12 @@ class PortmuxService(MultiService):
         from portmux.daemon.notify import sd_notify
 
         sd_notify("RELOADING=1")
-        if not self._listen_override:
+        if self.group is not None or self._adopted:
+            if [x.endpoint for x in config.listeners] != [x.endpoint for x in self.config.listeners]:
+                log.warn(  # noqa: G010
+                    "reload: listeners changed; a process group applies that on restart only"
+                )
+        elif not self._listen_override:
             self._apply_listeners(config)
         if getattr(config, "registry", None) != getattr(self.config, "registry", None):
             log.warn("reload: [registry] changed in the config; restart portmux to apply it")  # noqa: G010
@@ -228,6 +261,8 @@ class PortmuxService(MultiService):
                 except Exception:  # noqa: BLE001
                     log.failure("reloading target {target} failed", target=target)
         log.info("reloaded: {count} routes", count=len(self.mux.router.routes))
+        if self.group is not None:
+            self.group.signal_all(signal.SIGHUP)  # each child re-reads the same file
         sd_notify("READY=1")
         return True
 
@@ -269,10 +304,12 @@ class ListenerService(Service):
     A bind failure raises at startup so twistd exits with the reason.
     """
 
-    def __init__(self, reactor: Any, description: str, mux: Multiplexer,
+    def __init__(self, reactor: Any, description: Any, mux: Multiplexer,
                  factory: Any = None, backlog: int = DEFAULT_BACKLOG) -> None:
         self.reactor = reactor
-        self.description = description
+        # An endpoint object (a process group child's inherited socket) or a string to parse.
+        self._endpoint = None if isinstance(description, str) else description
+        self.description = description if isinstance(description, str) else _label(description)
         self.backlog = backlog
         self.mux = mux
         self.factory = factory if factory is not None else mux
@@ -284,7 +321,9 @@ class ListenerService(Service):
             return
         outcome: list[Any] = []
         try:
-            endpoint = parse_server_endpoint(self.reactor, with_backlog(self.description, self.backlog))
+            endpoint = self._endpoint or parse_server_endpoint(
+                self.reactor, with_backlog(self.description, self.backlog)
+            )
             endpoint.listen(self.factory).addBoth(outcome.append)
         except (EndpointStringError, OSError) as error:
             raise StartupError(f"cannot listen on {self.description}: {error}") from None
@@ -317,6 +356,12 @@ class ListenerService(Service):
             return None
         self.mux.listeners[:] = [x for x in self.mux.listeners if not x.startswith(self.description + " (")]
         return maybeDeferred(port.stopListening)
+
+
+def _label(endpoint: Any) -> str:
+    """A display name for an endpoint object (an inherited socket: its descriptor)."""
+    fileno = getattr(endpoint, "fileno", None)
+    return f"inherited:fd={fileno}" if isinstance(fileno, int) else repr(endpoint)
 
 
 def _header_networks(listener: Any) -> tuple[Any, ...]:

@@ -24,6 +24,8 @@ class Options(usage.Options):
         ["control", None, None,
          ("Control socket endpoint for worker processes, e.g. unix:/run/portmux/control.sock "
           "(overrides [control].endpoint).")],
+        ["processes", "p", None,
+         "Processes serving the listeners (overrides the config's processes; default 1).", int],
     ]
 
     def __init__(self) -> None:
@@ -49,6 +51,8 @@ class Options(usage.Options):
         from portmux.daemon.config import ConfigError
         from portmux.daemon.endpoints import EndpointStringError, parse_server_endpoint
 
+        if self["processes"] is not None and self["processes"] < 1:
+            raise SystemExit(f"portmux: --processes must be at least 1, not {self['processes']}")
         for endpoint in self["listen"]:
             try:
                 parse_server_endpoint(reactor, endpoint)
@@ -81,6 +85,7 @@ def makeService(options: Options) -> Any:
 
     return PortmuxService(
         reactor, options.loader(), listen=options["listen"], control=options["control"],
+        processes=options["processes"], config_path=options["config"],
         run_as=run_as(options),
     )
 

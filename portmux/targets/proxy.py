@@ -42,6 +42,7 @@ from portmux.core import refusal
 from portmux.core.interfaces import ITarget
 from portmux.core.limits import Timeouts
 from portmux.protocols import nmf, proxyheader
+from portmux.targets import _splice
 from portmux.targets.proxy_timeouts import PairWatch, abort
 
 log = Logger(namespace="portmux")
@@ -211,11 +212,12 @@ class _Leg:
     """
 
     __slots__ = (
-        "direct", "other", "read_done", "reads", "reset_passthrough", "sink", "transport",
-        "watch", "write_done",
+        "budget", "direct", "other", "read_done", "reads", "reset_passthrough", "sink",
+        "transport", "watch", "write_done",
     )
 
     def __init__(self) -> None:
+        self.budget = _splice.NEVER  # bytes to copy here before the kernel takes over
         self.transport: Any = None
         self.sink: Any = None
         self.direct = False
@@ -230,12 +232,24 @@ class _Leg:
         self.reads += 1
         sink = self.sink  # after the other side is lost, its dead transport drops writes
         if self.direct:
+            size = len(data)
             data = _send_now(sink, data)
-            if not data:
-                return
-            if sink.producer is None:  # backpressure can only start now that we buffer
-                sink.registerProducer(self.transport, True)
+            if data:
+                if sink.producer is None:  # backpressure can only start now that we buffer
+                    sink.registerProducer(self.transport, True)
+                sink.write(data)
+            if size >= _splice.BULK_READ:  # only bulk reads count: chatty pairs never splice
+                self.budget -= size
+                if self.budget < 0:
+                    self._splice()
+            return
         sink.write(data)
+
+    def _splice(self) -> None:
+        """Enough bytes went through Python: hand the pair to splice(2) (see _splice)."""
+        other = self.other
+        if other is None or not _splice.take_over(self.transport.reactor, self, other):
+            self.budget = _splice.RETRY_AFTER
 
     def readConnectionLost(self) -> None:
         """FIN from this side: pass it on, keep the other direction open."""
@@ -518,6 +532,9 @@ class _Front(_Leg):
         back.direct = _direct(client)
         self.sink = server
         self.direct = _direct(server)
+        self.budget = back.budget = _splice.budget(
+            self.target.reactor, self.direct and back.direct, self.target.splice_after
+        )
         # Plain socket sinks get their producer registered on the first write
         # that has to buffer (see dataReceived); other transports right away.
         _no_delay(client)
@@ -560,6 +577,8 @@ class ProxyTarget:
     """
 
     kind = "proxy"
+    splice_after: int | None = _splice.SPLICE_AFTER
+    """Bytes copied in Python before splice(2) takes over a plain pair; None: never."""
 
     def __init__(
         self,

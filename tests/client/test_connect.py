@@ -31,7 +31,7 @@ from portmux.protocols.tcpmux import MalformedName
 from portmux.targets.factory import FactoryTarget
 from portmux.targets.help import HelpTarget
 
-PEER = IPv4Address("TCP", "192.0.2.1", 443)
+PEER = IPv4Address("TCP", "127.64.2.1", 443)
 reactor: Any = global_reactor
 
 

@@ -314,13 +314,13 @@ class ProxyHeaderTests(SynchronousTestCase):
 
     def test_trusted_peer_header_sets_the_real_peer_and_is_stripped(self) -> None:
         protocol = self.make(["127.0.0.0/8"])
-        data = b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 443\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        data = b"PROXY TCP4 127.64.2.7 127.0.0.1 5555 443\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"
         for cut in (3, 20, 45):
             protocol = self.make(["127.0.0.0/8"])
             protocol.dataReceived(data[:cut])
             protocol.dataReceived(data[cut:])
             connection = self.target.connections[-1]
-            self.assertEqual((connection.peer.host, connection.peer.port), ("192.0.2.7", 5555))
+            self.assertEqual((connection.peer.host, connection.peer.port), ("127.64.2.7", 5555))
             self.assertEqual(self.target.protocols[-1].data, data[data.index(b"GET"):])
 
     def test_v2_header(self) -> None:
@@ -328,10 +328,10 @@ class ProxyHeaderTests(SynchronousTestCase):
 
         from portmux.protocols.proxyheader import v2_header
 
-        header = v2_header(Address("TCP", "198.51.100.1", 1000), Address("TCP", "127.0.0.1", 443))
+        header = v2_header(Address("TCP", "127.51.100.1", 1000), Address("TCP", "127.0.0.1", 443))
         protocol = self.make(["127.0.0.1/32"])
         protocol.dataReceived(header + b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        self.assertEqual(self.target.connections[0].peer.host, "198.51.100.1")
+        self.assertEqual(self.target.connections[0].peer.host, "127.51.100.1")
 
     def test_trusted_peer_without_header_gets_refused(self) -> None:
         protocol = self.make(["127.0.0.0/8"])
@@ -340,7 +340,7 @@ class ProxyHeaderTests(SynchronousTestCase):
         self.assertTrue(self.transport.disconnecting)
 
     def test_untrusted_peer_is_sniffed_normally_and_cannot_claim_an_address(self) -> None:
-        protocol = self.make(["10.0.0.0/8"])
+        protocol = self.make(["127.128.0.0/9"])
         protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         self.assertEqual(self.target.connections[0].peer.host, "127.0.0.1")
 

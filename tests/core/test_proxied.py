@@ -15,9 +15,9 @@ from portmux.core.routing import Match, Route, parse_networks
 from portmux.protocols.proxyheader import v1_header, v2_header
 from portmux.testing import RecordingTarget, feed_mux
 
-BALANCER = IPv4Address("TCP", "10.0.0.5", 5000)
-CLIENT = IPv4Address("TCP", "192.0.2.7", 40000)
-FRONT = IPv4Address("TCP", "198.51.100.1", 443)
+BALANCER = IPv4Address("TCP", "127.128.0.5", 5000)
+CLIENT = IPv4Address("TCP", "127.64.2.7", 40000)
+FRONT = IPv4Address("TCP", "127.51.100.1", 443)
 
 
 def _logged() -> list[dict[str, Any]]:
@@ -41,7 +41,7 @@ def test_untrusted_header_is_refused_with_one_line(header: bytes) -> None:
     assert fed.closed and fed.written == b""
     lines = [e for e in events if "untrusted" in str(e.get("reason", ""))]
     assert len(lines) == 1
-    assert lines[0]["reason"] == "PROXY header from untrusted 10.0.0.5"
+    assert lines[0]["reason"] == "PROXY header from untrusted 127.128.0.5"
     assert fed.mux.stats.refusals["proxy_header_untrusted"] == 1
 
 
@@ -57,9 +57,9 @@ def test_trusted_header_sets_peer_and_host_of_the_transport() -> None:
     rest = RecordingTarget()
     mux = Multiplexer(MemoryReactorClock(), [Route("rest", Match(default=True), rest)])
     mux.startFactory()
-    factory = mux.listener_factory(parse_networks(["10.0.0.0/8"]))
+    factory = mux.listener_factory(parse_networks(["127.128.0.0/9"]))
     protocol = factory.buildProtocol(BALANCER)
-    transport = StringTransport(hostAddress=IPv4Address("TCP", "10.0.0.9", 8443),
+    transport = StringTransport(hostAddress=IPv4Address("TCP", "127.128.0.9", 8443),
                                 peerAddress=BALANCER)
     protocol.makeConnection(transport)
     protocol.dataReceived(v2_header(CLIENT, FRONT) + b"\x01\x02 binary")

@@ -52,11 +52,11 @@ class MatchTests(SynchronousTestCase):
         self.assertFalse(match.accepts(Preamble("http", sni="a.example", alpn=("h2",))))
 
     def test_network(self) -> None:
-        match = Match(network=parse_networks(["127.0.0.0/8", "::1"]))
+        match = Match(network=parse_networks(["127.0.0.0/16", "::1"]))
         self.assertTrue(match.accepts(Preamble("ssh"), "127.0.0.5"))
         self.assertTrue(match.accepts(Preamble("ssh"), "::1"))
         self.assertTrue(match.accepts(Preamble("ssh"), "::ffff:127.0.0.1"))
-        self.assertFalse(match.accepts(Preamble("ssh"), "10.1.2.3"))
+        self.assertFalse(match.accepts(Preamble("ssh"), "127.129.2.3"))
         self.assertFalse(match.accepts(Preamble("ssh"), ""))
 
     def test_service_is_case_insensitive(self) -> None:
@@ -172,7 +172,7 @@ class CoversTests(SynchronousTestCase):
     def test_qualifiers_must_not_contradict(self) -> None:
         self.assertTrue(Match(protocol="tcpmux", service="db").covers(Match(service="db")))
         self.assertFalse(Match(protocol="tcpmux", service="db").covers(Match(protocol="h2c", service="db")))
-        lan, wan = parse_networks(["10.0.0.0/8"]), parse_networks(["192.0.2.0/24"])
+        lan, wan = parse_networks(["127.128.0.0/9"]), parse_networks(["127.64.2.0/24"])
         self.assertFalse(Match(host="a", network=lan).covers(Match(host="a", network=wan)))
         self.assertTrue(Match(host="a", network=lan).covers(Match(host="a")))
 

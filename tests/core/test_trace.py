@@ -36,9 +36,9 @@ class MatchExplainTests(SynchronousTestCase):
         self.assertEqual(Match(path="/x/").explain(HTTP), "path")
         self.assertEqual(Match(alpn="h2").explain(HTTP), "alpn")
         self.assertEqual(Match(level=0).explain(HTTP), "level")
-        match = Match(protocol="http", network=parse_networks(["10.0.0.0/8"]))
+        match = Match(protocol="http", network=parse_networks(["127.128.0.0/9"]))
         self.assertEqual(match.explain(HTTP, "127.0.0.1"), "network")
-        self.assertIsNone(match.explain(HTTP, "10.9.9.9"))
+        self.assertIsNone(match.explain(HTTP, "127.137.9.9"))
 
     def test_agrees_with_accepts(self) -> None:
         matches = [Match(), Match(protocol="http"), Match(host="*.example"), Match(via="net.tcp://+/a/"),
@@ -54,9 +54,9 @@ class TraceTests(SynchronousTestCase):
         target = RecordingTarget()
         return [
             Route("web", Match(protocol="http", host="a.example"), target),
-            Route("lan", Match(protocol="http", network=parse_networks(["10.0.0.0/8"])), target),
+            Route("lan", Match(protocol="http", network=parse_networks(["127.128.0.0/9"])), target),
             Route("quiet", Match(silent=True), target),
-            Route("rest", Match(default=True, network=parse_networks(["127.0.0.0/8"])), target),
+            Route("rest", Match(default=True, network=parse_networks(["127.0.0.0/16"])), target),
         ]
 
     def test_default_taken_when_nothing_else_matches(self) -> None:
@@ -65,16 +65,16 @@ class TraceTests(SynchronousTestCase):
         self.assertIs(trace.chosen, router.select(trace.preamble, "127.0.0.1"))  # type: ignore[arg-type]
         text = [" ".join(line.split()) for line in trace.lines()]
         self.assertIn("1 web no: host (wants a.example, has b.example)", text)
-        self.assertIn("2 lan no: network (wants 10.0.0.0/8, has 127.0.0.1)", text)
+        self.assertIn("2 lan no: network (wants 127.128.0.0/9, has 127.0.0.1)", text)
         self.assertIn("3 quiet silent: only for connections that send nothing", text)
         self.assertIn("4 rest default: only when no other route matches", text)
         self.assertTrue(text[-1].startswith("chosen: rest -> "), text[-1])
 
     def test_refused_default_network_and_refusal_bytes(self) -> None:
-        trace = explain(all_probes(), Router(self.routes()), GET, "192.0.2.1")
+        trace = explain(all_probes(), Router(self.routes()), GET, "127.64.2.1")
         self.assertIsNone(trace.chosen)
         text = [" ".join(line.split()) for line in trace.lines()]
-        self.assertIn("4 rest no: network (default route; has 192.0.2.1)", text)
+        self.assertIn("4 rest no: network (default route; has 127.64.2.1)", text)
         self.assertTrue(text[-1].startswith("chosen: none: no route for http b.example; refused with b'HTTP/1.1 404"))
 
     def test_a_bad_preamble_gets_no_route(self) -> None:
@@ -111,7 +111,7 @@ class LiveTraceTests(TestCase):
 
     def test_in_memory_traced_and_not(self) -> None:
         routes = [Route("web", Match(protocol="http", host="a.example"), RecordingTarget())]
-        for networks, expected in ((("10.0.0.0/8",), 0), ((), 0), (("127.0.0.0/8",), 1)):
+        for networks, expected in ((("127.128.0.0/9",), 0), ((), 0), (("127.0.0.0/16",), 1)):
             mux = Multiplexer(reactor, routes, settings=SniffSettings(trace=parse_networks(networks)))
             feed_mux(mux, GET)
             self.assertEqual(len(self.traces()), expected, networks)

@@ -100,7 +100,7 @@ silence_timeout = 1.5
             "site",
         )
         + route(
-            '{ protocol = "ssh", network = ["10.0.0.0/8", "::1"] }',
+            '{ protocol = "ssh", network = ["127.128.0.0/9", "::1"] }',
             'factory = "portmux.targets.echo:EchoFactory"',
             "ssh",
         )
@@ -119,7 +119,7 @@ silence_timeout = 1.5
     assert site.match == Match(protocol="http", host="*.example.com", path="/app/")
     assert isinstance(ssh.target, FactoryTarget)
     assert ssh.match.network == (
-        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("127.128.0.0/9"),
         ipaddress.ip_network("::1/128"),
     )
     assert rest.match.default
@@ -149,7 +149,7 @@ def test_listener_proxy_protocol_and_trusted() -> None:
 [[listen]]
 endpoint = "tcp:0"
 proxy_protocol = true
-trusted = ["127.0.0.1/32", "10.0.0.0/8"]
+trusted = ["127.0.0.1/32", "127.128.0.0/9"]
 """
         + route("{ protocol = \"ssh\" }", "echo = true")
     )
@@ -157,13 +157,13 @@ trusted = ["127.0.0.1/32", "10.0.0.0/8"]
     assert listener.proxy_protocol is True
     assert listener.trusted == (
         ipaddress.ip_network("127.0.0.1/32"),
-        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("127.128.0.0/9"),
     )
 
 
 def test_network_as_single_string() -> None:
-    config = parse(LISTEN + route('{ network = "192.168.0.0/16", protocol = "ssh" }', "echo = true"))
-    assert config.routes[0].match.network == (ipaddress.ip_network("192.168.0.0/16"),)
+    config = parse(LISTEN + route('{ network = "127.96.0.0/16", protocol = "ssh" }', "echo = true"))
+    assert config.routes[0].match.network == (ipaddress.ip_network("127.96.0.0/16"),)
 
 
 def test_control_and_reservations() -> None:
@@ -407,7 +407,7 @@ def test_match_value_errors() -> None:
     errors = errors_of(
         LISTEN
         + route('{ protocol = "http", path = "app" }', "echo = true", "a")
-        + route('{ network = ["10.0.0.0/33"] }', "echo = true", "b")
+        + route('{ network = ["127.128.0.0/33"] }', "echo = true", "b")
         + route('{ silent = "yes" }', "echo = true", "c")
         + route('{ silent = true, protocol = "ssh" }', "echo = true", "d")
         + route('{ silent = true, default = true }', "echo = true", "e")

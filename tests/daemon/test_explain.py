@@ -26,7 +26,7 @@ proxy = { endpoints = ["tcp:127.0.0.1:9"], rewrite_via = true }
 
 [[route]]
 name = "lan-only"
-match = { protocol = "nmf", network = "10.0.0.0/8" }
+match = { protocol = "nmf", network = "127.128.0.0/9" }
 proxy = ["tcp:127.0.0.1:9"]
 """
 
@@ -53,7 +53,7 @@ def test_a_captured_wcf_preamble(config: Path) -> None:
     assert routes == [
         "1 web no: protocol (wants http, has nmf)",
         "2 orders yes",
-        "3 lan-only no: network (wants 10.0.0.0/8, has 127.0.0.1)",
+        "3 lan-only no: network (wants 127.128.0.0/9, has 127.0.0.1)",
     ]
     assert lines[-1].startswith("chosen: orders -> proxy to tcp:127.0.0.1:9 (Via rewritten) (the Via index")
 
@@ -61,9 +61,9 @@ def test_a_captured_wcf_preamble(config: Path) -> None:
 def test_hex_from_another_address_and_a_refusal(config: Path) -> None:
     """--hex and --from: an HTTP request for another host is refused (exit 1) with the 404 shown."""
     request = b"GET /x HTTP/1.1\r\nHost: b.example\r\n\r\n".hex(" ")
-    done = run_module("explain", str(config), "--hex", request, "--from", "10.1.2.3")
+    done = run_module("explain", str(config), "--hex", request, "--from", "127.129.2.3")
     assert done.returncode == 1, done.stderr
-    assert "bytes: 36 from 10.1.2.3" in done.stdout
+    assert "bytes: 36 from 127.129.2.3" in done.stdout
     assert "preamble: http method=GET target=/x path=/x host=b.example http_version=HTTP/1.1" in done.stdout
     assert "no: host (wants a.example, has b.example)" in done.stdout
     assert "no: via (wants net.tcp://+/orders/, has none)" in done.stdout

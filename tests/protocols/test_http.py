@@ -128,8 +128,8 @@ def test_absolute_form_wins_over_host_header() -> None:
 
 
 def test_connect_authority_form() -> None:
-    result = probe_http(b"CONNECT [2001:db8::1]:443 HTTP/1.1\r\n\r\n")
-    assert result == http(method="CONNECT", target="[2001:db8::1]:443", host="2001:db8::1")
+    result = probe_http(b"CONNECT [::1]:443 HTTP/1.1\r\n\r\n")
+    assert result == http(method="CONNECT", target="[::1]:443", host="::1")
 
 
 def test_asterisk_form() -> None:

@@ -63,7 +63,7 @@ UNUSUAL = [
     request(b"GET http://a.example/x HTTP/1.1", b"Host: b.example"),
     request(b"GET HTTP://a.example HTTP/1.1", b"Host: b"),
     request(b"CONNECT a.example:443 HTTP/1.1", b"Host: a.example:443"),
-    request(b"CONNECT [2001:db8::1]:443 HTTP/1.1"),
+    request(b"CONNECT [::1]:443 HTTP/1.1"),
     request(b"CONNECT /x HTTP/1.1", b"Host: h"),
     request(b"OPTIONS * HTTP/1.1", b"Host: h.example"),
     request(b"GET / HTTP/1.1", b"Host:  [::1]:8080 "),  # IPv6 literal

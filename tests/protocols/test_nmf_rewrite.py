@@ -31,11 +31,11 @@ class RewriteViaFunctionTests(SynchronousTestCase):
     """``nmf.rewrite_via``: scheme and authority replaced, path kept, size re-encoded."""
 
     def test_mono_preamble(self) -> None:
-        out = nmf.rewrite_via(BUFFERED, "net.tcp://10.1.2.3:8808")
-        self.assertEqual(out, rebuilt(b"net.tcp://10.1.2.3:8808/orders/Service.svc"))
+        out = nmf.rewrite_via(BUFFERED, "net.tcp://127.129.2.3:8808")
+        self.assertEqual(out, rebuilt(b"net.tcp://127.129.2.3:8808/orders/Service.svc"))
         result = nmf.probe_nmf(out)
         assert isinstance(result, Preamble)
-        self.assertEqual(result.via, "net.tcp://10.1.2.3:8808/orders/Service.svc")
+        self.assertEqual(result.via, "net.tcp://127.129.2.3:8808/orders/Service.svc")
 
     def test_size_grows_to_two_octets_and_back(self) -> None:
         host = "h" * 150

@@ -163,11 +163,11 @@ def recorder(reply: bytes = b"") -> Factory:
 
 
 class FixedAnswers:
-    """A resolver answering every A query with 192.0.2.7."""
+    """A resolver answering every A query with 127.64.2.7."""
 
     def query(self, query: dns.Query, timeout: Any = None) -> defer.Deferred[Any]:
         answer = dns.RRHeader(name=query.name.name, type=dns.A, auth=True,
-                              payload=dns.Record_A("192.0.2.7", ttl=60))
+                              payload=dns.Record_A("127.64.2.7", ttl=60))
         return defer.succeed(([answer], [], []))
 
 
@@ -509,7 +509,7 @@ class OnePortAllProtocolsTests(TestCase):
             "socks5": (["curl", "-sf", "--socks5", f"127.0.0.1:{port}",
                         f"http://127.0.0.1:{self.http_port}/hello"], b"hello from http\n"),
             "dns": (["dig", "+tcp", "+short", "@127.0.0.1", "-p", port, "a.example"],
-                    b"192.0.2.7\n"),
+                    b"127.64.2.7\n"),
         }
         if "redis" in self.servers.ports:
             clients["redis"] = (["redis-cli", "-h", "127.0.0.1", "-p", port, "PING"], b"PONG\n")
@@ -537,7 +537,7 @@ class OnePortAllProtocolsTests(TestCase):
         need("dig")
         answer = yield in_thread(run, ["dig", "+tcp", "+short", "+tries=1", "+time=5",
                                        "@127.0.0.1", "-p", str(self.port), "www.example.com", "A"])
-        self.assertEqual(answer.stdout, b"192.0.2.7\n", answer.stderr)
+        self.assertEqual(answer.stdout, b"127.64.2.7\n", answer.stderr)
         self.assertEqual(self.routed("dns"), 1)
 
 

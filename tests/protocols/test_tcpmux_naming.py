@@ -191,9 +191,9 @@ def test_newest_regardless_of_order_and_ties_go_to_the_first() -> None:
 
 
 def test_newest_version_the_peer_may_reach() -> None:
-    lan = parse_networks(["10.0.0.0/8"])
+    lan = parse_networks(["127.128.0.0/9"])
     router = Router([route("v1", "db/1"), route("v2-lan", "db/2", network=lan)])
-    assert pick(router, "db", "10.1.2.3") == "v2-lan"
+    assert pick(router, "db", "127.129.2.3") == "v2-lan"
     assert pick(router, "db", "127.0.0.1") == "v1"
     assert pick(router, "db/2", "127.0.0.1") is None
 

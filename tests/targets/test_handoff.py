@@ -127,8 +127,8 @@ class FactsTests(SynchronousTestCase):
             {"protocol": "tls", "consumed": 0, "sni": "a.example", "alpn": ["h2", "http/1.1"]},
         )
         self.assertEqual(
-            peer_facts(IPv4Address("TCP", "192.0.2.1", 4242)),
-            {"type": "TCP", "host": "192.0.2.1", "port": 4242},
+            peer_facts(IPv4Address("TCP", "127.64.2.1", 4242)),
+            {"type": "TCP", "host": "127.64.2.1", "port": 4242},
         )
         self.assertEqual(accept_bytes(Preamble("tcpmux", service="x")), b"+\r\n")
         self.assertEqual(accept_bytes(Preamble("http")), b"")

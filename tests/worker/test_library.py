@@ -23,8 +23,8 @@ def test_match_text() -> None:
     assert parse_address_text("protocol=http,host=*,path=/app/") == {
         "protocol": "http", "host": "*", "path": "/app/"}
     assert parse_address_text("service=alice:echo/2") == {"service": "alice:echo/2"}
-    assert parse_address_text("via=net.tcp://+/app/,network=10.0.0.0/8,network=::1") == {
-        "via": "net.tcp://+/app/", "network": ["10.0.0.0/8", "::1"]}
+    assert parse_address_text("via=net.tcp://+/app/,network=127.128.0.0/9,network=::1") == {
+        "via": "net.tcp://+/app/", "network": ["127.128.0.0/9", "::1"]}
     for bad in ("protocol=http,bogus=1", "host=a,host=b", "host=a,path"):
         with pytest.raises(ValueError):
             parse_address_text(bad)
@@ -54,12 +54,12 @@ def test_control_path_and_handoff_facts() -> None:
 def test_adopted_transport_reports_the_peer_portmux_saw() -> None:
     """Behind a trusted PROXY header the socket's peer is the balancer; the protocol sees the client."""
     info = Handoff({"route": "r", "data": "", "greeting": "",
-                    "peer": {"type": "TCP", "host": "192.0.2.7", "port": 4000}})
+                    "peer": {"type": "TCP", "host": "127.64.2.7", "port": 4000}})
     adopting = _Adopting(Factory.forProtocol(Protocol), info)
-    protocol = adopting.buildProtocol(IPv4Address("TCP", "10.0.0.5", 5000))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.5", 5000))
+    protocol = adopting.buildProtocol(IPv4Address("TCP", "127.128.0.5", 5000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.128.0.5", 5000))
     protocol.makeConnection(transport)
-    assert protocol.transport.getPeer() == IPv4Address("TCP", "192.0.2.7", 4000)
+    assert protocol.transport.getPeer() == IPv4Address("TCP", "127.64.2.7", 4000)
 
 
 def test_options_validate() -> None:

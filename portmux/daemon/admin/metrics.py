@@ -41,6 +41,26 @@ def _buckets(histogram: Any) -> list[tuple[str, float]]:
             for bound, count in histogram.cumulative()]
 
 
+def _group_metrics(stats: Any) -> Iterator[Metric]:
+    """In a process group (daemon/group.py): its size and the other members' accepted counts.
+
+    Every other metric here is this process's own; the other members' detailed
+    counters are summed on the status page (status.json), not here.
+    """
+    elsewhere = getattr(stats, "elsewhere", None)
+    if not elsewhere:
+        return
+    yield GaugeMetricFamily("portmux_processes", "Members of this process group (processes = N).",
+                            value=1 + len(elsewhere))
+    members = CounterMetricFamily(
+        "portmux_group_accepted_connections",
+        "Connections accepted by the other members of this process group (by member number).",
+        labels=["process"])
+    for label, snapshot in sorted(elsewhere.items()):
+        members.add_metric([label], float(snapshot.get("accepted", 0)))
+    yield members
+
+
 class PortmuxCollector(Collector):
     """Reads one multiplexer's live stats at every scrape."""
 
@@ -62,6 +82,7 @@ class PortmuxCollector(Collector):
         yield sniff_closed
         yield GaugeMetricFamily("portmux_sniffing_connections", "Connections being classified now.",
                                 value=stats.sniffing)
+        yield from _group_metrics(stats)
 
         connections = CounterMetricFamily(
             "portmux_connections_total", "Connections given to a route (nested routes as outer/inner).",

@@ -44,7 +44,7 @@ def status_snapshot(mux: Any) -> dict[str, Any]:
             item["backends"] = backends_of(route.target)
         routes.append(item)
     for stage_mux in _stages(mux):
-        for reason, count in stage_mux.stats.refusals.items():
+        for reason, count in stage_mux.stats.snapshot()["refusals"].items():  # group sums too
             refusals[reason] = refusals.get(reason, 0) + count
     addresses = {}
     for text in mux.listeners:
@@ -69,6 +69,7 @@ def status_snapshot(mux: Any) -> dict[str, Any]:
         },
         "connections": {"accepted": counters["accepted"], "sniffing": counters["sniffing"],
                         "open": len(getattr(mux, "connections", ()))},
+        "processes": counters.get("processes", 1),  # a process group's members (daemon/group.py)
         "refusals": refusals,
         "routes": routes,
         "certificates": certificates(mux),

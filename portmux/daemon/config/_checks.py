@@ -69,7 +69,7 @@ def network(value: str, key_path: str, walk: Walk) -> Any:
 
 NETWORKS = ListOf(
     "a CIDR string or an array of them",
-    item=Text('a CIDR string like "10.0.0.0/8"', check=network),
+    item=Text('a CIDR string like "127.128.0.0/9"', check=network),
     single=True,
 )
 

@@ -47,6 +47,7 @@ class Config:
     routes: tuple[Route, ...]
     control: ControlConfig | None = None
     reservations: tuple[Reservation, ...] = ()
+    processes: int = 1
     registry: RegistryConfig | None = None
     filename: str = "<config>"
     warnings: tuple[ConfigProblem, ...] = ()
@@ -69,6 +70,14 @@ def _build(data: dict[str, Any], document: Document, filename: str) -> Config:
     routes = tuple(document.build_routes(_valid(values["route"], ())))
     if not data.get("route"):
         document.warn("route", "no routes: every connection will be refused")
+    processes = _valid(values["processes"], 1)
+    for table in ("control", "registry"):
+        if processes > 1 and data.get(table) is not None:
+            document.problem(
+                "processes",
+                f"cannot be combined with [{table}] yet: routes registered at run time would "
+                "reach the first process only",
+            )
     report = document.report
     report.in_line_order()
     return Config(
@@ -79,6 +88,7 @@ def _build(data: dict[str, Any], document: Document, filename: str) -> Config:
         reservations=tuple(
             Reservation(table.match, table.uids) for table in _valid(values["reservation"], ())
         ),
+        processes=processes,
         registry=_valid(values["registry"], None),
         filename=filename,
         warnings=tuple(report.warnings),

@@ -186,6 +186,10 @@ class ConfigFile:
     reservation: tuple[ReservationTable, ...] = setting(
         _tables("reservation", ReservationTable), "who may register which routes", default=()
     )
+    processes: int = setting(
+        Whole(), "processes serving the listeners (this one plus processes - 1 children)",
+        default=1, check=positive,
+    )
     access_log: AccessLogConfig | None = setting(
         TableOf("a table ([access_log])", declaration=AccessLogConfig), "the access log", default=None
     )

@@ -1,0 +1,22 @@
+# -*- test-case-name: tests.daemon.test_gc -*-
+"""Keep the cycle collector's full passes off the objects built at startup."""
+
+from __future__ import annotations
+
+import gc
+
+
+def freeze_startup_objects() -> int:
+    """Collect once, then move every live object into the permanent generation.
+
+    Startup (Twisted, the config, the probes) leaves ~100k objects that a full
+    collection would walk again and again: measured as a ~30 ms pause.  The data
+    path frees its objects by reference counting, so after this the collector
+    has almost nothing to look at.  Once per process (a service restarted in the
+    same process, as tests do, does not collect again).  Returns how many objects
+    are frozen.
+    """
+    if not gc.get_freeze_count():
+        gc.collect()
+        gc.freeze()
+    return gc.get_freeze_count()

@@ -1,0 +1,247 @@
+# -*- test-case-name: tests.daemon.test_group -*-
+"""``processes = N``: the parent serves and keeps N - 1 children serving the same listening sockets.
+
+The children inherit the parent's listening sockets (one shared socket per
+listener; the kernel hands each new connection to whichever process accepts
+it first) and run the same config with no control socket.  The parent passes
+SIGHUP on (each child reloads the same file), stops them on a graceful stop,
+and replaces a child that dies, with a delay that grows while children keep
+dying young.  The child side is portmux.daemon.group_child.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+log = Logger(namespace="portmux")
+_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\S+ ")
+"""The timestamp a child's log line starts with (the parent's log adds its own)."""
+
+FIRST_FD = 3
+"""The children's listening sockets are inherited from descriptor 3 up, in listener order."""
+RESPAWN_DELAY = 0.2
+MAX_RESPAWN_DELAY = 30.0
+STOP_GRACE = 5.0
+"""Seconds past the daemon's grace period children get after SIGTERM before SIGKILL."""
+
+
+class _Child(ProcessProtocol):
+    """One child process, as the parent sees it."""
+
+    def __init__(self, group: ProcessGroup, slot: int) -> None:
+        self.group = group
+        self.slot = slot
+        self.ended: Deferred[None] = Deferred()
+        self.started = group.reactor.seconds()
+        self.partial = b""
+        self.reports = b""
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        """fd 1: the child's counters, one JSON line each; fd 2: its log, relayed into ours."""
+        if childFD == 1:
+            self.reports += data
+            *lines, self.reports = self.reports.split(b"\n")
+            if lines:
+                try:
+                    self.group.reported(self.slot, json.loads(lines[-1]))
+                except ValueError:
+                    log.warn("process {slot} sent unreadable counters", slot=self.slot + 1)  # noqa: G010
+            return
+        self.partial += data
+        *lines, self.partial = self.partial.split(b"\n")
+        for line in lines:
+            text = _STAMP.sub("", line.decode("utf-8", "replace")).rstrip()
+            if text:
+                log.info("[process {slot}] {line}", slot=self.slot + 1, line=text)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+        self.group.child_ended(self, reason)
+
+
+def _child_environment() -> dict[str, str]:
+    """Our environment minus systemd's: only the parent talks to systemd (sd_notify, sockets)."""
+    env = dict(os.environ)
+    for name in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC"):
+        env.pop(name, None)
+    return env
+
+
+def _reuseport_twin(port: Any, family: int, backlog: int) -> socket.socket | None:
+    """A new listening socket on ``port``'s TCP address, both with SO_REUSEPORT; None if not possible."""
+    reuse = getattr(socket, "SO_REUSEPORT", None)
+    if reuse is None or family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        original = socket.socket(fileno=os.dup(port.fileno()))
+        try:
+            original.setsockopt(socket.SOL_SOCKET, reuse, 1)
+            address = original.getsockname()
+        finally:
+            original.close()  # only our duplicate descriptor
+        twin = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            twin.setsockopt(socket.SOL_SOCKET, reuse, 1)
+            twin.bind(address)
+            twin.listen(backlog)
+        except OSError:
+            twin.close()
+            raise
+    except OSError as e:
+        log.info("SO_REUSEPORT unavailable ({error}): the processes share one socket", error=e)
+        return None
+    twin.set_inheritable(True)
+    return twin
+
+
+class ProcessGroup(Service):
+    """Keeps ``count - 1`` children serving ``listeners``' sockets (ListenerService objects)."""
+
+    def __init__(self, reactor: Any, count: int, listeners: Sequence[Any], config_path: str | None,
+                 plain: bool = False, stats: Any = None) -> None:
+        self.reactor = reactor
+        self.stats = stats  # the parent multiplexer's Stats: children's counters are kept there
+        self.count = count
+        self.listeners = list(listeners)
+        self.config_path = config_path
+        self.plain = plain  # listeners from --listen: no PROXY-header trust
+        self.children: dict[int, Any] = {}  # slot → IProcessTransport
+        self.protocols: dict[int, _Child] = {}
+        self.delay = RESPAWN_DELAY
+        self.stopping = False
+        self._stopped: Any = None
+
+    def pids(self) -> list[int]:
+        """Process ids of the running children."""
+        return [t.pid for t in self.children.values() if t.pid is not None]
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self.stopping = False
+        self._stopped = None
+        for slot in range(1, self.count):
+            self._spawn(slot)
+
+    def _sockets(self) -> list[tuple[Any, int]]:
+        """(socket or descriptor, address family) to give one new child, in listener order.
+
+        A TCP listener gets a socket of the child's own, bound to the same address
+        with SO_REUSEPORT (the parent's gets the option too), so the kernel spreads
+        new connections over the processes and wakes only the one it chose.  Other
+        listeners (UNIX, or when that fails) share the parent's socket: every
+        process is woken, the first to accept wins.
+        """
+        found: list[tuple[Any, int]] = []
+        for listener in self.listeners:
+            port = listener.port
+            family = getattr(port, "addressFamily", socket.AF_INET)
+            backlog = int(getattr(listener, "backlog", 0) or 4096)
+            found.append((_reuseport_twin(port, family, backlog) or port.fileno(), family))
+        return found
+
+    def _spawn(self, slot: int) -> None:
+        sockets = self._sockets()
+        args = [sys.executable, "-m", "portmux.daemon.group_child", "--parent", str(os.getpid())]
+        if self.config_path is not None:
+            args += ["--config", self.config_path]
+        if self.plain:
+            args.append("--plain")
+        for number, (_, family) in enumerate(sockets):
+            args += ["--socket", f"{FIRST_FD + number}:{int(family)}"]
+        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}  # their logs come back to us
+        for number, (fd, _) in enumerate(sockets):
+            child_fds[FIRST_FD + number] = fd if isinstance(fd, int) else fd.fileno()
+        protocol = _Child(self, slot)
+        self.protocols[slot] = protocol
+        try:
+            self.children[slot] = self.reactor.spawnProcess(
+                protocol, sys.executable, args, env=_child_environment(), childFDs=child_fds
+            )
+        finally:
+            for fd, _ in sockets:
+                if not isinstance(fd, int):
+                    fd.close()  # the child has its copy; it closes with the child
+        log.info("process {slot} of {count} started (pid {pid})", slot=slot + 1, count=self.count,
+                 pid=self.children[slot].pid)
+
+    def reported(self, slot: int, counters: dict[str, Any]) -> None:
+        """A child's own counters arrived: keep them, and tell every child the others' counters."""
+        if self.stats is None:
+            return
+        self.stats.elsewhere[str(slot + 1)] = counters
+        everyone = dict(self.stats.elsewhere, **{"1": self.stats.snapshot(local=True)})
+        for other, transport in list(self.children.items()):
+            rest = {label: c for label, c in everyone.items() if label != str(other + 1)}
+            try:
+                transport.write(json.dumps(rest).encode() + b"\n")
+            except Exception:  # noqa: BLE001  # a child that just died: processEnded follows
+                log.debug("process {slot} gone while sending counters", slot=other + 1)
+
+    def child_ended(self, child: _Child, reason: Failure) -> None:
+        """A child exited: replace it unless the group is stopping."""
+        self.children.pop(child.slot, None)
+        self.protocols.pop(child.slot, None)
+        if self.stats is not None:
+            self.stats.elsewhere.pop(str(child.slot + 1), None)
+        if self.stopping or not self.running:
+            return
+        lived = self.reactor.seconds() - child.started
+        self.delay = RESPAWN_DELAY if lived > 10 else min(self.delay * 2, MAX_RESPAWN_DELAY)
+        log.warn(  # noqa: G010  # twisted.logger.Logger has no .warning
+            "process {slot} exited ({why}); replacing it in {delay:.1f} s",
+            slot=child.slot + 1, why=reason.getErrorMessage(), delay=self.delay,
+        )
+        self.reactor.callLater(self.delay, self._respawn, child.slot)
+
+    def _respawn(self, slot: int) -> None:
+        if not self.stopping and self.running and slot not in self.children:
+            self._spawn(slot)
+
+    def signal_all(self, signum: int) -> None:
+        """Send ``signum`` to every child (SIGHUP: reload the config)."""
+        for transport in list(self.children.values()):
+            try:
+                transport.signalProcess(signum)
+            except ProcessExitedAlready:
+                log.debug("process {pid} already exited", pid=transport.pid)
+
+    def stop_children(self, grace: float) -> Any:
+        """SIGTERM every child (each drains for up to ``grace`` s), SIGKILL 5 s after that.
+
+        Returns a Deferred fired once every child has exited (None: there are none).
+        """
+        self.stopping = True
+        waiting = [p.ended for p in self.protocols.values()]
+        if not waiting:
+            return None
+        if self._stopped is None:
+            self.signal_all(signal.SIGTERM)
+            timer = self.reactor.callLater(grace + STOP_GRACE, self.signal_all, signal.SIGKILL)
+
+            def done(result: Any) -> Any:
+                if timer.active():
+                    timer.cancel()
+                return result
+
+            self._stopped = DeferredList(waiting).addBoth(done)
+        return self._stopped
+
+    def stopService(self) -> Any:
+        """Stop the children (if the daemon did not already): SIGTERM, then SIGKILL."""
+        super().stopService()  # type: ignore[no-untyped-call]
+        return self.stop_children(0.0)
