@@ -29,6 +29,7 @@ __all__ = [
     "FAST_PATHS",
     "OutgoingConnection",
     "close_now",
+    "drain_http_buffer",
     "endpoint_label",
     "flush",
     "has_unsent",
@@ -36,6 +37,7 @@ __all__ = [
     "parse_proxy_v1",
     "parse_proxy_v2",
     "plain_socket",
+    "request_head",
     "send_now",
     "shut_write_now",
     "splice_ready",
@@ -123,9 +125,19 @@ def _missing_haproxy() -> list[str]:
     return [] if v1 == v2 == expected else ["twisted.protocols.haproxy parser results"]
 
 
+def _missing_http1() -> list[str]:
+    from twisted.web.http import HTTPChannel
+
+    problems = _has_attributes(HTTPChannel(), ("_dataBuffer",))
+    names = HTTPChannel.lineReceived.__code__.co_names
+    problems += [f"HTTPChannel.{n}" for n in ("_command", "_path") if n not in names]
+    return problems
+
+
 def missing() -> list[str]:
     """Names of the private Twisted things portmux relies on that this Twisted lacks."""
-    return _missing_transport() + _missing_endpoints() + _missing_h2() + _missing_haproxy()
+    return (_missing_transport() + _missing_endpoints() + _missing_h2() + _missing_haproxy()
+            + _missing_http1())
 
 
 def _switched_off() -> bool:
@@ -173,6 +185,38 @@ def stream_connection(channel: Any) -> Any:
     if FAST_PATHS:
         return getattr(channel, "_conn", channel)
     return channel
+
+
+def request_head(request: Any) -> tuple[bytes, bytes] | None:
+    """(method, target) of a request whose body is still arriving, or None when unknown.
+
+    HTTP/2 streams carry them publicly; an HTTP/1 channel keeps them in private
+    attributes until the body ends (without FAST_PATHS: None, and the body is
+    buffered by twisted.web before the request is routed).
+    """
+    channel = request.channel
+    method, target = getattr(channel, "command", None), getattr(channel, "path", None)
+    if isinstance(method, bytes) and isinstance(target, bytes):
+        return method, target
+    if FAST_PATHS:
+        method, target = getattr(channel, "_command", None), getattr(channel, "_path", None)
+        if isinstance(method, bytes) and isinstance(target, bytes):
+            return method, target
+    return None
+
+
+def drain_http_buffer(channel: Any) -> bytes:
+    """The bytes an HTTP/1 channel buffered while a request was handled, removed from it.
+
+    Used when a request's connection becomes a tunnel (101 Switching Protocols).
+    Without FAST_PATHS: b"" (a client that did not wait for the 101 loses what
+    it sent early; WebSocket clients wait).
+    """
+    if not FAST_PATHS:
+        return b""
+    pending = b"".join(getattr(channel, "_dataBuffer", ()))
+    channel._dataBuffer = []
+    return pending
 
 
 # -- PROXY protocol headers --------------------------------------------------

@@ -82,7 +82,31 @@ def run_check(args: argparse.Namespace) -> int:
                 f"{filename}: ok ({_plural(len(config.listeners), 'listener')}, "
                 f"{_plural(len(config.routes), 'route')})"
             )
+            for line in _proxy_choices(config.routes):
+                print(line)
     return status
+
+
+def _proxy_choices(routes: Any, depth: int = 1) -> list[str]:
+    """One line per proxy route saying whether HTTP is forwarded per request or per connection, and why."""
+    lines = []
+    for route in routes:
+        target = route.target
+        inner = getattr(getattr(target, "inner", None), "router", None)
+        if inner is not None:
+            lines += _proxy_choices(inner.static_routes, depth + 1)
+        if getattr(target, "kind", None) != "proxy" or route.match.protocol not in (None, "http"):
+            continue
+        if getattr(target, "per_request", False):
+            why = ("HTTP per request: each request is matched on Host and path and forwarded over "
+                   "pooled keep-alive connections; other protocols byte-for-byte")
+        elif getattr(target, "whole", None) is not None:
+            why = "per connection: proxy_header is set, and a PROXY header describes a whole connection"
+        else:
+            why = ("per connection (per_request = false): bytes copied as they are; every request "
+                   "on a connection goes to this route's backends")
+        lines.append(f"{'  ' * depth}route {route.name!r}: proxy {why}")
+    return lines
 
 
 def package_version() -> str:

@@ -483,9 +483,11 @@ class ControlFactory(ServerFactory):
         return out
 
     def _make_proxy(self, endpoint: str) -> Any:
-        from portmux.targets.proxy import ProxyTarget
+        """A member's target: HTTP per request over pooled connections to its request queue
+        (in-flight requests get 503 when it leaves), anything else byte-for-byte."""
+        from portmux.targets.http_proxy import HttpProxyTarget
 
-        return ProxyTarget(self.reactor, [endpoint])
+        return HttpProxyTarget(self.reactor, [endpoint], withdraw_status=503)
 
 
 class _ControlPort(unix.Port):

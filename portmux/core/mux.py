@@ -34,6 +34,7 @@ from portmux.core.routing import Match, Network, Route, Router, _in_networks, pe
 from portmux.core.stats import RouteCounters, Stats
 from portmux.core.trace import log_trace
 from portmux.protocols import proxyheader, refusal_bytes, tcpmux
+from portmux.protocols.http import request_via
 
 T = TypeVar("T")
 
@@ -373,6 +374,8 @@ class SniffingProtocol(Protocol):
     def _route(self, preamble: Preamble) -> None:
         if self.outer is not None:
             preamble = with_outer(preamble, self.outer)
+        if preamble.protocol == "http" and preamble.via is None and preamble.path is not None:
+            preamble = preamble.replace(via=request_via(preamble, getattr(self.transport.getHost(), "port", None)))  # type: ignore[union-attr]
         route = self._router.select(preamble, self._ip)
         if self.mux.settings.trace and _in_networks(self._ip, self.mux.settings.trace):
             log_trace(self.mux.probes, self._router, self._buffer, self._ip, _describe(self.peer), preamble)

@@ -375,8 +375,28 @@ class Router:
                 for chosen in self._ranked(service, route):
                     if chosen.match.accepts(preamble, ip):
                         return chosen
+        if preamble.protocol == "http" and preamble.path is None:
+            found = self._per_request_route(preamble, ip)
+            if found is not None:
+                return found
         for route in self.default_routes:
             if route.match.accepts_peer(ip):
+                return route
+        return None
+
+    def _per_request_route(self, preamble: Preamble, ip: str) -> Route | None:
+        """For an HTTP/2 connection (no request yet, so no path): the first route that routes
+        each request itself (its target has ``per_request``) and would take some request on it.
+
+        Its Site then matches every stream's host and path again, over all routes.
+        """
+        for route in self.routes:
+            match = route.match
+            if not getattr(route.target, "per_request", False) or match.default or match.silent:
+                continue
+            probe = preamble.replace(path=match.path or "/", via=match.via,
+                                     host=preamble.host if preamble.host is not None else match.host)
+            if match.accepts(probe, ip):
                 return route
         return None
 

@@ -281,3 +281,19 @@ def refuse(preamble: Preamble, status: int, reason: str) -> bytes:
         "Connection: close\r\n\r\n"
     ).encode("latin-1")
     return head + body
+
+
+def request_via(preamble: Preamble, local_port: int | None) -> str | None:
+    """A request's URL as the Via index reads it: ``http[s]://host:port/path``.
+
+    The port is the one the connection arrived on (HTTP.SYS matches prefixes on
+    it); the host comes from the request's Host. None without a path.
+    """
+    if preamble.path is None:
+        return None
+    scheme = "https" if preamble.tls_terminated else "http"
+    host = preamble.host or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{local_port}" if local_port else ""
+    return f"{scheme}://{host}{port}{preamble.path}"

@@ -74,7 +74,8 @@ FAULTS = frozenset(
 """The standard fault names of [MC-NMF] 2.2.5."""
 
 FAULT_RECORD = 0x08
-DEFAULT_PORTS = {"net.tcp": 808}
+DEFAULT_PORTS = {"net.tcp": 808, "http": 80, "https": 443}
+"""Ports of URIs that name none; the Via index also serves HTTP URL prefixes (HTTP.SYS style)."""
 _RANKS = {"+": 0, "*": 2}  # any other host is exact: rank 1
 
 T = TypeVar("T")
@@ -237,6 +238,10 @@ def parse_base_address(uri: str) -> BaseAddress:
 
 class ViaIndex(Generic[T]):
     """Immutable Via lookup over (base address, item) pairs in route order.
+
+    Any scheme: net.tcp Via URIs, and the ``http://+:PORT/path/`` URL prefixes
+    workers register for per-request HTTP (a request's URL is its "Via", see
+    ``portmux.protocols.http.request_via``).
 
     Keyed by (rank, path), so a lookup costs a few dict probes per Via path segment.
     """

@@ -188,7 +188,24 @@ class WorkerGroupTarget:
     def stop(self) -> None:
         """Members are stopped by the registry when they leave."""
 
+    @property
+    def per_request(self) -> bool:
+        """HTTP registrations in proxy mode are served per request (each member's request queue)."""
+        return bool(self.group.mode == "proxy" and self.group.match.protocol == "http")
+
+    def start_exchange(self, request: Any, route: Any, head: Any, length: Any, dispatcher: Any) -> Any:
+        """Forward one HTTP request to the next member able to take it (round-robin)."""
+        for member in self.group.candidates():
+            start = getattr(member.target, "start_exchange", None)
+            if start is not None:
+                return start(request, route, head, length, dispatcher)
+        return None
+
     def attach(self, connection: Any) -> IProtocol | None:
+        if self.per_request and connection.preamble.protocol == "http":
+            from portmux.targets.resource import serve_http
+
+            return serve_http(connection)
         if self.group.mode == "proxy":
             for member in self.group.candidates():
                 if member.target is not None:

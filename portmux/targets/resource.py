@@ -13,6 +13,7 @@ import weakref
 from typing import Any, cast
 
 from twisted.internet.interfaces import INegotiated, IProtocol
+from twisted.logger import Logger
 from twisted.web.http import H2_ENABLED
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource, getChildForRequest
@@ -23,7 +24,10 @@ from portmux import _twisted
 from portmux.core import refusal
 from portmux.core.interfaces import ITarget
 from portmux.core.routing import normalize_name, peer_ip
-from portmux.targets.http_channel import BoundedChannel
+from portmux.protocols.http import request_via
+from portmux.targets._http_front import GuardedChannel, RoutedRequest
+
+log = Logger(namespace="portmux")
 
 
 @implementer(ITarget)
@@ -31,6 +35,7 @@ class ResourceTarget:
     """Mounts ``resource`` at its route's host and path prefix."""
 
     kind = "resource"
+    per_request = True
 
     def __init__(self, resource: IResource) -> None:
         self.resource = resource
@@ -54,28 +59,47 @@ class ResourceTarget:
         return None
 
     def attach(self, connection: Any) -> IProtocol | None:
-        transport = connection.transport
-        h2 = connection.preamble.http_version == "HTTP/2"  # switched to by ALPN
-        if _prior_knowledge_h2(connection.preamble, transport):
-            if not self.h2_enabled:
-                connection.refuse(
-                    refusal.UNAVAILABLE, "HTTP/2 needs the h2 extra (pip install portmux[h2])"
-                )
-                return None
-            transport = PriorKnowledgeH2(transport)
-            h2 = True
-        mux = connection.mux
-        site = mux.shared("portmux.targets.resource.site", dispatching_site)
-        site.resource.remember(transport, connection.preamble)
-        timeouts = getattr(mux, "timeouts", None)
-        if timeouts is not None:
-            site.timeOut = timeouts.client_idle or None  # keep-alive idle limit
-        channel = site.buildProtocol(connection.peer) if h2 else site.http1_channel(connection.peer)
-        channel.makeConnection(transport)
-        payload = connection.payload
-        if payload:
-            channel.dataReceived(payload)
-        return channel  # type: ignore[no-any-return]
+        return serve_http(connection, self.h2_enabled)
+
+
+def serve_http(connection: Any, h2_enabled: bool = H2_ENABLED) -> IProtocol | None:
+    """Serve a classified HTTP connection with the multiplexer's one Site, routing per request.
+
+    HTTP/1.x gets the hardened, bounded channel (portmux.targets._http_front); HTTP/2
+    (ALPN after TLS termination, or h2c prior knowledge) twisted.web's own, whose
+    streams are routed the same way.
+    """
+    transport = connection.transport
+    h2 = connection.preamble.http_version == "HTTP/2"  # switched to by ALPN
+    if _prior_knowledge_h2(connection.preamble, transport):
+        if not h2_enabled:
+            connection.refuse(
+                refusal.UNAVAILABLE, "HTTP/2 needs the h2 extra (pip install portmux[h2])"
+            )
+            return None
+        transport = PriorKnowledgeH2(transport)
+        h2 = True
+    mux = connection.mux
+    site = mux.shared("portmux.targets.resource.site", dispatching_site)
+    site.resource.remember(transport, connection.preamble, connection.peer)
+    try:  # the access log and metrics name the backends its requests go to
+        transport.portmux_connection = connection
+    except AttributeError:
+        pass
+    timeouts = getattr(mux, "timeouts", None)
+    if timeouts is not None:
+        site.timeOut = timeouts.client_idle or None  # keep-alive idle limit
+    if h2:
+        channel = site.buildProtocol(connection.peer)
+    else:
+        settings = mux.settings
+        channel = site.http1_channel(connection.peer)
+        channel.configure(settings.preamble_max_bytes, settings.preamble_timeout, connection.preamble)
+    channel.makeConnection(transport)
+    payload = connection.payload
+    if payload:
+        channel.dataReceived(payload)
+    return channel  # type: ignore[no-any-return]
 
 
 def _prior_knowledge_h2(preamble: Any, transport: Any) -> bool:
@@ -108,22 +132,34 @@ def _address_key(host: Any, peer: Any) -> tuple[str, str]:
     return repr(host), repr(peer)
 
 
-def _request_preamble(request: Any, preambles: Any, by_address: Any) -> Any:
-    """The connection's preamble, with this request's host and path."""
+def _request_transport(request: Any, by_address: Any) -> Any:
+    """The connection transport a request (HTTP/1 or an HTTP/2 stream) arrived on."""
     channel = _twisted.stream_connection(request.channel)  # HTTP/2 streams: their connection
     transport = getattr(channel, "transport", None)
     if transport is None:  # an HTTP/2 stream without the fast path: find it by addresses
         transport = by_address.get(_address_key(request.getHost(), request.getClientAddress()))
+    return transport
+
+
+def _request_preamble(request: Any, preambles: Any, transport: Any, target: bytes | None = None) -> Any:
+    """The connection's preamble, with this request's host and path."""
     base = preambles.get(transport)
     host = request.getHeader(b"host")
     if host is not None:
         host = normalize_name(host.decode("latin-1").rsplit(":", 1)[0].strip("[]"))
-    path = request.path.decode("latin-1")
+    if target is None:
+        path = request.path.decode("latin-1")
+    else:
+        path = target.split(b"?", 1)[0].decode("latin-1")
+        if not path.startswith("/"):  # absolute-form: http://host/path
+            after = path.split("://", 1)[-1]
+            path = "/" + after.split("/", 1)[1] if "/" in after else "/"
     if base is None:
         from portmux.core.preamble import Preamble
 
         base = Preamble(protocol="http")
-    return base.replace(host=host or base.host, path=path)
+    preamble = base.replace(host=host or base.host, path=path)
+    return preamble.replace(via=request_via(preamble, getattr(request.getHost(), "port", None)))
 
 
 class _Dispatcher(Resource):
@@ -133,30 +169,78 @@ class _Dispatcher(Resource):
         super().__init__()  # type: ignore[no-untyped-call]
         self._mux = mux
         self._preambles: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._peers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         # Without _twisted.FAST_PATHS an HTTP/2 stream does not lead to its transport.
         self._by_address: weakref.WeakValueDictionary[Any, Any] = weakref.WeakValueDictionary()
 
-    def remember(self, transport: Any, preamble: Any) -> None:
-        """Record the preamble of a connection about to be served by this Site."""
+    def remember(self, transport: Any, preamble: Any, peer: Any = None) -> None:
+        """Record the preamble (and PROXY-header-aware peer) of a connection served by this Site."""
         try:
             self._preambles[transport] = preamble
+            if peer is not None:
+                self._peers[transport] = peer
         except TypeError:  # a transport that cannot be weakly referenced
             return
         if not _twisted.FAST_PATHS:
             key = _address_key(transport.getHost(), transport.getPeer())
             self._by_address[key] = transport
 
+    @property
+    def reactor(self) -> Any:
+        return self._mux.reactor
+
+    def facts(self, request: Any, target: bytes | None = None) -> tuple[Any, Any]:
+        """(preamble with this request's host and path, the client's address) for ``request``.
+
+        The address is the connection's peer as routing saw it (a PROXY header's
+        source when one was read), not only the socket's.
+        """
+        known = getattr(request, "portmux_facts", None)
+        if known is not None:
+            return known  # type: ignore[no-any-return]
+        transport = _request_transport(request, self._by_address)
+        preamble = _request_preamble(request, self._preambles, transport, target)
+        peer = self._peers.get(transport)
+        facts = preamble, peer if peer is not None else request.getClientAddress()
+        request.portmux_facts = facts
+        return facts
+
+    def connection_of(self, request: Any) -> Any:
+        """The Classified connection ``request`` arrived on, if known (for accounting)."""
+        return getattr(_request_transport(request, self._by_address), "portmux_connection", None)
+
+    def route_for(self, request: Any, target: bytes | None = None) -> Any:
+        """The route the multiplexer's Router chooses for this request's host and path."""
+        preamble, peer = self.facts(request, target)
+        request.portmux_preamble = preamble
+        return self._mux.router.select(preamble, peer_ip(peer))
+
     def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
-        preamble = _request_preamble(request, self._preambles, self._by_address)
-        ip = peer_ip(request.getClientAddress())
-        for route in self._mux.router.static_routes:  # registered routes are never resources
-            target = route.target
-            if isinstance(target, ResourceTarget) and route.match.accepts(preamble, ip):
-                return _descend(route, target.resource, request)
+        route = self.route_for(request)
+        target = route.target if route is not None else None
+        if isinstance(target, ResourceTarget):
+            return _descend(route, target.resource, request)
+        if route is not None:
+            log.info("http request for {host}{path} matched whole-connection route {route}: 421",
+                     host=request.portmux_preamble.host or "", path=request.path.decode("latin-1"),
+                     route=route.name)
+            return _Misdirected()  # type: ignore[no-untyped-call]
         return notFound(brief="No Such Resource", message="No route serves this host and path.")
 
     def render(self, request: Any) -> bytes:
         return cast(bytes, notFound().render(request))
+
+
+class _Misdirected(Resource):
+    """421: this request's route takes whole connections, so it needs a connection of its own."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        request.setResponseCode(421)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"connection", b"close")
+        return b"421 Misdirected Request: this host and path are served per connection; reconnect\n"
 
 
 def _descend(route: Any, resource: IResource, request: Any) -> IResource:
@@ -189,11 +273,12 @@ def _renders_at_mount_point(resource: Any) -> bool:
 
 
 class _Site(Site):
-    """A Site whose HTTP/1.x channels bound pipelined answers (portmux.targets.http_channel)."""
+    """A Site whose HTTP/1.x channels bound pipelined answers (portmux.targets.http_channel)
+    and refuse ambiguous or oversized heads (portmux.targets._http_front)."""
 
     def http1_channel(self, addr: Any) -> Any:
-        """A BoundedChannel built the way Site.buildProtocol builds its channels."""
-        self.protocol = BoundedChannel  # type: ignore[method-assign,assignment]  # read by buildProtocol, this call only
+        """A GuardedChannel built the way Site.buildProtocol builds its channels."""
+        self.protocol = GuardedChannel  # type: ignore[method-assign]  # read by buildProtocol, this call only
         try:
             return self.buildProtocol(addr)  # type: ignore[no-untyped-call]
         finally:
@@ -202,7 +287,8 @@ class _Site(Site):
 
 def dispatching_site(mux: Any) -> Site:
     """The shared Site whose root dispatches per request over ``mux``'s routes."""
-    site = _Site(_Dispatcher(mux))  # type: ignore[no-untyped-call]
+    site = _Site(_Dispatcher(mux), reactor=mux.reactor)  # type: ignore[no-untyped-call]
+    site.requestFactory = RoutedRequest
     site.displayTracebacks = False
     site.portmux_mux = mux  # type: ignore[attr-defined]  # the admin pages find the multiplexer through request.site
     return site

@@ -6,6 +6,7 @@ sockets (or is proxied to); ``portmux.worker.tap`` is the ``twistd portmux-worke
 plugin built on it.
 """
 
+from portmux.worker._http import prefix_match, serve_site
 from portmux.worker._library import (
     ControlError,
     Handoff,
@@ -24,4 +25,6 @@ __all__ = [
     "adopt",
     "control_path",
     "parse_address_text",
+    "prefix_match",
+    "serve_site",
 ]

@@ -676,7 +676,9 @@ trusted = ["127.0.0.1/32"]
 endpoint = "tcp:0"
 proxy_protocol = true
 """
-        + route('{ protocol = "http", path = "/app/" }', 'proxy = ["tcp:127.0.0.1:9000"]', "app")
+        + route('{ protocol = "http", path = "/app/" }',
+                'proxy = { endpoints = ["tcp:127.0.0.1:9000"], per_request = false }', "app")
+        + route('{ protocol = "http", path = "/per-request/" }', 'proxy = ["tcp:127.0.0.1:9000"]', "pr")
         + route('{ protocol = "http", path = "/f/" }', 'factory = "portmux.targets.echo:EchoFactory"', "f")
         + route('{ protocol = "http", path = "/ok/" }', 'resource = "twisted.web.resource:Resource"', "ok")
         + route('{ protocol = "tcpmux", service = "echo" }', "echo = true", "e1")
@@ -690,10 +692,10 @@ proxy_protocol = true
     assert got[0] == ("listen[0].trusted", "has no effect without proxy_protocol = true")
     assert got[1][0] == "listen[1].proxy_protocol"
     assert got[2][0] == "route[0].match.path" and "first HTTP request" in got[2][1]
-    assert got[3][0] == "route[1].match.path"
-    assert got[4] == ("route[4]", "route 'e2' is never chosen: route[3] has the same match")
-    assert got[5] == ("route[6]", "route 'after' is never chosen: route[5] matches every connection first")
-    assert got[6][0] == "route[8]" and "silent" in got[6][1]
+    assert got[3][0] == "route[2].match.path"  # not route[1]: a proxy forwards HTTP per request
+    assert got[4] == ("route[5]", "route 'e2' is never chosen: route[4] has the same match")
+    assert got[5] == ("route[7]", "route 'after' is never chosen: route[6] matches every connection first")
+    assert got[6][0] == "route[9]" and "silent" in got[6][1]
     assert len(got) == 7
 
 

@@ -152,7 +152,7 @@ class Document:
         target = self._build_target(decl, decl.kind)
         if target is None or decl.name is INVALID or decl.match is INVALID:
             return None
-        if decl.match.path is not None and not decl.kind.per_request:
+        if decl.match.path is not None and not getattr(target, "per_request", decl.kind.per_request):
             self.warn(
                 join_key(decl.key_path, "match.path"),
                 f"a {decl.kind.name} target is chosen per connection from its first HTTP request; "

@@ -29,7 +29,10 @@ class ITargetKind(Interface):
         "build(value, ctx) -> ITarget | None, given the checked value and a BuildContext; "
         "or a 'module:function' string naming it, imported when a route uses the kind."
     )
-    per_request = Attribute("True if the target dispatches each HTTP request on its own path.")
+    per_request = Attribute(
+        "True if the target dispatches each HTTP request on its own path; a built target may "
+        "say otherwise with its own per_request attribute (proxy: per_request = false)."
+    )
     doc = Attribute("One line for documentation and error hints.")
 
 

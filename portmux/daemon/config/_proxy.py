@@ -117,6 +117,21 @@ class ProxyTable:
     ca: str | None = setting(Text("a path"), "CA bundle verifying tls: backends", default=None)
     client_cert: Any = setting(_CLIENT_CERT, "client certificate for tls: backends", default=None)
     server_name: str | None = setting(Text(), "SNI and verified name for tls: backends", default=None)
+    per_request: bool | None = setting(
+        Flag(), "HTTP: route and forward each request on its own (default: yes, unless proxy_header)",
+        default=None)
+    pool_size: int | None = setting(
+        Whole(check=positive), "HTTP per request: idle keep-alive connections kept per backend (16)",
+        default=None)
+    idle_timeout: float | None = setting(
+        Number(), "HTTP per request: seconds an idle backend connection is kept (30)", default=None,
+        check=positive)
+    forwarded: str | None = setting(
+        OneOf("x-forwarded", "forwarded", "both"),
+        "HTTP per request: add X-Forwarded-For/-Proto/-Host, Forwarded, or both", default=None)
+    max_body: int | None = setting(
+        Whole(check=positive), "HTTP per request: larger request bodies are refused with 413",
+        default=None)
     health_check: Any = setting(
         TableOf("a table", declaration=HealthCheckTable),
         "active health checks of the backends (TCP connect, or HTTP GET)", default=None,
@@ -194,8 +209,11 @@ def _plan(values: dict[str, Any], key_path: str, endpoints_key: str, walk: Walk)
     options: dict[str, Any] = {}
     if values.get("connect_timeout") is not None:
         options["connect_timeout"] = float(values["connect_timeout"])
-    if values.get("proxy_header") is not None:
-        options["proxy_header"] = values["proxy_header"]
+    for name in ("proxy_header", "per_request", "pool_size", "forwarded", "max_body"):
+        if values.get(name) is not None:
+            options[name] = values[name]
+    if values.get("idle_timeout") is not None:
+        options["idle_timeout"] = float(values["idle_timeout"])
     if values.get("timeouts"):
         options["timeouts"] = dict(values["timeouts"])
     if values.get("rewrite_via"):
@@ -232,10 +250,18 @@ PROXY_VALUE = AnyOf(
 
 
 def build_proxy(plan: ProxyPlan, ctx: BuildContext) -> object:
-    """A ProxyTarget over the checked backends."""
+    """An HttpProxyTarget (HTTP per request, the rest byte-for-byte) or, with
+    ``per_request = false``, a ProxyTarget (every connection byte-for-byte)."""
+    from portmux.targets.http_proxy import HttpProxyTarget
     from portmux.targets.proxy import ProxyTarget
 
-    target = ProxyTarget(ctx.reactor, list(plan.backends), **plan.options)
+    options = dict(plan.options)
+    target: Any
+    if options.get("per_request") is False:
+        whole = ("connect_timeout", "proxy_header", "timeouts", "rewrite_via")
+        target = ProxyTarget(ctx.reactor, list(plan.backends), **{k: v for k, v in options.items() if k in whole})
+    else:
+        target = HttpProxyTarget(ctx.reactor, list(plan.backends), **options)
     if plan.health is not None:
         from portmux.targets._health import HealthChecker
 

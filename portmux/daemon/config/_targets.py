@@ -96,7 +96,7 @@ def build_echo(value: bool, ctx: BuildContext) -> object:
 def builtin_target_kinds() -> dict[str, TargetKind]:
     """The kinds every installation has, in the order error hints list them."""
     kinds = (
-        TargetKind("proxy", PROXY_VALUE, build_proxy, "byte-for-byte to backends"),
+        TargetKind("proxy", PROXY_VALUE, build_proxy, "HTTP per request (per_request), anything else byte-for-byte to backends"),
         TargetKind("resource", _DOTTED, build_resource, "an in-process twisted.web resource", True),
         TargetKind("factory", _DOTTED, build_factory, "any in-process IProtocolFactory"),
         TargetKind("tls", TLS_VALUE, build_tls, "terminate TLS, then route the plaintext again"),
