@@ -232,3 +232,43 @@ def finish(sniffer: Any) -> None:
 
                 Logger(namespace="portmux").failure("connection observer {observer} failed",
                                                     observer=observer)
+
+
+def request_record(
+    sniffer: Any, route: Any, preamble: Any, client: object, start: float, now: float,
+    request: Any,
+) -> ConnectionRecord:
+    """The record of one HTTP request routed on its own (per-request routing).
+
+    ``sniffer`` is the connection's innermost sniffer; the route path names the
+    enclosing routes too (``https/site``).
+    """
+    names = [route.name] if route is not None else []
+    top = sniffer
+    while top is not None and top.enclosing is not None:
+        top = top.enclosing
+        if top.route is not None:
+            names.insert(0, top.route.name)
+    backend = getattr(sniffer, "backend", None) if sniffer is not None else None
+    length = request.getHeader(b"content-length")
+    return ConnectionRecord(
+        start=start,
+        client=describe_address(client),
+        listener=getattr(top, "listener", "-"),
+        protocol="http",
+        sni=preamble.sni,
+        alpn=preamble.alpn[0] if preamble.alpn else None,
+        host=preamble.host,
+        path=preamble.path,
+        service=None,
+        via=None,
+        route="/".join(names) or None,
+        target=route.kind if route is not None else None,
+        backend=backend,
+        bytes_in=int(length) if length and length.isdigit() else None,
+        bytes_out=getattr(request, "sentLength", None),
+        sniff_seconds=None,
+        connect_seconds=None,
+        duration=now - start,
+        end=f"request_{request.code}",
+    )

@@ -124,9 +124,15 @@ class Classified:
         if sniffer.backend is not None:
             self.mux.stats.connected(sniffer.backend, now - sniffer.dialed_at)
 
+    @property
+    def sniffer(self) -> SniffingProtocol:
+        """The protocol that classified this connection (for accounting and the access log)."""
+        return self._sniffer
+
     def nest(self, inner: SniffingProtocol) -> None:
         """``inner`` sniffs what this connection carries (TLS termination): one log line, nested routes."""
         self._sniffer.inner = inner
+        inner.enclosing = self._sniffer
         inner.listener = self._sniffer.listener
 
 
@@ -162,6 +168,8 @@ class SniffingProtocol(Protocol):
     """The name of the listener that accepted this connection."""
     inner: SniffingProtocol | None = None
     """The sniffer of a nested stage (TLS termination), for the route path and the log."""
+    enclosing: SniffingProtocol | None = None
+    """The sniffer this one is nested in (the TLS it was decrypted from), if any."""
     why: str | None = None
     """The refusal's reason name, once refused."""
     end_reason: str | None = None

@@ -22,6 +22,7 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from portmux import _twisted
 from portmux.core import refusal
+from portmux.core.accounting import request_record
 from portmux.core.interfaces import ITarget
 from portmux.core.routing import normalize_name, peer_ip
 from portmux.protocols.http import request_via
@@ -213,7 +214,33 @@ class _Dispatcher(Resource):
         """The route the multiplexer's Router chooses for this request's host and path."""
         preamble, peer = self.facts(request, target)
         request.portmux_preamble = preamble
-        return self._mux.router.select(preamble, peer_ip(peer))
+        route = self._mux.router.select(preamble, peer_ip(peer))
+        self._log_when_finished(request, route, preamble, peer)
+        return route
+
+    def _log_when_finished(self, request: Any, route: Any, preamble: Any, peer: Any) -> None:
+        """One access-log record per request, when it finishes (only if someone observes)."""
+        if getattr(request, "portmux_logged", False):
+            return
+        request.portmux_logged = True
+        connection = self.connection_of(request)
+        sniffer = getattr(connection, "sniffer", None)
+        top = sniffer
+        while top is not None and top.enclosing is not None:
+            top = top.enclosing
+        observers = (top.mux if top is not None else self._mux).stats.observers
+        if not observers:
+            return
+        reactor = self._mux.reactor
+        start = reactor.seconds()
+
+        def finished(_: object) -> None:
+            record = request_record(sniffer, route, preamble, peer, start, reactor.seconds(),
+                                    request)
+            for observer in list(observers):
+                observer(record)
+
+        request.notifyFinish().addBoth(finished)
 
     def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
         route = self.route_for(request)

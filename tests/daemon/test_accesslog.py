@@ -89,10 +89,15 @@ def test_json_lines_describe_each_connection(tmp_path: Path, backend: int) -> No
         nc = subprocess.run(["nc", "-N", "127.0.0.1", str(daemon.port)], check=False, input=b"nosuch\r\n",
                             capture_output=True, timeout=10)
         assert nc.stdout.startswith(b"-")
-        lines = [json.loads(line) for line in read_lines(access, 3)]
+        lines = [json.loads(line) for line in read_lines(access, 5)]
     finally:
         daemon.stop()
-    web, tls, refused = lines
+    requests = [line for line in lines if line["end"].startswith("request_")]
+    web, tls, refused = [line for line in lines if not line["end"].startswith("request_")]
+    # Per-request routing: one more line per HTTP request, with its own route and status.
+    assert [(r["route"], r["path"], r["end"]) for r in requests] == [
+        ("web", "/a/b", "request_200"), ("https/site", "/x", "request_200")]
+    assert requests[0]["backend"] == f"tcp:127.0.0.1:{backend}"
     assert web["route"] == "web" and web["target"] == "proxy"
     assert web["backend"] == f"tcp:127.0.0.1:{backend}"  # the first backend is a closed port: failover
     assert web["protocol"] == "http" and web["host"] == "127.0.0.1"
@@ -120,18 +125,19 @@ def test_text_lines_and_reopen_on_sigusr1(tmp_path: Path, backend: int) -> None:
     daemon = Daemon(tmp_path, config(backend, access, "text"))
     try:
         assert http_get(daemon.port, "/first").endswith(b"\n")
-        read_lines(access, 1)
+        read_lines(access, 2)  # the request's line, then the connection's
         access.rename(tmp_path / "access.log.1")  # what logrotate does
         daemon.signal(signal.SIGUSR1)
         daemon.wait_log("access log")
         answer = http_get(daemon.port, "/second")
-        second = read_lines(access, 1)
+        second = read_lines(access, 2)
     finally:
         daemon.stop()
     first = (tmp_path / "access.log.1").read_text().splitlines()
-    assert len(first) == 1 and "path=/first" in first[0]
-    assert len(second) == 1 and "path=/second" in second[0]
-    fields = second[0].split()
+    assert len(first) == 2 and all("path=/first" in line for line in first)
+    assert " request_200 " in first[0]
+    assert len(second) == 2 and all("path=/second" in line for line in second)
+    fields = second[1].split()
     assert fields[0].endswith("Z") and fields[1].startswith("127.0.0.1:")
     assert fields[2:4] == ["tcp:0:interface=127.0.0.1", "http"]
     assert fields[4] == f"web>proxy/tcp:127.0.0.1:{backend}"
