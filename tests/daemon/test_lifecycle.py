@@ -58,6 +58,9 @@ def test_sigterm_stops_accepting_and_lets_open_connections_finish(tmp_path: Path
     control = tmp_path / "control.sock"
     daemon = Daemon(tmp_path, proxied(backend_port, extra=f'[control]\nendpoint = "unix:{control}"'))
     try:
+        deadline = time.monotonic() + 15  # the control socket is bound just after the listeners
+        while not control.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         worker = socket.socket(socket.AF_UNIX)
         worker.connect(str(control))
         worker.settimeout(10)
