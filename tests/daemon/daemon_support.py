@@ -132,3 +132,31 @@ def byte_counts() -> bool:
     from portmux import _twisted
 
     return _twisted.FAST_PATHS and os.environ.get(_twisted.ENV_SWITCH, "") in ("", "0")
+
+
+def admin_config(tmp_path: Path, backend_port: int, dead_port: int, interval: float) -> str:
+    """A config with the status page at /admin, a health-checked proxy (one backend dead)
+    and a TLS route nesting another: what the metrics and status-page tests observe."""
+    return f"""
+        [[listen]]
+        endpoint = "tcp:0:interface=127.0.0.1"
+        [[route]]
+        name = "admin"
+        match = {{ protocol = "http", path = "/admin" }}
+        status = true
+        [[route]]
+        name = "web"
+        match = {{ protocol = "http" }}
+        [route.proxy]
+        endpoints = ["tcp:127.0.0.1:{backend_port}", "tcp:127.0.0.1:{dead_port}"]
+        health_check = {{ interval = {interval}, fall = 1, rise = 1 }}
+        [[route]]
+        name = "https"
+        match = {{ protocol = "tls" }}
+        [route.tls]
+        certificates = ["{tmp_path / 'site.pem'}"]
+        [[route.tls.route]]
+        name = "site"
+        match = {{ protocol = "http" }}
+        proxy = ["tcp:127.0.0.1:{backend_port}"]
+        """

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.daemon.daemon_support import Daemon, byte_counts, start_backend
+from tests.daemon.daemon_support import Daemon, admin_config, byte_counts, start_backend
 from tests.support import free_port, stop_process
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
@@ -29,29 +29,7 @@ def scraped(tmp_path: Path) -> Iterator[tuple[str, int, int]]:
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     backend, backend_port = start_backend()
     dead = free_port()
-    daemon = Daemon(tmp_path, f"""
-        [[listen]]
-        endpoint = "tcp:0:interface=127.0.0.1"
-        [[route]]
-        name = "admin"
-        match = {{ protocol = "http", path = "/admin" }}
-        status = true
-        [[route]]
-        name = "web"
-        match = {{ protocol = "http" }}
-        [route.proxy]
-        endpoints = ["tcp:127.0.0.1:{backend_port}", "tcp:127.0.0.1:{dead}"]
-        health_check = {{ interval = 0.2, fall = 1, rise = 1 }}
-        [[route]]
-        name = "https"
-        match = {{ protocol = "tls" }}
-        [route.tls]
-        certificates = ["{tmp_path / 'site.pem'}"]
-        [[route.tls.route]]
-        name = "site"
-        match = {{ protocol = "http" }}
-        proxy = ["tcp:127.0.0.1:{backend_port}"]
-        """)
+    daemon = Daemon(tmp_path, admin_config(tmp_path, backend_port, dead, 0.2))
     port = daemon.port
     try:
         daemon.wait_log(f"backend tcp:127.0.0.1:{dead} is DOWN")

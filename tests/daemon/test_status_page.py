@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon.daemon_support import Daemon, byte_counts, http_get, start_backend
+from tests.daemon.daemon_support import Daemon, admin_config, byte_counts, http_get, start_backend
 from tests.support import free_port, stop_process
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -47,29 +47,7 @@ def test_page_updates_in_place_after_traffic(tmp_path: Path) -> None:
     ca.issue_cert("site.test").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "site.pem"))
     backend, backend_port = start_backend()
     dead = free_port()
-    daemon = Daemon(tmp_path, f"""
-        [[listen]]
-        endpoint = "tcp:0:interface=127.0.0.1"
-        [[route]]
-        name = "admin"
-        match = {{ protocol = "http", path = "/admin" }}
-        status = true
-        [[route]]
-        name = "web"
-        match = {{ protocol = "http" }}
-        [route.proxy]
-        endpoints = ["tcp:127.0.0.1:{backend_port}", "tcp:127.0.0.1:{dead}"]
-        health_check = {{ interval = 0.3, fall = 1, rise = 1 }}
-        [[route]]
-        name = "https"
-        match = {{ protocol = "tls" }}
-        [route.tls]
-        certificates = ["{tmp_path / 'site.pem'}"]
-        [[route.tls.route]]
-        name = "site"
-        match = {{ protocol = "http" }}
-        proxy = ["tcp:127.0.0.1:{backend_port}"]
-        """)
+    daemon = Daemon(tmp_path, admin_config(tmp_path, backend_port, dead, 0.3))
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in FLAGS:
