@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -72,3 +73,29 @@ def start_sshd(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
         raise
     return process, port
 
+
+def nc(port: int, data: bytes, expect: bytes, host: str = "127.0.0.1",
+       limit: float = 10.0) -> bytes:
+    """Talk through real nc, keeping our side open until ``expect`` arrives (or ``limit`` seconds)."""
+    proc = subprocess.Popen(["nc", "-N", host, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(data)
+    proc.stdin.flush()
+    got = b""
+    end = time.monotonic() + limit
+    while expect not in got and time.monotonic() < end:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            got += chunk
+    proc.stdin.close()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    got += proc.stdout.read()
+    proc.stdout.close()
+    return got

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import select
 import shutil
 import signal
 import socket
@@ -282,29 +281,3 @@ def curl(port: int, host: str, path: str = "/") -> tuple[int, str]:
                           f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=15, check=False)
     body, _, code = out.stdout.decode().rpartition("\n")
     return int(code or 0), body.strip()
-
-
-def nc(port: int, data: bytes, expect: bytes, host: str = "127.0.0.1") -> bytes:
-    """Talk through real nc, keeping our side open until ``expect`` arrives (or 5 s)."""
-    proc = subprocess.Popen(["nc", "-N", host, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(data)
-    proc.stdin.flush()
-    got = b""
-    end = time.monotonic() + 5
-    while expect not in got and time.monotonic() < end:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
-        if ready:
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            got += chunk
-    proc.stdin.close()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-    got += proc.stdout.read()
-    proc.stdout.close()
-    return got

@@ -21,9 +21,9 @@ from tests.cluster.harness import (
     Processes,
     curl,
     free_port,
-    nc,
     wait_for,
 )
+from tests.support import nc
 
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)}")
 

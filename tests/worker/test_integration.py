@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from portmux.control.cli import query
+from tests.support import nc
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 pytestmark = pytest.mark.skipif(
@@ -77,30 +77,8 @@ def run(*argv: str, stdin: bytes = b"") -> bytes:
 
 
 def nc_exchange(port: int, data: bytes, expect: bytes) -> bytes:
-    """Talk through real nc, keeping our side open until ``expect`` arrives (or 10 s)."""
-    proc = subprocess.Popen(["nc", "-N", "127.0.0.1", str(port)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE)
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(data)
-    proc.stdin.flush()
-    got = b""
-    end = time.monotonic() + 10
-    while expect not in got and time.monotonic() < end:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
-        if ready:
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            got += chunk
-    proc.stdin.close()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-    got += proc.stdout.read()
-    proc.stdout.close()
-    return got
+    """Talk through real nc until ``expect`` arrives (or 10 s)."""
+    return nc(port, data, expect)
 
 
 def registered(control: Path) -> set[str]:
