@@ -21,13 +21,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from run import free_port, wait_listening  # bench/ is the script's directory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,23 +50,6 @@ TCP4ServerEndpoint(reactor, plain, interface="127.0.0.1").listen(site)
 SSL4ServerEndpoint(reactor, tls, options, interface="127.0.0.1").listen(site)
 reactor.run()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, limit: float = 20) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing on {port}")
 
 
 def h2load(url: str, requests: int, clients: int, streams: int, h1: bool) -> float:
@@ -172,7 +155,7 @@ proxy = {{ endpoints = ["tcp:127.0.0.1:{backend}"], pool_size = 64 }}
                 processes.append(subprocess.Popen(argv, cwd=work, env=env, stdout=subprocess.DEVNULL,
                                                   stderr=subprocess.DEVNULL))
             for port in (backend, *(p for pair in ports.values() for p in pair)):
-                wait_port(port)
+                wait_listening(port)
             runs: dict[str, dict[str, list[float]]] = {name: {"h1": [], "h2": []} for name in ports}
             for name, (plain, _) in ports.items():
                 h2load(f"http://127.0.0.1:{plain}/app/warm", 500, 2, 1, True)  # warm up

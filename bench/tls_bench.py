@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,35 +34,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from run import free_port, wait_listening  # bench/ is the script's directory
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 NAME = "bench.example.com"
 MIDDLEBOXES = ("portmux", "haproxy", "nginx")
 TIMEOUT = 120
-
-
-def free_port() -> int:
-    """A free port below the ephemeral range, so h2load's own client ports never take it."""
-    for _ in range(200):
-        port = random.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port found in 20000-32000")
-
-
-def wait_listening(port: int, limit: float = 20.0) -> None:
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def two_cpus() -> bool:
