@@ -13,10 +13,11 @@ one insert and one pop per connection) and, when a new connection arrives
 
 closes the oldest sniffing connection that has waited at least ``evict_sniffing_after``
 seconds (the grace that keeps a burst of fresh clients from evicting each other before
-their first bytes are read).  Classified connections are never evicted.  When the mark
-is reached and every sniffer is still within its grace, the ports pause as before and
-one timer (per multiplexer, not per connection) evicts the oldest once it is stale,
-so accepting resumes long before the preamble timeout.
+their first bytes are read).  At ``max_sniffing`` with none that old, the new
+connection is closed at accept instead.  Classified connections are never evicted.
+When the mark is reached and every sniffer is still within its grace, the ports
+pause as before and one timer (per multiplexer, not per connection) evicts the
+oldest once it is stale, so accepting resumes long before the preamble timeout.
 """
 
 from __future__ import annotations
@@ -57,33 +58,46 @@ class SniffPressure:
         caps = [c for c in (limits.max_connections, gate.max_connections if gate else 0) if c]
         return max(1, min(caps) // 2) if caps else 0
 
-    def track(self, sniffer: Sniffer, gate: ListenerGate | None) -> None:
-        """Admit ``sniffer`` as sniffing on ``gate``'s listener, evicting a stale one to make room.
+    def admits(self, gate: ListenerGate | None) -> bool:
+        """Make room for a new connection on ``gate``'s listener; False: close it instead.
 
-        Called before Admission.opened counts it, so an eviction here (which uncounts
-        the evicted connection at once) keeps the ports from pausing.
+        At ``max_sniffing`` the listener's oldest sniffer goes if it is stale; if none
+        is, the new connection is closed at accept (the flood churns at the cost of an
+        accept, and the sniffers keep well away from the ``max_connections`` mark, where
+        accept batches shrink).  Taking the last place under a mark evicts the oldest
+        stale sniffer too, so the ports do not pause; with none stale they pause and a
+        relief timer comes back when the oldest turns stale.  Called before
+        Admission.opened counts the new connection; an eviction uncounts at once.
         """
+        grace = self.admission.limits.evict_sniffing_after
+        if not grace:
+            return True
+        entry = self._waiting.get(id(gate))
+        now = self.reactor.seconds()
+        stale_before = now - grace
+        if entry is not None and entry[1]:
+            waiting = entry[1]
+            cap = self.sniffing_cap(gate)
+            if cap and len(waiting) >= cap:
+                return self._evict_oldest(waiting, stale_before)
+        if self.admission.free(gate) <= 1 and not self._evict_at_mark(gate, stale_before):
+            self._schedule_relief(now, grace)
+        return True
+
+    def track(self, sniffer: Sniffer, gate: ListenerGate | None) -> None:
+        """``sniffer`` was admitted on ``gate``'s listener: it is sniffing, newest of all."""
         entry = self._waiting.get(id(gate))
         if entry is None:
             entry = self._waiting[id(gate)] = (gate, {})
         waiting = entry[1]
-        now = self.reactor.seconds()
-        grace = self.admission.limits.evict_sniffing_after
-        if grace:
-            stale_before = now - grace
-            cap = self.sniffing_cap(gate)
-            if waiting and cap and len(waiting) >= cap and self._evict_oldest(waiting, stale_before):
-                pass  # room on this listener, and one place more under the marks
-            elif self.admission.free(gate) <= 1 and not self._evict_at_mark(gate, stale_before):
-                self._schedule_relief(now, grace)
-        waiting[sniffer] = now
+        waiting[sniffer] = self.reactor.seconds()
         sniffer.waiting = waiting
 
     def _evict_at_mark(self, gate: ListenerGate | None, stale_before: float) -> bool:
         """A place under the mark ``gate`` is reaching: its listener's oldest stale sniffer,
         else (at the global mark) any listener's."""
-        own = self._waiting[id(gate)][1]
-        if own and self._evict_oldest(own, stale_before):
+        entry = self._waiting.get(id(gate))
+        if entry is not None and entry[1] and self._evict_oldest(entry[1], stale_before):
             return True
         if gate is not None and gate.max_connections and gate.max_connections - gate.open <= 1:
             return False  # the listener's own mark: only its own sniffers make room there

@@ -88,46 +88,45 @@ class SniffPressureTests(TestCase):
         mux, number = self.make(Limits(max_connections=200, max_per_source=2, max_sniffing=20))
         events = self.portmux_lines()
         mux.log.burst, mux.log.interval = 5, LONG
-        # The oldest trickles a request line (HTTP by then); the others send nothing.
-        clients = self.flood(number, 60, first=b"GET / HTTP/1.1\r\nHo")
-        await wait_for(lambda: mux.stats.accepted == 60)
-        self.assertEqual(mux.stats.sniffing, 60)  # a burst within the grace is not evicted
-        await settle(mux.admission.limits.evict_sniffing_after + 0.1)
+        grace = mux.admission.limits.evict_sniffing_after
+        # max_sniffing silent connections from as many addresses (the oldest trickles)...
+        clients = self.flood(number, 20, first=b"GET / HTTP/1.1\r\nHo")
+        await wait_for(lambda: mux.stats.accepted == 20)
+        # ...and more at once: every sniffer is within its grace, so the new ones are
+        # closed at accept and the first twenty keep their places.
+        burst = self.flood(number, 10)
+        await wait_for(lambda: mux.stats.not_accepted["max_sniffing"] == 10)
+        await wait_for(lambda: all(closed_by_server(c) for c in burst))
+        self.assertEqual((mux.stats.accepted, mux.stats.sniffing), (20, 20))
+        await settle(grace + 0.1)
 
-        out, code = await self.curl(number)
+        out, code = await self.curl(number)  # the oldest is stale now: it makes room
         self.assertEqual((out, code), (b"served\n", 0))
         self.assertEqual(mux.stats.refusals["preamble_timeout"], 0)  # served before any timeout
         self.assertEqual(mux.stats.refusals["sniff_evicted"], 1)
         self.assertEqual(mux.pressure.evicted, 1)
-        await wait_for(lambda: closed_by_server(clients[0]) or bool(received(clients[0])))
+        clients[0].setblocking(True)
+        clients[0].settimeout(10)
+        self.assertTrue(clients[0].recv(4096).startswith(b"HTTP/1.1 408 "))  # the trickler: its protocol's refusal
         self.assertFalse(any(closed_by_server(c) for c in clients[1:]))
-        self.assertEqual(mux.stats.sniffing, 59)
+        self.assertEqual(mux.stats.sniffing, 19)
 
-        # The trickler was answered in its protocol: HTTP 408.
-        trickler = socket.create_connection(("127.0.0.1", number), source_address=("127.0.2.1", 0))
-        self.addCleanup(trickler.close)
-        trickler.sendall(b"GET / HTTP/1.1\r\nHo")
-        await wait_for(lambda: mux.stats.accepted == 62)
-        await settle(mux.admission.limits.evict_sniffing_after + 0.1)
-        clients += self.flood(number, 1)  # any new connection past max_sniffing evicts the oldest
+        clients += self.flood(number, 2)  # the first fills the place curl left, the second evicts
         await wait_for(lambda: mux.stats.refusals["sniff_evicted"] == 2)
-        await wait_for(lambda: closed_by_server(clients[1]))  # oldest after the first: silent, plain close
+        await wait_for(lambda: closed_by_server(clients[1]))  # the next oldest, silent: a plain close
+        self.assertFalse(any(closed_by_server(c) for c in clients[2:]))
 
         # Many evictions: a burst of log lines, then one "suppressed N" summary.
-        more = self.flood(number, 40)
-        await wait_for(lambda: mux.stats.accepted == 103)
-        await settle(mux.admission.limits.evict_sniffing_after + 0.1)
-        for i in range(30):
-            more.append(connect(number, f"127.0.3.{i + 1}"))
-            more[-1].close()  # opened (evicting one) and gone
-        await wait_for(lambda: mux.stats.accepted == 133)
-        evicted = mux.stats.refusals["sniff_evicted"]
-        self.assertGreaterEqual(evicted, 30)
-        self.assertEqual(mux.pressure.evicted, evicted)
+        await settle(grace + 0.1)
+        more = [connect(number, f"127.0.3.{i + 1}") for i in range(30)]
+        self.addCleanup(lambda: [c.close() for c in more])
+        await wait_for(lambda: mux.stats.refusals["sniff_evicted"] == 22)  # all twenty stale ones
+        await wait_for(lambda: mux.stats.not_accepted["max_sniffing"] == 20)  # then fresh: closed
+        self.assertEqual(mux.pressure.evicted, 22)
         mux.log.flush()
         texts = [formatEvent(e) for e in events if e.get("log_namespace") == "portmux"]  # type: ignore[arg-type]
         self.assertEqual(len([t for t in texts if "sniff_evicted" in t]), mux.log.burst)
-        self.assertIn(f"suppressed {evicted - mux.log.burst} similar refused lines", " ".join(texts))
+        self.assertIn(f"suppressed {22 - mux.log.burst} similar refused lines", " ".join(texts))
         self.assertEqual(mux.stats.refusals["preamble_timeout"], 0)
 
     async def test_trickler_evicted_gets_its_protocols_refusal(self) -> None:
@@ -191,6 +190,7 @@ class SniffPressureTests(TestCase):
         out, code = await self.curl(number)
         self.assertEqual((out, code), (b"served\n", 0))
         self.assertEqual(mux.stats.refusals["sniff_evicted"], 0)
+        self.assertEqual(mux.stats.not_accepted["max_sniffing"], 0)
         self.assertFalse(any(closed_by_server(c) for c in clients))
 
     async def test_classified_connections_are_never_evicted(self) -> None:
@@ -202,11 +202,12 @@ class SniffPressureTests(TestCase):
         answers: list[bytes] = []
         keeper.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         await wait_for(lambda: answers.append(received(keeper)) or b"served" in b"".join(answers))
-        clients = self.flood(number, 30)
-        await wait_for(lambda: mux.stats.accepted == 31)
+        clients = self.flood(number, 30)  # four sniff, the rest are closed at accept
+        await wait_for(lambda: mux.stats.not_accepted["max_sniffing"] == 26)
         await settle(mux.admission.limits.evict_sniffing_after + 0.1)
-        clients += self.flood(number, 5)
-        await wait_for(lambda: mux.stats.refusals["sniff_evicted"] >= 5)
+        clients += self.flood(number, 5)  # the four stale sniffers go, the fifth is closed
+        await wait_for(lambda: mux.stats.refusals["sniff_evicted"] == 4)
+        await wait_for(lambda: mux.stats.not_accepted["max_sniffing"] == 27)
         answers.clear()
         keeper.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         await wait_for(lambda: answers.append(received(keeper)) or b"served" in b"".join(answers))
