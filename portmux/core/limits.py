@@ -42,8 +42,9 @@ class Limits:
     max_sniffing: int = 0
     """Connections still being classified per listener; 0: half the listener's connection cap."""
     evict_sniffing_after: float = 0.25
-    """At ``max_sniffing`` or a ``max_connections`` mark, the oldest connection still being
-    classified is closed once it has waited this long (0: never; core/sniff_pressure.py)."""
+    """Past ``max_sniffing`` the oldest connection still being classified is closed; at a
+    ``max_connections`` mark, the oldest one this old rather than pausing (0: neither;
+    core/sniff_pressure.py)."""
 
 
 @dataclass(frozen=True)

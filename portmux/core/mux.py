@@ -629,10 +629,7 @@ class Multiplexer(ServerFactory):
             self.stats.not_accepted["per_source_limit"] += 1
             self.log.emit("source-limit", "closed {peer}: {why}", peer=_describe(addr), why=why)
             return None
-        if not self.pressure.admits(gate):
-            self.stats.not_accepted["max_sniffing"] += 1
-            self.log.emit("limit", "closed {peer}: max_sniffing reached, none stale", peer=_describe(addr))
-            return None
+        self.pressure.make_room(gate)
         protocol = SniffingProtocol(self, addr)
         protocol.gate, protocol.source, protocol._counted = gate, source, True
         self.pressure.track(protocol, gate)

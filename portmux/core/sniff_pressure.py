@@ -11,13 +11,14 @@ one insert and one pop per connection) and, when a new connection arrives
 - when admitting it would reach the global or the listener's ``max_connections`` mark
   (where the listening ports would pause),
 
-closes the oldest sniffing connection that has waited at least ``evict_sniffing_after``
-seconds (the grace that keeps a burst of fresh clients from evicting each other before
-their first bytes are read).  At ``max_sniffing`` with none that old, the new
-connection is closed at accept instead.  Classified connections are never evicted.
-When the mark is reached and every sniffer is still within its grace, the ports
-pause as before and one timer (per multiplexer, not per connection) evicts the
-oldest once it is stale, so accepting resumes long before the preamble timeout.
+closes the oldest sniffing connection: at ``max_sniffing`` whatever its age (since
+``max_sniffing`` newer connections arrived after it), at the mark only one that has
+waited at least ``evict_sniffing_after`` seconds (the grace that keeps a few fresh
+clients from being closed before their first bytes are read).  Classified
+connections are never evicted.  When the mark is reached and every sniffer is
+still within its grace, the ports pause as before and one timer (per multiplexer,
+not per connection) evicts the oldest once it is stale, so accepting resumes long
+before the preamble timeout.
 """
 
 from __future__ import annotations
@@ -58,31 +59,30 @@ class SniffPressure:
         caps = [c for c in (limits.max_connections, gate.max_connections if gate else 0) if c]
         return max(1, min(caps) // 2) if caps else 0
 
-    def admits(self, gate: ListenerGate | None) -> bool:
-        """Make room for a new connection on ``gate``'s listener; False: close it instead.
+    def make_room(self, gate: ListenerGate | None) -> None:
+        """Make room for a new connection on ``gate``'s listener before Admission.opened counts it.
 
-        At ``max_sniffing`` the listener's oldest sniffer goes if it is stale; if none
-        is, the new connection is closed at accept (the flood churns at the cost of an
-        accept, and the sniffers keep well away from the ``max_connections`` mark, where
-        accept batches shrink).  Taking the last place under a mark evicts the oldest
-        stale sniffer too, so the ports do not pause; with none stale they pause and a
-        relief timer comes back when the oldest turns stale.  Called before
-        Admission.opened counts the new connection; an eviction uncounts at once.
+        At ``max_sniffing`` the listener's oldest sniffer goes, whatever its age: it
+        has seen ``max_sniffing`` newer connections arrive, so the sniffers keep well
+        away from the ``max_connections`` mark (where accept batches shrink and the
+        ports pause).  Taking the last place under a mark evicts the oldest sniffer
+        older than the grace, so the ports do not pause; with none that old they pause
+        and a relief timer comes back when the oldest is.  An eviction uncounts at once.
         """
         grace = self.admission.limits.evict_sniffing_after
         if not grace:
-            return True
+            return
         entry = self._waiting.get(id(gate))
-        now = self.reactor.seconds()
-        stale_before = now - grace
         if entry is not None and entry[1]:
             waiting = entry[1]
             cap = self.sniffing_cap(gate)
             if cap and len(waiting) >= cap:
-                return self._evict_oldest(waiting, stale_before)
-        if self.admission.free(gate) <= 1 and not self._evict_at_mark(gate, stale_before):
-            self._schedule_relief(now, grace)
-        return True
+                self._evict_oldest(waiting, float("inf"))
+                return
+        if self.admission.free(gate) <= 1:
+            now = self.reactor.seconds()
+            if not self._evict_at_mark(gate, now - grace):
+                self._schedule_relief(now, grace)
 
     def track(self, sniffer: Sniffer, gate: ListenerGate | None) -> None:
         """``sniffer`` was admitted on ``gate``'s listener: it is sniffing, newest of all."""

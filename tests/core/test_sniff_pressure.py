@@ -88,19 +88,11 @@ class SniffPressureTests(TestCase):
         mux, number = self.make(Limits(max_connections=200, max_per_source=2, max_sniffing=20))
         events = self.portmux_lines()
         mux.log.burst, mux.log.interval = 5, LONG
-        grace = mux.admission.limits.evict_sniffing_after
-        # max_sniffing silent connections from as many addresses (the oldest trickles)...
+        # max_sniffing silent connections from as many addresses (the oldest trickles).
         clients = self.flood(number, 20, first=b"GET / HTTP/1.1\r\nHo")
         await wait_for(lambda: mux.stats.accepted == 20)
-        # ...and more at once: every sniffer is within its grace, so the new ones are
-        # closed at accept and the first twenty keep their places.
-        burst = self.flood(number, 10)
-        await wait_for(lambda: mux.stats.not_accepted["max_sniffing"] == 10)
-        await wait_for(lambda: all(closed_by_server(c) for c in burst))
-        self.assertEqual((mux.stats.accepted, mux.stats.sniffing), (20, 20))
-        await settle(grace + 0.1)
 
-        out, code = await self.curl(number)  # the oldest is stale now: it makes room
+        out, code = await self.curl(number)  # past max_sniffing: the oldest makes room
         self.assertEqual((out, code), (b"served\n", 0))
         self.assertEqual(mux.stats.refusals["preamble_timeout"], 0)  # served before any timeout
         self.assertEqual(mux.stats.refusals["sniff_evicted"], 1)
@@ -111,22 +103,21 @@ class SniffPressureTests(TestCase):
         self.assertFalse(any(closed_by_server(c) for c in clients[1:]))
         self.assertEqual(mux.stats.sniffing, 19)
 
-        clients += self.flood(number, 2)  # the first fills the place curl left, the second evicts
-        await wait_for(lambda: mux.stats.refusals["sniff_evicted"] == 2)
-        await wait_for(lambda: closed_by_server(clients[1]))  # the next oldest, silent: a plain close
-        self.assertFalse(any(closed_by_server(c) for c in clients[2:]))
-
-        # Many evictions: a burst of log lines, then one "suppressed N" summary.
-        await settle(grace + 0.1)
+        # Thirty more: the first takes the place curl left, each other one evicts the
+        # oldest (silent ones: a plain close), so the nineteen old ones go first.
         more = [connect(number, f"127.0.3.{i + 1}") for i in range(30)]
         self.addCleanup(lambda: [c.close() for c in more])
-        await wait_for(lambda: mux.stats.refusals["sniff_evicted"] == 22)  # all twenty stale ones
-        await wait_for(lambda: mux.stats.not_accepted["max_sniffing"] == 20)  # then fresh: closed
-        self.assertEqual(mux.pressure.evicted, 22)
+        await wait_for(lambda: mux.stats.refusals["sniff_evicted"] == 30)
+        await wait_for(lambda: all(closed_by_server(c) for c in clients[1:] + more[:10]))
+        self.assertFalse(any(closed_by_server(c) for c in more[10:]))
+        self.assertEqual((mux.stats.sniffing, mux.admission.open), (20, 20))
+
+        # A burst of log lines, then one "suppressed N" summary.
+        self.assertEqual(mux.pressure.evicted, 30)
         mux.log.flush()
         texts = [formatEvent(e) for e in events if e.get("log_namespace") == "portmux"]  # type: ignore[arg-type]
         self.assertEqual(len([t for t in texts if "sniff_evicted" in t]), mux.log.burst)
-        self.assertIn(f"suppressed {22 - mux.log.burst} similar refused lines", " ".join(texts))
+        self.assertIn(f"suppressed {30 - mux.log.burst} similar refused lines", " ".join(texts))
         self.assertEqual(mux.stats.refusals["preamble_timeout"], 0)
 
     async def test_trickler_evicted_gets_its_protocols_refusal(self) -> None:
@@ -190,7 +181,6 @@ class SniffPressureTests(TestCase):
         out, code = await self.curl(number)
         self.assertEqual((out, code), (b"served\n", 0))
         self.assertEqual(mux.stats.refusals["sniff_evicted"], 0)
-        self.assertEqual(mux.stats.not_accepted["max_sniffing"], 0)
         self.assertFalse(any(closed_by_server(c) for c in clients))
 
     async def test_classified_connections_are_never_evicted(self) -> None:
@@ -202,12 +192,9 @@ class SniffPressureTests(TestCase):
         answers: list[bytes] = []
         keeper.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         await wait_for(lambda: answers.append(received(keeper)) or b"served" in b"".join(answers))
-        clients = self.flood(number, 30)  # four sniff, the rest are closed at accept
-        await wait_for(lambda: mux.stats.not_accepted["max_sniffing"] == 26)
-        await settle(mux.admission.limits.evict_sniffing_after + 0.1)
-        clients += self.flood(number, 5)  # the four stale sniffers go, the fifth is closed
-        await wait_for(lambda: mux.stats.refusals["sniff_evicted"] == 4)
-        await wait_for(lambda: mux.stats.not_accepted["max_sniffing"] == 27)
+        clients = self.flood(number, 30)  # four sniff at a time: each new one evicts the oldest
+        await wait_for(lambda: mux.stats.refusals["sniff_evicted"] == 26)
+        await wait_for(lambda: all(closed_by_server(c) for c in clients[:26]))
         answers.clear()
         keeper.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         await wait_for(lambda: answers.append(received(keeper)) or b"served" in b"".join(answers))

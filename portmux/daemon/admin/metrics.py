@@ -35,7 +35,7 @@ from portmux.daemon.admin.inventory import backends_of, certificates, walk_route
 
 __all__ = ["MetricsPage", "PortmuxCollector", "registry_for"]
 
-NOT_ACCEPTED_LIMITS = ("max_connections", "max_sniffing", "per_source_limit")
+NOT_ACCEPTED_LIMITS = ("max_connections", "per_source_limit")
 """The limits that close a connection at accept (Multiplexer.admit), each always exported."""
 
 

@@ -75,13 +75,13 @@ class LimitsTable:
     max_sniffing: int = setting(
         Whole(non_negative),
         "connections still being classified per listener; a new one past it closes the oldest"
-        " stale one (0: half the listener's connection cap)",
+        " (0: half the listener's connection cap)",
         default=_LIMITS.max_sniffing,
     )
     evict_sniffing_after: float = setting(
         Number(check=non_negative),
-        "seconds an unclassified connection is safe from eviction at max_sniffing or a"
-        " max_connections mark (0: never evict)",
+        "at a max_connections mark, an unclassified connection this old is closed rather than"
+        " pausing (0: no eviction at all, max_sniffing included)",
         default=_LIMITS.evict_sniffing_after,
     )
 
