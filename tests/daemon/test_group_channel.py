@@ -1,0 +1,150 @@
+"""The process group's channel in one process: two Multiplexers joined by a real socketpair.
+
+The "parent" multiplexer's registered routes reach the "child" one; a real TCP
+client of the child is passed up with SCM_RIGHTS and served by the parent's
+route; with the parent gone the child refuses it itself, leaking no descriptor.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from portmux.core.mux import Multiplexer
+from portmux.core.routing import Match, Route
+from portmux.daemon.group_channel import ChildLink, ParentLink, match_of, read_routes
+from portmux.targets.echo import EchoFactory
+from portmux.targets.factory import FactoryTarget
+
+ROUTE = "handoff:protocol=tcpmux,service=echo-h"
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def turn(seconds: float = 0.01) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+async def wait_until(condition: Any, limit: float = 5.0) -> None:
+    for _ in range(int(limit / 0.01)):
+        if condition():
+            return
+        await turn()
+    raise AssertionError("condition not reached")
+
+
+class ChannelTests(TestCase):
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.parent = Multiplexer(reactor)
+        self.child = Multiplexer(reactor)
+        self.route = Route(ROUTE, Match(protocol="tcpmux", service="echo-h"), FactoryTarget(EchoFactory()))
+
+    async def link(self) -> tuple[ChildLink, ParentLink]:
+        """Join the two multiplexers as ProcessGroup and group_child do (both ends in this reactor)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        parent_side = ChildLink(self.parent, "process 2", self.parent.listener_factory(name="process 2"))
+        reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: parent_side))
+        ours.close()
+        child_side = ParentLink(self.child)
+        reactor.adoptStreamConnection(theirs.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: child_side))
+        theirs.close()
+        self.addCleanup(parent_side.transport.loseConnection)
+        self.addCleanup(child_side.transport.loseConnection)
+        await wait_until(lambda: child_side.synced)
+        return parent_side, child_side
+
+    def test_read_routes_before_serving(self) -> None:
+        """A starting child reads the whole state, blocking, before its reactor runs."""
+        from portmux.control import _framing as frames
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        ours.sendall(b"".join(frames.encode(m) for m in (
+            {"op": "reset"}, {"op": "add", "name": ROUTE, "match": self.route.match.to_keys()},
+            {"op": "synced"}, {"op": "remove", "name": ROUTE})))
+        child_side = ParentLink(self.child)
+        self.assertTrue(read_routes(child_side, theirs.fileno(), 5.0))
+        self.assertEqual([r.name for r in self.child.registered_routes], [])  # the remove came along too
+        silent = ParentLink(self.child)
+        self.assertFalse(read_routes(silent, theirs.fileno(), 0.2))  # nothing more: give up, serve anyway
+
+    async def client(self, port: int, data: bytes, want: int = 1 << 30) -> bytes:
+        """A real loopback client: send ``data``, read ``want`` bytes or until the server closes (3 s)."""
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setblocking(False)
+        got = b""
+        try:
+            sock.sendall(data)
+            for _ in range(300):
+                await turn()
+                try:
+                    chunk = sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    break
+                got += chunk
+                if len(got) >= want:
+                    break
+            return got
+        finally:
+            sock.close()
+
+    def test_match_round_trip(self) -> None:
+        for match in (Match(protocol="http", host="*.example", path="/api"),
+                      Match(service="echo-h"), Match(via="net.tcp://x/y", network=match_of(
+                          {"network": ["127.0.0.0/8"]}).network)):
+            self.assertEqual(match_of(match.to_keys()), match)
+
+    async def test_routes_follow_the_parent(self) -> None:
+        self.parent.add_registered_route(self.route)  # before the child starts: the sync carries it
+        await self.link()
+        self.assertEqual([r.name for r in self.child.registered_routes], [ROUTE])
+        self.assertEqual(self.child.router.registered.get(ROUTE).match, self.route.match)
+        self.parent.remove_registered_route(self.route)
+        await wait_until(lambda: not self.child.registered_routes)
+        other = Route("handoff:protocol=http,host=a.example", Match(protocol="http", host="a.example"),
+                      self.route.target)
+        self.parent.add_registered_route(other)
+        await wait_until(lambda: [r.name for r in self.child.registered_routes] == [other.name])
+        self.parent.set_registered_routes([self.route])  # a reset resends everything
+        await wait_until(lambda: [r.name for r in self.child.registered_routes] == [ROUTE])
+
+    async def test_connections_reach_the_parents_route_and_refusal_when_gone(self) -> None:
+        self.parent.add_registered_route(self.route)
+        parent_side, child_side = await self.link()
+        port = reactor.listenTCP(0, self.child.listener_factory(name="child"), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        first = await self.client(number, b"echo-h\r\nwarm\n", 8)
+        self.assertEqual(first, b"+\r\nwarm\n")
+        await wait_until(lambda: not self.parent.connections and not self.child.connections)
+        before = fd_count()
+        for index in range(10):
+            payload = b"client %d " % index + os.urandom(3000).hex().encode()
+            got = await self.client(number, b"echo-h\r\n" + payload, len(payload) + 3)
+            self.assertEqual(got, b"+\r\n" + payload, index)
+        await wait_until(lambda: not self.parent.connections and not self.child.connections)
+        self.assertEqual(fd_count(), before)
+        self.assertEqual(self.parent.stats.for_listener("process 2").routed[ROUTE], 11)
+
+        # The parent is gone: the child's route stays, its connections are refused in TCPMUX terms.
+        parent_side.transport.loseConnection()
+        await wait_until(lambda: child_side.gone)
+        before = fd_count()
+        refused = await self.client(number, b"echo-h\r\nhello\n")
+        self.assertTrue(refused.startswith(b"-"), refused)
+        await wait_until(lambda: not self.child.connections)
+        self.assertEqual(fd_count(), before)
+        self.assertEqual(sum(self.child.stats.refusals.values()), 1, self.child.stats.refusals)
