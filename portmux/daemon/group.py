@@ -123,6 +123,7 @@ class ProcessGroup(Service):
         self.stats = stats if stats is not None or mux is None else mux.stats
         # ^ the parent multiplexer's Stats: children's counters are kept there
         self._passed_up: dict[int, Any] = {}  # slot → listener factory for connections it passes up
+        self.links: dict[int, Any] = {}  # slot → its channel's ChildLink
         self.count = count
         self.listeners = list(listeners)
         self.config_path = config_path
@@ -203,7 +204,7 @@ class ProcessGroup(Service):
         listener = self._passed_up.get(slot)
         if listener is None:
             listener = self._passed_up[slot] = self.mux.listener_factory(name=label)
-        link = ChildLink(self.mux, label, listener)
+        link = self.links[slot] = ChildLink(self.mux, label, listener)
         try:
             self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX,
                                                Factory.forProtocol(lambda: link))
@@ -213,7 +214,11 @@ class ProcessGroup(Service):
         return theirs
 
     def reported(self, slot: int, counters: dict[str, Any]) -> None:
-        """A child's own counters arrived: keep them, and tell every child the others' counters."""
+        """A child's own counters arrived: keep them, tell every child the others' counters,
+        and tell this child the registry's workers (its status page lists them)."""
+        link = self.links.get(slot)
+        if link is not None:
+            link.send_workers()
         if self.stats is None:
             return
         self.stats.elsewhere[str(slot + 1)] = counters
@@ -229,6 +234,7 @@ class ProcessGroup(Service):
         """A child exited: replace it unless the group is stopping."""
         self.children.pop(child.slot, None)
         self.protocols.pop(child.slot, None)
+        self.links.pop(child.slot, None)
         if self.stats is not None:
             self.stats.elsewhere.pop(str(child.slot + 1), None)
         if self.stopping or not self.running:

@@ -135,6 +135,18 @@ class ChildLink(_Framed):
                 self._send_route(each)
             self.send({"op": "synced"})
 
+    def send_workers(self) -> None:
+        """Tell the child the registry's workers (the parent's status extras), for its status page."""
+        extras: dict[str, Any] = {}
+        for extra in self.mux.shared("status-extras", lambda _: []):
+            extras.update(extra())
+        if "workers" not in extras:
+            return
+        try:
+            self.send({"op": "workers", "workers": extras["workers"]})
+        except frames.FrameError:
+            log.debug("the workers listing does not fit in a frame; not sent to {label}", label=self.label)
+
     def _send_route(self, route: Route) -> None:
         self.send({"op": "add", "name": route.name, "match": match_keys(route.match)})
 
@@ -249,6 +261,14 @@ class ParentLink(_Framed):
         self._ids = itertools.count(1)
         self.synced = False
         """True once the parent's whole route state has arrived (``synced`` follows it)."""
+        self.workers: list[Any] = []
+        """The parent registry's workers, for this child's status page (a second old at most)."""
+        extras: list[Callable[[], dict[str, Any]]] = mux.shared("status-extras", lambda _: [])
+        extras.append(lambda: {"workers": self.workers})
+
+    def op_workers(self, message: frames.Message) -> None:
+        if isinstance(message["workers"], list):
+            self.workers = message["workers"]
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.gone = True

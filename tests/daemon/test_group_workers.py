@@ -141,6 +141,8 @@ def test_worker_routes_reach_every_process(tmp_path: Path, started: list[subproc
     total, from_child = passed_up(port)
     assert total == CLIENTS + 1
     assert 0 < from_child < total, (total, from_child)  # both processes accepted some
+    for _ in range(8):  # whichever process answers lists the parent's workers
+        assert [w["name"] for w in status(port)["workers"]] == [ROUTE]
     wait_for(lambda: no_more(before, portmux.pid, child), "descriptors back to before", 5)
 
     os.kill(child, signal.SIGKILL)
