@@ -197,6 +197,7 @@ def adopt(reactor: Any, listener: Any, fd: int, data: bytes, peer: Any = None, h
     protocol = factory.built
     if protocol is None or protocol.transport is None:  # over a limit: closed at once
         return None
+    protocol.mux.stats.accepted -= 1  # the child that accepted it counted it: once in the group
     if peer is not None:
         present_addresses(protocol.transport, peer, host)
     if data:
@@ -326,6 +327,8 @@ class ParentLink(_Framed):
         handoff = self._settled(message)
         if handoff is not None:
             handoff.acknowledged()
+            # The parent routes it again and counts it on its route: counted once in the group.
+            self.mux.stats.for_route(handoff.route_name).connections -= 1
 
     def op_nack(self, message: frames.Message) -> None:
         handoff = self._settled(message)

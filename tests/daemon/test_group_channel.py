@@ -138,6 +138,10 @@ class ChannelTests(TestCase):
         await wait_until(lambda: not self.parent.connections and not self.child.connections)
         self.assertEqual(fd_count(), before)
         self.assertEqual(self.parent.stats.for_listener("process 2").routed[ROUTE], 11)
+        # Counted once between the two: accepted by the child, routed by the parent.
+        self.assertEqual((self.child.stats.accepted, self.parent.stats.accepted), (11, 0))
+        self.assertEqual((self.child.stats.for_route(ROUTE).connections,
+                          self.parent.stats.for_route(ROUTE).connections), (0, 11))
 
         # The parent is gone: the child's route stays, its connections are refused in TCPMUX terms.
         parent_side.transport.loseConnection()
