@@ -83,6 +83,14 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def gone(pid: int) -> bool:
+    """``pid`` has exited (a zombie counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def no_more(before: tuple[int, int], *pids: int) -> bool:
     """No process holds more descriptors than ``before`` (a status request may have held one then)."""
     return all(fd_count(pid) <= count for pid, count in zip(pids, before, strict=True))
@@ -163,6 +171,11 @@ def test_worker_routes_reach_every_process(tmp_path: Path, started: list[subproc
         echo_through(port, 200 + number)
     wait_for(lambda: no_more(before, portmux.pid, replacement), "descriptors back to before", 5)
 
+    portmux.send_signal(signal.SIGHUP)  # both reload; the worker's route survives in both
+    wait_for(lambda: len(re.findall(r"\] reloaded: \d+ routes", text())) == 2, "both reloaded")
+    for number in range(20):
+        echo_through(port, 300 + number)
+
     worker.send_signal(signal.SIGKILL)
     worker.wait(5)
     wait_for(lambda: ROUTE not in registered(control), "the route dropped")
@@ -174,3 +187,4 @@ def test_worker_routes_reach_every_process(tmp_path: Path, started: list[subproc
 
     portmux.send_signal(signal.SIGTERM)
     assert portmux.wait(20) in (0, -signal.SIGTERM)
+    wait_for(lambda: gone(replacement), "the child stopped too", 5)
