@@ -32,6 +32,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs twistd, curl and nc",
 )
 ROUTE = "handoff:protocol=tcpmux,service=echo-h"
+PROXY_ROUTE = "proxy:protocol=tcpmux,service=echo-p"
 STARTED = re.compile(r"process 2 of 2 started \(pid (\d+)\)")
 CHILD_LISTENING = re.compile(r"\[process 2\] .*portmux listening on inherited")
 CLIENTS = 40
@@ -72,10 +73,10 @@ def registered(control: Path) -> set[str]:
         return set()
 
 
-def echo_through(port: int, number: int) -> None:
-    """One nc client: TCPMUX ``echo-h`` and a payload of its own, echoed back byte for byte."""
+def echo_through(port: int, number: int, service: bytes = b"echo-h") -> None:
+    """One nc client: TCPMUX ``service`` and a payload of its own, echoed back byte for byte."""
     payload = f"client {number} ".encode() + os.urandom(600).hex().encode() + b"\n"
-    out = nc(port, b"echo-h\r\n" + payload, payload)
+    out = nc(port, service + b"\r\n" + payload, payload)
     assert out == b"+\r\n" + payload, (number, out[:80])
 
 
@@ -144,7 +145,13 @@ def test_worker_routes_reach_every_process(tmp_path: Path, started: list[subproc
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     started.append(worker)
-    wait_for(lambda: ROUTE in registered(control), "the registration")
+    proxied = subprocess.Popen(  # a proxy-mode worker: the parent proxies what a child passes up
+        [TWISTD, "-n", "--pidfile=", "portmux-worker", "--control", f"unix:{control}", "--mode", "proxy",
+         "--match", "protocol=tcpmux,service=echo-p", "--factory", "portmux.targets.echo:EchoFactory"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    started.append(proxied)
+    wait_for(lambda: {ROUTE, PROXY_ROUTE} <= registered(control), "the registrations")
 
     echo_through(port, -1)  # warm both sides up before counting descriptors
     before = fd_count(portmux.pid), fd_count(child)
@@ -154,7 +161,9 @@ def test_worker_routes_reach_every_process(tmp_path: Path, started: list[subproc
     assert total == CLIENTS + 1
     assert 0 < from_child < total, (total, from_child)  # both processes accepted some
     for _ in range(8):  # whichever process answers lists the parent's workers
-        assert [w["name"] for w in status(port)["workers"]] == [ROUTE]
+        assert {w["name"] for w in status(port)["workers"]} == {ROUTE, PROXY_ROUTE}
+    for number in range(16):
+        echo_through(port, 1000 + number, b"echo-p")
     wait_for(lambda: no_more(before, portmux.pid, child), "descriptors back to before", 5)
 
     os.kill(child, signal.SIGKILL)
