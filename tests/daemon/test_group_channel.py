@@ -152,3 +152,24 @@ class ChannelTests(TestCase):
         await wait_until(lambda: not self.child.connections)
         self.assertEqual(fd_count(), before)
         self.assertEqual(sum(self.child.stats.refusals.values()), 1, self.child.stats.refusals)
+
+    async def test_a_proxy_headers_addresses_travel_up(self) -> None:
+        """Behind a trusted load balancer the parent's target sees the client the child saw."""
+        from twisted.internet.protocol import Protocol
+
+        from portmux.core.routing import parse_networks
+
+        class TellPeer(Protocol):
+            def connectionMade(self) -> None:
+                peer, host = self.transport.getPeer(), self.transport.getHost()  # type: ignore[union-attr]
+                self.transport.write(f"{peer.host}:{peer.port} {host.host}:{host.port}\n".encode())  # type: ignore[union-attr]
+                self.transport.loseConnection()  # type: ignore[union-attr]
+
+        self.parent.add_registered_route(Route(ROUTE, self.route.match, FactoryTarget(Factory.forProtocol(TellPeer))))
+        await self.link()
+        listener = self.child.listener_factory(parse_networks(["127.0.0.0/8"]), name="balanced")
+        port = reactor.listenTCP(0, listener, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        header = b"PROXY TCP4 127.0.0.7 127.0.0.9 40000 443\r\n"
+        got = await self.client(port.getHost().port, header + b"echo-h\r\n")
+        self.assertEqual(got, b"+\r\n127.0.0.7:40000 127.0.0.9:443\n")
