@@ -120,8 +120,8 @@ class ProcessGroup(Service):
                  plain: bool = False, stats: Any = None, mux: Any = None) -> None:
         self.reactor = reactor
         self.mux = mux  # the parent's Multiplexer: its registered routes go to every child
-        self.stats = stats if stats is not None or mux is None else mux.stats
-        # ^ the parent multiplexer's Stats: children's counters are kept there
+        # The parent multiplexer's Stats: children's counters are kept there.
+        self.stats = mux.stats if mux is not None else stats
         self._passed_up: dict[int, Any] = {}  # slot → listener factory for connections it passes up
         self.links: dict[int, Any] = {}  # slot → its channel's ChildLink
         self.count = count

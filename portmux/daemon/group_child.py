@@ -3,8 +3,9 @@
 
 Started by portmux.daemon.group as ``python -m portmux.daemon.group_child``; no
 control socket: the parent's registered routes arrive over ``--channel``
-(portmux.daemon.group_channel), and connections routed to them go back up it.  Its own counters go to the parent on stdout every second; the
-other processes' counters come back on stdin, so its status page shows the group.
+(portmux.daemon.group_channel), and connections routed to them go back up it.
+Its own counters go to the parent on stdout every second; the other processes'
+counters come back on stdin, so its status page shows the group.
 """
 
 from __future__ import annotations
