@@ -45,6 +45,12 @@ class ChannelTests(TestCase):
     timeout = 20
 
     def setUp(self) -> None:
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        self.lines: list[str] = []
+        observer = lambda event: self.lines.append(formatEvent(event))
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         self.parent = Multiplexer(reactor)
         self.child = Multiplexer(reactor)
         self.route = Route(ROUTE, Match(protocol="tcpmux", service="echo-h"), FactoryTarget(EchoFactory()))
@@ -151,6 +157,7 @@ class ChannelTests(TestCase):
         self.assertTrue(refused.startswith(b"-"), refused)
         await wait_until(lambda: not self.child.connections)
         self.assertEqual(fd_count(), before)
+        self.assertEqual(len([line for line in self.lines if line.startswith("refused")]), 1, self.lines)
         self.assertEqual(sum(self.child.stats.refusals.values()), 1, self.child.stats.refusals)
 
     async def test_a_proxy_headers_addresses_travel_up(self) -> None:
@@ -173,3 +180,26 @@ class ChannelTests(TestCase):
         header = b"PROXY TCP4 127.0.0.7 127.0.0.9 40000 443\r\n"
         got = await self.client(port.getHost().port, header + b"echo-h\r\n")
         self.assertEqual(got, b"+\r\n127.0.0.7:40000 127.0.0.9:443\n")
+
+    async def test_worker_gone_meanwhile_is_refused_as_with_one_process(self) -> None:
+        """The parent dropped the route before the child heard: the parent refuses, like one process."""
+        self.parent.add_registered_route(self.route)
+        parent_side, _ = await self.link()
+        child_port = reactor.listenTCP(0, self.child.listener_factory(name="child"), interface="127.0.0.1")
+        self.addCleanup(child_port.stopListening)
+        self.parent.registered_watchers.remove(parent_side.routes_changed)  # the child misses the news
+        self.parent.remove_registered_route(self.route)
+        self.assertEqual([r.name for r in self.child.registered_routes], [ROUTE])
+        alone = Multiplexer(reactor)  # processes = 1, with no worker registered
+        alone_port = reactor.listenTCP(0, alone.listener_factory(name="alone"), interface="127.0.0.1")
+        self.addCleanup(alone_port.stopListening)
+        expected = await self.client(alone_port.getHost().port, b"echo-h\r\nhello\n")
+        await wait_until(lambda: not alone.connections)
+        self.lines.clear()
+        before = fd_count()
+        got = await self.client(child_port.getHost().port, b"echo-h\r\nhello\n")
+        self.assertEqual(got, expected)
+        self.assertTrue(got.startswith(b"-"), got)
+        await wait_until(lambda: not self.parent.connections and not self.child.connections)
+        self.assertEqual(fd_count(), before)
+        self.assertEqual(len([line for line in self.lines if line.startswith("refused")]), 1, self.lines)
