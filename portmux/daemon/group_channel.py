@@ -148,7 +148,8 @@ class ChildLink(_Framed):
             log.debug("the workers listing does not fit in a frame; not sent to {label}", label=self.label)
 
     def _send_route(self, route: Route) -> None:
-        self.send({"op": "add", "name": route.name, "match": match_keys(route.match)})
+        self.send({"op": "add", "name": route.name, "match": match_keys(route.match),
+                   "description": str(getattr(route.target, "description", route.kind))})
 
     def fileDescriptorReceived(self, descriptor: int) -> None:
         self.received.append(descriptor)
@@ -239,8 +240,8 @@ class ParentGroup:
     name: str
     match: Match
     link: ParentLink
-    mode: str = "handoff"
-    uid: str = "the parent process"
+    mode: str = "handoff"  # whatever the parent's mode: the child passes the socket up
+    uid: int = -1  # the parent's registry checks uids; the description comes from there
     _member: Any = field(default=None)
 
     def candidates(self) -> list[Any]:
@@ -291,7 +292,9 @@ class ParentLink(_Framed):
     def op_add(self, message: frames.Message) -> None:
         name = str(message["name"])
         group = ParentGroup(name, match_of(message["match"]), self)
-        self.mux.add_registered_route(Route(name, group.match, WorkerGroupTarget(group)))
+        target = WorkerGroupTarget(group)
+        target.description = f"{str(message.get('description', name))[:200]} (through process 1)"
+        self.mux.add_registered_route(Route(name, group.match, target))
 
     def op_remove(self, message: frames.Message) -> None:
         route = self.mux.router.registered.get(str(message["name"]))

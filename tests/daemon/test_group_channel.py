@@ -203,3 +203,10 @@ class ChannelTests(TestCase):
         await wait_until(lambda: not self.parent.connections and not self.child.connections)
         self.assertEqual(fd_count(), before)
         self.assertEqual(len([line for line in self.lines if line.startswith("refused")]), 1, self.lines)
+
+    async def test_a_childs_route_describes_the_parents(self) -> None:
+        self.parent.add_registered_route(self.route)
+        await self.link()
+        target = self.child.router.registered.get(ROUTE).target
+        self.assertEqual(target.description, f"{self.route.target.description} (through process 1)")
+        self.assertEqual(target.kind, "handoff")
