@@ -199,3 +199,53 @@ class SniffPressureTests(TestCase):
         keeper.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         await wait_for(lambda: answers.append(received(keeper)) or b"served" in b"".join(answers))
         self.assertEqual(mux.stats.routes["web"].connections, 1)
+
+
+class _Sniffer:
+    """Stands in for a SniffingProtocol: counted by Admission, records its eviction."""
+
+    def __init__(self, admission: Any, gate: Any) -> None:
+        self.admission, self.gate = admission, gate
+        self.waiting: dict[Any, float] | None = None
+        self.evicted: str | None = None
+
+    def evict(self, reason: str) -> None:
+        self.evicted = reason
+        self.admission.closed(self.gate, None)
+
+
+def test_global_mark_relief_evicts_the_oldest_of_any_listener() -> None:
+    """Two listeners share the global mark: when it is reached with fresh sniffers the
+    ports pause, and the one relief timer evicts the oldest sniffer of either listener."""
+    from twisted.internet.task import Clock
+
+    from portmux.core.limits import Admission
+    from portmux.core.sniff_pressure import SniffPressure
+
+    clock = Clock()
+    admission = Admission(clock, Limits(max_connections=4, max_sniffing=10, evict_sniffing_after=1.0))
+    pressure = SniffPressure(clock, admission)
+    first, second = admission.gate(), admission.gate()
+
+    def arrive(gate: Any) -> _Sniffer:
+        pressure.make_room(gate)
+        sniffer = _Sniffer(admission, gate)
+        pressure.track(sniffer, gate)
+        admission.opened(gate, None)
+        return sniffer
+
+    oldest = arrive(second)
+    clock.advance(0.1)
+    others = [arrive(first) for _ in range(3)]  # the fourth place: the mark, nobody stale
+    assert admission.paused and oldest.evicted is None
+    reliefs = [c for c in clock.getDelayedCalls() if "_relieve" in repr(c)]
+    assert len(reliefs) == 1  # one relief timer, not one per connection
+    clock.advance(0.95)  # the oldest (second listener) is stale now; first's are not
+    assert oldest.evicted is not None and not any(s.evicted for s in others)
+    assert not admission.paused and admission.open == 3
+    assert not [c for c in clock.getDelayedCalls() if "_relieve" in repr(c)]  # nothing to come back for
+    clock.advance(0.1)
+    newcomer = arrive(first)  # takes the last place again: the oldest is stale, it goes
+    assert others[0].evicted is not None and newcomer.evicted is None
+    assert not admission.paused and pressure.evicted == 2
+    pressure.stop()
