@@ -388,12 +388,14 @@ def scaling_ceiling(by: dict[str, Result]) -> list[str]:
         return []
     cpus = len(os.sched_getaffinity(0))
     ceiling = cpus * 1e6 / (box + load)
+    one_core = 1e6 / box
     measured = double.figures.get("conn_per_s", 0.0)
     return ["", (f"Scaling ceiling on this machine ({cpus} CPUs shared with the client and backend): "
             f"one process costs {box:.0f} µs of CPU per connection and the client + backend {load:.0f} µs, "
-            f"so no number of processes can exceed {ceiling:,.0f} connections/s = "
-            f"{ceiling / rate:.2f}x {single.name}'s {rate:,.0f}/s; portmux-2proc measured "
-            f"{measured:,.0f}/s = {ratio(measured, rate)} ({ratio(measured, ceiling)} of the ceiling).")]
+            f"so no number of processes can exceed {ceiling:,.0f} connections/s, "
+            f"{ceiling / one_core:.2f}x what one process does on a whole core ({one_core:,.0f}/s). "
+            f"Measured: {single.name} {rate:,.0f}/s, portmux-2proc {measured:,.0f}/s = "
+            f"{ratio(measured, rate)} ({ratio(measured, ceiling)} of the ceiling).")]
 
 
 def main(argv: list[str] | None = None) -> int:
