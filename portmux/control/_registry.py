@@ -153,7 +153,7 @@ class Registry:
         self._make_proxy = make_proxy
         self.max_per_owner = max_per_owner
         self.groups: dict[Match, Group] = {}
-        self._layer: RegisteredLayer | None = None  # made on the first capture check, see _capture_layer
+        self._layer = RegisteredLayer()  # this registry's routes alone, for capture checks
         self._owned: dict[int, dict[Match, Group]] = {}  # id(owner) -> its groups
         self._solo: dict[int, dict[str | None, tuple[Member]]] = {}  # id(owner) -> endpoint -> (member,)
         self._families: dict[tuple[str, ...], dict[int, dict[Match, Group]]] = {}  # family -> uid -> groups
@@ -230,7 +230,7 @@ class Registry:
         if not others:
             return
         new = Route(route_name(mode, match), match, None)
-        layer = self._capture_layer()
+        layer = self._layer
         before = Router((), layer)
         after = Router((), layer.with_route(new))
         for groups in others:
@@ -241,17 +241,6 @@ class Registry:
                         f"{match.describe(',')} would take connections that reach {group.name} "
                         f"registered by uid {group.uid}; only a [[reservation]] granting uid {uid} "
                         "this space allows it")
-
-    def _capture_layer(self) -> RegisteredLayer:
-        """This registry's routes as a Router layer, for capture checks only.
-
-        Made when first needed (a second uid registers in a family) and kept up to
-        date from then on: a registry of one uid, the common case, never holds this
-        second index of every route (issue 11: fewer objects per route).
-        """
-        if self._layer is None:
-            self._layer = RegisteredLayer.of(group.route for group in self.groups.values())
-        return self._layer
 
     def unregister(self, owner: Owner, match: Match) -> bool:
         """Remove ``owner`` from ``match``'s group; True if it was a member."""
@@ -329,8 +318,7 @@ class Registry:
                     log.failure("stopping {target} failed", target=member.target)
 
     def _added(self, group: Group) -> None:
-        if self._layer is not None:
-            self._layer = self._layer.with_route(group.route)
+        self._layer = self._layer.with_route(group.route)
         add = getattr(self._publish, "add_registered_route", None)
         if add is not None:
             add(group.route)
@@ -338,8 +326,7 @@ class Registry:
             self._publish(self.routes())  # type: ignore[operator]
 
     def _removed(self, group: Group) -> None:
-        if self._layer is not None:
-            self._layer = self._layer.without(group.route.name)
+        self._layer = self._layer.without(group.route.name)
         remove = getattr(self._publish, "remove_registered_route", None)
         if remove is not None:
             remove(group.route)
