@@ -2,7 +2,7 @@
 """Keep the cycle collector's full passes off the objects built at startup.
 
 Only startup is frozen, never later: registered routes are kept cheap for the
-collector instead (~4 tracked objects each, docs/workers.md "Registration at
+collector instead (~6 tracked objects each, docs/workers.md "Registration at
 scale"), because freezing them is not safe.  A frozen object is never examined
 again, so frozen cyclic garbage is never freed: an unregistered group (its route
 and target refer back to it) or a closed connection (protocol <-> transport)
