@@ -26,7 +26,7 @@ from portmux.control import _framing as pc
 from portmux.control._keys import known_protocols, registration_match
 from portmux.control._limits import ConnectLimiter, LogThrottle
 from portmux.control._registry import Group, RegistrationError, Registry
-from portmux.targets.handoff import PendingHandoff, WorkerGroupTarget
+from portmux.targets.handoff import GroupTarget, PendingHandoff
 
 log = Logger(namespace="portmux")
 
@@ -401,7 +401,7 @@ def _brief(value: object, limit: int = 120) -> str:
     return repr(text[:limit] + ("…" if len(text) > limit else ""))
 
 
-class WorkerGroup(Group, WorkerGroupTarget):
+class WorkerGroup(Group, GroupTarget):
     """A registry group that is its own route's target: hands off or proxies to its members."""
 
 

@@ -174,7 +174,7 @@ class PendingHandoff:
 
 
 @implementer(ITarget)
-class WorkerGroupTarget:
+class GroupTarget:
     """The target of one registered route: hands off to, or proxies to, its group's members.
 
     A mixin for the registry's group (``portmux.control``'s ``WorkerGroup``), which
@@ -241,3 +241,23 @@ class WorkerGroupTarget:
         waiting = _Waiting(pending)
         pending.next()
         return waiting
+
+
+class WorkerGroupTarget(GroupTarget):
+    """A GroupTarget for a group that is not its own target (a child process's ParentGroup)."""
+
+    kind = ""
+    description = ""
+
+    def __init__(self, group: Any) -> None:
+        self.group = group
+        self.match, self.mode, self.uid = group.match, group.mode, group.uid
+        self.kind = group.mode
+        self.description = f"{group.mode} to workers of uid {group.uid} for {group.match.describe(',')}"
+
+    @property
+    def name(self) -> str:
+        return str(self.group.name)
+
+    def candidates(self) -> list[Any]:
+        return list(self.group.candidates())
