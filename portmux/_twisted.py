@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from errno import EWOULDBLOCK
+from errno import EINTR, EWOULDBLOCK
 from typing import Any
 
 from twisted.internet import abstract, error, main, tcp
@@ -21,18 +21,21 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IAddress, IProtocol
 from twisted.logger import Logger
+from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
 
 __all__ = [
     "DONE",
     "ENV_SWITCH",
     "FAST_PATHS",
+    "LeanPoll",
     "OutgoingConnection",
     "close_now",
     "drain_http_buffer",
     "endpoint_label",
     "flush",
     "has_unsent",
+    "lean_dispatch",
     "missing",
     "parse_proxy_v1",
     "parse_proxy_v2",
@@ -327,6 +330,9 @@ def has_unsent(transport: Any) -> bool:
 
 def plain_socket(transport: Any) -> bool:
     """True when ``transport`` is a plain socket transport portmux may send() on directly."""
+    cls = type(transport)
+    if cls is tcp.Server or cls is OutgoingConnection:  # the usual two: no MRO walk
+        return FAST_PATHS and not transport.TLS
     return (
         FAST_PATHS
         and isinstance(transport, tcp.Connection)
@@ -457,7 +463,9 @@ class _SocketWatch:
 
     def read_connection_lost(self, reason: Failure) -> None:
         transport = self.transport
-        self.observer.socket_eof(transport.socket)
+        # Had our FIN gone out before the peer's arrived?  Twisted shuts the socket's
+        # write side right after setting _writeDisconnected: no getsockopt needed.
+        self.observer.socket_eof(not transport._writeDisconnected)
         type(transport).readConnectionLost(transport, reason)
 
     def close_socket(self, orderly: bool) -> None:
@@ -475,7 +483,8 @@ class _SocketWatch:
 
 
 def watch_socket_close(transport: Any, observer: Any) -> bool:
-    """Call ``observer.socket_eof(socket)`` when the peer's FIN is read and
+    """Call ``observer.socket_eof(write_open)`` when the peer's FIN is read (``write_open``:
+    our own FIN had not been sent yet) and
     ``observer.socket_closing(socket)`` just before a plain socket transport closes its
     socket (accounting reads TCP_INFO there).
 
@@ -604,3 +613,75 @@ class OutgoingConnection(tcp.Connection):
         except BaseException:  # noqa: BLE001 - as tcp.Connection does
             log.failure("proxy leg failed on EOF")
             self.connectionLost(Failure())
+
+
+# -- the reactor's event dispatch ------------------------------------------------
+
+_EPOLL_NAMES = ("_poller", "_selectables", "_doReadOrWrite")
+
+
+class LeanPoll:
+    """An epoll reactor's ``doIteration`` without the per-event log context.
+
+    EPollReactor.doPoll wraps every ready descriptor's handler in
+    ``log.callWithLogger`` (its ``logPrefix``, a copied and updated context dict,
+    two context-tracker frames): about a dozen Python calls per event, three
+    events per proxied connection, two per round trip.  This poll calls the same
+    ``_doReadOrWrite`` directly.  ``_doReadOrWrite`` still catches what a handler
+    raises, logs it and disconnects that descriptor; what escapes it is logged here
+    as callWithLogger would.  Only the legacy ``system`` field of log lines emitted
+    inside a handler changes (``-`` instead of the transport's prefix).
+    """
+
+    __slots__ = ("reactor",)
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def __call__(self, timeout: float | None) -> None:
+        reactor = self.reactor
+        selectables = reactor._selectables
+        try:
+            events = reactor._poller.poll(-1 if timeout is None else timeout, len(selectables))
+        except OSError as e:
+            if e.errno == EINTR:
+                return
+            raise
+        handle = reactor._doReadOrWrite
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is None:
+                continue
+            try:
+                handle(selectable, fd, event)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # noqa: BLE001 - as log.callWithLogger does
+                legacy_log.err()
+
+
+def lean_dispatch(reactor: Any) -> bool:
+    """Make ``reactor`` (Twisted's stock epoll reactor) dispatch events with ``LeanPoll``.
+
+    Returns False and changes nothing with fast paths off, for any other reactor,
+    a subclass with its own poll, or one already patched: the public fallback is
+    Twisted's own dispatch.
+    """
+    if not FAST_PATHS:
+        return False
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+    except ImportError:  # no epoll on this platform
+        return False
+    cls = type(reactor)
+    if (
+        not isinstance(reactor, EPollReactor)
+        or cls.doPoll is not EPollReactor.doPoll
+        or cls.doIteration is not EPollReactor.doPoll
+        or "doIteration" in vars(reactor)
+        or _has_attributes(reactor, _EPOLL_NAMES)
+        or not isinstance(getattr(reactor, "_selectables", None), dict)
+    ):
+        return False
+    reactor.doIteration = LeanPoll(reactor)  # type: ignore[method-assign]
+    return True

@@ -86,10 +86,9 @@ class _Watcher:
         self.sniffer = sniffer
         self.fin_first: bool | None = None
 
-    def socket_eof(self, skt: Any) -> None:
+    def socket_eof(self, write_open: bool) -> None:
         if self.fin_first is None:
-            info = _info(skt)
-            self.fin_first = info is not None and info[0] == 8  # CLOSE_WAIT: our side still open
+            self.fin_first = write_open  # the client's FIN came while our side was still open
 
     def socket_closing(self, skt: Any) -> None:
         sniffer = self.sniffer
