@@ -36,6 +36,7 @@ __all__ = [
     "flush",
     "has_unsent",
     "lean_dispatch",
+    "local_port",
     "missing",
     "parse_proxy_v1",
     "parse_proxy_v2",
@@ -326,6 +327,20 @@ def has_unsent(transport: Any) -> bool:
     if getattr(transport, "dataBuffer", b""):
         return True
     return bool(FAST_PATHS and getattr(transport, "_tempDataLen", 0))
+
+
+def local_port(transport: Any) -> int | None:
+    """The local port of a connection's transport (its listening port when accepted), or None.
+
+    An accepted TCP connection's port comes from its listening port's cached number:
+    no getsockname(2) and no address object per connection.
+    """
+    if FAST_PATHS and type(transport) is tcp.Server and "getHost" not in vars(transport):
+        # (a trusted PROXY header's destination replaces getHost: core/proxied.py)
+        port = getattr(transport.server, "_realPortNumber", None)
+        if isinstance(port, int):
+            return port
+    return getattr(transport.getHost(), "port", None)
 
 
 def plain_socket(transport: Any) -> bool:

@@ -9,8 +9,10 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from twisted.trial.unittest import TestCase
 
 from portmux import _twisted
 
@@ -170,3 +172,33 @@ def test_lean_dispatch_leaves_other_reactors_alone() -> None:
     for reactor in (SelectReactor(), OwnPoll()):
         assert _twisted.lean_dispatch(reactor) is False
         assert "doIteration" not in vars(reactor)
+
+
+class LocalPortTests(TestCase):
+    """local_port: the listening port of an accepted connection, or what getHost says."""
+
+    async def test_accepted_connection_and_a_proxy_header_destination(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.defer import Deferred
+        from twisted.internet.protocol import Factory, Protocol
+
+        from portmux.core.proxied import present_addresses
+
+        accepted: Deferred[object] = Deferred()
+
+        class Grab(Protocol):
+            def connectionMade(self) -> None:
+                accepted.callback(self.transport)
+
+        listening = reactor.listenTCP(0, Factory.forProtocol(Grab), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        number = listening.getHost().port
+        client = socket.create_connection(("127.0.0.1", number))
+        self.addCleanup(client.close)
+        transport: Any = await accepted
+        self.addCleanup(transport.loseConnection)
+        self.assertEqual(_twisted.local_port(transport), number)
+        self.assertEqual(transport.getHost().port, number)
+        present_addresses(transport, None, IPv4Address("TCP", "127.0.0.5", 8443))
+        self.assertEqual(_twisted.local_port(transport), 8443)

@@ -534,8 +534,9 @@ class _Front(_Leg):
         back.direct = _direct(client)
         self.sink = server
         self.direct = _direct(server)
+        target = self.target
         self.budget = back.budget = _splice.budget(
-            self.target.reactor, self.direct and back.direct, self.target.splice_after
+            target.reactor, self.direct and back.direct, target.splice_after, target.fd_reactor
         )
         # Plain socket sinks get their producer registered on the first write
         # that has to buffer (see dataReceived); other transports right away.
@@ -606,6 +607,7 @@ class ProxyTarget:
         self.endpoints = tuple(endpoints)
         self.backends: tuple[Backend, ...] = ()
         self.all_backends: tuple[Backend, ...] = ()
+        self.fd_reactor = False
         if reactor is not None:
             self.bind(reactor)
         else:
@@ -629,6 +631,8 @@ class ProxyTarget:
     def bind(self, reactor: Any) -> None:
         """Dial with ``reactor`` from now on (parses the endpoint strings with it)."""
         self.reactor = reactor
+        self.fd_reactor = IReactorFDSet.providedBy(reactor)
+        """Whether the reactor watches file descriptors (splice needs it): asked once, not per pair."""
         self.all_backends = tuple(Backend(reactor, spec) for spec in self.endpoints)
         self.backends = self.all_backends
         """The backends in rotation: all of them, or the healthy ones when checked."""
