@@ -515,8 +515,7 @@ class _Front(_Leg):
         backends = target.backends
         backend = backends[(self.start + self.attempt - 1) % len(backends)]
         self.watch = back.watch = PairWatch(
-            target.plan_for(mux), mux.log, self, back, (connection.peer, preamble, backend.name),
-            http,
+            target.plan_for(mux), mux.log, self, back, connection.peer, preamble, backend.name, http,
         )
 
     def backend_connected(self, back: _Leg) -> None:

@@ -94,22 +94,26 @@ class PairWatch:
     """Watches one connected client/backend pair and closes it when a timeout expires."""
 
     __slots__ = (
-        "_last", "_queue", "_seen", "_timer", "back", "connection", "front", "limits", "log",
-        "phase", "plan",
+        "_last", "_queue", "_seen", "_seen_back", "_seen_front", "_timer", "back", "backend",
+        "front", "limits", "log", "peer", "phase", "plan", "preamble",
     )
 
     def __init__(
-        self, plan: WatchPlan, log: Any, front: Leg, back: Leg, connection: Any, http: bool,
+        self, plan: WatchPlan, log: Any, front: Leg, back: Leg, peer: Any, preamble: Any,
+        backend: str, http: bool,
     ) -> None:
         self.plan = plan
         self.log = log
         self.front = front
         self.back = back
-        self.connection = connection
-        """(peer address, preamble, backend name): what a timeout's log line and refusal need."""
+        self.peer = peer
+        self.preamble = preamble
+        self.backend = backend
+        """The peer address, preamble and backend name: what a timeout's log line and refusal need."""
         self._timer: Any = None
         self._queue: DeadlineQueue[PairWatch] | None = None
-        self._seen: list[int] = []
+        self._seen_front = self._seen_back = 0  # read counts when the phase began
+        self._seen: list[int] | None = None  # per side, once a first wait ran out
         self._last: list[float] | None = None
         self.phase = ""
         self.limits: tuple[Limit, ...] = ()
@@ -127,9 +131,8 @@ class PairWatch:
     def _enter(self, phase: Phase) -> None:
         """Start ``phase``; its first wait goes into the plan's shared queue for that delay."""
         self.phase, self.limits, delay = phase
-        front, back = self.front.reads, self.back.reads
-        self._seen = [front, back, front + back]
-        self._last = None  # the phase's start, worked out if its first wait runs out
+        self._seen_front, self._seen_back = self.front.reads, self.back.reads
+        self._seen = self._last = None  # built if the phase's first wait runs out
         if delay > 0:
             queue = self._queue = self.plan.queue(delay)
             queue.add(self)
@@ -175,16 +178,18 @@ class PairWatch:
             else:
                 self._expire(self.limits[0])
             return
-        last = self._last
-        if last is None:  # the first wait (the shortest limit) ran out: the phase began then
-            start = now - min(limit[1] for limit in self.limits)
+        last, seen = self._last, self._seen
+        if last is None or seen is None:  # the first wait (the shortest limit) ran out
+            start = now - min(limit[1] for limit in self.limits)  # when the phase began
             last = self._last = [start, start, start]
+            front, back = self._seen_front, self._seen_back
+            seen = self._seen = [front, back, front + back]
         wait = float("inf")
         for limit in self.limits:
             side, seconds, _ = limit
             count = self._reads(side)
-            if count != self._seen[side]:
-                self._seen[side], last[side] = count, now
+            if count != seen[side]:
+                seen[side], last[side] = count, now
             remaining = last[side] + seconds - now
             if remaining <= 0:
                 self._expire(limit)
@@ -195,12 +200,12 @@ class PairWatch:
     def _expire(self, limit: Limit) -> None:
         """Log one (rate-limited) line, answer an HTTP client still waiting, abort both sides."""
         _, seconds, name = limit
-        peer, preamble, backend = self.connection
+        preamble = self.preamble
         self.phase = ""
         self.log.emit(
             "timeout",
             "closed proxied connection {peer} -> {backend}: {name} timeout ({seconds:g} s)",
-            peer=describe_peer(peer), backend=backend, name=name, seconds=seconds,
+            peer=describe_peer(self.peer), backend=self.backend, name=name, seconds=seconds,
         )
         client = self.front.transport
         if name == "server_response" and client is not None:
