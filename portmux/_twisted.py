@@ -462,9 +462,28 @@ def close_now(transport: Any, read_done: bool) -> bool:
         and (transport._writeDisconnected or (read_done and _idle(transport)))
     ):
         transport._shouldShutdown = False  # write side shut, or close(2) sends the FIN
-        transport.connectionLost(DONE)
+        if type(transport) is tcp.Server:  # accepted sockets: no Failure.check per close
+            _connection_done(transport)
+        else:
+            transport.connectionLost(DONE)
         return True
     return False
+
+
+def _connection_done(transport: Any) -> None:
+    """tcp.Connection.connectionLost(DONE), minus its Failure.check for an abort.
+
+    (``check`` qualifies the exception class's name each time: ~2 µs per socket.)
+    """
+    if not hasattr(transport, "socket"):
+        return
+    abstract.FileDescriptor.connectionLost(transport, DONE)
+    transport._closeSocket(True)
+    protocol: Any = transport.protocol
+    del transport.protocol
+    del transport.socket
+    del transport.fileno
+    protocol.connectionLost(DONE)
 
 
 class _SocketWatch:
@@ -605,20 +624,11 @@ class OutgoingConnection(tcp.Connection):
         return len(data)
 
     def connectionLost(self, reason: Failure) -> None:
-        """As tcp.Connection's, minus its Failure.check for an abort on the shared clean close.
-
-        (``check`` qualifies the exception class's name each time: ~2 µs per socket.)
-        """
-        if reason is not DONE or not hasattr(self, "socket"):
+        """As tcp.Connection's, minus its Failure.check for an abort on the shared clean close."""
+        if reason is not DONE:
             tcp.Connection.connectionLost(self, reason)
-            return
-        abstract.FileDescriptor.connectionLost(self, reason)
-        self._closeSocket(True)  # type: ignore[no-untyped-call]
-        protocol: Any = self.protocol
-        del self.protocol
-        del self.socket
-        del self.fileno
-        protocol.connectionLost(reason)
+        else:
+            _connection_done(self)
 
     def readConnectionLost(self, reason: Failure) -> None:
         """EOF: tell the leg directly (it is half-closeable; no adapter lookup)."""
