@@ -345,7 +345,19 @@ class _Front(_Leg):
 
     # -- before the backend answers ----------------------------------------
 
-    def dataReceived(self, data: bytes) -> None:
+    @property
+    def dataReceived(self) -> Any:
+        """What reads from the client call: held back while dialling, then _Leg's own copy.
+
+        The multiplexer binds this once, when it attaches; a backend that answers
+        later rebinds it (``backend_connected``), so a read costs one Python call.
+        """
+        if self.sink is None:
+            return self._held
+        return _Leg.dataReceived.__get__(self)
+
+    def _held(self, data: bytes) -> None:
+        """Client bytes read while dialling: kept for the backend, in order."""
         if self.sink is None:
             pending = self.pending
             if pending is None:
@@ -557,9 +569,10 @@ class _Front(_Leg):
             data += b"".join(pending)
         connection.buffered = b""
         self.connection = None  # drop the cycle through the sniffer
-        sniffer = connection.sniffer
-        if sniffer.dataReceived == self.dataReceived:  # the client's reads: one call fewer each
-            sniffer.dataReceived = _Leg.dataReceived.__get__(self)
+        sniffer = getattr(connection, "sniffer", None)
+        bound = getattr(sniffer, "__dict__", {}).get("dataReceived")  # set once it attached us
+        if getattr(bound, "__self__", None) is self:  # the client's reads: one call fewer each
+            sniffer.dataReceived = _Leg.dataReceived.__get__(self)  # type: ignore[union-attr]
         self._watch(connection, back)
         if data:
             _Leg.dataReceived(self, data)  # one send(2) when the socket takes it all
