@@ -570,9 +570,10 @@ class _Front(_Leg):
         connection.buffered = b""
         self.connection = None  # drop the cycle through the sniffer
         sniffer = getattr(connection, "sniffer", None)
-        bound = getattr(sniffer, "__dict__", {}).get("dataReceived")  # set once it attached us
-        if getattr(bound, "__self__", None) is self:  # the client's reads: one call fewer each
-            sniffer.dataReceived = _Leg.dataReceived.__get__(self)  # type: ignore[union-attr]
+        # Attached us already (the backend answered after attach returned)? Then the
+        # client's reads skip _Front from now on: one call fewer each.
+        if sniffer is not None and vars(sniffer).get("dataReceived") == self._held:
+            sniffer.dataReceived = _Leg.dataReceived.__get__(self)
         self._watch(connection, back)
         if data:
             _Leg.dataReceived(self, data)  # one send(2) when the socket takes it all
