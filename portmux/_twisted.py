@@ -30,6 +30,7 @@ __all__ = [
     "FAST_PATHS",
     "LeanPoll",
     "OutgoingConnection",
+    "SocketWatch",
     "close_now",
     "drain_http_buffer",
     "endpoint_label",
@@ -486,41 +487,51 @@ def _connection_done(transport: Any) -> None:
     protocol.connectionLost(DONE)
 
 
-class _SocketWatch:
-    """Stands in for one transport's ``_closeSocket`` and ``readConnectionLost``."""
+class SocketWatch:
+    """Watches one socket transport's EOF and close; subclasses say what to do then.
 
-    __slots__ = ("observer", "transport")
+    ``socket_eof(write_open)`` runs when the peer's FIN is read (``write_open``: our
+    own FIN had not been sent yet); ``socket_closing(socket)`` just before the socket
+    is closed.  The watch itself stands in for the transport's ``_closeSocket`` (it is
+    callable), so watching costs one object and one bound method per connection.
+    """
 
-    def __init__(self, transport: Any, observer: Any) -> None:
-        self.transport = transport
-        self.observer = observer
+    __slots__ = ("transport",)
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+
+    def socket_eof(self, write_open: bool) -> None:
+        """The peer's FIN was read."""
+
+    def socket_closing(self, skt: socket.socket) -> None:
+        """The transport is about to close ``skt``."""
 
     def read_connection_lost(self, reason: Failure) -> None:
         transport = self.transport
         # Had our FIN gone out before the peer's arrived?  Twisted shuts the socket's
         # write side right after setting _writeDisconnected: no getsockopt needed.
-        self.observer.socket_eof(not transport._writeDisconnected)
+        self.socket_eof(not transport._writeDisconnected)
         type(transport).readConnectionLost(transport, reason)
 
-    def close_socket(self, orderly: bool) -> None:
+    def __call__(self, orderly: bool) -> None:
+        """Stands in for ``tcp.Connection._closeSocket``."""
         transport = self.transport
         skt = getattr(transport, "socket", None)
         if skt is not None:
-            self.observer.socket_closing(skt)
+            self.socket_closing(skt)
         # Break the transport -> watch -> transport cycle now, so the connection is
         # freed by reference counting, not left to the cyclic garbage collector.
         attributes = vars(transport)
         del attributes["_closeSocket"]
         attributes.pop("readConnectionLost", None)
-        self.transport = self.observer = None
+        self.transport = None
         type(transport)._closeSocket(transport, orderly)
 
 
-def watch_socket_close(transport: Any, observer: Any) -> bool:
-    """Call ``observer.socket_eof(write_open)`` when the peer's FIN is read (``write_open``:
-    our own FIN had not been sent yet) and
-    ``observer.socket_closing(socket)`` just before a plain socket transport closes its
-    socket (accounting reads TCP_INFO there).
+def watch_socket_close(transport: Any, watch: SocketWatch) -> bool:
+    """Have ``watch`` (a SocketWatch) told of a plain socket transport's EOF and close
+    (accounting reads TCP_INFO there).
 
     Replaces, on this transport instance only, ``tcp.Connection._closeSocket`` and
     ``readConnectionLost``: nothing runs per read. Returns False (nothing watched) for
@@ -528,8 +539,8 @@ def watch_socket_close(transport: Any, observer: Any) -> bool:
     """
     if not FAST_PATHS or not isinstance(transport, tcp.Connection):
         return False
-    watch = _SocketWatch(transport, observer)
-    transport._closeSocket = watch.close_socket  # type: ignore[method-assign]
+    watch.transport = transport
+    transport._closeSocket = watch  # type: ignore[method-assign]
     transport.readConnectionLost = watch.read_connection_lost  # type: ignore[method-assign]
     return True
 

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from portmux._twisted import watch_socket_close
+from portmux._twisted import SocketWatch, watch_socket_close
 
 _TCP_INFO: int = getattr(socket, "TCP_INFO", -1)
 _INFO_SIZE = 216  # up to tcpi_bytes_retrans (Linux >= 4.19)
@@ -80,12 +80,13 @@ def tcp_totals(skt: Any, client_fin_first: bool | None = None) -> TcpTotals | No
 _FIN_IN = {8, 9, 11}  # CLOSE_WAIT, LAST_ACK, CLOSING
 
 
-class _Watcher:
-    """Reads a connection's TCP_INFO at the client's FIN and at close, for its sniffer."""
+class _Watcher(SocketWatch):
+    """Reads a connection's TCP_INFO at close, for its sniffer, noting who sent FIN first."""
 
     __slots__ = ("fin_first", "sniffer")
 
     def __init__(self, sniffer: Any) -> None:
+        SocketWatch.__init__(self)
         self.sniffer = sniffer
         self.fin_first: bool | None = None
 
