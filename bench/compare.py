@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     argv_ = [PYTHON, str(HERE / "portmux_proxy.py"), "--quiet", "--listen",
                              f"127.0.0.1:{port}", "--http", f"127.0.0.1:{backend_port}"]
-                    env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()))
+                    # PORTMUX_BENCH_KEEP_PATH: portmux_proxy.py must import DIR's portmux,
+                    # not put its own tree first on sys.path.
+                    env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()),
+                               PORTMUX_BENCH_KEEP_PATH="1")
                 log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
                 proc = subprocess.Popen(argv_, env=env, stdout=log, stderr=subprocess.STDOUT)
                 if runner.pin:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = str(Path(__file__).resolve().parent.parent)
-sys.path.insert(0, ROOT)  # this tree's portmux, whatever the venv has installed
+if not os.environ.get("PORTMUX_BENCH_KEEP_PATH"):  # bench/compare.py: PYTHONPATH names the tree
+    sys.path.insert(0, ROOT)  # this tree's portmux, whatever the venv has installed
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -74,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     from portmux.daemon._gc import freeze_startup_objects
 
     reactor.callWhenRunning(freeze_startup_objects)
+    try:
+        from portmux._twisted import lean_dispatch
+    except ImportError:  # an older tree (bench/compare.py)
+        pass
+    else:
+        if not os.environ.get("PORTMUX_BENCH_FULL_DISPATCH"):
+            lean_dispatch(reactor)
     reactor.run()
     return 0
 

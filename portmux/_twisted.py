@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from errno import EWOULDBLOCK
+from errno import EINTR, EWOULDBLOCK
 from typing import Any
 
 from twisted.internet import abstract, error, main, tcp
@@ -21,18 +21,23 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.interfaces import IAddress, IProtocol
 from twisted.logger import Logger
+from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
 
 __all__ = [
     "DONE",
     "ENV_SWITCH",
     "FAST_PATHS",
+    "LeanPoll",
     "OutgoingConnection",
+    "SocketWatch",
     "close_now",
     "drain_http_buffer",
     "endpoint_label",
     "flush",
     "has_unsent",
+    "lean_dispatch",
+    "local_port",
     "missing",
     "parse_proxy_v1",
     "parse_proxy_v2",
@@ -325,8 +330,25 @@ def has_unsent(transport: Any) -> bool:
     return bool(FAST_PATHS and getattr(transport, "_tempDataLen", 0))
 
 
+def local_port(transport: Any) -> int | None:
+    """The local port of a connection's transport (its listening port when accepted), or None.
+
+    An accepted TCP connection's port comes from its listening port's cached number:
+    no getsockname(2) and no address object per connection.
+    """
+    if FAST_PATHS and type(transport) is tcp.Server and "getHost" not in vars(transport):
+        # (a trusted PROXY header's destination replaces getHost: core/proxied.py)
+        port = getattr(transport.server, "_realPortNumber", None)
+        if isinstance(port, int):
+            return port
+    return getattr(transport.getHost(), "port", None)
+
+
 def plain_socket(transport: Any) -> bool:
     """True when ``transport`` is a plain socket transport portmux may send() on directly."""
+    cls = type(transport)
+    if cls is tcp.Server or cls is OutgoingConnection:  # the usual two: no MRO walk
+        return FAST_PATHS and not transport.TLS
     return (
         FAST_PATHS
         and isinstance(transport, tcp.Connection)
@@ -441,43 +463,75 @@ def close_now(transport: Any, read_done: bool) -> bool:
         and (transport._writeDisconnected or (read_done and _idle(transport)))
     ):
         transport._shouldShutdown = False  # write side shut, or close(2) sends the FIN
-        transport.connectionLost(DONE)
+        if type(transport) is tcp.Server:  # accepted sockets: no Failure.check per close
+            _connection_done(transport)
+        else:
+            transport.connectionLost(DONE)
         return True
     return False
 
 
-class _SocketWatch:
-    """Stands in for one transport's ``_closeSocket`` and ``readConnectionLost``."""
+def _connection_done(transport: Any) -> None:
+    """tcp.Connection.connectionLost(DONE), minus its Failure.check for an abort.
 
-    __slots__ = ("observer", "transport")
+    (``check`` qualifies the exception class's name each time: ~2 µs per socket.)
+    """
+    if not hasattr(transport, "socket"):
+        return
+    abstract.FileDescriptor.connectionLost(transport, DONE)
+    transport._closeSocket(True)
+    protocol: Any = transport.protocol
+    del transport.protocol
+    del transport.socket
+    del transport.fileno
+    protocol.connectionLost(DONE)
 
-    def __init__(self, transport: Any, observer: Any) -> None:
-        self.transport = transport
-        self.observer = observer
+
+class SocketWatch:
+    """Watches one socket transport's EOF and close; subclasses say what to do then.
+
+    ``socket_eof(write_open)`` runs when the peer's FIN is read (``write_open``: our
+    own FIN had not been sent yet); ``socket_closing(socket)`` just before the socket
+    is closed.  The watch itself stands in for the transport's ``_closeSocket`` (it is
+    callable), so watching costs one object and one bound method per connection.
+    """
+
+    __slots__ = ("transport",)
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+
+    def socket_eof(self, write_open: bool) -> None:
+        """The peer's FIN was read."""
+
+    def socket_closing(self, skt: socket.socket) -> None:
+        """The transport is about to close ``skt``."""
 
     def read_connection_lost(self, reason: Failure) -> None:
         transport = self.transport
-        self.observer.socket_eof(transport.socket)
+        # Had our FIN gone out before the peer's arrived?  Twisted shuts the socket's
+        # write side right after setting _writeDisconnected: no getsockopt needed.
+        self.socket_eof(not transport._writeDisconnected)
         type(transport).readConnectionLost(transport, reason)
 
-    def close_socket(self, orderly: bool) -> None:
+    def __call__(self, orderly: bool) -> None:
+        """Stands in for ``tcp.Connection._closeSocket``."""
         transport = self.transport
         skt = getattr(transport, "socket", None)
         if skt is not None:
-            self.observer.socket_closing(skt)
+            self.socket_closing(skt)
         # Break the transport -> watch -> transport cycle now, so the connection is
         # freed by reference counting, not left to the cyclic garbage collector.
         attributes = vars(transport)
         del attributes["_closeSocket"]
         attributes.pop("readConnectionLost", None)
-        self.transport = self.observer = None
+        self.transport = None
         type(transport)._closeSocket(transport, orderly)
 
 
-def watch_socket_close(transport: Any, observer: Any) -> bool:
-    """Call ``observer.socket_eof(socket)`` when the peer's FIN is read and
-    ``observer.socket_closing(socket)`` just before a plain socket transport closes its
-    socket (accounting reads TCP_INFO there).
+def watch_socket_close(transport: Any, watch: SocketWatch) -> bool:
+    """Have ``watch`` (a SocketWatch) told of a plain socket transport's EOF and close
+    (accounting reads TCP_INFO there).
 
     Replaces, on this transport instance only, ``tcp.Connection._closeSocket`` and
     ``readConnectionLost``: nothing runs per read. Returns False (nothing watched) for
@@ -485,8 +539,8 @@ def watch_socket_close(transport: Any, observer: Any) -> bool:
     """
     if not FAST_PATHS or not isinstance(transport, tcp.Connection):
         return False
-    watch = _SocketWatch(transport, observer)
-    transport._closeSocket = watch.close_socket  # type: ignore[method-assign]
+    watch.transport = transport
+    transport._closeSocket = watch  # type: ignore[method-assign]
     transport.readConnectionLost = watch.read_connection_lost  # type: ignore[method-assign]
     return True
 
@@ -581,20 +635,11 @@ class OutgoingConnection(tcp.Connection):
         return len(data)
 
     def connectionLost(self, reason: Failure) -> None:
-        """As tcp.Connection's, minus its Failure.check for an abort on the shared clean close.
-
-        (``check`` qualifies the exception class's name each time: ~2 µs per socket.)
-        """
-        if reason is not DONE or not hasattr(self, "socket"):
+        """As tcp.Connection's, minus its Failure.check for an abort on the shared clean close."""
+        if reason is not DONE:
             tcp.Connection.connectionLost(self, reason)
-            return
-        abstract.FileDescriptor.connectionLost(self, reason)
-        self._closeSocket(True)  # type: ignore[no-untyped-call]
-        protocol: Any = self.protocol
-        del self.protocol
-        del self.socket
-        del self.fileno
-        protocol.connectionLost(reason)
+        else:
+            _connection_done(self)
 
     def readConnectionLost(self, reason: Failure) -> None:
         """EOF: tell the leg directly (it is half-closeable; no adapter lookup)."""
@@ -604,3 +649,75 @@ class OutgoingConnection(tcp.Connection):
         except BaseException:  # noqa: BLE001 - as tcp.Connection does
             log.failure("proxy leg failed on EOF")
             self.connectionLost(Failure())
+
+
+# -- the reactor's event dispatch ------------------------------------------------
+
+_EPOLL_NAMES = ("_poller", "_selectables", "_doReadOrWrite")
+
+
+class LeanPoll:
+    """An epoll reactor's ``doIteration`` without the per-event log context.
+
+    EPollReactor.doPoll wraps every ready descriptor's handler in
+    ``log.callWithLogger`` (its ``logPrefix``, a copied and updated context dict,
+    two context-tracker frames): about a dozen Python calls per event, three
+    events per proxied connection, two per round trip.  This poll calls the same
+    ``_doReadOrWrite`` directly.  ``_doReadOrWrite`` still catches what a handler
+    raises, logs it and disconnects that descriptor; what escapes it is logged here
+    as callWithLogger would.  Only the legacy ``system`` field of log lines emitted
+    inside a handler changes (``-`` instead of the transport's prefix).
+    """
+
+    __slots__ = ("reactor",)
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def __call__(self, timeout: float | None) -> None:
+        reactor = self.reactor
+        selectables = reactor._selectables
+        try:
+            events = reactor._poller.poll(-1 if timeout is None else timeout, len(selectables))
+        except OSError as e:
+            if e.errno == EINTR:
+                return
+            raise
+        handle = reactor._doReadOrWrite
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is None:
+                continue
+            try:
+                handle(selectable, fd, event)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:  # noqa: BLE001 - as log.callWithLogger does
+                legacy_log.err()
+
+
+def lean_dispatch(reactor: Any) -> bool:
+    """Make ``reactor`` (Twisted's stock epoll reactor) dispatch events with ``LeanPoll``.
+
+    Returns False and changes nothing with fast paths off, for any other reactor,
+    a subclass with its own poll, or one already patched: the public fallback is
+    Twisted's own dispatch.
+    """
+    if not FAST_PATHS:
+        return False
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+    except ImportError:  # no epoll on this platform
+        return False
+    cls = type(reactor)
+    if (
+        not isinstance(reactor, EPollReactor)
+        or cls.doPoll is not EPollReactor.doPoll
+        or cls.doIteration is not EPollReactor.doPoll
+        or "doIteration" in vars(reactor)
+        or _has_attributes(reactor, _EPOLL_NAMES)
+        or not isinstance(getattr(reactor, "_selectables", None), dict)
+    ):
+        return False
+    reactor.doIteration = LeanPoll(reactor)  # type: ignore[method-assign]
+    return True

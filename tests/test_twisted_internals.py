@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from twisted.trial.unittest import TestCase
 
 from portmux import _twisted
 
@@ -100,3 +103,102 @@ def test_public_v1_fallback_agrees_with_the_private_parser(line: bytes) -> None:
 @pytest.mark.parametrize("header", V2_HEADERS)
 def test_public_v2_fallback_agrees_with_the_private_parser(header: bytes) -> None:
     assert _twisted._public_parse(header) == _private("v2", header)
+
+
+class _Reader:
+    """A socket end an epoll reactor watches: records what each readiness event read."""
+
+    def __init__(self, skt: socket.socket) -> None:
+        self.skt = skt
+        self.read: list[bytes] = []
+        self.writable = 0
+
+    def fileno(self) -> int:
+        return self.skt.fileno()
+
+    def logPrefix(self) -> str:
+        return "reader"
+
+    def doRead(self) -> None:
+        self.read.append(self.skt.recv(100))
+
+    def doWrite(self) -> None:
+        self.writable += 1
+
+    def connectionLost(self, reason: object) -> None:
+        """Not reached here."""
+
+
+@pytest.mark.skipif(not _twisted.FAST_PATHS, reason="fast paths switched off")
+def test_lean_dispatch_delivers_every_ready_descriptor() -> None:
+    """The lean poll hands each ready descriptor its event, as Twisted's own poll does."""
+    from twisted.internet.epollreactor import EPollReactor
+
+    reactor = EPollReactor()
+    assert _twisted.lean_dispatch(reactor) is True
+    assert isinstance(vars(reactor)["doIteration"], _twisted.LeanPoll)
+    assert _twisted.lean_dispatch(reactor) is False  # once
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        readers = [_Reader(end) for end, _ in pairs]
+        for reader in readers:
+            reactor.addReader(reader)
+        reactor.addWriter(readers[2])
+        pairs[0][1].send(b"ping")
+        pairs[1][1].send(b"pong")
+        reactor.doIteration(1.0)
+        assert [r.read for r in readers] == [[b"ping"], [b"pong"], []]
+        assert readers[2].writable == 1
+        reactor.doIteration(0)  # nothing new to read
+        assert [len(r.read) for r in readers] == [1, 1, 0]
+    finally:
+        for end, peer in pairs:
+            end.close()
+            peer.close()
+        reactor._poller.close()
+
+
+def test_lean_dispatch_leaves_other_reactors_alone() -> None:
+    """Not Twisted's stock epoll reactor: nothing changes (the public fallback)."""
+    from twisted.internet.epollreactor import EPollReactor
+    from twisted.internet.selectreactor import SelectReactor
+
+    class OwnPoll(EPollReactor):
+        def doPoll(self, timeout: float | None) -> None:
+            EPollReactor.doPoll(self, timeout)
+
+        doIteration = doPoll
+
+    for reactor in (SelectReactor(), OwnPoll()):
+        assert _twisted.lean_dispatch(reactor) is False
+        assert "doIteration" not in vars(reactor)
+
+
+class LocalPortTests(TestCase):
+    """local_port: the listening port of an accepted connection, or what getHost says."""
+
+    async def test_accepted_connection_and_a_proxy_header_destination(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.defer import Deferred
+        from twisted.internet.protocol import Factory, Protocol
+
+        from portmux.core.proxied import present_addresses
+
+        accepted: Deferred[object] = Deferred()
+
+        class Grab(Protocol):
+            def connectionMade(self) -> None:
+                accepted.callback(self.transport)
+
+        listening = reactor.listenTCP(0, Factory.forProtocol(Grab), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        number = listening.getHost().port
+        client = socket.create_connection(("127.0.0.1", number))
+        self.addCleanup(client.close)
+        transport: Any = await accepted
+        self.addCleanup(transport.loseConnection)
+        self.assertEqual(_twisted.local_port(transport), number)
+        self.assertEqual(transport.getHost().port, number)
+        present_addresses(transport, None, IPv4Address("TCP", "127.0.0.5", 8443))
+        self.assertEqual(_twisted.local_port(transport), 8443)

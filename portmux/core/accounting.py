@@ -15,11 +15,14 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from portmux._twisted import watch_socket_close
+from portmux._twisted import SocketWatch, watch_socket_close
 
 _TCP_INFO: int = getattr(socket, "TCP_INFO", -1)
 _INFO_SIZE = 216  # up to tcpi_bytes_retrans (Linux >= 4.19)
 _SENT = struct.Struct("=QQ")  # bytes_sent @200, bytes_retrans @208
+_RECEIVED = struct.Struct("=Q")  # tcpi_bytes_received @128
+_NOTSENT = struct.Struct("=I")  # tcpi_notsent_bytes @144
+_HAS_INFO = _TCP_INFO != -1 and sys.platform.startswith("linux")
 
 # Linux TCP states (include/net/tcp_states.h).
 _CLIENT_FIRST = {8, 9}  # CLOSE_WAIT, LAST_ACK: the peer's FIN arrived before ours
@@ -51,7 +54,7 @@ class TcpTotals:
 
 
 def _info(skt: Any) -> bytes | None:
-    if _TCP_INFO == -1 or not sys.platform.startswith("linux"):
+    if not _HAS_INFO:
         return None
     try:
         info: bytes = skt.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO_SIZE)
@@ -65,8 +68,8 @@ def tcp_totals(skt: Any, client_fin_first: bool | None = None) -> TcpTotals | No
     info = _info(skt)
     if info is None:
         return None
-    (received,) = struct.unpack_from("=Q", info, 128)  # tcpi_bytes_received
-    (notsent,) = struct.unpack_from("=I", info, 144)  # tcpi_notsent_bytes
+    (received,) = _RECEIVED.unpack_from(info, 128)
+    (notsent,) = _NOTSENT.unpack_from(info, 144)
     sent, retrans = _SENT.unpack_from(info, 200)
     state = info[0]
     if received and (client_fin_first is not None or state in _FIN_IN):
@@ -77,19 +80,19 @@ def tcp_totals(skt: Any, client_fin_first: bool | None = None) -> TcpTotals | No
 _FIN_IN = {8, 9, 11}  # CLOSE_WAIT, LAST_ACK, CLOSING
 
 
-class _Watcher:
-    """Reads a connection's TCP_INFO at the client's FIN and at close, for its sniffer."""
+class _Watcher(SocketWatch):
+    """Reads a connection's TCP_INFO at close, for its sniffer, noting who sent FIN first."""
 
     __slots__ = ("fin_first", "sniffer")
 
     def __init__(self, sniffer: Any) -> None:
+        SocketWatch.__init__(self)
         self.sniffer = sniffer
         self.fin_first: bool | None = None
 
-    def socket_eof(self, skt: Any) -> None:
+    def socket_eof(self, write_open: bool) -> None:
         if self.fin_first is None:
-            info = _info(skt)
-            self.fin_first = info is not None and info[0] == 8  # CLOSE_WAIT: our side still open
+            self.fin_first = write_open  # the client's FIN came while our side was still open
 
     def socket_closing(self, skt: Any) -> None:
         sniffer = self.sniffer

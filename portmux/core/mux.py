@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from portmux._twisted import local_port
 from portmux.core import accounting, refusal
 from portmux.core.deadlines import DeadlineQueue
 from portmux.core.interfaces import IProbe, as_target
@@ -396,7 +397,7 @@ class SniffingProtocol(Protocol):
         if self.outer is not None:
             preamble = with_outer(preamble, self.outer)
         if preamble.protocol == "http" and preamble.via is None and preamble.path is not None:
-            preamble = preamble.replace(via=request_via(preamble, getattr(self.transport.getHost(), "port", None)))  # type: ignore[union-attr]
+            preamble = preamble.replace(via=request_via(preamble, local_port(self.transport)))
         route = self._router.select(preamble, self._ip)
         if self.mux.settings.trace and _in_networks(self._ip, self.mux.settings.trace):
             log_trace(self.mux.probes, self._router, self._buffer, self._ip, _describe(self.peer), preamble)

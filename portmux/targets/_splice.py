@@ -58,14 +58,19 @@ HIGH_WATER = PIPE_SIZE // 2
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 
 
-def budget(reactor: Any, plain: bool, splice_after: int | None) -> int:
+def budget(
+    reactor: Any, plain: bool, splice_after: int | None, fd_reactor: bool | None = None,
+) -> int:
     """Bytes to copy in Python before trying ``take_over``; ``NEVER`` for pairs that cannot splice.
 
-    ``plain``: both transports are plain sockets (``_twisted.plain_socket``).
+    ``plain``: both transports are plain sockets (``_twisted.plain_socket``);
+    ``fd_reactor``: whether ``reactor`` provides IReactorFDSet, if the caller knows.
     """
-    if not plain or splice_after is None or not AVAILABLE or not IReactorFDSet.providedBy(reactor):
+    if not plain or splice_after is None or not AVAILABLE:
         return NEVER
-    return splice_after
+    if fd_reactor is None:
+        fd_reactor = IReactorFDSet.providedBy(reactor)
+    return splice_after if fd_reactor else NEVER
 
 
 def take_over(reactor: Any, front: Any, back: Any) -> bool:

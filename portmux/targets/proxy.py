@@ -43,7 +43,7 @@ from portmux.core.interfaces import ITarget
 from portmux.core.limits import Timeouts
 from portmux.protocols import nmf, proxyheader
 from portmux.targets import _splice
-from portmux.targets.proxy_timeouts import PairWatch, abort
+from portmux.targets.proxy_timeouts import PairWatch, WatchPlan, abort
 
 log = Logger(namespace="portmux")
 
@@ -296,6 +296,7 @@ class _Leg:
             if not self.direct or sink.producer is not None:
                 sink.unregisterProducer()
             if (self.reset_passthrough and reason is not None
+                    and reason.type is not error.ConnectionDone  # the common case: no MRO walk
                     and reason.check(error.ConnectionLost) is not None):
                 abort(sink)
             else:
@@ -344,7 +345,19 @@ class _Front(_Leg):
 
     # -- before the backend answers ----------------------------------------
 
-    def dataReceived(self, data: bytes) -> None:
+    @property
+    def dataReceived(self) -> Any:
+        """What reads from the client call: held back while dialling, then _Leg's own copy.
+
+        The multiplexer binds this once, when it attaches; a backend that answers
+        later rebinds it (``backend_connected``), so a read costs one Python call.
+        """
+        if self.sink is None:
+            return self._held
+        return _Leg.dataReceived.__get__(self)
+
+    def _held(self, data: bytes) -> None:
+        """Client bytes read while dialling: kept for the backend, in order."""
         if self.sink is None:
             pending = self.pending
             if pending is None:
@@ -509,13 +522,13 @@ class _Front(_Leg):
         http = preamble.protocol == "http"
         back.reset_passthrough = not http
         self.reset_passthrough = True
-        timeouts = self.target.timeouts_for(connection.mux)
-        backend = self.target.backends[(self.start + self.attempt - 1) % len(self.target.backends)]
-        watch = PairWatch(
-            self.target.reactor, connection.mux.log, timeouts, self, back,
-            (_describe_peer(connection.peer), preamble, backend.name), http,
+        target = self.target
+        mux = connection.mux
+        backends = target.backends
+        backend = backends[(self.start + self.attempt - 1) % len(backends)]
+        self.watch = back.watch = PairWatch(
+            target.plan_for(mux), mux.log, self, back, connection.peer, preamble, backend.name, http,
         )
-        self.watch = back.watch = watch if watch.phase else None
 
     def backend_connected(self, back: _Leg) -> None:
         """Send the header and buffered bytes, then start copying both ways."""
@@ -532,8 +545,9 @@ class _Front(_Leg):
         back.direct = _direct(client)
         self.sink = server
         self.direct = _direct(server)
+        target = self.target
         self.budget = back.budget = _splice.budget(
-            self.target.reactor, self.direct and back.direct, self.target.splice_after
+            target.reactor, self.direct and back.direct, target.splice_after, target.fd_reactor
         )
         # Plain socket sinks get their producer registered on the first write
         # that has to buffer (see dataReceived); other transports right away.
@@ -555,6 +569,11 @@ class _Front(_Leg):
             data += b"".join(pending)
         connection.buffered = b""
         self.connection = None  # drop the cycle through the sniffer
+        sniffer = getattr(connection, "sniffer", None)
+        # Attached us already (the backend answered after attach returned)? Then the
+        # client's reads skip _Front from now on: one call fewer each.
+        if sniffer is not None and vars(sniffer).get("dataReceived") == self._held:
+            sniffer.dataReceived = _Leg.dataReceived.__get__(self)
         self._watch(connection, back)
         if data:
             _Leg.dataReceived(self, data)  # one send(2) when the socket takes it all
@@ -601,6 +620,7 @@ class ProxyTarget:
         self.endpoints = tuple(endpoints)
         self.backends: tuple[Backend, ...] = ()
         self.all_backends: tuple[Backend, ...] = ()
+        self.fd_reactor = False
         if reactor is not None:
             self.bind(reactor)
         else:
@@ -611,6 +631,7 @@ class ProxyTarget:
             self.overrides["connect"] = connect_timeout
         self.connect_timeout = self.overrides.get("connect", Timeouts.connect)
         self._timeouts: tuple[Any, Timeouts] = (None, Timeouts())
+        self._plan: WatchPlan | None = None
         self.proxy_header = proxy_header
         self.rewrite_via = rewrite_via
         self.first = 0
@@ -623,6 +644,8 @@ class ProxyTarget:
     def bind(self, reactor: Any) -> None:
         """Dial with ``reactor`` from now on (parses the endpoint strings with it)."""
         self.reactor = reactor
+        self.fd_reactor = IReactorFDSet.providedBy(reactor)
+        """Whether the reactor watches file descriptors (splice needs it): asked once, not per pair."""
         self.all_backends = tuple(Backend(reactor, spec) for spec in self.endpoints)
         self.backends = self.all_backends
         """The backends in rotation: all of them, or the healthy ones when checked."""
@@ -637,8 +660,17 @@ class ProxyTarget:
         if cached_base is not base:
             timeouts = replace(base, **self.overrides)
             self._timeouts = (base, timeouts)
+            self._plan = None
             self.connect_timeout = timeouts.connect
         return timeouts
+
+    def plan_for(self, mux: Any) -> WatchPlan:
+        """The watch plan of ``timeouts_for(mux)``: phases and shared queues, built once per value."""
+        timeouts = self.timeouts_for(mux)
+        plan = self._plan
+        if plan is None or plan.timeouts is not timeouts:
+            plan = self._plan = WatchPlan(self.reactor, timeouts)
+        return plan
 
     def via_address(self, backend: Any) -> str | None:
         """The net.tcp address a rewritten Via names: the configured one, or the backend's."""
@@ -673,13 +705,6 @@ class ProxyTarget:
         self.first = (self.first + 1) % len(self.backends)
         front.dial()
         return front  # type: ignore[return-value]
-
-
-def _describe_peer(address: Any) -> str:
-    host = getattr(address, "host", None)
-    if host is not None:
-        return f"{host}:{getattr(address, 'port', '')}"
-    return str(getattr(address, "name", address))
 
 
 def _are_endpoints(value: Any) -> bool:

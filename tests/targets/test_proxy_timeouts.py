@@ -255,3 +255,36 @@ class IdleTimeoutTests(TestCase):
         await wait_for(lambda: mux.stats.routes["p"].active == 0)
         self.assertGreaterEqual(time.monotonic() - started, 0.25)
         self.assertLess(time.monotonic() - started, 2.0)
+
+
+class SharedTimerTests(TestCase):
+    """Open pairs share one timer per delay: no DelayedCall per proxied connection."""
+
+    timeout = 60
+
+    async def test_thirty_quiet_pairs_share_one_timer_and_still_time_out(self) -> None:
+        backend = SilentBackend()
+        self.addCleanup(backend.close)
+        mux = Multiplexer(reactor, [], timeouts=Timeouts(tunnel=0.6, client_idle=0))
+        mux.add_route(ProxyTarget([f"tcp:127.0.0.1:{backend.port}"]), name="p", default=True)
+        listening = reactor.listenTCP(0, mux, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        port = listening.getHost().port
+        timers_before = len(reactor.getDelayedCalls())
+        clients = []
+        for _ in range(30):
+            client = socket.create_connection(("127.0.0.1", port))
+            self.addCleanup(client.close)
+            client.sendall(RAW)
+            clients.append(client)
+        await wait_for(lambda: "p" in mux.stats.routes and mux.stats.routes["p"].active == 30)
+        # The sniffing deadlines' queue is empty again; the 30 pairs wait in one queue.
+        self.assertLessEqual(len(reactor.getDelayedCalls()) - timers_before, 2)
+        await wait_for(lambda: mux.stats.routes["p"].active == 0, limit=5)
+        for client in clients:  # each pair was aborted: EOF or reset, nothing else
+            client.settimeout(5)
+            try:
+                data = client.recv(10)
+            except ConnectionResetError:
+                data = b""
+            self.assertEqual(data, b"")
