@@ -229,8 +229,14 @@ def portmux_pid(prlimit_pid: int) -> int:
     return prlimit_pid
 
 
+NICE_ATTACKERS: list[str] = []
+"""``["nice", "-n", "19"]`` with --nice-attackers: the attackers get the CPUs only when
+portmux and the legitimate clients leave them idle (as if they ran elsewhere)."""
+
+
 def run_role(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([PYTHON, __file__, *args], stdout=subprocess.PIPE, text=True)
+    prefix = NICE_ATTACKERS if args[1] in ("slowloris", "flood") else []
+    return subprocess.Popen([*prefix, PYTHON, __file__, *args], stdout=subprocess.PIPE, text=True)
 
 
 def legit_rate(port: int, seconds: float) -> tuple[float, int]:
@@ -320,6 +326,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 s phases, 1000 tricklers")
     parser.add_argument("--sniff-limits", default="",
                         help='extra [limits] lines for the eviction-on run, e.g. "max_sniffing = 500"')
+    parser.add_argument("--nice-attackers", action="store_true",
+                        help="run the attackers at nice 19 (they share this machine's CPUs)")
     parser.add_argument("--only", choices=("slowloris", "flood", "flood-limited", "flood-many"),
                         help="run one scenario")
     args = parser.parse_args()
@@ -330,6 +338,8 @@ def main() -> None:
         raise_fd_limit(args.count + 256)
         asyncio.run(attack(args.role, args.port, args.count, args.seconds, args.sources))
         return
+    if args.nice_attackers:
+        NICE_ATTACKERS[:] = ["nice", "-n", "19"]
     if args.quick:
         args.seconds, args.slowloris, args.flood = 3.0, 1000, 3000
     available = raise_fd_limit(max(args.slowloris, args.flood) + 512) - 256
