@@ -10,6 +10,7 @@ handshake records; the probe answers NEED_MORE until the whole message is here.
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 
 from portmux.core import refusal
@@ -191,7 +192,8 @@ def _parse_body(body: bytes, record_bytes: int) -> ClientHello:
     suites = reader.vector(2, 2)
     if suites.remaining() % 2:
         raise _Malformed()
-    cipher_suites = tuple(suites.uint(2) for _ in range(suites.remaining() // 2))
+    raw_suites = suites.take(suites.remaining())
+    cipher_suites = struct.unpack(f">{len(raw_suites) // 2}H", raw_suites)
     compression = reader.vector(1, 1)
     compression_methods = compression.take(compression.remaining())
     extensions: list[tuple[int, bytes]] = []
