@@ -8,7 +8,10 @@ RSA 2048) and forwards the plaintext to one nginx HTTP backend (keep-alive,
   so every connection is a full TLS 1.3 handshake (h2load never resumes sessions);
 - keep-alive requests/s: 16 connections, many requests each;
 - resumed handshakes/s, counted separately: ``openssl s_time -reuse`` (one
-  connection at a time, session resumption) next to ``s_time -new``.
+  connection at a time, session resumption) next to ``s_time -new``;
+- the middlebox's CPU time (its process tree, /proc) per new handshake and per
+  keep-alive request: steadier than the rates on a machine shared with other jobs
+  (a CPU-time ratio below 1 means portmux is cheaper).
 
 The middlebox runs on CPU 1, client and backend on CPU 0 (when there are two);
 middleboxes are interleaved within every repetition and medians reported, with
@@ -35,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from run import free_port, wait_listening  # bench/ is the script's directory
+from run import cpu_seconds, free_port, wait_listening  # bench/ is the script's directory
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -241,8 +244,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         wait_listening(port)
                         h2load(port, 50, 500)  # warm up
                         f = figures[name]
+                        used = cpu_seconds(process.pid)
                         f.setdefault("handshakes/s", []).append(h2load(port, args.burst, args.burst))
+                        used, before = cpu_seconds(process.pid), used
+                        f.setdefault("CPU us/handshake", []).append((used - before) * 1e6 / args.burst)
                         f.setdefault("keep-alive req/s", []).append(h2load(port, 16, args.requests))
+                        used, before = cpu_seconds(process.pid), used
+                        f.setdefault("CPU us/request", []).append((used - before) * 1e6 / args.requests)
                         f.setdefault("s_time new/s", []).append(s_time(port, "new", args.stime))
                         f.setdefault("s_time reuse/s", []).append(s_time(port, "reuse", args.stime))
                     finally:
