@@ -91,7 +91,9 @@ def _daemon(args: argparse.Namespace) -> int:
         "[[route]]",
         'name = "http"',
         'match = { protocol = "http" }',
-        f'proxy = ["tcp:{host}:{port}"]',
+        # Byte for byte, as the single-process Multiplexer above (the daemon's HTTP
+        # routes default to per-request proxying, which bulk and /echo are not).
+        f'proxy = {{ endpoints = ["tcp:{host}:{port}"], per_request = false }}',
     ]
     if args.default:
         host, port = _host_port(args.default)

@@ -144,6 +144,8 @@ class Runner:
         self.pin = settings.pin and len(cpus) >= 2
         self.load_cpus = {cpus[0]}
         self.box_cpus = {cpus[1]} if len(cpus) >= 2 else {cpus[0]}
+        self.backend_pid: int | None = None
+        """Set once the backend runs: its CPU counts towards the load side's cost."""
 
     def start(self, name: str, argv: list[str], box: bool) -> subprocess.Popen[bytes]:
         log = open(self.logdir / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
@@ -187,10 +189,12 @@ class Runner:
                 for name, port, box in targets[shift:] + targets[:shift]:
                     print(f"   {mode} {name}", file=sys.stderr, flush=True)
                     before = cpu_seconds(box.pid) if box else 0.0
+                    load_before = self.load_side_cpu()
                     t0 = time.monotonic()
                     out = self.load(mode, port, amount, seconds)
                     took = time.monotonic() - t0
                     used = cpu_seconds(box.pid) - before if box else 0.0
+                    load_used = self.load_side_cpu() - load_before
                     if box:
                         cpu.setdefault((name, mode), []).append(100 * used / took)
                     if "error" in out:
@@ -202,6 +206,8 @@ class Runner:
                         figures = {"conn_per_s": out["per_s"]}
                         if box and out["connections"]:
                             figures["cpu_us_per_conn"] = 1e6 * used / out["connections"]
+                        if out["connections"]:
+                            figures["load_cpu_us_per_conn"] = 1e6 * load_used / out["connections"]
                     elif mode == "bulk":
                         figures = {"bulk_mb_s": out["mb_s"] if out.get("complete") else 0.0}
                         if box and out["bytes"]:
@@ -224,6 +230,12 @@ class Runner:
                     r.cpu[mode] = statistics.median(values)
             results.append(r)
         return results
+
+    def load_side_cpu(self) -> float:
+        """CPU seconds used so far by the load client (reaped children) and the backend."""
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        backend = cpu_seconds(self.backend_pid) if self.backend_pid else 0.0
+        return usage.ru_utime + usage.ru_stime + backend
 
     def idle(self, port: int, box: subprocess.Popen[bytes]) -> dict[str, float]:
         """PSS of a fresh middlebox before and while holding idle proxied connections."""
@@ -350,11 +362,40 @@ def report(results: list[Result]) -> str:
                 continue
             cells = [ratio(by[n].figures.get(key, 0.0), by[base].figures.get(key, 0.0)) for n in others]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += scaling_ceiling(by)
     cpu = ["", "middlebox CPU % of one core during each test:"]
     for r in results:
         if r.cpu:
             cpu.append(f"- {r.name}: " + ", ".join(f"{k} {v:.0f}%" for k, v in r.cpu.items()))
     return "\n".join(lines + cpu)
+
+
+def scaling_ceiling(by: dict[str, Result]) -> list[str]:
+    """What two processes could gain at most here, when the client and backend share the cores.
+
+    Every new connection costs the middlebox ``box`` CPU µs and the load client plus
+    backend ``load`` µs; on ``n`` CPUs no middlebox can exceed ``n * 1e6 / (box + load)``
+    connections/s however many processes it runs.  Printed next to the measured
+    ``portmux-2proc`` rate so a shortfall can be told from the machine's own limit.
+    """
+    single, double = by.get("portmux-nosplice") or by.get("portmux"), by.get("portmux-2proc")
+    if single is None or double is None:
+        return []
+    box = single.figures.get("cpu_us_per_conn", 0.0)
+    load = single.figures.get("load_cpu_us_per_conn", 0.0)
+    rate = single.figures.get("conn_per_s", 0.0)
+    if not (box and load and rate):
+        return []
+    cpus = len(os.sched_getaffinity(0))
+    ceiling = cpus * 1e6 / (box + load)
+    one_core = 1e6 / box
+    measured = double.figures.get("conn_per_s", 0.0)
+    return ["", (f"Scaling ceiling on this machine ({cpus} CPUs shared with the client and backend): "
+            f"one process costs {box:.0f} µs of CPU per connection and the client + backend {load:.0f} µs, "
+            f"so no number of processes can exceed {ceiling:,.0f} connections/s, "
+            f"{ceiling / one_core:.2f}x what one process does on a whole core ({one_core:,.0f}/s). "
+            f"Measured: {single.name} {rate:,.0f}/s, portmux-2proc {measured:,.0f}/s = "
+            f"{ratio(measured, rate)} ({ratio(measured, ceiling)} of the ceiling).")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = Runner(settings, client_bin, workdir)
         backend_port = free_port()
         backend = runner.start("backend", [str(backend_bin), str(backend_port)], box=False)
+        runner.backend_pid = backend.pid
         running: list[subprocess.Popen[bytes]] = []
         try:
             wait_listening(backend_port)

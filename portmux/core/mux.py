@@ -582,6 +582,9 @@ class Multiplexer(ServerFactory):
         self._started: dict[int, Any] = {}  # id(target) -> target, in start order
         self._shared: dict[str, Any] = {}
         self._deadlines: dict[float, DeadlineQueue[SniffingProtocol]] = {}
+        self.registered_watchers: list[Callable[[str, Route | None], None]] = []
+        """Told of each change to the registered layer: ("add", route), ("remove", route),
+        ("reset", None) (a process group's parent passes them to its children)."""
 
     def deadline_queue(self, delay: float) -> DeadlineQueue[SniffingProtocol]:
         """The shared timer queue for sniffing connections that time out after ``delay``.
@@ -702,12 +705,16 @@ class Multiplexer(ServerFactory):
     def set_registered_routes(self, routes: Iterable[Route]) -> None:
         """Replace every route registered at run time by workers; they come first."""
         self.set_router(Router(self.static_routes, RegisteredLayer.of(routes)))
+        for watcher in self.registered_watchers:
+            watcher("reset", None)
 
     def add_registered_route(self, route: Route) -> None:
         """Add one worker route in O(log n): no other route is re-indexed."""
         self.router = self.router.with_registered(self.router.registered.with_route(route))
         if self._running:
             self._start_target(route.target)
+        for watcher in self.registered_watchers:
+            watcher("add", route)
 
     def remove_registered_route(self, route: Route) -> None:
         """Remove one worker route in O(log n); its target stops if no route uses it."""
@@ -719,6 +726,8 @@ class Multiplexer(ServerFactory):
             started = self._started.pop(id(target), None)
             if started is not None:
                 self._stop_target(started)
+        for watcher in self.registered_watchers:
+            watcher("remove", route)
 
     def set_router(self, router: Router) -> None:
         """Swap in a new Router, starting new targets and stopping ones no route uses."""

@@ -3,7 +3,10 @@
 
 The children inherit the parent's listening sockets (one shared socket per
 listener; the kernel hands each new connection to whichever process accepts
-it first) and run the same config with no control socket.  The parent passes
+it first) and run the same config with no control socket.  The parent owns
+the control socket and the registry; each child gets a channel to it
+(portmux.daemon.group_channel) carrying the registered routes down and the
+connections routed to them back up.  The parent passes
 SIGHUP on (each child reloads the same file), stops them on a graceful stop,
 and replaces a child that dies, with a delay that grows while children keep
 dying young.  The child side is portmux.daemon.group_child.
@@ -23,7 +26,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -32,7 +35,8 @@ _STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\S+ ")
 """The timestamp a child's log line starts with (the parent's log adds its own)."""
 
 FIRST_FD = 3
-"""The children's listening sockets are inherited from descriptor 3 up, in listener order."""
+"""The children's listening sockets are inherited from descriptor 3 up, in listener order;
+the channel to the parent comes right after them."""
 RESPAWN_DELAY = 0.2
 MAX_RESPAWN_DELAY = 30.0
 STOP_GRACE = 5.0
@@ -113,9 +117,13 @@ class ProcessGroup(Service):
     """Keeps ``count - 1`` children serving ``listeners``' sockets (ListenerService objects)."""
 
     def __init__(self, reactor: Any, count: int, listeners: Sequence[Any], config_path: str | None,
-                 plain: bool = False, stats: Any = None) -> None:
+                 plain: bool = False, stats: Any = None, mux: Any = None) -> None:
         self.reactor = reactor
-        self.stats = stats  # the parent multiplexer's Stats: children's counters are kept there
+        self.mux = mux  # the parent's Multiplexer: its registered routes go to every child
+        # The parent multiplexer's Stats: children's counters are kept there.
+        self.stats = mux.stats if mux is not None else stats
+        self._passed_up: dict[int, Any] = {}  # slot → listener factory for connections it passes up
+        self.links: dict[int, Any] = {}  # slot → its channel's ChildLink
         self.count = count
         self.listeners = list(listeners)
         self.config_path = config_path
@@ -166,6 +174,10 @@ class ProcessGroup(Service):
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}  # their logs come back to us
         for number, (fd, _) in enumerate(sockets):
             child_fds[FIRST_FD + number] = fd if isinstance(fd, int) else fd.fileno()
+        channel = self._channel(slot)
+        if channel is not None:
+            child_fds[FIRST_FD + len(sockets)] = channel.fileno()
+            args += ["--channel", str(FIRST_FD + len(sockets))]
         protocol = _Child(self, slot)
         self.protocols[slot] = protocol
         try:
@@ -176,11 +188,37 @@ class ProcessGroup(Service):
             for fd, _ in sockets:
                 if not isinstance(fd, int):
                     fd.close()  # the child has its copy; it closes with the child
+            if channel is not None:
+                channel.close()
         log.info("process {slot} of {count} started (pid {pid})", slot=slot + 1, count=self.count,
                  pid=self.children[slot].pid)
 
+    def _channel(self, slot: int) -> socket.socket | None:
+        """A socketpair to the new child: our end served by a ChildLink; its end returned."""
+        if self.mux is None:
+            return None
+        from portmux.daemon.group_channel import ChildLink
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        label = f"process {slot + 1}"
+        listener = self._passed_up.get(slot)
+        if listener is None:
+            listener = self._passed_up[slot] = self.mux.listener_factory(name=label)
+        link = self.links[slot] = ChildLink(self.mux, label, listener)
+        try:
+            self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX,
+                                               Factory.forProtocol(lambda: link))
+        finally:
+            ours.close()  # the reactor has its own copy
+        theirs.set_inheritable(True)
+        return theirs
+
     def reported(self, slot: int, counters: dict[str, Any]) -> None:
-        """A child's own counters arrived: keep them, and tell every child the others' counters."""
+        """A child's own counters arrived: keep them, tell every child the others' counters,
+        and tell this child the registry's workers (its status page lists them)."""
+        link = self.links.get(slot)
+        if link is not None:
+            link.send_workers()
         if self.stats is None:
             return
         self.stats.elsewhere[str(slot + 1)] = counters
@@ -196,6 +234,7 @@ class ProcessGroup(Service):
         """A child exited: replace it unless the group is stopping."""
         self.children.pop(child.slot, None)
         self.protocols.pop(child.slot, None)
+        self.links.pop(child.slot, None)
         if self.stats is not None:
             self.stats.elsewhere.pop(str(child.slot + 1), None)
         if self.stopping or not self.running:

@@ -2,8 +2,10 @@
 """A process group's child: serves the parent's inherited listening sockets with the same config.
 
 Started by portmux.daemon.group as ``python -m portmux.daemon.group_child``; no
-control socket.  Its own counters go to the parent on stdout every second; the
-other processes' counters come back on stdin, so its status page shows the group.
+control socket: the parent's registered routes arrive over ``--channel``
+(portmux.daemon.group_channel), and connections routed to them go back up it.
+Its own counters go to the parent on stdout every second; the other processes'
+counters come back on stdin, so its status page shows the group.
 """
 
 from __future__ import annotations
@@ -65,12 +67,27 @@ def _exchange_counters(reactor: Any, stats: Any) -> None:
     LoopingCall(report).start(REPORT_EVERY, now=True)
 
 
+def _link_parent(reactor: Any, fd: int, mux: Any) -> None:
+    """Serve the channel to the parent: its registered routes, our connections to them."""
+    import socket
+
+    from twisted.internet.protocol import Factory
+
+    from portmux.daemon.group_channel import ParentLink, read_routes
+
+    link = ParentLink(mux)
+    read_routes(link, fd)
+    reactor.adoptStreamConnection(fd, socket.AF_UNIX, Factory.forProtocol(lambda: link))
+    os.close(fd)  # the reactor has its own copy
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve the inherited listening sockets with the same config until SIGTERM."""
     parser = argparse.ArgumentParser(description="a portmux child process (started by the parent)")
     parser.add_argument("--config")
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--socket", action="append", default=[], help="FD:FAMILY")
+    parser.add_argument("--channel", type=int, help="FD of the UNIX socket to the parent")
     parser.add_argument("--plain", action="store_true", help="the parent's listeners came from --listen")
     args = parser.parse_args(argv)
 
@@ -101,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     _watch_parent(reactor, args.parent)
+    if args.channel is not None:
+        _link_parent(reactor, args.channel, service.mux)
     _exchange_counters(reactor, service.mux.stats)
     reactor.run()
     return 0

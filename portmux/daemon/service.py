@@ -68,13 +68,9 @@ class PortmuxService(MultiService):
         if adopt is None and count > 1:
             from portmux.daemon.group import ProcessGroup
 
-            if self._control_override or getattr(config, "control", None) is not None:
-                raise StartupError("processes > 1 cannot be combined with a control socket yet")
-            if getattr(config, "registry", None) is not None:
-                raise StartupError("processes > 1 cannot be combined with [registry] yet")
             self.group = ProcessGroup(reactor, count, list(self.listener_services.values()),
                                       config_path, plain=bool(self._listen_override),
-                                      stats=self.mux.stats)
+                                      mux=self.mux)
             self.group.setServiceParent(self)
         self.access_log: Any = None
         self.drain: Any = None

@@ -141,8 +141,8 @@ def test_processes_is_declared_and_checked() -> None:
     assert parse_config("processes = 3\n" + LISTEN, "t.toml", reactor).processes == 3
     with pytest.raises(ConfigError, match="processes: must be greater than 0"):
         parse_config("processes = 0\n" + LISTEN, "t.toml", reactor)
-    with pytest.raises(ConfigError, match="cannot be combined with \\[control\\]"):
-        parse_config('processes = 2\n[control]\nendpoint = "unix:/tmp/x"\n' + LISTEN, "t.toml", reactor)
+    combined = parse_config('processes = 2\n[control]\nendpoint = "unix:/tmp/x"\n' + LISTEN, "t.toml", reactor)
+    assert combined.processes == 2 and combined.control is not None  # the parent owns it (group_channel)
 
 
 def test_twistd_processes_option() -> None:

@@ -71,13 +71,6 @@ def _build(data: dict[str, Any], document: Document, filename: str) -> Config:
     if not data.get("route"):
         document.warn("route", "no routes: every connection will be refused")
     processes = _valid(values["processes"], 1)
-    for table in ("control", "registry"):
-        if processes > 1 and data.get(table) is not None:
-            document.problem(
-                "processes",
-                f"cannot be combined with [{table}] yet: routes registered at run time would "
-                "reach the first process only",
-            )
     report = document.report
     report.in_line_order()
     return Config(
