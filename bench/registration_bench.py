@@ -6,7 +6,10 @@ This process runs portmux's Multiplexer and control socket on one reactor, with 
 5 ms LoopingCall measuring how late the reactor runs it (its longest stall). A child
 process opens ``--connections`` real control connections and registers ``--routes``
 distinct routes (HTTP host/path, TCPMUX names, net.tcp Via addresses) one at a time,
-timing each request until its ``registered`` reply. The baseline, measured in the same
+timing each request until its ``registered`` reply. As the daemon does at startup, the
+objects built before the run are frozen (portmux.daemon._gc), so a full collection walks
+what the registrations added: the bench counts those GC-tracked objects per route, by
+type (``--types`` lists them). The baseline, measured in the same
 run, is what every registration cost before issue 11: sorting the whole registered
 table and building a new Router over it (``Router(registered + static)``), timed at
 the table sizes the run passes through. Loopback/UNIX sockets only; loops are bounded.
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--routes", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=10)
+    parser.add_argument("--types", action="store_true", help="list the tracked objects per route by type")
     parser.add_argument("--client", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
@@ -118,11 +123,12 @@ def main() -> None:
 
     from twisted.internet import reactor
     from twisted.internet.task import LoopingCall
-    from twisted.internet.threads import deferToThread
+    from twisted.internet.threads import blockingCallFromThread, deferToThread
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from portmux.control._server import ControlFactory
     from portmux.core.mux import Multiplexer
+    from portmux.daemon._gc import freeze_startup_objects
     from portmux.targets.echo import EchoFactory
 
     directory = tempfile.mkdtemp(prefix="pmx-bench")
@@ -136,8 +142,9 @@ def main() -> None:
     factory = ControlFactory(reactor, mux, max_registrations=per_connection)
     reactor.listenUNIX(path, factory)  # type: ignore[attr-defined]
 
-    stalls = {"max": 0.0, "expected": 0.0, "max_without_gc": 0.0, "gc_max": 0.0}
-    collections = {"full": 0, "seen": 0, "started": 0.0}
+    result: dict[str, Any] = {}
+    stalls = {"max": 0.0, "expected": 0.0, "max_without_gc": 0.0, "gc_max": 0.0, "gc_cpu_max": 0.0}
+    collections = {"full": 0, "seen": 0, "started": 0.0, "cpu_started": 0.0}
     tick = 0.005
 
     def collected(phase: str, info: dict[str, int]) -> None:
@@ -145,9 +152,12 @@ def main() -> None:
             return
         if phase == "start":
             collections["started"] = time.perf_counter()
+            collections["cpu_started"] = time.thread_time()
         else:
             collections["full"] += 1
-            stalls["gc_max"] = max(stalls["gc_max"], time.perf_counter() - collections["started"])
+            if "done" not in result:
+                stalls["gc_max"] = max(stalls["gc_max"], time.perf_counter() - collections["started"])
+                stalls["gc_cpu_max"] = max(stalls["gc_cpu_max"], time.thread_time() - collections["cpu_started"])
 
     gc.callbacks.append(collected)
 
@@ -162,7 +172,26 @@ def main() -> None:
         stalls["expected"] = now + tick
 
     LoopingCall(beat).start(tick)
-    result: dict[str, Any] = {}
+
+    def tracked() -> Counter[str]:
+        """GC-tracked objects by type, after a collection (not counted as a stall: the run is over)."""
+        gc.collect()
+        return Counter(type(thing).__name__ for thing in gc.get_objects())
+
+    def timed_full_collection() -> tuple[float, float]:
+        """ms of one full collection over the routes now registered: best of 5, wall and CPU."""
+        wall = cpu = float("inf")
+        for _ in range(5):
+            started, cpu_started = time.perf_counter(), time.thread_time()
+            gc.collect()
+            wall = min(wall, time.perf_counter() - started)
+            cpu = min(cpu, time.thread_time() - cpu_started)
+        return wall * 1000, cpu * 1000
+
+    def start() -> None:
+        freeze_startup_objects()  # as portmux.daemon.service does once the listeners are up
+        result["before"] = tracked()
+        deferToThread(run_client).addCallbacks(finished, failed)
 
     def run_client() -> None:
         child = subprocess.Popen(
@@ -175,6 +204,8 @@ def main() -> None:
         result["latencies"] = json.loads(line) if line else []
         result["routes"] = mux.router.registered.routes()  # an immutable snapshot, safe off the reactor
         result["done"] = True  # teardown (10,000 unregistrations) is not part of the figures
+        result["after"] = blockingCallFromThread(reactor, tracked)
+        result["full_ms"] = blockingCallFromThread(reactor, timed_full_collection)
         child.stdin.close()
         child.wait(30)
 
@@ -185,7 +216,7 @@ def main() -> None:
         result["error"] = failure.getErrorMessage()
         reactor.stop()  # type: ignore[attr-defined]
 
-    reactor.callWhenRunning(lambda: deferToThread(run_client).addCallbacks(finished, failed))  # type: ignore[attr-defined]
+    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     log_file.close()
     shutil.rmtree(directory, ignore_errors=True)
@@ -215,8 +246,15 @@ def main() -> None:
     print(f"registration latency (ms)    p50 {p50:.2f}  p99 {p99:.2f}  max {worst:.2f}   (goal: p99 < 5)")
     print(f"longest reactor stall (ms)   {stalls['max'] * 1000:.1f}   (goal: < 50); "
           f"{stalls['max_without_gc'] * 1000:.1f} outside CPython full (gen 2) collections")
-    print(f"longest full collection (ms) {stalls['gc_max'] * 1000:.1f}   ({collections['full']} during the run; "
-          f"{len(gc.get_objects())} objects tracked at the end)")
+    added = result["after"] - result["before"]
+    print(f"longest full collection (ms) {stalls['gc_max'] * 1000:.1f}   ({stalls['gc_cpu_max'] * 1000:.1f} of it CPU; "
+          f"{collections['full']} during the run)")
+    print(f"one full collection (ms)     {result['full_ms'][0]:.1f}   ({result['full_ms'][1]:.1f} CPU; best of 5 after the run, over "
+          f"{sum(result['after'].values())} tracked objects; {gc.get_freeze_count()} frozen at startup)")
+    print(f"GC-tracked objects per route {sum(added.values()) / args.routes:.2f}")
+    if args.types:
+        for name, count in added.most_common(12):
+            print(f"  {name:28s} {count / args.routes:6.2f}")
     print(f"all registrations (s)        {new_total:.2f}")
     print(f"baseline: old rebuild per registration at {sizes[-1]} routes: {final:.1f} ms "
           f"(p99 ratio old/new {final / p99:.0f}x); every rebuild 0..{sizes[-1]} would take {old_total:.1f} s "

@@ -11,9 +11,8 @@ docs/workers.md.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.logger import Logger
@@ -79,7 +78,11 @@ class Owner(Protocol):
 
 @dataclass(eq=False)
 class Member:
-    """One worker's part in a group: its owner, and for proxy mode its endpoint."""
+    """One worker's part in a group: its owner, and for proxy mode its endpoint.
+
+    A handoff member holds nothing of its own, so one connection's handoff members
+    are one shared object (see ``Registry._member``): fewer objects per route.
+    """
 
     owner: Owner
     endpoint: str | None = None
@@ -88,15 +91,19 @@ class Member:
 
 @dataclass(eq=False)
 class Group:
-    """Every worker serving one (match, mode); they share one uid."""
+    """Every worker serving one (match, mode); they share one uid.
+
+    ``members`` is an immutable tuple, replaced on change: a group with one handoff
+    member shares its owner's one-member tuple with that owner's other groups.
+    """
 
     match: Match
     mode: str
     uid: int
-    members: list[Member] = field(default_factory=list)
+    members: tuple[Member, ...] = ()
     target: Any = None
     route: Any = None  # the Route published for this group, made once
-    _turn: Any = field(default_factory=itertools.count)
+    _turn: int = 0
 
     @property
     def name(self) -> str:
@@ -107,7 +114,8 @@ class Group:
         members = list(self.members)
         if not members:
             return members
-        start = next(self._turn) % len(members)
+        start = self._turn % len(members)
+        self._turn += 1
         return members[start:] + members[:start]
 
 
@@ -125,6 +133,8 @@ class Registry:
     ``publish`` is a ``RouteSink`` (O(log n) per change), or a callable given the
     whole list after each change (simple, O(n): for tests and small embedders).
     ``max_per_owner`` caps the registrations one control connection may hold.
+    ``group_type`` is the Group subclass made per (match, mode): the control socket's
+    is also the route's target, and ``make_target`` then returns the group itself.
     """
 
     def __init__(
@@ -134,15 +144,18 @@ class Registry:
         make_target: Callable[[Group], Any] | None = None,
         make_proxy: Callable[[str], Any] | None = None,
         max_per_owner: int | None = None,
+        group_type: type[Group] | None = None,
     ) -> None:
         self._publish = publish
+        self._group_type = Group if group_type is None else group_type
         self.reservations = tuple(reservations)
         self._make_target = make_target
         self._make_proxy = make_proxy
         self.max_per_owner = max_per_owner
         self.groups: dict[Match, Group] = {}
-        self._layer = RegisteredLayer()
+        self._layer = RegisteredLayer()  # this registry's routes alone, for capture checks
         self._owned: dict[int, dict[Match, Group]] = {}  # id(owner) -> its groups
+        self._solo: dict[int, dict[str | None, tuple[Member]]] = {}  # id(owner) -> endpoint -> (member,)
         self._families: dict[tuple[str, ...], dict[int, dict[Match, Group]]] = {}  # family -> uid -> groups
 
     def owned(self, owner: Owner) -> int:
@@ -183,24 +196,33 @@ class Registry:
                 raise RegistrationError("AlreadyRegistered", f"{text} is already registered by this connection")
         elif not granted:
             self._refuse_capture(owner.uid, match, mode)
-        member = Member(owner, endpoint)
-        if mode == "proxy" and self._make_proxy is not None:
-            member.target = self._make_proxy(endpoint or "")
-            start = getattr(member.target, "start", None)
-            if start is not None:
-                start()
+        solo = self._member(owner, mode, endpoint)
         if group is None:
-            group = Group(match, mode, owner.uid)
+            group = self._group_type(match, mode, owner.uid, solo)
             group.target = self._make_target(group) if self._make_target else None
             group.route = Route(group.name, match, group.target)
             self.groups[match] = group
             self._families.setdefault(family(match), {}).setdefault(owner.uid, {})[match] = group
-            group.members.append(member)
             self._added(group)
         else:
-            group.members.append(member)
+            group.members += solo
         self._owned.setdefault(id(owner), {})[match] = group
         return group
+
+    def _member(self, owner: Owner, mode: str, endpoint: str | None) -> tuple[Member]:
+        """``(member,)`` for ``owner`` joining a group: a proxy member gets its own target; handoff
+        members hold nothing else, so one per (owner, endpoint) is shared by all its groups."""
+        if mode == "proxy" and self._make_proxy is not None:
+            member = Member(owner, endpoint, self._make_proxy(endpoint or ""))
+            start = getattr(member.target, "start", None)
+            if start is not None:
+                start()
+            return (member,)
+        shared = self._solo.setdefault(id(owner), {})
+        solo = shared.get(endpoint)
+        if solo is None or solo[0].owner is not owner:
+            solo = shared[endpoint] = (Member(owner, endpoint),)
+        return solo
 
     def _refuse_capture(self, uid: int, match: Match, mode: str) -> None:
         """Raise AddressReserved when ``match`` would take another uid's connections."""
@@ -208,8 +230,9 @@ class Registry:
         if not others:
             return
         new = Route(route_name(mode, match), match, None)
-        before = Router((), self._layer)
-        after = Router((), self._layer.with_route(new))
+        layer = self._layer
+        before = Router((), layer)
+        after = Router((), layer.with_route(new))
         for groups in others:
             for group in groups.values():
                 if captured(before, after, new, group.route):
@@ -228,11 +251,12 @@ class Registry:
         if len(kept) == len(group.members):
             return False
         self._drop([m for m in group.members if m.owner is owner])
-        group.members = kept
+        group.members = tuple(kept)
         owned = self._owned.get(id(owner), {})
         owned.pop(match, None)
         if not owned:
             self._owned.pop(id(owner), None)
+            self._solo.pop(id(owner), None)
         if not kept:
             self._forget(group)
         return True
@@ -240,13 +264,14 @@ class Registry:
     def unregister_all(self, owner: Owner) -> list[Match]:
         """Drop every registration of ``owner`` at once (its connection is gone)."""
         gone: list[Match] = []
+        self._solo.pop(id(owner), None)
         for match, group in self._owned.pop(id(owner), {}).items():
             mine = [m for m in group.members if m.owner is owner]
             if not mine:
                 continue
             self._drop(mine)
             gone.append(match)
-            group.members = [m for m in group.members if m.owner is not owner]
+            group.members = tuple(m for m in group.members if m.owner is not owner)
             if not group.members:
                 self._forget(group)
         return gone

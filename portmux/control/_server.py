@@ -25,8 +25,8 @@ from twisted.python.failure import Failure
 from portmux.control import _framing as pc
 from portmux.control._keys import known_protocols, registration_match
 from portmux.control._limits import ConnectLimiter, LogThrottle
-from portmux.control._registry import RegistrationError, Registry
-from portmux.targets.handoff import PendingHandoff, WorkerGroupTarget
+from portmux.control._registry import Group, RegistrationError, Registry
+from portmux.targets.handoff import GroupTarget, PendingHandoff
 
 log = Logger(namespace="portmux")
 
@@ -401,6 +401,15 @@ def _brief(value: object, limit: int = 120) -> str:
     return repr(text[:limit] + ("…" if len(text) > limit else ""))
 
 
+class WorkerGroup(Group, GroupTarget):
+    """A registry group that is its own route's target: hands off or proxies to its members."""
+
+
+def _itself(group: Group) -> Group:
+    """A WorkerGroup's target: the group itself (one object per registration, not two)."""
+    return group
+
+
 class ControlFactory(ServerFactory):
     """Builds ControlProtocols sharing one Registry and the multiplexer."""
 
@@ -444,8 +453,8 @@ class ControlFactory(ServerFactory):
         self.log_unauthorized = _unauthorized_logger(reactor)
         sink = mux if hasattr(mux, "add_registered_route") else mux.set_registered_routes
         self.registry = Registry(
-            sink, reservations, WorkerGroupTarget, make_proxy or self._make_proxy,
-            max_per_owner=max_registrations,
+            sink, reservations, _itself, make_proxy or self._make_proxy,
+            max_per_owner=max_registrations, group_type=WorkerGroup,
         )
 
     def buildProtocol(self, addr: Any) -> ControlProtocol:

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.core.test_registered,tests.core.test_routing,tests.control.test_registry -*-
 """The registered layer of a Router: worker routes, added and removed one at a time.
 
-An immutable, persistent index (pyrsistent maps): adding or removing a route costs
+An immutable, persistent index (HAMTs, ``immutables.Map``): adding or removing a route costs
 O(log n) and returns a new layer sharing everything else with the old one, so a
 connection keeps classifying against the snapshot it was accepted with. Lookups go
 by key — service name, host, SNI, path prefix, net.tcp Via — never by scanning.
@@ -12,20 +12,20 @@ Router gives registered routes ahead of its static ones.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from pyrsistent import PMap, pmap
+from immutables import Map
 
 from portmux.core.preamble import Preamble
 from portmux.protocols import tcpmux as naming
-from portmux.protocols.nmf import BaseAddress, parse_base_address
+from portmux.protocols.nmf import BaseAddress
 
 __all__ = ["RegisteredLayer", "specificity"]
 
-Entry = tuple[tuple[Any, ...], Any]  # (specificity key, route)
 ANY = ("any",)
-_EMPTY: PMap[Any, Any] = pmap()
+_EMPTY: Map[Any, Any] = Map()
 
 
 def _pattern_rank(value: str | None) -> tuple[int, int]:
@@ -44,8 +44,20 @@ def specificity(match: Any) -> tuple[Any, ...]:
 
     Services and Via base addresses need none: the Router's indexes rank those.
     """
-    return (_pattern_rank(match.sni), _pattern_rank(match.host),
-            -len((match.path or "").rstrip("/")), match.describe())
+    key: tuple[Any, ...] | None = match._specificity
+    if key is None:  # computed once per Match (it is a tuple of atoms: not tracked by the GC)
+        key = (_pattern_rank(match.sni), _pattern_rank(match.host),
+               -len((match.path or "").rstrip("/")), match.describe())
+        object.__setattr__(match, "_specificity", key)
+    return key
+
+
+def _by_specificity(route: Any) -> tuple[Any, ...]:
+    return specificity(route.match)
+
+
+def _by_version(route: Any) -> tuple[int, ...]:
+    return tuple(route.match.service_version)
 
 
 def _name_key(kind: str, pattern: str | None) -> tuple[str, str] | None:
@@ -104,42 +116,48 @@ def path_candidates(path: str) -> set[str]:
     return found
 
 
-def _insert(entries: tuple[Entry, ...], entry: Entry) -> tuple[Entry, ...]:
-    keys = [key for key, _ in entries]
-    at = _bisect(keys, entry[0])
-    return entries[:at] + (entry,) + entries[at:]
+def _insert(bucket: Any, route: Any) -> Any:
+    """``bucket`` with ``route`` placed before its equals in specificity order."""
+    routes = _routes_of(bucket)
+    at = bisect_left(routes, specificity(route.match), key=_by_specificity)
+    return routes[:at] + (route,) + routes[at:]
 
 
-def _bisect(keys: list[Any], key: Any) -> int:
-    low, high = 0, len(keys)
-    while low < high:
-        middle = (low + high) // 2
-        if keys[middle] < key:
-            low = middle + 1
-        else:
-            high = middle
-    return low
+def _routes_of(bucket: Any) -> tuple[Any, ...]:
+    """A bucket's routes: a bucket of one route is that route itself (no tuple to track)."""
+    if bucket is None:
+        return ()
+    return bucket if type(bucket) is tuple else (bucket,)
 
 
-def _remove(entries: tuple[Any, ...], route: Any) -> tuple[Any, ...]:
-    return tuple(entry for entry in entries if entry[-1] is not route)
+def _bucket(routes: tuple[Any, ...] | list[Any]) -> Any:
+    """What a map holds for ``routes``: None for none, the route for one, else a tuple."""
+    if not routes:
+        return None
+    return routes[0] if len(routes) == 1 else tuple(routes)
 
 
 class RegisteredLayer:
-    """Registered routes indexed for ``Router.select``; ``with_route``/``without`` make new layers."""
+    """Registered routes indexed for ``Router.select``; ``with_route``/``without`` make new layers.
 
-    __slots__ = ("_buckets", "_by_name", "_newest", "_routes", "_services", "_targets", "_via")
+    Few objects per route, because CPython's full collections walk every tracked
+    object (issue 11): the maps are HAMTs (``immutables.Map``: a node per ~8 keys, no
+    object per entry) and each value is a route, or a tuple of the routes sharing a key
+    in ``specificity`` order (cached on the Match), never (key, route) pairs.
+    """
+
+    __slots__ = ("_buckets", "_by_name", "_newest", "_routes", "_targets", "_via")
 
     def __init__(self) -> None:
-        self._by_name: PMap[str, Any] = _EMPTY
-        # primary key -> path key -> entries in specificity order
-        self._buckets: PMap[tuple[str, ...], PMap[str | None, tuple[Entry, ...]]] = _EMPTY
-        # service base -> entries in specificity order; and (version, route) newest first
-        self._services: PMap[str, tuple[Entry, ...]] = _EMPTY
-        self._newest: PMap[str, tuple[tuple[tuple[int, ...], Any], ...]] = _EMPTY
-        # (rank, path) -> (specificity, base address, route)
-        self._via: PMap[tuple[int, str], tuple[tuple[Any, BaseAddress, Any], ...]] = _EMPTY
-        self._targets: PMap[int, int] = _EMPTY  # id(target) -> routes using it
+        self._by_name: Map[str, Any] = _EMPTY
+        # Each value is a bucket: one route, or a tuple of routes (see _routes_of).
+        # (primary key, path key) -> routes in specificity order
+        self._buckets: Map[tuple[tuple[str, ...], str | None], Any] = _EMPTY
+        # service base -> its routes, newest version first (ties in specificity order)
+        self._newest: Map[str, Any] = _EMPTY
+        # (rank, path) of a Via base address -> routes in specificity order
+        self._via: Map[tuple[int, str], Any] = _EMPTY
+        self._targets: Map[int, int] = _EMPTY  # _target_key(target) -> routes using it
         self._routes: tuple[Any, ...] | None = ()
 
     @classmethod
@@ -176,35 +194,22 @@ class RegisteredLayer:
         if match.silent or match.default:
             raise ValueError("a registered route may not be silent or default")
         layer = self.without(route.name) if route.name in self._by_name else self._copy()
-        key = specificity(match)
         layer._by_name = layer._by_name.set(route.name, route)
-        uses = layer._targets.get(id(route.target), 0)
-        layer._targets = layer._targets.set(id(route.target), uses + 1)
+        target = _target_key(route.target)
+        layer._targets = layer._targets.set(target, layer._targets.get(target, 0) + 1)
         if match.via is not None:
-            base = parse_base_address(match.via)
+            base = match.via_base
             slot = (base.rank, base.path)
-            entries = layer._via.get(slot, ())
-            at = _bisect([entry[0] for entry in entries], key)
-            layer._via = layer._via.set(slot, entries[:at] + ((key, base, route),) + entries[at:])
+            layer._via = layer._via.set(slot, _bucket(_insert(layer._via.get(slot), route)))
             return layer
-        primary, path = primary_key(match), path_key(match)
-        paths = layer._buckets.get(primary, _EMPTY)
-        paths = paths.set(path, _insert(paths.get(path, ()), (key, route)))
-        layer._buckets = layer._buckets.set(primary, paths)
+        primary = primary_key(match)
+        bucket = (primary, path_key(match))
+        layer._buckets = layer._buckets.set(bucket, _bucket(_insert(layer._buckets.get(bucket), route)))
         if primary[0] == "service":
-            layer._set_service(primary[1], _insert(layer._services.get(primary[1], ()), (key, route)))
+            routes = sorted(_routes_of(layer._newest.get(primary[1])) + (route,), key=_by_specificity)
+            routes.sort(key=_by_version, reverse=True)  # stable: ties stay in specificity order
+            layer._newest = layer._newest.set(primary[1], _bucket(routes))
         return layer
-
-    def _set_service(self, base: str, entries: tuple[Entry, ...]) -> None:
-        """File ``entries`` (specificity order) under ``base``, with their newest-first ranking."""
-        if not entries:
-            self._services = self._services.remove(base)
-            self._newest = self._newest.remove(base)
-            return
-        self._services = self._services.set(base, entries)
-        named = [(naming.parse_pattern(route.match.service), route) for _, route in entries]
-        ranked = sorted(((name.version, route) for name, route in named), key=lambda e: e[0], reverse=True)
-        self._newest = self._newest.set(base, tuple(ranked))
 
     def without(self, name: str) -> RegisteredLayer:
         """A new layer without the route named ``name`` (the same layer if there is none)."""
@@ -213,33 +218,28 @@ class RegisteredLayer:
             return self
         layer = self._copy()
         match = route.match
-        layer._by_name = layer._by_name.remove(name)
-        uses = layer._targets[id(route.target)] - 1
-        layer._targets = (layer._targets.set(id(route.target), uses) if uses
-                          else layer._targets.remove(id(route.target)))
+        layer._by_name = layer._by_name.delete(name)
+        target = _target_key(route.target)
+        uses = layer._targets[target] - 1
+        layer._targets = layer._targets.set(target, uses) if uses else layer._targets.delete(target)
         if match.via is not None:
-            base = parse_base_address(match.via)
-            slot = (base.rank, base.path)
-            entries = _remove(layer._via[slot], route)
-            layer._via = layer._via.set(slot, entries) if entries else layer._via.remove(slot)
+            base = match.via_base
+            layer._via = _without(layer._via, (base.rank, base.path), route)
             return layer
-        primary, path = primary_key(match), path_key(match)
-        paths = layer._buckets[primary]
-        entries = _remove(paths[path], route)
-        paths = paths.set(path, entries) if entries else paths.remove(path)
-        layer._buckets = layer._buckets.set(primary, paths) if paths else layer._buckets.remove(primary)
+        primary = primary_key(match)
+        layer._buckets = _without(layer._buckets, (primary, path_key(match)), route)
         if primary[0] == "service":
-            layer._set_service(primary[1], _remove(layer._services[primary[1]], route))
+            layer._newest = _without(layer._newest, primary[1], route)
         return layer
 
     def uses_target(self, target: object) -> bool:
         """True when some route of this layer sends to ``target``."""
-        return id(target) in self._targets
+        return _target_key(target) in self._targets
 
     def routes(self) -> tuple[Any, ...]:
         """Every route, most specific first (computed once per layer, on demand)."""
         if self._routes is None:
-            self._routes = tuple(sorted(self._by_name.values(), key=lambda r: specificity(r.match)))
+            self._routes = tuple(sorted(self._by_name.values(), key=_by_specificity))
         return self._routes
 
     # -- lookups -------------------------------------------------------------
@@ -250,38 +250,44 @@ class RegisteredLayer:
         if not buckets:
             return iter(())
         path = preamble.path
-        wanted: set[str] | None = None
-        found: list[tuple[Entry, ...]] = []
+        paths: tuple[str | None, ...] = (None,) if path is None else (None, *path_candidates(path))
+        found: list[tuple[Any, ...]] = []
         for primary in preamble_keys(preamble):
-            paths = buckets.get(primary)
-            if paths is None:
-                continue
-            if path is None:
-                found.extend(entries for key, entries in paths.items() if key is None)
-                continue
-            if wanted is None:
-                wanted = path_candidates(path)
-            if len(paths) <= len(wanted) + 1:
-                found.extend(entries for key, entries in paths.items() if key is None or key in wanted)
-            else:
-                found.extend(paths[key] for key in (None, *wanted) if key in paths)
+            for key in paths:
+                bucket = buckets.get((primary, key))
+                if bucket is not None:
+                    found.append(_routes_of(bucket))
         if len(found) == 1:
-            return (route for _, route in found[0])
-        return (route for _, route in heapq.merge(*found, key=lambda entry: entry[0]))
+            return iter(found[0])
+        return heapq.merge(*found, key=_by_specificity)
 
     def via_bucket(self, rank: int, prefix: str) -> Iterator[tuple[BaseAddress, Any]]:
         """(base address, route) for the Via routes filed under (rank, path prefix), in specificity order."""
-        for _, base, route in self._via.get((rank, prefix), ()):
-            yield base, route
+        for route in _routes_of(self._via.get((rank, prefix))):
+            yield route.match.via_base, route
 
     @property
     def has_via(self) -> bool:
         return bool(self._via)
 
-    def newest(self, base: str) -> tuple[tuple[tuple[int, ...], Any], ...]:
+    def newest(self, base: str) -> Iterator[tuple[tuple[int, ...], Any]]:
         """(version, route) for the routes serving service ``base``, newest first."""
-        return self._newest.get(base, ())
+        return ((route.match.service_version, route) for route in _routes_of(self._newest.get(base)))
 
     def service_names(self, base: str) -> tuple[naming.ServiceName, ...]:
         """The registered names for service ``base`` (for refusal reasons)."""
-        return tuple(naming.parse_pattern(route.match.service) for _, route in self._services.get(base, ()))
+        routes = sorted(_routes_of(self._newest.get(base)), key=_by_specificity)
+        return tuple(naming.parse_pattern(route.match.service) for route in routes)
+
+
+def _target_key(target: object) -> int:
+    """id(target) rotated right by 4 bits (a bijection): ids are 16-byte aligned, and a HAMT
+    hashing on the low bits would otherwise chain nodes for every target."""
+    address = id(target)
+    return (address >> 4) | ((address & 0xF) << 60)
+
+
+def _without(table: Map[Any, Any], key: Any, route: Any) -> Map[Any, Any]:
+    """``table`` with ``route`` dropped from the bucket filed under ``key`` (and the key if empty)."""
+    bucket = _bucket(tuple(entry for entry in _routes_of(table[key]) if entry is not route))
+    return table.delete(key) if bucket is None else table.set(key, bucket)

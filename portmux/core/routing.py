@@ -14,7 +14,7 @@ from typing import Any
 from portmux.core.preamble import Preamble
 from portmux.core.registered import RegisteredLayer
 from portmux.protocols import tcpmux as naming
-from portmux.protocols.nmf import ViaIndex, lookup_via, parse_base_address
+from portmux.protocols.nmf import BaseAddress, ViaIndex, lookup_via, parse_base_address
 from portmux.protocols.tcpmux import ServiceIndex
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -27,7 +27,6 @@ MATCH_KEYS = (
     "network", "silent", "default",
 )
 """The keys of a route's ``match``, in the order they are shown."""
-Check = Callable[[Preamble, str], bool]
 
 
 def normalize_name(name: str) -> str:
@@ -98,70 +97,82 @@ class Match:
     network: tuple[Network, ...] = ()
     silent: bool = False
     default: bool = False
-    _checks: tuple[Check, ...] = field(default=(), init=False, repr=False, compare=False)
+    _checks: tuple[tuple[int, Any], ...] = field(default=(), init=False, repr=False, compare=False)
+    _specificity: tuple[Any, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_checks", tuple(self._build_checks()))
 
-    def _build_checks(self) -> Iterable[Check]:
+    def _build_checks(self) -> Iterable[tuple[int, Any]]:
+        """(check number, argument) pairs for the set fields, in MATCH_KEYS order.
+
+        Data, not closures: the arguments are strings, ints and tuples of them, which
+        CPython stops tracking for garbage collection, so 10,000 registered routes do
+        not lengthen every full collection (issue 11). ``_CHECKS`` holds the functions.
+        """
         if self.protocol is not None:
-            protocol = self.protocol.lower()
-            yield lambda p, ip: p.protocol == protocol
+            yield (_PROTOCOL, self.protocol.lower())
         if self.sni is not None:
-            sni = normalize_name(self.sni)
-            yield lambda p, ip: host_pattern_matches(sni, p.sni)
+            yield (_SNI, normalize_name(self.sni))
         if self.host is not None:
-            host = normalize_name(self.host)
-            yield lambda p, ip: host_pattern_matches(host, p.host)
+            yield (_HOST, normalize_name(self.host))
         if self.alpn is not None:
-            alpn = self.alpn
-            yield lambda p, ip: alpn in p.alpn
+            yield (_ALPN, self.alpn)
         if self.path is not None:
-            prefix = self.path
-            yield lambda p, ip: path_prefix_matches(prefix, p.path)
+            yield (_PATH, self.path)
         if self.service is not None:
             try:
                 service = naming.parse_pattern(self.service)
             except naming.MalformedName as error:
                 raise ValueError(f"service {self.service!r}: {error}") from None
-            yield _service_check(service)
+            yield (_SERVICE, (service.base, str(service), service.base + "/", service.is_pattern,
+                              service.namespace, service.name, service.version))
         if self.via is not None:
             try:
                 base = parse_base_address(self.via)
             except ValueError as error:
                 raise ValueError(f"via: {error}") from None
-            yield lambda p, ip: base.accepts(p.via)
+            yield (_VIA, (base.scheme, base.host, base.port, base.path, base.rank))
         yield from self._attribute_checks()
         if self.network:
-            networks = self.network
-            yield lambda p, ip: _in_networks(ip, networks)
+            yield (_NETWORK, self.network)
 
-    def _attribute_checks(self) -> Iterable[Check]:
+    def _attribute_checks(self) -> Iterable[tuple[int, Any]]:
         """Exact matches on postgres user/database/request, redis command, mqtt, rdp, version."""
         if self.user is not None:
-            user = self.user
-            yield lambda p, ip: p.user == user
+            yield (_USER, self.user)
         if self.database is not None:
-            database = self.database
-            yield lambda p, ip: p.database == database
+            yield (_DATABASE, self.database)
         if self.request is not None:
-            request = self.request.lower()
-            yield lambda p, ip: p.request == request
+            yield (_REQUEST, self.request.lower())
         if self.command is not None:
-            command = self.command.upper()
-            yield lambda p, ip: p.command == command
+            yield (_COMMAND, self.command.upper())
         if self.client_id is not None:
-            client_id = self.client_id
-            yield lambda p, ip: p.client_id == client_id
+            yield (_CLIENT_ID, self.client_id)
         if self.level is not None:
-            level = self.level
-            yield lambda p, ip: p.level == level
+            yield (_LEVEL, self.level)
         if self.cookie is not None:
-            cookie = self.cookie.lower()
-            yield lambda p, ip: p.cookie is not None and p.cookie.lower() == cookie
+            yield (_COOKIE, self.cookie.lower())
         if self.version is not None:
-            version = self.version.lower()
-            yield lambda p, ip: p.version is not None and p.version.lower() == version
+            yield (_VERSION, self.version.lower())
+
+    def _argument(self, check: int) -> Any:
+        for number, argument in self._checks:
+            if number == check:
+                return argument
+        return None
+
+    @property
+    def service_version(self) -> tuple[int, ...]:
+        """The version of the service name this route serves (() when none, or no service)."""
+        argument = self._argument(_SERVICE)
+        return () if argument is None else argument[6]
+
+    @property
+    def via_base(self) -> BaseAddress | None:
+        """The parsed Via base address, or None (made on demand: routes keep only its fields)."""
+        argument = self._argument(_VIA)
+        return None if argument is None else BaseAddress(*argument)
 
     def canonical(self) -> Match:
         """The same match with names in their one canonical spelling (for equality)."""
@@ -225,8 +236,12 @@ class Match:
 
     def accepts(self, preamble: Preamble, ip: str = "") -> bool:
         """True when every set field accepts ``preamble`` from peer ``ip``."""
-        for check in self._checks:
-            if not check(preamble, ip):
+        checks = _CHECKS
+        for number, argument in self._checks:
+            if number == _PROTOCOL:  # the commonest check, and the one that rejects most: inline
+                if preamble.protocol != argument:
+                    return False
+            elif not checks[number](argument, preamble, ip):
                 return False
         return True
 
@@ -256,24 +271,55 @@ _KEY_COVERS: dict[str, Callable[[str, str], bool]] = {
 """Per address key: does the first value's space contain the second value's?"""
 
 
-def _service_check(route_name: naming.ServiceName) -> Check:
-    """A check admitting the names that may reach ``route_name`` (see portmux.protocols.tcpmux)."""
-    base, full, versioned = route_name.base, str(route_name), route_name.base + "/"
+def _check_service(argument: tuple[Any, ...], preamble: Preamble, ip: str) -> bool:
+    """Admit the names that may reach the route's service name (see portmux.protocols.tcpmux)."""
+    base, full, versioned, is_pattern, namespace, name, version = argument
+    requested = preamble.service
+    if requested is None:
+        return False
+    if requested == base or requested == full:  # the common cases, without parsing
+        return True
+    if not is_pattern and not requested.lower().startswith(versioned):
+        return requested.lower() in (base, full)
+    try:
+        return naming.ServiceName(namespace, name, version).accepts(naming.parse(requested))
+    except naming.MalformedName:
+        return False
 
-    def check(preamble: Preamble, ip: str) -> bool:
-        requested = preamble.service
-        if requested is None:
-            return False
-        if requested == base or requested == full:  # the common cases, without parsing
-            return True
-        if not route_name.is_pattern and not requested.lower().startswith(versioned):
-            return requested.lower() in (base, full)
-        try:
-            return route_name.accepts(naming.parse(requested))
-        except naming.MalformedName:
-            return False
 
-    return check
+def _check_via(argument: tuple[Any, ...], preamble: Preamble, ip: str) -> bool:
+    return BaseAddress(*argument).accepts(preamble.via)
+
+
+def _check_cookie(cookie: str, preamble: Preamble, ip: str) -> bool:
+    return preamble.cookie is not None and preamble.cookie.lower() == cookie
+
+
+def _check_version(version: str, preamble: Preamble, ip: str) -> bool:
+    return preamble.version is not None and preamble.version.lower() == version
+
+
+_CHECKS: tuple[Callable[[Any, Preamble, str], bool], ...] = (
+    lambda protocol, p, ip: p.protocol == protocol,
+    lambda sni, p, ip: host_pattern_matches(sni, p.sni),
+    lambda host, p, ip: host_pattern_matches(host, p.host),
+    lambda alpn, p, ip: alpn in p.alpn,
+    lambda prefix, p, ip: path_prefix_matches(prefix, p.path),
+    _check_service,
+    _check_via,
+    lambda user, p, ip: p.user == user,
+    lambda database, p, ip: p.database == database,
+    lambda request, p, ip: p.request == request,
+    lambda command, p, ip: p.command == command,
+    lambda client_id, p, ip: p.client_id == client_id,
+    lambda level, p, ip: p.level == level,
+    _check_cookie,
+    _check_version,
+    lambda networks, p, ip: _in_networks(ip, networks),
+)
+"""Match's checks by number: shared functions over a route's (number, argument) data."""
+(_PROTOCOL, _SNI, _HOST, _ALPN, _PATH, _SERVICE, _VIA, _USER, _DATABASE, _REQUEST, _COMMAND,
+ _CLIENT_ID, _LEVEL, _COOKIE, _VERSION, _NETWORK) = range(len(_CHECKS))
 
 
 def _in_networks(ip: str, networks: Sequence[Network]) -> bool:

@@ -1,5 +1,13 @@
 # -*- test-case-name: tests.daemon.test_gc -*-
-"""Keep the cycle collector's full passes off the objects built at startup."""
+"""Keep the cycle collector's full passes off the objects built at startup.
+
+Only startup is frozen, never later: registered routes are kept cheap for the
+collector instead (~6 tracked objects each, docs/workers.md "Registration at
+scale"), because freezing them is not safe.  A frozen object is never examined
+again, so frozen cyclic garbage is never freed: an unregistered group (its route
+and target refer back to it) or a closed connection (protocol <-> transport)
+frozen while alive would leak for the life of the process, once per freeze.
+"""
 
 from __future__ import annotations
 

@@ -174,13 +174,32 @@ class PendingHandoff:
 
 
 @implementer(ITarget)
-class WorkerGroupTarget:
-    """The target of one registered route: hands off to, or proxies to, its group."""
+class GroupTarget:
+    """The target of one registered route: hands off to, or proxies to, its group's members.
 
-    def __init__(self, group: Any) -> None:
-        self.group = group
-        self.kind = group.mode
-        self.description = f"{group.mode} to workers of uid {group.uid} for {group.match.describe(',')}"
+    A mixin for the registry's group (``portmux.control``'s ``WorkerGroup``), which
+    supplies ``match``, ``mode``, ``uid``, ``name`` and ``candidates()``: the group is
+    its own route's target, one object per registration rather than two (issue 11).
+    """
+
+    match: Any
+    mode: str
+    uid: int
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError  # supplied by the group this is mixed into
+
+    def candidates(self) -> list[Any]:
+        raise NotImplementedError  # supplied by the group this is mixed into
+
+    @property
+    def kind(self) -> str:
+        return self.mode
+
+    @property
+    def description(self) -> str:
+        return f"{self.mode} to workers of uid {self.uid} for {self.match.describe(',')}"
 
     def start(self) -> None:
         """Members are started by the registry when they join."""
@@ -191,11 +210,11 @@ class WorkerGroupTarget:
     @property
     def per_request(self) -> bool:
         """HTTP registrations in proxy mode are served per request (each member's request queue)."""
-        return bool(self.group.mode == "proxy" and self.group.match.protocol == "http")
+        return bool(self.mode == "proxy" and self.match.protocol == "http")
 
     def start_exchange(self, request: Any, route: Any, head: Any, length: Any, dispatcher: Any) -> Any:
         """Forward one HTTP request to the next member able to take it (round-robin)."""
-        for member in self.group.candidates():
+        for member in self.candidates():
             start = getattr(member.target, "start_exchange", None)
             if start is not None:
                 return start(request, route, head, length, dispatcher)
@@ -206,15 +225,15 @@ class WorkerGroupTarget:
             from portmux.targets.resource import serve_http
 
             return serve_http(connection)
-        if self.group.mode == "proxy":
-            for member in self.group.candidates():
+        if self.mode == "proxy":
+            for member in self.candidates():
                 if member.target is not None:
                     result: IProtocol | None = member.target.attach(connection)
                     return result
             connection.refuse(refusal.UNAVAILABLE, "no worker is available")
             return None
         try:
-            pending = PendingHandoff(connection, self.group, self.group.name)
+            pending = PendingHandoff(connection, self, self.name)
         except DetachError as e:
             connection.refuse(refusal.BAD_GATEWAY, "cannot hand off", detail=str(e))
             return None
@@ -222,3 +241,23 @@ class WorkerGroupTarget:
         waiting = _Waiting(pending)
         pending.next()
         return waiting
+
+
+class WorkerGroupTarget(GroupTarget):
+    """A GroupTarget for a group that is not its own target (a child process's ParentGroup)."""
+
+    kind = ""
+    description = ""
+
+    def __init__(self, group: Any) -> None:
+        self.group = group
+        self.match, self.mode, self.uid = group.match, group.mode, group.uid
+        self.kind = group.mode
+        self.description = f"{group.mode} to workers of uid {group.uid} for {group.match.describe(',')}"
+
+    @property
+    def name(self) -> str:
+        return str(self.group.name)
+
+    def candidates(self) -> list[Any]:
+        return list(self.group.candidates())

@@ -19,10 +19,10 @@ from twisted.web.server import Site
 from portmux.control._cluster import Cluster, registration_key, registry_health
 from portmux.control._etcd import EtcdClient
 from portmux.control._registry import RegistrationError, Registry, Reservation
+from portmux.control._server import WorkerGroup
 from portmux.core.mux import Multiplexer
 from portmux.core.preamble import Preamble
 from portmux.core.routing import Match, Route
-from portmux.targets.handoff import WorkerGroupTarget
 from portmux.targets.proxy import ProxyTarget
 from tests.cluster.harness import free_port
 from tests.control.test_etcd import EtcdServer
@@ -86,7 +86,7 @@ class ClusterTests(TestCase):
 
         cluster = Cluster(reactor, client, mux, prefix=self.prefix, node=name, lease_ttl=2,
                           read_route=read_route, set_etcd_routes=lambda routes: self.stored.__setitem__(name, routes))
-        registry = Registry(mux, reservations, WorkerGroupTarget, lambda e: ProxyTarget([e]))
+        registry = Registry(mux, reservations, lambda group: group, lambda e: ProxyTarget([e]), group_type=WorkerGroup)
         cluster.startService()
         self.addCleanup(cluster.stopService)
         return cluster, registry, mux
