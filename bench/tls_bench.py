@@ -8,7 +8,10 @@ RSA 2048) and forwards the plaintext to one nginx HTTP backend (keep-alive,
   so every connection is a full TLS 1.3 handshake (h2load never resumes sessions);
 - keep-alive requests/s: 16 connections, many requests each;
 - resumed handshakes/s, counted separately: ``openssl s_time -reuse`` (one
-  connection at a time, session resumption) next to ``s_time -new``.
+  connection at a time, session resumption) next to ``s_time -new``;
+- the middlebox's CPU time (its process tree, /proc) per new handshake and per
+  keep-alive request: steadier than the rates on a machine shared with other jobs
+  (a CPU-time ratio below 1 means portmux is cheaper).
 
 The middlebox runs on CPU 1, client and backend on CPU 0 (when there are two);
 middleboxes are interleaved within every repetition and medians reported, with
@@ -16,6 +19,7 @@ ratios against HAProxy measured in the same run.  Everything is on 127.0.0.1,
 every load is bounded in count and time.
 
     python bench/tls_bench.py [--reps 3] [--quick] [--keys ecdsa,rsa] [--only portmux,haproxy,nginx]
+                              [--baseline DIR]   (also portmux-base: the portmux tree in DIR)
     python bench/tls_bench.py --role portmux --cert C --key K --port P --backend B   (internal)
 """
 
@@ -34,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from run import free_port, wait_listening  # bench/ is the script's directory
+from run import cpu_seconds, free_port, wait_listening  # bench/ is the script's directory
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -137,9 +141,12 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(10)
 
 
-def middlebox_argv(name: str, port: int, backend: int, cert: dict[str, str], rundir: Path) -> list[str]:
-    if name == "portmux":
-        return [*pinned(1), sys.executable, str(Path(__file__).resolve()), "--role", "portmux",
+def middlebox_argv(name: str, port: int, backend: int, cert: dict[str, str], rundir: Path,
+                   baseline: Path | None = None) -> list[str]:
+    if name in ("portmux", "portmux-base"):
+        tree = baseline if name == "portmux-base" and baseline is not None else ROOT
+        # The role puts its own tree first on sys.path, so each runs its own portmux.
+        return [*pinned(1), sys.executable, str(tree / "bench" / "tls_bench.py"), "--role", "portmux",
                 "--cert", cert["cert"], "--key", cert["key"], "--port", str(port),
                 "--backend", str(backend)]
     if name == "haproxy":
@@ -230,13 +237,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 order = list(args.only[rep % len(args.only):]) + list(args.only[: rep % len(args.only)])
                 for name in order:
                     port = free_port()
-                    process = start(middlebox_argv(name, port, backend_port, cert, rundir), log)
+                    process = start(
+                        middlebox_argv(name, port, backend_port, cert, rundir, args.baseline), log
+                    )
                     try:
                         wait_listening(port)
                         h2load(port, 50, 500)  # warm up
                         f = figures[name]
+                        used = cpu_seconds(process.pid)
                         f.setdefault("handshakes/s", []).append(h2load(port, args.burst, args.burst))
+                        used, before = cpu_seconds(process.pid), used
+                        f.setdefault("CPU us/handshake", []).append((used - before) * 1e6 / args.burst)
                         f.setdefault("keep-alive req/s", []).append(h2load(port, 16, args.requests))
+                        used, before = cpu_seconds(process.pid), used
+                        f.setdefault("CPU us/request", []).append((used - before) * 1e6 / args.requests)
                         f.setdefault("s_time new/s", []).append(s_time(port, "new", args.stime))
                         f.setdefault("s_time reuse/s", []).append(s_time(port, "reuse", args.stime))
                     finally:
@@ -251,16 +265,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(results: dict[str, Any], only: list[str]) -> None:
-    base = "haproxy" if "haproxy" in only else only[0]
+    """Medians per middlebox, and each portmux as a ratio to every peer measured in the run."""
+    ours = [n for n in only if n.startswith("portmux")]
+    pairs = [(a, b) for a in ours for b in only if b != a and not (a == "portmux-base" and b in ours)]
     for kind, table in results.items():
         metrics = list(next(iter(table.values())).keys())
-        print(f"\n{kind.upper()} certificate, TLS 1.3, medians; ratio = middlebox / {base}")
-        print("| metric | " + " | ".join(only) + " | " + " | ".join(f"{n}/{base}" for n in only if n != base) + " |")
-        print("|---" * (1 + len(only) + len(only) - 1) + "|")
+        print(f"\n{kind.upper()} certificate, TLS 1.3, medians")
+        print("| metric | " + " | ".join(only) + " | " + " | ".join(f"{a}/{b}" for a, b in pairs) + " |")
+        print("|---" * (1 + len(only) + len(pairs)) + "|")
         for metric in metrics:
             values = [table[n][metric] for n in only]
-            ratios = [table[n][metric] / table[base][metric] if table[base][metric] else float("nan")
-                      for n in only if n != base]
+            ratios = [table[a][metric] / table[b][metric] if table[b][metric] else float("nan")
+                      for a, b in pairs]
             print(f"| {metric} | " + " | ".join(f"{v:,.0f}" for v in values) + " | "
                   + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
 
@@ -275,6 +291,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40000, help="keep-alive requests per run")
     parser.add_argument("--stime", type=int, default=3, help="seconds per s_time run")
     parser.add_argument("--json", help="write the medians here")
+    parser.add_argument("--baseline", type=Path,
+                        help="another portmux tree (e.g. a git archive of main) run as portmux-base")
     parser.add_argument("--role", choices=("client", "portmux"), default="client")
     parser.add_argument("--cert")
     parser.add_argument("--key")
@@ -289,11 +307,15 @@ def main() -> None:
             sys.exit(f"bench/tls_bench.py needs {tool} (Debian: nghttp2-client, nginx-light, openssl)")
     args.keys = args.keys.split(",")
     args.only = [n for n in args.only.split(",") if n != "haproxy" or shutil.which("haproxy")]
+    if args.baseline is not None and "portmux-base" not in args.only:
+        args.only.insert(1, "portmux-base")
     if args.quick:
         args.reps, args.burst, args.requests, args.stime = 1, 200, 10000, 2
     print(f"tls_bench {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, reps={args.reps}, "
-          f"pinned={two_cpus()}, load average {os.getloadavg()[0]:.1f}")
+          f"pinned={two_cpus()}, load average {os.getloadavg()[0]:.1f}", flush=True)
     results = measure(args)
+    print(f"finished {time.strftime('%H:%M:%S', time.gmtime())} UTC, "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     report(results, args.only)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

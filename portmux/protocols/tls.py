@@ -10,6 +10,7 @@ handshake records; the probe answers NEED_MORE until the whole message is here.
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 
 from portmux.core import refusal
@@ -191,7 +192,8 @@ def _parse_body(body: bytes, record_bytes: int) -> ClientHello:
     suites = reader.vector(2, 2)
     if suites.remaining() % 2:
         raise _Malformed()
-    cipher_suites = tuple(suites.uint(2) for _ in range(suites.remaining() // 2))
+    raw_suites = suites.take(suites.remaining())
+    cipher_suites = struct.unpack(f">{len(raw_suites) // 2}H", raw_suites)
     compression = reader.vector(1, 1)
     compression_methods = compression.take(compression.remaining())
     extensions: list[tuple[int, bytes]] = []
@@ -203,12 +205,17 @@ def _parse_body(body: bytes, record_bytes: int) -> ClientHello:
         if reader.remaining():
             raise _Malformed()
         seen: set[int] = set()
-        while block.remaining():
-            ext_type = block.uint(2)
-            ext = block.vector(2)
-            ext_data = ext.take(ext.remaining())
-            if ext_type in seen or len(seen) >= MAX_EXTENSIONS:
+        # Inline rather than through _Reader: ~20 extensions per hello, 7 calls each.
+        data, pos, end = block.data, block.pos, block.end
+        while pos < end:
+            if pos + 4 > end:
                 raise _Malformed()
+            ext_type = data[pos] << 8 | data[pos + 1]
+            start = pos + 4
+            pos = start + (data[pos + 2] << 8 | data[pos + 3])
+            if pos > end or ext_type in seen or len(seen) >= MAX_EXTENSIONS:
+                raise _Malformed()
+            ext_data = data[start:pos]
             seen.add(ext_type)
             extensions.append((ext_type, ext_data))
             if ext_type == EXT_SERVER_NAME:

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import H2_ENABLED
 from zope.interface import implementer
 
+from portmux._twisted import TerminatingTLS
 from portmux.core import refusal
 from portmux.core.interfaces import IProbe, ITarget
 from portmux.core.mux import (
@@ -65,7 +66,8 @@ class _InnerSniffer(SniffingProtocol):
             tls_version=handle.get_protocol_version_name(),
             tls_terminated=True,
         )
-        route = _route_without_content(self.mux.router, self.outer, self._ip)
+        mux = cast(_InnerMultiplexer, self.mux)
+        route = mux.tls_facts_routes().route_without_content(self.outer, self._ip)
         if route is not None:
             self._attach(route, with_outer(UNKNOWN, self.outer))
 
@@ -86,6 +88,14 @@ class _InnerMultiplexer(Multiplexer):
     """The plaintext stage behind TLS termination; never listens itself."""
 
     h2_enabled = H2_ENABLED
+    _facts_routes: _TLSFactsRoutes | None = None
+
+    def tls_facts_routes(self) -> _TLSFactsRoutes:
+        """The current routes as decided by TLS facts alone (see ``_TLSFactsRoutes``)."""
+        cached = self._facts_routes
+        if cached is None or cached.router is not self.router:
+            cached = self._facts_routes = _TLSFactsRoutes(self.router)
+        return cached
 
     def buildProtocol(self, addr: Any) -> _InnerSniffer:
         return _InnerSniffer(self, addr)
@@ -160,6 +170,7 @@ class TLSTarget:
             cast(IProtocolFactory, self.inner),
             clock=reactor,
         )
+        self._tls_factory.protocol = TerminatingTLS
         names = ", ".join(store.names()) or "-"
         self.description = f"tls termination for {names} → {len(self.inner.router.routes)} route(s)"
 
@@ -211,23 +222,39 @@ CONTENT_FIELDS: dict[str, Any] = {
 }
 
 
-def _route_without_content(router: Router, outer: Preamble, ip: str) -> Route | None:
-    """The route decided by the TLS facts alone, before any plaintext arrives.
+class _TLSFactsRoutes:
+    """``route_without_content`` over one Router, with its TLS-facts-only matches made once.
 
-    A route like ``{ sni = "b.example.com" }`` takes the connection at once, so
-    server-speaks-first and short-message protocols need not wait for sniffing;
-    a route that looks at the plaintext and could still match comes first.
+    Rebuilt when the multiplexer's (immutable) Router is replaced: a route change
+    never sees a stale list, and no connection pays a ``dataclasses.replace``.
     """
-    for route in router.routes:
-        match = route.match
-        if match.silent or match.default:
-            continue
-        if not dataclasses.replace(match, **CONTENT_FIELDS).accepts(outer, ip):
-            continue
-        if any(getattr(match, name) is not None for name in CONTENT_FIELDS):
-            return None
-        return route
-    return None
+
+    __slots__ = ("entries", "router")
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.entries = tuple(
+            (
+                route,
+                dataclasses.replace(route.match, **CONTENT_FIELDS),
+                any(getattr(route.match, name) is not None for name in CONTENT_FIELDS),
+            )
+            for route in router.routes
+            if not (route.match.silent or route.match.default)
+        )
+
+    def route_without_content(self, outer: Preamble, ip: str) -> Route | None:
+        """The route decided by the TLS facts alone, before any plaintext arrives.
+
+        A route like ``{ sni = "b.example.com" }`` takes the connection at once, so
+        server-speaks-first and short-message protocols need not wait for sniffing;
+        a route that looks at the plaintext and could still match comes first.
+        """
+        for route, facts_only, looks_at_content in self.entries:
+            if not facts_only.accepts(outer, ip):
+                continue
+            return None if looks_at_content else route
+        return None
 
 
 def _describe(address: object) -> str:

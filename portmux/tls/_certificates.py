@@ -420,5 +420,10 @@ class CertificateStore:
         self.rotations += 1
 
     def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
-        """A server SSL.Connection on the front context (SNI then picks the certificate)."""
-        return self._front.serverConnectionForTLS(tlsProtocol)
+        """A server SSL.Connection on the front context (SNI then picks the certificate).
+
+        Built straight on the context: CertificateOptions' own method would also look
+        up the wrapped factory's ALPN list for ``set_alpn_protos``, which only a
+        client sends (the server's choice is the context's ALPN callback).
+        """
+        return SSL.Connection(self._front.getContext())
