@@ -39,6 +39,12 @@ class Limits:
     """Bucket size; 0 means ``max(1, 2 × rate)``."""
     source_prefix_v4: int = 32
     source_prefix_v6: int = 64
+    max_sniffing: int = 0
+    """Connections still being classified per listener; 0: half the listener's connection cap."""
+    evict_sniffing_after: float = 0.25
+    """Past ``max_sniffing`` the oldest connection still being classified is closed; at a
+    ``max_connections`` mark, the oldest one this old rather than pausing (0: neither;
+    core/sniff_pressure.py)."""
 
 
 @dataclass(frozen=True)
@@ -176,11 +182,11 @@ class Admission:
             self.paused = True
             self.paused_times += 1
             self._pause(self._all_ports())
-        if self._fit_call is None and self._free(gate) < self.FIT_MARGIN:
+        if self._fit_call is None and self.free(gate) < self.FIT_MARGIN:
             # After this accept batch (before the reactor polls again), size the next ones.
             self._fit_call = self.reactor.callLater(0, self.fit_batches)
 
-    def _free(self, gate: ListenerGate | None) -> int:
+    def free(self, gate: ListenerGate | None) -> int:
         """Connections that may still be accepted on ``gate``'s ports (a large number: no cap)."""
         cap = self.limits.max_connections
         free = cap - self.open if cap else 1 << 30
@@ -196,7 +202,7 @@ class Admission:
         """
         self._fit_call = None
         for gate, ports in [(None, self.extra_ports)] + [(g, g.ports) for g in self.gates]:
-            free = max(1, self._free(gate))
+            free = max(1, self.free(gate))
             for port in ports:
                 batch = getattr(port, "numberAccepts", None)
                 if isinstance(batch, int) and batch > free:

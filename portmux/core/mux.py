@@ -32,6 +32,7 @@ from portmux.core.proxied import present_addresses
 from portmux.core.ratelog import RateLimitedLog
 from portmux.core.registered import RegisteredLayer
 from portmux.core.routing import Match, Network, Route, Router, _in_networks, peer_ip
+from portmux.core.sniff_pressure import SniffPressure
 from portmux.core.stats import RouteCounters, Stats
 from portmux.core.trace import log_trace
 from portmux.protocols import proxyheader, refusal_bytes, tcpmux
@@ -159,6 +160,8 @@ class SniffingProtocol(Protocol):
     gate: ListenerGate | None = None
     source: Any = None
     _counted = False
+    waiting: dict[SniffingProtocol, float] | None = None
+    """The listener's sniffing connections this one is queued in (core/sniff_pressure.py)."""
     route: Route | None = None
     """The route chosen for this connection, once attached."""
     preamble: Preamble | None = None
@@ -377,6 +380,16 @@ class SniffingProtocol(Protocol):
         if self._sniffing:
             self._sniffing = False
             self.mux.stats.sniffing -= 1
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            waiting.pop(self, None)
+
+    def evict(self, reason: str) -> None:
+        """Close this still-sniffing connection to make room for others; its place is free at once."""
+        if self._counted:
+            self._counted = False
+            self.mux.admission.closed(self.gate, self.source)
+        self.refuse(self._guess(self._candidates), refusal.TIMEOUT, reason, why=refusal.SNIFF_EVICTED)
 
     # -- routing and attaching --------------------------------------------
 
@@ -574,6 +587,8 @@ class Multiplexer(ServerFactory):
         self.timeouts = timeouts
         """Timeouts after classification, read by targets (proxy, resource)."""
         self.admission = Admission(reactor, limits)
+        self.pressure = SniffPressure(reactor, self.admission)
+        """Keeps room for classifiable clients: evicts stale sniffers at the caps."""
         self.log = RateLimitedLog(reactor, log)
         """Refusals, limits and timeouts log through this: a flood becomes a summary."""
         self.stats = Stats()
@@ -618,8 +633,10 @@ class Multiplexer(ServerFactory):
             self.stats.not_accepted["per_source_limit"] += 1
             self.log.emit("source-limit", "closed {peer}: {why}", peer=_describe(addr), why=why)
             return None
+        self.pressure.make_room(gate)
         protocol = SniffingProtocol(self, addr)
         protocol.gate, protocol.source, protocol._counted = gate, source, True
+        self.pressure.track(protocol, gate)
         admission.opened(gate, source)
         return protocol
 
@@ -766,6 +783,7 @@ class Multiplexer(ServerFactory):
         self._running = False
         self.log.flush()
         self.admission.stop()
+        self.pressure.stop()
         started, self._started = self._started, {}
         for target in reversed(list(started.values())):
             self._stop_target(target)

@@ -67,8 +67,10 @@ class LimitTests(TestCase):
         return events
 
     async def test_global_mark_pauses_accepting_and_resumes_below(self) -> None:
+        # Silent clients stand in for long-lived connections here: stale-sniffer
+        # eviction is off (tests/core/test_sniff_pressure.py covers it).
         mux = Multiplexer(reactor, [], settings=SniffSettings(preamble_timeout=60),
-                          limits=Limits(max_connections=5))
+                          limits=Limits(max_connections=5, evict_sniffing_after=0))
         number, port = self.listen(mux)
         events = self.log_lines()
         clients = self.clients()
@@ -95,7 +97,8 @@ class LimitTests(TestCase):
         self.assertEqual(mux.admission.open, 5)
 
     async def test_listener_mark_pauses_only_that_listener(self) -> None:
-        mux = Multiplexer(reactor, [], settings=SniffSettings(preamble_timeout=60))
+        mux = Multiplexer(reactor, [], settings=SniffSettings(preamble_timeout=60),
+                          limits=Limits(evict_sniffing_after=0))
         small, small_port = self.listen(mux, max_connections=2)
         other, other_port = self.listen(mux)
         clients = self.clients()
@@ -117,7 +120,8 @@ class LimitTests(TestCase):
     async def test_accept_batches_are_sized_to_the_free_places(self) -> None:
         """Twisted accepts up to 100 connections per readiness event; none past the mark is
         accepted only to be closed."""
-        mux = Multiplexer(reactor, [], settings=SniffSettings(preamble_timeout=60))
+        mux = Multiplexer(reactor, [], settings=SniffSettings(preamble_timeout=60),
+                          limits=Limits(evict_sniffing_after=0))
         small, _ = self.listen(mux, max_connections=2)
         clients = self.clients()
         clients += [connect(small) for _ in range(6)]

@@ -43,6 +43,12 @@ def test_tables_are_read() -> None:
     )
 
 
+def test_sniffing_keys() -> None:
+    config = parse("[limits]\nmax_sniffing = 300\nevict_sniffing_after = 0.5\n" + ROUTE)
+    assert (config.limits.max_sniffing, config.limits.evict_sniffing_after) == (300, 0.5)
+    assert parse(ROUTE).limits.evict_sniffing_after == Limits().evict_sniffing_after > 0
+
+
 def test_listener_keys() -> None:
     config = parse_config(
         '[[listen]]\nendpoint = "tcp:0"\nmax_connections = 10\nbacklog = 1024\n' + ROUTE,
@@ -55,6 +61,8 @@ def test_listener_keys() -> None:
     ("text", "key", "message"),
     [
         ("[limits]\nmax_per_source = -1\n", "limits.max_per_source", "must be 0 (off) or more"),
+        ("[limits]\nmax_sniffing = -1\n", "limits.max_sniffing", "must be 0 (off) or more"),
+        ("[limits]\nevict_sniffing_after = -0.5\n", "limits.evict_sniffing_after", "must be 0 (off) or more"),
         ("[limits]\nsource_prefix_v4 = 33\n", "limits.source_prefix_v4", "prefix length from 0 to 32"),
         ("[timeouts]\nconnect = 0\n", "timeouts.connect", "greater than 0"),
         ("[timeouts]\ntunnel = -3\n", "timeouts.tunnel", "must be 0 (off) or more"),

@@ -109,6 +109,8 @@ def test_parser_reads_every_family_with_the_accounting(scraped: tuple[str, int, 
     connects = [s for s in found["portmux_connect_seconds"] if s.name == "portmux_connect_seconds_count"]
     assert sum(s.value for s in connects) == 4
     assert value(found, "portmux_registered_routes", "portmux_registered_routes") == 0
+    for limit in ("max_connections", "per_source_limit"):
+        assert value(found, "portmux_not_accepted", "portmux_not_accepted_total", limit=limit) == 0
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian: prometheus) not installed")

@@ -35,6 +35,9 @@ from portmux.daemon.admin.inventory import backends_of, certificates, walk_route
 
 __all__ = ["MetricsPage", "PortmuxCollector", "registry_for"]
 
+NOT_ACCEPTED_LIMITS = ("max_connections", "per_source_limit")
+"""The limits that close a connection at accept (Multiplexer.admit), each always exported."""
+
 
 def _buckets(histogram: Any) -> list[tuple[str, float]]:
     return [("+Inf" if bound == float("inf") else repr(bound), count)
@@ -80,6 +83,13 @@ class PortmuxCollector(Collector):
             sniff_closed.add_metric([listener], counters.closed_sniffing)
         yield accepted
         yield sniff_closed
+        not_accepted = CounterMetricFamily(
+            "portmux_not_accepted",
+            "Connections closed at accept by a limit, before any protocol (not in accepted), by limit.",
+            labels=["limit"])
+        for limit in sorted({*NOT_ACCEPTED_LIMITS, *stats.not_accepted}):
+            not_accepted.add_metric([limit], stats.not_accepted.get(limit, 0))
+        yield not_accepted
         yield GaugeMetricFamily("portmux_sniffing_connections", "Connections being classified now.",
                                 value=stats.sniffing)
         yield from _group_metrics(stats)

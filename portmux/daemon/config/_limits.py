@@ -72,6 +72,18 @@ class LimitsTable:
     source_prefix_v6: int = setting(
         Whole(_prefix(128)), "IPv6 prefix length that makes one source network", default=_LIMITS.source_prefix_v6
     )
+    max_sniffing: int = setting(
+        Whole(non_negative),
+        "connections still being classified per listener; a new one past it closes the oldest"
+        " (0: half the listener's connection cap)",
+        default=_LIMITS.max_sniffing,
+    )
+    evict_sniffing_after: float = setting(
+        Number(check=non_negative),
+        "at a max_connections mark, an unclassified connection this old is closed rather than"
+        " pausing (0: no eviction at all, max_sniffing included)",
+        default=_LIMITS.evict_sniffing_after,
+    )
 
     def validate(self, key_path: str, walk: Walk) -> Limits:
         return Limits(
@@ -81,6 +93,8 @@ class LimitsTable:
             new_per_source_burst=self.new_per_source_burst,
             source_prefix_v4=self.source_prefix_v4,
             source_prefix_v6=self.source_prefix_v6,
+            max_sniffing=self.max_sniffing,
+            evict_sniffing_after=float(self.evict_sniffing_after),
         )
 
 
