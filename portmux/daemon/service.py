@@ -164,12 +164,25 @@ class PortmuxService(MultiService):
 
         freeze_startup_objects()
         lean_dispatch(self.reactor)  # no log context wrapped around every event (performance.md)
-        self._on_signal(signal.SIGHUP, self.reload)
-        self._on_signal(signal.SIGUSR1, self.reopen_logs)
+        self._handle_reload_signals()
         from portmux.daemon.notify import sd_notify
 
         sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=listening on "
                   + ", ".join(self.listener_services))
+
+    def privilegedStartService(self) -> None:
+        """Take SIGHUP and SIGUSR1 before any listener binds and logs "listening on".
+
+        Their default disposition ends the process: a reload asked for as soon as the
+        log shows a listener (or a client connects) must not kill the daemon.
+        """
+        self._handle_reload_signals()
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+
+    def _handle_reload_signals(self) -> None:
+        """SIGHUP reloads, SIGUSR1 reopens the logs (idempotent: the first disposition is kept)."""
+        self._on_signal(signal.SIGHUP, self.reload)
+        self._on_signal(signal.SIGUSR1, self.reopen_logs)
 
     def _on_signal(self, signum: int, handler: Callable[[], Any]) -> None:
         """Run ``handler`` in the reactor on ``signum``; remember the old disposition once."""
@@ -178,6 +191,13 @@ class PortmuxService(MultiService):
         except ValueError:  # not the main thread (embedded in tests)
             return
         self._previous_signals.setdefault(signum, previous)
+
+    def restore_signals(self) -> None:
+        """Give back every signal disposition this service replaced."""
+        for signum, previous in self._previous_signals.items():
+            if previous is not None:
+                signal.signal(signum, previous)
+        self._previous_signals.clear()
 
     def reopen_logs(self) -> None:
         """SIGUSR1: reopen the access log (logrotate)."""
@@ -208,10 +228,7 @@ class PortmuxService(MultiService):
         return done
 
     def _stopped(self) -> Any:
-        for signum, previous in self._previous_signals.items():
-            if previous is not None:
-                signal.signal(signum, previous)
-        self._previous_signals.clear()
+        self.restore_signals()
         if self.access_log is not None:
             self.mux.stats.observers.remove(self.access_log)
             self.access_log.stop()
