@@ -288,8 +288,11 @@ class PortmuxService(MultiService):
                   for listener in config.listeners}
         for description in [d for d in self.listener_services if d not in wanted]:
             listener = self.listener_services.pop(description)
-            listener.disownServiceParent()  # type: ignore[no-untyped-call]  # stops it
-            log.info("reload: stopped listening on {endpoint}", endpoint=description)
+            # Logged once the socket is closed (a port closes a reactor turn later), so the
+            # line is true when read: a connect then is refused.
+            stopped = maybeDeferred(listener.disownServiceParent)  # stops it
+            stopped.addCallbacks(_stopped_listening, _stopping_failed,
+                                 callbackArgs=(description,), errbackArgs=(description,))
         for description, trusted in wanted.items():
             current = self.listener_services.get(description)
             if current is not None:
@@ -300,6 +303,16 @@ class PortmuxService(MultiService):
             except StartupError as error:  # e.g. the port is taken: keep the others running
                 self.listener_services.pop(description).disownServiceParent()  # type: ignore[no-untyped-call]
                 log.error("reload: {error}", error=str(error))
+
+
+def _stopped_listening(_: object, endpoint: str) -> None:
+    """A reload's removed listener has closed its socket."""
+    log.info("reload: stopped listening on {endpoint}", endpoint=endpoint)
+
+
+def _stopping_failed(failure: Failure, endpoint: str) -> None:
+    """A reload's removed listener failed to stop: logged, the reload goes on."""
+    log.failure("reload: stopping {endpoint} failed", failure, endpoint=endpoint)
 
 
 class StartupError(SystemExit):
