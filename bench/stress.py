@@ -162,6 +162,9 @@ async def holder(port: int, source: str, deadline: float, stats: dict[str, int])
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)), 2)
+        except ConnectionResetError:  # evicted (reset) before the connect completed here
+            stats["connections"] += 1
+            continue  # as aggressive as after any other eviction: reconnect at once
         except (OSError, asyncio.TimeoutError):
             stats["connect_errors"] += 1
             await asyncio.sleep(0.2)
