@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         adopted.append(AdoptedStreamServerEndpoint(reactor, int(fd), int(family)))
     listen = [f"inherited:{n}" for n in range(len(adopted))] if args.plain else None
     service = PortmuxService(reactor, load, listen=listen, adopt=adopted)
-    service.privilegedStartService()  # type: ignore[no-untyped-call]
+    service.privilegedStartService()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     _watch_parent(reactor, args.parent)

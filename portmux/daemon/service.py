@@ -164,12 +164,25 @@ class PortmuxService(MultiService):
 
         freeze_startup_objects()
         lean_dispatch(self.reactor)  # no log context wrapped around every event (performance.md)
-        self._on_signal(signal.SIGHUP, self.reload)
-        self._on_signal(signal.SIGUSR1, self.reopen_logs)
+        self._handle_reload_signals()
         from portmux.daemon.notify import sd_notify
 
         sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=listening on "
                   + ", ".join(self.listener_services))
+
+    def privilegedStartService(self) -> None:
+        """Take SIGHUP and SIGUSR1 before any listener binds and logs "listening on".
+
+        Their default disposition ends the process: a reload asked for as soon as the
+        log shows a listener (or a client connects) must not kill the daemon.
+        """
+        self._handle_reload_signals()
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+
+    def _handle_reload_signals(self) -> None:
+        """SIGHUP reloads, SIGUSR1 reopens the logs (idempotent: the first disposition is kept)."""
+        self._on_signal(signal.SIGHUP, self.reload)
+        self._on_signal(signal.SIGUSR1, self.reopen_logs)
 
     def _on_signal(self, signum: int, handler: Callable[[], Any]) -> None:
         """Run ``handler`` in the reactor on ``signum``; remember the old disposition once."""
@@ -178,6 +191,13 @@ class PortmuxService(MultiService):
         except ValueError:  # not the main thread (embedded in tests)
             return
         self._previous_signals.setdefault(signum, previous)
+
+    def restore_signals(self) -> None:
+        """Give back every signal disposition this service replaced."""
+        for signum, previous in self._previous_signals.items():
+            if previous is not None:
+                signal.signal(signum, previous)
+        self._previous_signals.clear()
 
     def reopen_logs(self) -> None:
         """SIGUSR1: reopen the access log (logrotate)."""
@@ -208,10 +228,7 @@ class PortmuxService(MultiService):
         return done
 
     def _stopped(self) -> Any:
-        for signum, previous in self._previous_signals.items():
-            if previous is not None:
-                signal.signal(signum, previous)
-        self._previous_signals.clear()
+        self.restore_signals()
         if self.access_log is not None:
             self.mux.stats.observers.remove(self.access_log)
             self.access_log.stop()
@@ -271,8 +288,11 @@ class PortmuxService(MultiService):
                   for listener in config.listeners}
         for description in [d for d in self.listener_services if d not in wanted]:
             listener = self.listener_services.pop(description)
-            listener.disownServiceParent()  # type: ignore[no-untyped-call]  # stops it
-            log.info("reload: stopped listening on {endpoint}", endpoint=description)
+            # Logged once the socket is closed (a port closes a reactor turn later), so the
+            # line is true when read: a connect then is refused.
+            stopped = maybeDeferred(listener.disownServiceParent)  # stops it
+            stopped.addCallbacks(_stopped_listening, _stopping_failed,
+                                 callbackArgs=(description,), errbackArgs=(description,))
         for description, trusted in wanted.items():
             current = self.listener_services.get(description)
             if current is not None:
@@ -283,6 +303,16 @@ class PortmuxService(MultiService):
             except StartupError as error:  # e.g. the port is taken: keep the others running
                 self.listener_services.pop(description).disownServiceParent()  # type: ignore[no-untyped-call]
                 log.error("reload: {error}", error=str(error))
+
+
+def _stopped_listening(_: object, endpoint: str) -> None:
+    """A reload's removed listener has closed its socket."""
+    log.info("reload: stopped listening on {endpoint}", endpoint=endpoint)
+
+
+def _stopping_failed(failure: Failure, endpoint: str) -> None:
+    """A reload's removed listener failed to stop: logged, the reload goes on."""
+    log.failure("reload: stopping {endpoint} failed", failure, endpoint=endpoint)
 
 
 class StartupError(SystemExit):

@@ -322,6 +322,12 @@ class SplicedPair:
         self.down.close()
         # A reset passed on as a reset where the proxy does so (raw TCP, see proxy.py).
         passthrough = failed is not None and failed.leg.reset_passthrough
+        if failed is None:
+            # Both FINs passed: each socket is shut both ways, so the reactor reports a
+            # hang-up on it while Twisted closes it (not reading: ConnectionLost, not
+            # ConnectionDone). That is no reset to pass on: aborting the other side
+            # would drop the bytes its socket still sends.
+            self.client.leg.reset_passthrough = self.server.leg.reset_passthrough = False
         for end in (self.client, self.server):
             if end is failed or passthrough:
                 end.transport.abortConnection()

@@ -105,6 +105,11 @@ class ServiceWiringTests(TestCase):
                 "[limits]\nmax_connections = 40\n[timeouts]\ntunnel = 5\n" + ROUTE)
         service = PortmuxService(reactor, lambda: parse_config(text, "t.toml", reactor))
         service.privilegedStartService()
+        self.addCleanup(service.restore_signals)
+        import signal
+
+        # SIGHUP's default ends the process: taken before a port is bound (and logged)
+        assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_DFL, signal.SIG_IGN, None)
         listener = next(iter(service))
         self.addCleanup(listener.port.stopListening)
         port = listener.port.getHost().port

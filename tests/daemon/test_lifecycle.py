@@ -165,6 +165,20 @@ def test_sighup_adds_and_removes_listeners_without_touching_the_others(tmp_path:
         stop_process(backend)
 
 
+def test_sighup_as_soon_as_a_listener_is_logged_reloads_instead_of_killing(tmp_path: Path) -> None:
+    """SIGHUP's default disposition ends a process: portmux takes it before it binds (and logs) a port."""
+    backend, backend_port = start_backend()
+    daemon = Daemon(tmp_path, proxied(backend_port))  # returns once "listening on" is logged
+    try:
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_log("reloaded: 1 routes")
+        assert daemon.process.poll() is None
+        assert http_get(daemon.port).startswith(b"HTTP/1.0 200 OK")
+    finally:
+        daemon.stop()
+        stop_process(backend)
+
+
 def _refused_at(host: str, port: int) -> bool:
     try:
         socket.create_connection((host, port), timeout=2).close()

@@ -174,6 +174,48 @@ class SpliceTests(TestCase):
         self.assert_spliced(2 * BULK)
 
     @defer.inlineCallbacks
+    def test_backend_reading_after_both_fins_passed_gets_every_byte(self) -> Any:
+        """The pair ends (both FINs passed) while the backend has not read yet: closed, never reset.
+
+        At the end each socket has both FINs, so the reactor reports a hang-up on it;
+        that is an orderly end, not a lost connection to pass on as a reset (which
+        would drop what the backend had not read yet).
+        """
+        class WideSendBuffer(RecordingPair):
+            """Portmux's backend socket can hold all the bytes, so they wait there as under load."""
+
+            def __init__(self, *args: Any) -> None:
+                super().__init__(*args)
+                self.server.skt.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+
+        self.patch(_splice, "SplicedPair", WideSendBuffer)
+        self.backend.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # reads little unread
+        client, server = yield threads.deferToThread(self.connect)
+        size = 1 << 20
+
+        def both_ways() -> tuple[Any, ...]:
+            results: dict[str, Any] = {}
+
+            def answer() -> None:
+                results["down-sent"] = send_stream(server, size, 7)
+                server.shutdown(socket.SHUT_WR)
+
+            sender = threading.Thread(target=answer)
+            sender.start()
+            up_sent = send_stream(client, size, 6)
+            client.shutdown(socket.SHUT_WR)
+            down_got = receive_all(client)
+            sender.join(60)
+            return up_sent, results["down-sent"], down_got
+
+        up_sent, down_sent, down_got = yield threads.deferToThread(both_ways)
+        self.assertEqual(down_got, (size, down_sent))
+        yield defer.ensureDeferred(self.settled())  # the pair is over; the backend reads only now
+        up_got = yield threads.deferToThread(receive_all, server)
+        self.assertEqual(up_got, (size, up_sent))
+        self.assert_spliced(2 * size)
+
+    @defer.inlineCallbacks
     def test_client_half_close(self) -> Any:
         """The client sends and shuts its write side; the backend still answers in full."""
 
