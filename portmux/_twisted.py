@@ -781,7 +781,7 @@ class TerminatingTLS(BufferingTLSTransport):
 
         ``_flushReceiveBIO`` keeps the OpenSSL error's Failure in a local of the frame
         its traceback holds: a reference cycle through every frame of the close (and
-        their connection objects) that only the cycle collector frees, ~45 objects per
+        their connection objects) that only the cycle collector frees, ~50 objects per
         connection ended without close_notify.  Without the traceback, reference
         counting frees them as the close returns.
         """

@@ -154,8 +154,9 @@ class SniffingProtocol:
 
     After attaching, the ``dataReceived`` slot holds the target protocol's own
     bound method so the data path adds no Python call per read. Every field is a
-    slot (no instance dict: ~0.8 KB less per connection), so this is a plain
-    class providing IProtocol rather than a ``Protocol`` subclass.
+    slot (no instance dict: ~0.7 KB less per connection), so this is a plain
+    class providing IProtocol rather than a ``Protocol`` subclass. A new
+    per-connection field needs an entry in ``__slots__`` and a default in ``__init__``.
     """
 
     __slots__ = {  # noqa: RUF023  # grouped by meaning
