@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import resource
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,18 @@ def automatic_max_connections() -> int:
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
     return max(16, (soft - FD_RESERVE) // 2)
+
+
+def _v4_network(ip: str, prefix: int) -> str | None:
+    """``ip`` (dotted quad) itself at /32, else its /``prefix`` network as ``a.b.c.d/n``."""
+    if prefix >= 32:
+        return ip
+    try:
+        number = int.from_bytes(socket.inet_aton(ip), "big")
+    except OSError:
+        return None
+    mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
+    return f"{socket.inet_ntoa((number & mask).to_bytes(4, 'big'))}/{prefix}"
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,8 @@ class Admission:
         limits = self.limits
         if not (limits.max_per_source or limits.new_per_source_rate):
             return None
+        if ":" not in ip:  # IPv4 as the socket reports it: no ipaddress objects per accept
+            return _v4_network(ip, limits.source_prefix_v4)
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from portmux._twisted import local_port
+from portmux._twisted import abort_now, local_port
 from portmux.core import accounting, refusal
 from portmux.core.deadlines import DeadlineQueue
 from portmux.core.interfaces import IProbe, as_target
@@ -452,7 +452,9 @@ class SniffingProtocol:
         if self._counted:
             self._counted = False
             self.mux.admission.closed(self.gate, self.source)
-        self.refuse(self._guess(self._candidates), refusal.TIMEOUT, reason, why=refusal.SNIFF_EVICTED)
+        # A client that sent nothing gets a reset: no refusal to read, no FIN handshake.
+        self.refuse(self._guess(self._candidates), refusal.TIMEOUT, reason, why=refusal.SNIFF_EVICTED,
+                    abort=not self._buffer)
 
     # -- routing and attaching --------------------------------------------
 
@@ -505,11 +507,12 @@ class SniffingProtocol:
 
     def refuse(
         self, preamble: Preamble, status: int, reason: str, route: str | None = None,
-        detail: str = "", why: str | None = None,
+        detail: str = "", why: str | None = None, abort: bool = False,
     ) -> None:
         """Answer ``preamble``'s protocol with a refusal, log one line, count it by reason, close.
 
-        The client gets ``reason`` only; the log line adds ``detail``.
+        The client gets ``reason`` only; the log line adds ``detail``.  ``abort``: send
+        no refusal, reset the connection (a silent client evicted under pressure).
         """
         self._stop_sniffing()
         self.why = why = why or refusal.reason_name(status, preamble)
@@ -519,18 +522,22 @@ class SniffingProtocol:
             self._buffer = b""
             self.dataReceived = self._target.dataReceived
         self.mux.stats.refused(self.listener, why, route)
-        self.mux.log.emit(
-            "refused",
-            "refused {peer} protocol={protocol} route={route} {why} (status {status}): {reason}",
-            peer=_describe(self.peer),
-            protocol=preamble.protocol,
-            route=route or "-",
-            why=why,
-            status=status,
-            reason=f"{reason} ({detail})" if detail else reason,
-        )
+        log = self.mux.log
+        if log.admit("refused"):  # a suppressed line builds nothing
+            log.write(
+                "refused {peer} protocol={protocol} route={route} {why} (status {status}): {reason}",
+                peer=_describe(self.peer),
+                protocol=preamble.protocol,
+                route=route or "-",
+                why=why,
+                status=status,
+                reason=f"{reason} ({detail})" if detail else reason,
+            )
         transport = self.transport
         if transport is None:
+            return
+        if abort:
+            abort_now(transport)
             return
         data = refusal_bytes(preamble, status, reason)
         if data:

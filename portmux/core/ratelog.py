@@ -49,13 +49,20 @@ class RateLimitedLog:
 
     def emit(self, kind: str, format: str, **fields: Any) -> None:
         """Log ``format`` at info level unless ``kind`` already used its burst this interval."""
-        self._emit(kind, self.logger.info, format, fields)
+        if self.admit(kind):
+            self.logger.info(format, **fields)
 
     def emit_warning(self, kind: str, format: str, **fields: Any) -> None:
         """Like ``emit``, at warning level."""
-        self._emit(kind, self.logger.warn, format, fields)
+        if self.admit(kind):
+            self.logger.warn(format, **fields)  # noqa: G010  # twisted.logger.Logger has no .warning
 
-    def _emit(self, kind: str, method: Any, format: str, fields: dict[str, Any]) -> None:
+    def admit(self, kind: str) -> bool:
+        """True: a line of ``kind`` may be logged now; False: it was counted as suppressed.
+
+        Hot paths ask first and build the line's fields only when it is admitted, so a
+        suppressed line costs a dict lookup and a comparison.
+        """
         now = self.reactor.seconds()
         window = self._windows.get(kind)
         if window is None or now - window.started >= self.interval:
@@ -64,13 +71,17 @@ class RateLimitedLog:
             window = self._windows[kind] = _Window(now)
         if window.passed < self.burst:
             window.passed += 1
-            method(format, **fields)
-            return
+            return True
         window.dropped += 1
         self.suppressed_total += 1
         if window.timer is None:
             delay = max(0.0, window.started + self.interval - now)
             window.timer = self.reactor.callLater(delay, self._close_window, kind, window)
+        return False
+
+    def write(self, format: str, **fields: Any) -> None:
+        """Log an admitted line (see ``admit``) at info level."""
+        self.logger.info(format, **fields)
 
     def _close_window(self, kind: str, window: _Window) -> None:
         window.timer = None

@@ -19,6 +19,15 @@ connections are never evicted.  When the mark is reached and every sniffer is
 still within its grace, the ports pause as before and one timer (per multiplexer,
 not per connection) evicts the oldest once it is stale, so accepting resumes long
 before the preamble timeout.
+
+Under such a flood every evicted holder reconnects at once, so portmux accepts and
+evicts thousands of connections a second.  That churn is kept cheap: a sniffer
+that sent nothing is reset (no refusal to read, no FIN handshake, no TIME_WAIT),
+one with a partial request still gets its protocol's refusal (HTTP 408); and while
+evicting, each listening port accepts at most ``PRESSURE_BATCH`` connections per
+readiness event (Twisted grows its batch by 20 per full one, to hundreds), so one
+reactor iteration is a short accept batch and the classified connections' reads
+(the legitimate clients' requests among them) are served between batches.
 """
 
 from __future__ import annotations
@@ -28,6 +37,9 @@ from typing import Any, Protocol
 from portmux.core.limits import Admission, ListenerGate
 
 EVICTED_REASON = "closed to make room: still unclassified under connection pressure"
+
+PRESSURE_BATCH = 16
+"""Connections a listening port accepts per readiness event while sniffers are evicted."""
 
 
 class Sniffer(Protocol):
@@ -48,6 +60,8 @@ class SniffPressure:
         self._waiting: dict[int, tuple[ListenerGate | None, dict[Any, float]]] = {}
         """id(gate) → (gate, its sniffing connections → the time each was admitted)."""
         self._relief: Any = None
+        self._batching: Any = None
+        """The call (after the current accept batch) that shrinks the ports' next batches."""
         self.evicted = 0
         """Sniffing connections closed to make room, since start."""
 
@@ -56,8 +70,11 @@ class SniffPressure:
         limits = self.admission.limits
         if limits.max_sniffing:
             return limits.max_sniffing
-        caps = [c for c in (limits.max_connections, gate.max_connections if gate else 0) if c]
-        return max(1, min(caps) // 2) if caps else 0
+        cap = limits.max_connections
+        own = gate.max_connections if gate is not None else 0
+        if own and (not cap or own < cap):
+            cap = own
+        return max(1, cap // 2) if cap else 0
 
     def make_room(self, gate: ListenerGate | None) -> None:
         """Make room for a new connection on ``gate``'s listener before Admission.opened counts it.
@@ -120,7 +137,19 @@ class SniffPressure:
         oldest.waiting = None
         self.evicted += 1
         oldest.evict(EVICTED_REASON)
+        if self._batching is None:  # Twisted resets the batch size when this batch ends
+            self._batching = self.reactor.callLater(0, self._small_batches)
         return True
+
+    def _small_batches(self) -> None:
+        """Accept at most PRESSURE_BATCH connections per event on every port (see above)."""
+        self._batching = None
+        admission = self.admission
+        for ports in [admission.extra_ports, *(gate.ports for gate in admission.gates)]:
+            for port in ports:
+                batch = getattr(port, "numberAccepts", None)
+                if isinstance(batch, int) and batch > PRESSURE_BATCH:
+                    port.numberAccepts = PRESSURE_BATCH
 
     def _schedule_relief(self, now: float, grace: float) -> None:
         """The ports pause with only fresh sniffers: come back when the oldest is stale."""
@@ -153,7 +182,8 @@ class SniffPressure:
             self._relieve_at(now, min(next(iter(w.values())) for w in fresh) + grace)
 
     def stop(self) -> None:
-        """Cancel a pending relief (the multiplexer stops)."""
-        call, self._relief = self._relief, None
-        if call is not None and call.active():
-            call.cancel()
+        """Cancel a pending relief and batch sizing (the multiplexer stops)."""
+        for call in (self._relief, self._batching):
+            if call is not None and call.active():
+                call.cancel()
+        self._relief = self._batching = None

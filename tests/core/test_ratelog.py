@@ -49,3 +49,16 @@ def test_quiet_kind_writes_no_summary() -> None:
     log.emit("x", "one")
     clock.advance(60)
     assert lines == ["one"]
+
+
+def test_admit_counts_a_suppressed_line_without_building_it() -> None:
+    clock, log, lines = make(burst=2, interval=10.0)
+    built = []
+    for i in range(5):
+        if log.admit("refused"):
+            built.append(i)
+            log.write("refused {n}", n=i)
+    assert built == [0, 1] and lines == ["refused 0", "refused 1"]
+    assert log.suppressed_total == 3
+    clock.advance(10.0)
+    assert lines[2:] == ["suppressed 3 similar refused lines in the last 10 s"]
