@@ -91,7 +91,7 @@ def feed_mux(
     if protocol is None:
         raise ValueError(f"the multiplexer's limits refused a connection from {peer}")
     transport = StringTransport(peerAddress=peer)
-    protocol.makeConnection(transport)  # type: ignore[no-untyped-call]
+    protocol.makeConnection(transport)
     for chunk in chunks:
         protocol.dataReceived(chunk)
     return Fed(mux, protocol, transport)

@@ -572,7 +572,7 @@ class _Front(_Leg):
         sniffer = getattr(connection, "sniffer", None)
         # Attached us already (the backend answered after attach returned)? Then the
         # client's reads skip _Front from now on: one call fewer each.
-        if sniffer is not None and vars(sniffer).get("dataReceived") == self._held:
+        if sniffer is not None and sniffer.dataReceived == self._held:
             sniffer.dataReceived = _Leg.dataReceived.__get__(self)
         self._watch(connection, back)
         if data:

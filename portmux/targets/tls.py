@@ -53,8 +53,8 @@ class _InnerSniffer(SniffingProtocol):
 
     def handshakeCompleted(self) -> None:
         tls = self.transport
-        handle = tls.getHandle()  # type: ignore[union-attr]
-        negotiated = tls.negotiatedProtocol  # type: ignore[union-attr]
+        handle = tls.getHandle()
+        negotiated = tls.negotiatedProtocol
         hello = self.client_hello or Preamble(protocol="tls")
         raw_name = handle.get_servername()
         sni = raw_name.decode("ascii", "replace").lower() if raw_name else hello.sni
