@@ -776,6 +776,10 @@ def lean_dispatch(reactor: Any) -> bool:
     return True
 
 
+def _discard(data: bytes) -> None:
+    """Where a closed TLS connection's late small writes go (it has no socket left)."""
+
+
 class TerminatingTLS(BufferingTLSTransport):
     """Server-side TLS over an accepted socket, with two per-connection costs removed.
 
@@ -816,6 +820,19 @@ class TerminatingTLS(BufferingTLSTransport):
         super()._tlsShutdownFinished(reason)  # type: ignore[no-untyped-call]
         if FAST_PATHS and reason is not None and reason.tb is not None:
             reason.cleanFailure()
+
+    def connectionLost(self, reason: Failure = main.CONNECTION_DONE) -> None:  # type: ignore[assignment]
+        """Twisted's, then the small-write aggregator no longer points back at us.
+
+        Twisted before 26.10 keeps ``_AggregateSmallWrites`` after the close, its
+        ``_write`` a bound method of this protocol: a reference cycle only the cycle
+        collector frees.  Later releases swap in a null aggregator themselves.
+        """
+        super().connectionLost(reason)
+        if FAST_PATHS:
+            aggregator = vars(self).get("_aggregator")
+            if getattr(aggregator, "_write", None) is not None:
+                aggregator._write = _discard  # type: ignore[union-attr]
 
     def _flushSendBIO(self) -> None:
         transport: Any = self.transport
