@@ -260,7 +260,7 @@ class SniffingProtocol:
         self._sniffing = True
         settings = mux.settings
         delay = settings.preamble_timeout
-        self._deadline = mux.reactor.seconds() + delay
+        self._deadline = self.started + delay
         if self._router.silent_route is not None:
             delay = min(delay, settings.silence_timeout)
         queue = self._queue = mux.deadline_queue(delay)

@@ -146,38 +146,26 @@ class ConnectionGarbageTests(TestCase):
             self.assertNotIn(name, kinds)
 
     @inlineCallbacks
+    def curl_leaves_little_garbage(self, backend: Any, tls: bool) -> Any:
+        """CONNECTIONS curl fetches through a plain or TLS-terminating route, then the count."""
+        port, mux, route = self.serve(backend, tls=tls)
+        ca_file = self.pki.ca_file if tls else None
+        bodies, kinds = yield self.garbage_after(
+            mux, route, lambda: in_thread(curl_many, port, ca_file))
+        self.assertEqual(bodies, [BODY] * CONNECTIONS)
+        self.assert_little_garbage(kinds)
+
     def test_plain_proxied_client_closes_first(self) -> Any:
-        port, mux, route = self.serve(KeepOpen, tls=False)
-        bodies, kinds = yield self.garbage_after(
-            mux, route, lambda: in_thread(curl_many, port, None))
-        self.assertEqual(bodies, [BODY] * CONNECTIONS)
-        self.assert_little_garbage(kinds)
+        return self.curl_leaves_little_garbage(KeepOpen, tls=False)
 
-    @inlineCallbacks
     def test_plain_proxied_backend_closes_first(self) -> Any:
-        port, mux, route = self.serve(AnswerAndClose, tls=False)
-        bodies, kinds = yield self.garbage_after(
-            mux, route, lambda: in_thread(curl_many, port, None))
-        self.assertEqual(bodies, [BODY] * CONNECTIONS)
-        self.assert_little_garbage(kinds)
+        return self.curl_leaves_little_garbage(AnswerAndClose, tls=False)
 
-    @inlineCallbacks
     def test_tls_terminated_curl_client_closes_first(self) -> Any:
-        port, mux, route = self.serve(KeepOpen, tls=True)
-        bodies, kinds = yield self.garbage_after(
-            mux, route,
-            lambda: in_thread(curl_many, port, self.pki.ca_file))
-        self.assertEqual(bodies, [BODY] * CONNECTIONS)
-        self.assert_little_garbage(kinds)
+        return self.curl_leaves_little_garbage(KeepOpen, tls=True)
 
-    @inlineCallbacks
     def test_tls_terminated_backend_closes_first(self) -> Any:
-        port, mux, route = self.serve(AnswerAndClose, tls=True)
-        bodies, kinds = yield self.garbage_after(
-            mux, route,
-            lambda: in_thread(curl_many, port, self.pki.ca_file))
-        self.assertEqual(bodies, [BODY] * CONNECTIONS)
-        self.assert_little_garbage(kinds)
+        return self.curl_leaves_little_garbage(AnswerAndClose, tls=True)
 
     @inlineCallbacks
     def test_tls_terminated_client_closes_without_close_notify(self) -> Any:
