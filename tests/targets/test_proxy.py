@@ -636,6 +636,13 @@ class PublicTransportAPITests(ProxyTests):
         self.patch(_twisted, "FAST_PATHS", False)
 
 
+class TransportEngineTests(ProxyTests):
+    """Every proxy test again with the relay off: pairs copied through Twisted transports."""
+
+    def setUp(self) -> None:
+        self.patch(ProxyTarget, "relay", False)
+
+
 class FromConfigTests(SynchronousTestCase):
     """The config's proxy table builds targets and reports problems with key paths."""
 
