@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.daemon.daemon_support import byte_counts
 from tests.daemon.test_group import TWISTD, alive, wait_for
 from tests.support import free_port, stop_process, wait_listening
 
@@ -166,7 +167,8 @@ def assert_exact(group: Group, found: dict[str, list[Any]]) -> None:
     assert total(found, "portmux_sniff_seconds_bucket", le="+Inf") == group.made
     assert total(found, "portmux_connect_seconds_count") == group.proxied
     assert total(found, "portmux_connect_seconds_bucket", le="+Inf") == group.proxied
-    assert total(found, "portmux_bytes_total", route="web", direction="out") >= group.proxied * len(BODY)
+    if byte_counts():  # with Twisted's public API only, no byte counts (docs/architecture.md)
+        assert total(found, "portmux_bytes_total", route="web", direction="out") >= group.proxied * len(BODY)
 
 
 def test_every_scrape_reports_the_whole_group(group: Group) -> None:
