@@ -84,15 +84,22 @@ class Relay:
             side = sides.get(fd)
             if side is None:
                 continue
-            if side.writing and events & (_OUT | _TROUBLE):
-                side.flush()
-                if fd not in sides:
-                    continue
-            if side.reading:
-                if events & (_IN | _TROUBLE):
-                    side.other.take_from(side)
-            elif events & _TROUBLE and not side.writing:
-                side.park()
+            try:
+                if side.writing and events & (_OUT | _TROUBLE):
+                    side.flush()
+                    if fd not in sides:
+                        continue
+                if side.reading:
+                    if events & (_IN | _TROUBLE):
+                        side.other.take_from(side)
+                elif events & _TROUBLE and not side.writing:
+                    side.park()
+            except Exception:  # noqa: BLE001  # one pair's bug must not end the others
+                log.failure("relay: closing a pair after an error")
+                pair = side.pair
+                for end in (pair.client, pair.server):
+                    if end is not None:
+                        pair.close_side(end, abort=True)
 
     def connectionLost(self, reason: Any) -> None:
         """The reactor is stopping (or dropped us): reset every pair still open."""
@@ -350,6 +357,18 @@ class _Side:
             return
         self.drained()
 
+    def hand_over_pipe(self, way: _splice._Way) -> None:
+        """The source of ``way`` broke: give this side what the pipe holds, if it takes it now."""
+        while way.queued:
+            try:
+                sent = os.splice(way.read_fd, self.fd, way.queued, flags=_SPLICE_FLAGS)
+            except OSError:
+                return
+            if not sent:
+                return
+            way.queued -= sent
+            self.pair.spliced += sent
+
     # -- what PairWatch calls (the transport's part) ----------------------------------
 
     def write(self, data: bytes) -> None:
@@ -445,6 +464,8 @@ class RelayPair:
         if not side.connected:
             return
         other = side.other
+        if side.pipe is not None and side.pipe.queued and other.connected:
+            other.hand_over_pipe(side.pipe)  # what the kernel already read from ``side``
         self.close_side(side, abort=True)
         if not other.connected:
             return
