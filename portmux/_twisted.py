@@ -557,8 +557,8 @@ def detach(transport: Any) -> tuple[socket.socket, bytes, Any, SocketWatch | Non
     close would, and is then garbage: the caller closes the socket, calls the watch's
     ``socket_eof``/``socket_closing`` and the protocol's ``connectionLost`` itself.
     """
-    if not detachable(transport):
-        return None
+    if not (FAST_PATHS and type(transport) is tcp.Server and transport.connected):
+        return None  # (the caller asked ``detachable`` already: this is the cheap part again)
     data = take_unsent(transport) if unsent_size(transport) else b""
     transport.stopReading()
     transport.stopWriting()
