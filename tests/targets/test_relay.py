@@ -44,6 +44,7 @@ class RelayTests(TestCase):
                            name="raw", default=True)
         self.records: list[Any] = []
         self.mux.stats.observers.append(self.records.append)
+        self.pairing = threading.Lock()
         port = reactor.listenTCP(0, self.mux, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
@@ -53,9 +54,10 @@ class RelayTests(TestCase):
 
     def connect(self, first: bytes = REQUEST) -> tuple[socket.socket, socket.socket]:
         """A client and the backend's accepted end, ``first`` read off the backend."""
-        client = socket.create_connection(("127.0.0.1", self.port))
-        client.sendall(first)
-        server, _ = self.backend.accept()
+        with self.pairing:  # concurrent callers: each gets the backend end of its own client
+            client = socket.create_connection(("127.0.0.1", self.port))
+            client.sendall(first)
+            server, _ = self.backend.accept()
         got = b""
         while len(got) < len(first):
             got += server.recv(len(first) - len(got))
@@ -282,3 +284,86 @@ class RelayTests(TestCase):
         self.assertEqual([e["log_format"] for e in logged if "relay:" in e.get("log_format", "")],
                          ["relay: closing a pair after an error"])
         self.flushLoggedErrors(RuntimeError)
+
+    @defer.inlineCallbacks
+    def test_mixed_endings_leave_no_descriptor_behind(self) -> Any:
+        """60 pairs ending every way at once: each gets its bytes or its reset; no fd, pair or pipe leaks."""
+        import os
+        import random
+
+        self.target.splice_after = 64 * 1024
+        warm = yield threads.deferToThread(self.connect)  # the thread pool and the relay's epoll exist now
+        for skt in warm:
+            skt.close()
+        yield defer.ensureDeferred(self.settled())
+        before = len(os.listdir("/proc/self/fd"))
+        rng = random.Random(14)
+        kinds = [rng.choice(["client_fin", "backend_fin", "client_reset", "backend_reset", "bulk"])
+                 for _ in range(60)]
+
+        def one(kind: str) -> bool:
+            client, server = self.connect()
+            try:
+                return scenario(kind, client, server)
+            finally:
+                client.close()
+                server.close()
+
+        def scenario(kind: str, client: socket.socket, server: socket.socket) -> bool:
+            linger = b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            if kind == "client_fin":
+                client.sendall(b"a" * 5000)
+                client.shutdown(socket.SHUT_WR)
+                got = b""
+                while chunk := server.recv(65536):
+                    got += chunk
+                server.sendall(b"b" * 3000)
+                server.close()
+                back = b""
+                while chunk := client.recv(65536):
+                    back += chunk
+                return got == b"a" * 5000 and back == b"b" * 3000
+            if kind == "backend_fin":
+                server.sendall(b"c" * 7000)
+                server.shutdown(socket.SHUT_WR)
+                got = b""
+                while chunk := client.recv(65536):
+                    got += chunk
+                client.sendall(b"d" * 100)
+                client.close()
+                return got == b"c" * 7000 and server.recv(200) == b"d" * 100
+            if kind in ("client_reset", "backend_reset"):
+                broken, other = (client, server) if kind == "client_reset" else (server, client)
+                broken.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                broken.close()
+                try:
+                    other.recv(10)
+                except ConnectionResetError:
+                    pass
+                return True
+            block = os.urandom(1 << 20)  # bulk: spliced after 64 KiB
+            sender = threading.Thread(target=lambda: (client.sendall(block * 4), client.shutdown(socket.SHUT_WR)))
+            sender.start()
+            got = bytearray()
+            while chunk := server.recv(1 << 20):
+                got += chunk
+            sender.join(20)
+            server.close()
+            client.recv(10)
+            return bytes(got) == block * 4
+
+        def run() -> list[bool]:
+            results = [False] * len(kinds)
+            workers = [threading.Thread(target=lambda n=n: results.__setitem__(n, one(kinds[n])))
+                       for n in range(len(kinds))]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join(60)
+            return results
+
+        results = yield threads.deferToThread(run)
+        self.assertEqual([k for k, ok in zip(kinds, results, strict=True) if not ok], [])
+        yield defer.ensureDeferred(self.settled())
+        self.assert_relay_empty()
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
