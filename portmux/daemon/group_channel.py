@@ -32,6 +32,7 @@ from zope.interface import implementer
 from portmux.control import _framing as frames
 from portmux.core.proxied import present_addresses
 from portmux.core.routing import Match, Route, parse_networks
+from portmux.targets._http_pass_on import pass_on
 from portmux.targets.handoff import WorkerGroupTarget, peer_facts
 
 log = Logger(namespace="portmux")
@@ -252,6 +253,14 @@ class ParentGroup:
         return [self._member]
 
 
+class ParentTarget(WorkerGroupTarget):
+    """A child's route to the parent: whole connections go up, and so does a kept-alive
+    HTTP/1 connection at a later request for this route (portmux.targets._http_pass_on)."""
+
+    def start_exchange(self, request: Any, route: Any, head: Any, length: Any, dispatcher: Any) -> Any:
+        return pass_on(request, route, self, dispatcher)
+
+
 @implementer(IFileDescriptorReceiver)
 class ParentLink(_Framed):
     """A child's end of the channel: files the parent's routes, passes their connections up."""
@@ -292,7 +301,7 @@ class ParentLink(_Framed):
     def op_add(self, message: frames.Message) -> None:
         name = str(message["name"])
         group = ParentGroup(name, match_of(message["match"]), self)
-        target = WorkerGroupTarget(group)
+        target = ParentTarget(group)
         target.description = f"{str(message.get('description', name))[:200]} (through process 1)"
         self.mux.add_registered_route(Route(name, group.match, target))
 
@@ -330,8 +339,9 @@ class ParentLink(_Framed):
         handoff = self._settled(message)
         if handoff is not None:
             handoff.acknowledged()
-            # The parent routes it again and counts it on its route: counted once in the group.
-            self.mux.stats.for_route(handoff.route_name).connections -= 1
+            if handoff.counted:
+                # The parent routes it again and counts it on its route: counted once in the group.
+                self.mux.stats.for_route(handoff.route_name).connections -= 1
 
     def op_nack(self, message: frames.Message) -> None:
         handoff = self._settled(message)
