@@ -10,6 +10,8 @@ parent.  A connection a child routes there travels back up with SCM_RIGHTS and t
 bytes the child read (portmux.targets.handoff's PendingHandoff, reused as is); the
 parent adopts it into its own multiplexer, which sniffs those bytes again and
 routes it as one it accepted itself: to the worker, or refused as with one process.
+A kept-alive HTTP/1 connection the child serves goes up the same way at a later
+request for one of those routes (portmux.targets._http_pass_on).
 """
 
 from __future__ import annotations

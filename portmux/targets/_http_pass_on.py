@@ -86,7 +86,7 @@ class PassingOn:
 
     # What RoutedRequest asks of an exchange: nothing reaches it, the bytes left with the socket.
     def front_data(self, data: bytes) -> None:
-        self.late_data(data)
+        """Unused: the channel parses nothing after ``pass_on`` (its body is in ``data``)."""
 
     def front_file(self, body: Any) -> None:
         """Unused: the request's body bytes travel with the socket."""
