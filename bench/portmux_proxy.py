@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proxy-header", choices=("v1", "v2"), help="send a PROXY header")
     parser.add_argument("--quiet", action="store_true", help="no log output")
     parser.add_argument("--no-splice", action="store_true", help="copy every byte in Python")
+    parser.add_argument("--no-relay", action="store_true",
+                        help="copy through Twisted transports, not the relay (targets/_relay.py)")
     parser.add_argument("--processes", type=int, default=1,
                         help="N > 1: run the daemon (twistd portmux) with processes = N instead")
     parser.add_argument("--access-log", help="write the access log to this file (- for stdout)")
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     target = ProxyTarget(reactor, [f"tcp:{host}:{port}"], proxy_header=args.proxy_header)
     if args.no_splice:
         target.splice_after = None
+    if args.no_relay:
+        target.relay = False
     mux.add_route(target, name="http", protocol="http")
     if args.default:
         host, port = _host_port(args.default)

@@ -282,6 +282,10 @@ def middleboxes(backend_port: int) -> dict[str, Any]:
             PYTHON, str(HERE / "portmux_proxy.py"), "--quiet", "--no-splice",
             "--listen", f"127.0.0.1:{port}", "--http", backend,
         ],
+        "portmux-transports": lambda port: [
+            PYTHON, str(HERE / "portmux_proxy.py"), "--quiet", "--no-relay",
+            "--listen", f"127.0.0.1:{port}", "--http", backend,
+        ],
         "portmux-2proc": lambda port: [
             PYTHON, str(HERE / "portmux_proxy.py"), "--quiet", "--processes", "2",
             "--listen", f"127.0.0.1:{port}", "--http", backend,

@@ -34,13 +34,18 @@ __all__ = [
     "DONE",
     "ENV_SWITCH",
     "FAST_PATHS",
+    "LOST",
     "LeanPoll",
     "OutgoingConnection",
     "SocketWatch",
     "TerminatingTLS",
     "UnsentWatch",
     "abort_now",
+    "close_detached",
     "close_now",
+    "detach",
+    "detachable",
+    "detached_eof",
     "drain_http_buffer",
     "endpoint_label",
     "flush",
@@ -578,6 +583,56 @@ def abort_now(transport: Any) -> None:
         protocol.connectionLost(ABORTED)
         return
     transport.abortConnection()
+
+
+def detachable(transport: Any) -> bool:
+    """Whether ``detach`` would take ``transport``'s socket (a plain accepted socket, open, no producer)."""
+    return bool(splice_ready(transport) and type(transport) is tcp.Server and transport.producer is None)
+
+
+def detach(transport: Any) -> tuple[socket.socket, bytes] | None:
+    """Take a ``detachable`` transport's socket out of the reactor, for the relay.
+
+    Returns the socket and what the transport still buffered (to be sent first), or
+    None (nothing changed).  The transport stays the connection's record:
+    ``close_detached`` ends it later, so its protocol, accounting watch and
+    counters see an ordinary close.
+    """
+    if not detachable(transport):
+        return None
+    data = take_unsent(transport) if unsent_size(transport) else b""
+    transport.stopReading()
+    transport.stopWriting()
+    return transport.socket, data
+
+
+def detached_eof(transport: Any, write_open: bool) -> None:
+    """Tell a detached transport's accounting watch that the peer's FIN was read."""
+    watch = vars(transport).get("_closeSocket")
+    if isinstance(watch, SocketWatch):
+        watch.socket_eof(write_open)
+
+
+LOST = Failure(error.ConnectionLost())
+"""One shared Failure for connections whose peer reset them (seen by the relay)."""
+
+
+def close_detached(transport: Any, reason: Failure) -> None:
+    """Close a ``detach``ed transport's socket and tell its protocol, as Twisted's close would.
+
+    ``reason`` DONE closes in order (FINs already passed); ABORTED or LOST reset the socket.
+    """
+    if not hasattr(transport, "socket"):
+        return
+    orderly = reason is DONE
+    transport._shouldShutdown = False  # the relay shut what it had to
+    abstract.FileDescriptor.connectionLost(transport, reason)
+    transport._closeSocket(orderly)
+    protocol: Any = transport.protocol
+    del transport.protocol
+    del transport.socket
+    del transport.fileno
+    protocol.connectionLost(reason)
 
 
 class SocketWatch:

@@ -130,19 +130,19 @@ class Stats:
         if local or not self.elsewhere:
             return mine
         for other in self.elsewhere.values():
-            _add_into(mine, other)
+            add_into(mine, other)
         mine["processes"] = 1 + len(self.elsewhere)
         return mine
 
 
-def _add_into(total: dict[str, Any], other: dict[str, Any]) -> None:
+def add_into(total: dict[str, Any], other: dict[str, Any]) -> None:
     """Add every number of the JSON-ready ``other`` into ``total``, key by key, nested dicts too."""
     for key, value in other.items():
         if isinstance(value, dict):
             inner = total.get(key)
             if not isinstance(inner, dict):
                 inner = total[key] = {}
-            _add_into(inner, value)
+            add_into(inner, value)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             current = total.get(key, 0)
             total[key] = (current if isinstance(current, (int, float)) else 0) + value

@@ -30,6 +30,9 @@ from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from portmux.daemon.admin.metric_counts import summed
+from portmux.daemon.group_metrics import GroupCounts, ended_status
+
 log = Logger(namespace="portmux")
 _STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\S+ ")
 """The timestamp a child's log line starts with (the parent's log adds its own)."""
@@ -46,9 +49,10 @@ STOP_GRACE = 5.0
 class _Child(ProcessProtocol):
     """One child process, as the parent sees it."""
 
-    def __init__(self, group: ProcessGroup, slot: int) -> None:
+    def __init__(self, group: ProcessGroup, slot: int, generation: int = 0) -> None:
         self.group = group
         self.slot = slot
+        self.generation = generation  # which spawn of the slot (GroupCounts drops late reports)
         self.ended: Deferred[None] = Deferred()
         self.started = group.reactor.seconds()
         self.partial = b""
@@ -61,7 +65,7 @@ class _Child(ProcessProtocol):
             *lines, self.reports = self.reports.split(b"\n")
             if lines:
                 try:
-                    self.group.reported(self.slot, json.loads(lines[-1]))
+                    self.group.reported(self.slot, json.loads(lines[-1]), self.generation)
                 except ValueError:
                     log.warn("process {slot} sent unreadable counters", slot=self.slot + 1)  # noqa: G010
             return
@@ -133,6 +137,16 @@ class ProcessGroup(Service):
         self.delay = RESPAWN_DELAY
         self.stopping = False
         self._stopped: Any = None
+        self.counts: GroupCounts | None = None
+        self._ended_status: dict[int, dict[str, Any]] = {}  # slot → its ended children's status totals
+        if mux is not None:  # /metrics of any process answers from here (daemon/group_metrics.py)
+            self.counts = GroupCounts(mux)
+            mux.shared("group-metrics", lambda _: []).append(self.metrics_view)
+
+    def metrics_view(self) -> dict[str, Any]:
+        """The group's /metrics numbers: ours live, the children's newest, ended children's totals."""
+        assert self.counts is not None
+        return dict(self.counts.view(1 + len(self.children)), answering=1)
 
     def pids(self) -> list[int]:
         """Process ids of the running children."""
@@ -174,11 +188,12 @@ class ProcessGroup(Service):
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}  # their logs come back to us
         for number, (fd, _) in enumerate(sockets):
             child_fds[FIRST_FD + number] = fd if isinstance(fd, int) else fd.fileno()
-        channel = self._channel(slot)
+        generation = self.counts.started(slot) if self.counts is not None else 0
+        channel = self._channel(slot, generation)
         if channel is not None:
             child_fds[FIRST_FD + len(sockets)] = channel.fileno()
             args += ["--channel", str(FIRST_FD + len(sockets))]
-        protocol = _Child(self, slot)
+        protocol = _Child(self, slot, generation)
         self.protocols[slot] = protocol
         try:
             self.children[slot] = self.reactor.spawnProcess(
@@ -193,7 +208,7 @@ class ProcessGroup(Service):
         log.info("process {slot} of {count} started (pid {pid})", slot=slot + 1, count=self.count,
                  pid=self.children[slot].pid)
 
-    def _channel(self, slot: int) -> socket.socket | None:
+    def _channel(self, slot: int, generation: int) -> socket.socket | None:
         """A socketpair to the new child: our end served by a ChildLink; its end returned."""
         if self.mux is None:
             return None
@@ -205,6 +220,7 @@ class ProcessGroup(Service):
         if listener is None:
             listener = self._passed_up[slot] = self.mux.listener_factory(name=label)
         link = self.links[slot] = ChildLink(self.mux, label, listener)
+        link.answer_metrics = lambda report: self._answer_metrics(slot, generation, report)
         try:
             self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX,
                                                Factory.forProtocol(lambda: link))
@@ -213,18 +229,33 @@ class ProcessGroup(Service):
         theirs.set_inheritable(True)
         return theirs
 
-    def reported(self, slot: int, counters: dict[str, Any]) -> None:
+    def _answer_metrics(self, slot: int, generation: int, report: Any) -> dict[str, Any]:
+        """A child asks for the group's /metrics numbers, sending its own newest."""
+        assert self.counts is not None
+        self.counts.reported(slot, generation, report)
+        return dict(self.metrics_view(), answering=slot + 1)
+
+    def reported(self, slot: int, counters: dict[str, Any], generation: int = 0) -> None:
         """A child's own counters arrived: keep them, tell every child the others' counters,
         and tell this child the registry's workers (its status page lists them)."""
+        if not isinstance(counters, dict):
+            return
+        metrics = counters.pop("metrics", None)
+        if self.counts is not None and metrics is not None:
+            self.counts.reported(slot, generation, metrics)
         link = self.links.get(slot)
         if link is not None:
             link.send_workers()
         if self.stats is None:
             return
-        self.stats.elsewhere[str(slot + 1)] = counters
+        ended = self._ended_status.get(slot)
+        self.stats.elsewhere[str(slot + 1)] = summed([ended, counters]) if ended else counters
         everyone = dict(self.stats.elsewhere, **{"1": self.stats.snapshot(local=True)})
         for other, transport in list(self.children.items()):
             rest = {label: c for label, c in everyone.items() if label != str(other + 1)}
+            predecessors = self._ended_status.get(other)
+            if predecessors:  # their totals ride in our entry, so the labels still count the members
+                rest["1"] = summed([rest["1"], predecessors])
             try:
                 transport.write(json.dumps(rest).encode() + b"\n")
             except Exception:  # noqa: BLE001  # a child that just died: processEnded follows
@@ -235,8 +266,13 @@ class ProcessGroup(Service):
         self.children.pop(child.slot, None)
         self.protocols.pop(child.slot, None)
         self.links.pop(child.slot, None)
-        if self.stats is not None:
-            self.stats.elsewhere.pop(str(child.slot + 1), None)
+        if self.stats is not None:  # its totals stay in the sums (so they never go back); its gauges leave
+            last = self.stats.elsewhere.get(str(child.slot + 1))
+            if last is not None:
+                ended = self._ended_status[child.slot] = ended_status(last)
+                self.stats.elsewhere[str(child.slot + 1)] = ended
+        if self.counts is not None:
+            self.counts.ended(child.slot, child.generation)
         if self.stopping or not self.running:
             return
         lived = self.reactor.seconds() - child.started

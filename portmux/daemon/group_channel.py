@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IFileDescriptorReceiver
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -34,6 +35,7 @@ from zope.interface import implementer
 from portmux.control import _framing as frames
 from portmux.core.proxied import present_addresses
 from portmux.core.routing import Match, Route, parse_networks
+from portmux.daemon.group_metrics import OwnCounts
 from portmux.targets._http_pass_on import pass_on
 from portmux.targets.handoff import WorkerGroupTarget, peer_facts
 
@@ -113,6 +115,8 @@ class ChildLink(_Framed):
         self.label = label
         self._listener = listener  # mux.listener_factory(name=label): counts what this child passes up
         self.received: list[int] = []  # descriptors in arrival order; each handoff frame takes one
+        self.answer_metrics: Callable[[Any], dict[str, Any]] | None = None
+        """The group's /metrics numbers, given the child's own (ProcessGroup sets it)."""
 
     def connectionMade(self) -> None:
         self.mux.registered_watchers.append(self.routes_changed)
@@ -156,6 +160,20 @@ class ChildLink(_Framed):
 
     def fileDescriptorReceived(self, descriptor: int) -> None:
         self.received.append(descriptor)
+
+    def op_metrics(self, message: frames.Message) -> None:
+        """The child is scraped: keep its numbers, answer with the group's (group_metrics.py)."""
+        reply: frames.Message = {"op": "group_metrics", "id": int(message["id"])}
+        if self.answer_metrics is None:
+            reply["error"] = "this parent keeps no group metrics"
+        else:
+            reply["view"] = self.answer_metrics(message.get("report"))
+        try:
+            self.send(reply)
+        except frames.FrameError as error:
+            log.warn("the group's metrics do not fit in a frame for {label}: {error}",  # noqa: G010
+                     label=self.label, error=error)
+            self.send({"op": "group_metrics", "id": reply["id"], "error": "too large for one frame"})
 
     def op_handoff(self, message: frames.Message) -> None:
         """A child passes a connection up: adopt it, let our multiplexer sniff its bytes, ack."""
@@ -276,6 +294,9 @@ class ParentLink(_Framed):
         """True once the parent's whole route state has arrived (``synced`` follows it)."""
         self.workers: list[Any] = []
         """The parent registry's workers, for this child's status page (a second old at most)."""
+        self.own = mux.shared("own-metric-counts", OwnCounts)
+        self.asked: dict[int, tuple[Deferred[dict[str, Any]], Any]] = {}  # /metrics questions
+        mux.shared("group-metrics", lambda _: []).append(self.ask_metrics)
         extras: list[Callable[[], dict[str, Any]]] = mux.shared("status-extras", lambda _: [])
         extras.append(lambda: {"workers": self.workers})
 
@@ -283,8 +304,42 @@ class ParentLink(_Framed):
         if isinstance(message["workers"], list):
             self.workers = message["workers"]
 
+    def ask_metrics(self) -> Deferred[dict[str, Any]]:
+        """The group's /metrics numbers from the parent (ours, newest, go with the question)."""
+        if self.gone:
+            return fail(ConnectionError("the parent process went away"))
+        ask_id = next(self._ids)
+        answer: Deferred[dict[str, Any]] = Deferred()
+        timer = self.mux.reactor.callLater(ACK_TIMEOUT, self._unanswered, ask_id)
+        self.asked[ask_id] = (answer, timer)
+        self.send({"op": "metrics", "id": ask_id, "report": self.own.take()})
+        return answer
+
+    def _unanswered(self, ask_id: int) -> None:
+        entry = self.asked.pop(ask_id, None)
+        if entry is not None:
+            entry[0].errback(TimeoutError(f"the parent process did not answer in {ACK_TIMEOUT:.0f} s"))
+
+    def op_group_metrics(self, message: frames.Message) -> None:
+        entry = self.asked.pop(int(message["id"]), None)
+        if entry is None:
+            return
+        answer, timer = entry
+        if timer.active():
+            timer.cancel()
+        view = message.get("view")
+        if isinstance(view, dict) and isinstance(view.get("counts"), dict):
+            answer.callback(view)
+        else:
+            answer.errback(ValueError(f"the parent process could not answer: {str(message.get('error'))[:200]}"))
+
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.gone = True
+        asked, self.asked = self.asked, {}
+        for answer, timer in asked.values():
+            if timer.active():
+                timer.cancel()
+            answer.errback(ConnectionError("the parent process went away"))
         pending, self.pending = self.pending, {}
         for handoff, timer in pending.values():
             if timer.active():

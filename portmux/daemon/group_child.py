@@ -54,15 +54,21 @@ class _Counters(LineOnlyReceiver):
             log.warn("unreadable counters from the parent")  # noqa: G010
 
 
-def _exchange_counters(reactor: Any, stats: Any) -> None:
-    """Report our own counters on stdout every second; read the others' from stdin."""
+def _exchange_counters(reactor: Any, mux: Any) -> None:
+    """Report our own counters on stdout every second (the status page's, and /metrics' numbered
+    for portmux.daemon.group_metrics); read the others' from stdin."""
     from twisted.internet import stdio
     from twisted.internet.task import LoopingCall
 
+    from portmux.daemon.group_metrics import OwnCounts
+
+    stats = mux.stats
+    own = mux.shared("own-metric-counts", OwnCounts)
     stdio.StandardIO(_Counters(stats), reactor=reactor)
 
     def report() -> None:
-        os.write(1, json.dumps(stats.snapshot(local=True)).encode() + b"\n")
+        line = dict(stats.snapshot(local=True), metrics=own.take())
+        os.write(1, json.dumps(line).encode() + b"\n")
 
     LoopingCall(report).start(REPORT_EVERY, now=True)
 
@@ -120,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _watch_parent(reactor, args.parent)
     if args.channel is not None:
         _link_parent(reactor, args.channel, service.mux)
-    _exchange_counters(reactor, service.mux.stats)
+    _exchange_counters(reactor, service.mux)
     reactor.run()
     return 0
 

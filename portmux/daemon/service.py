@@ -53,16 +53,20 @@ class PortmuxService(MultiService):
                 (listener.endpoint, _header_networks(listener), listener.max_connections, listener.backlog)
                 for listener in config.listeners
             ]
+        names: list[str | None] = [None] * len(listeners)
         if adopt is not None:  # a child of a process group: the parent's sockets, same order
             same = len(listeners) == len(adopt)
+            # Named as the parent names them, so the group's counters add up per listener.
+            names = [str(listeners[i][0]) if same and not self._listen_override else None
+                     for i in range(len(adopt))]
             listeners = [
                 (e, *(listeners[i][1:] if same else ((), 0, DEFAULT_BACKLOG)))
                 for i, e in enumerate(adopt)
             ]
         self._adopted = adopt is not None
         self.listener_services: dict[str, ListenerService] = {}
-        for description, trusted, max_connections, backlog in listeners:
-            self._add_listener(description, tuple(trusted), max_connections, backlog)
+        for (description, trusted, max_connections, backlog), name in zip(listeners, names, strict=True):
+            self._add_listener(description, tuple(trusted), max_connections, backlog, name)
         self.group: Any = None
         count = processes if processes is not None else getattr(config, "processes", 1)
         if adopt is None and count > 1:
@@ -100,8 +104,8 @@ class PortmuxService(MultiService):
         self._previous_signals: dict[int, Any] = {}
 
     def _add_listener(self, description: Any, trusted: tuple[Any, ...], max_connections: int = 0,
-                      backlog: int = DEFAULT_BACKLOG) -> ListenerService:
-        label = description if isinstance(description, str) else _label(description)
+                      backlog: int = DEFAULT_BACKLOG, name: str | None = None) -> ListenerService:
+        label = name or (description if isinstance(description, str) else _label(description))
         factory = self.mux.listener_factory(trusted, name=label,
                                             max_connections=max_connections)
         listener_service = ListenerService(self.reactor, description, self.mux, factory, backlog)

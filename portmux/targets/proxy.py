@@ -42,7 +42,7 @@ from portmux.core import refusal
 from portmux.core.interfaces import ITarget
 from portmux.core.limits import Timeouts
 from portmux.protocols import nmf, proxyheader
-from portmux.targets import _splice
+from portmux.targets import _relay, _splice
 from portmux.targets.proxy_timeouts import PairWatch, WatchPlan, abort
 
 log = Logger(namespace="portmux")
@@ -327,6 +327,7 @@ class _Front(_Leg):
         "connection",
         "dialing",
         "pending",
+        "relayed",
         "start",
         "target",
         "timer",
@@ -342,6 +343,7 @@ class _Front(_Leg):
         self.attempt = 0
         self.dialing: Any = None
         self.timer: Any = None
+        self.relayed = False  # the relay took the pair (targets/_relay.py)
 
     # -- before the backend answers ----------------------------------------
 
@@ -445,11 +447,69 @@ class _Front(_Leg):
             self._dial_failed(_connect_failure(err))
 
     def connected_socket(self, skt: socket.socket, address: tuple[str, int], family: int) -> None:
-        """Wrap a connected backend socket as a transport and start proxying."""
+        """Hand the pair to the relay, or wrap the backend socket as a transport, and start proxying."""
+        if self.target.relay and not self.target.rewrite_via is True and self._relay(skt):
+            return
         back = self.buildProtocol(None)  # type: ignore[arg-type]
         transport = _Outgoing(skt, back, self.target.reactor, address, family)  # type: ignore[arg-type]
         transport.startReading()
         back.makeConnection(transport)
+
+    def _relay(self, skt: socket.socket) -> bool:
+        """A plain client and a backend socket: copy them in the relay (targets/_relay.py).
+
+        False, changing nothing, when the client's transport cannot leave the reactor.
+        """
+        connection = self.connection
+        client = self.transport
+        if connection is None or not _twisted.detachable(client):
+            return False
+        self.timer, timer = None, self.timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.dialing = None
+        connection.connected()
+        connection.accept()
+        _no_delay(client)
+        data = self._first_bytes(connection, client, None)
+        self.connection = None  # drop the cycle through the sniffer
+        pair = _relay.relay_pair(connection.mux, client, skt, data)
+        if pair is None:  # detachable said yes: not reached
+            skt.close()
+            client.abortConnection()
+            return True
+        self.relayed = True
+        sniffer = getattr(connection, "sniffer", None)
+        if sniffer is not None:  # a drain's abortConnection reaches the relay, not the reactor
+            sniffer.transport = pair.client
+        target = self.target
+        pair.client.budget = pair.server.budget = _splice.budget(
+            target.reactor, True, target.splice_after, target.fd_reactor
+        )
+        preamble = connection.preamble
+        http = preamble.protocol == "http"
+        pair.client.reset_passthrough = True
+        pair.server.reset_passthrough = not http
+        if pair.client.connected and pair.server.connected:
+            backends = target.backends
+            backend = backends[(self.start + self.attempt - 1) % len(backends)]
+            pair.watch = PairWatch(target.plan_for(connection.mux), connection.mux.log, pair.client,
+                                   pair.server, connection.peer, preamble, backend.name, http)
+        return True
+
+    def _first_bytes(self, connection: Any, client: Any, server: Any) -> bytes:
+        """What the backend gets before the copying starts: header, bytes read while sniffing and dialling."""
+        data: bytes = connection.payload
+        if self.target.rewrite_via:  # net.tcp: the Via names the backend (docs/config.md)
+            data = nmf.rewrite_via(data, self.target.via_address(server))
+        version = self.target.proxy_header
+        if version is not None:
+            data = proxyheader.header(version, connection.peer, client.getHost()) + data
+        pending, self.pending = self.pending, None
+        if pending:
+            data += b"".join(pending)
+        connection.buffered = b""
+        return data
 
     def _stop_dialing(self) -> None:
         dialing, self.dialing = self.dialing, None
@@ -558,16 +618,8 @@ class _Front(_Leg):
             client.registerProducer(server, True)
         if not self.direct:
             server.registerProducer(client, True)
-        data = connection.payload
-        if self.target.rewrite_via:  # net.tcp: the Via names the backend (docs/config.md)
-            data = nmf.rewrite_via(data, self.target.via_address(server))
-        version = self.target.proxy_header
-        if version is not None:
-            data = proxyheader.header(version, connection.peer, client.getHost()) + data
-        pending, self.pending = self.pending, None
-        if pending:
-            data += b"".join(pending)
-        connection.buffered = b""
+        pending = self.pending
+        data = self._first_bytes(connection, client, server)
         self.connection = None  # drop the cycle through the sniffer
         sniffer = getattr(connection, "sniffer", None)
         # Attached us already (the backend answered after attach returned)? Then the
@@ -598,6 +650,8 @@ class ProxyTarget:
     kind = "proxy"
     splice_after: int | None = _splice.SPLICE_AFTER
     """Bytes copied in Python before splice(2) takes over a plain pair; None: never."""
+    relay: bool = True
+    """Copy plain pairs in the multiplexer's relay (targets/_relay.py) instead of through transports."""
 
     def __init__(
         self,
@@ -704,6 +758,8 @@ class ProxyTarget:
         front.start = self.first
         self.first = (self.first + 1) % len(self.backends)
         front.dial()
+        if front.relayed:  # the backend answered at once and the relay took the pair
+            return _relay.RELAYED  # type: ignore[return-value]
         return front  # type: ignore[return-value]
 
 

@@ -210,3 +210,33 @@ class ChannelTests(TestCase):
         target = self.child.router.registered.get(ROUTE).target
         self.assertEqual(target.description, f"{self.route.target.description} (through process 1)")
         self.assertEqual(target.kind, "handoff")
+
+    async def test_a_childs_metrics_question_carries_its_numbers_and_gets_the_groups(self) -> None:
+        """/metrics in a child: its own numbers go up with the question, the group's view comes back."""
+        from portmux.daemon.group_metrics import GroupCounts
+
+        parent_side, child_side = await self.link()
+        counts = GroupCounts(self.parent)
+        generation = counts.started(1)
+
+        def answer(report: Any) -> dict[str, Any]:  # as ProcessGroup answers its slot 1's child
+            counts.reported(1, generation, report)
+            return dict(counts.view(2), answering=2)
+
+        parent_side.answer_metrics = answer
+        self.child.stats.for_listener("main").accepted = 5
+        self.child.stats.accepted = 5
+        self.parent.stats.for_listener("main").accepted = 2
+        view = await child_side.ask_metrics()
+        self.assertEqual(view["counts"]["accepted"], {"main": 7})
+        self.assertEqual(view["members"]["2"]["accepted"], 5)
+        self.assertEqual(view["answering"], 2)
+
+    async def test_a_metrics_question_fails_cleanly_without_an_answer(self) -> None:
+        parent_side, child_side = await self.link()  # answer_metrics unset: the parent says so
+        with self.assertRaises(ValueError):
+            await child_side.ask_metrics()
+        parent_side.transport.loseConnection()
+        await wait_until(lambda: child_side.gone)
+        with self.assertRaises(ConnectionError):
+            await child_side.ask_metrics()

@@ -166,6 +166,7 @@ def test_worker_routes_reach_every_process(tmp_path: Path, started: list[subproc
     wait_for(lambda: {ROUTE, PROXY_ROUTE} <= registered(control), "the registrations")
 
     echo_through(port, -1)  # warm both sides up before counting descriptors
+    echo_through(port, -2, b"echo-p")  # (the proxy path's relay keeps one epoll descriptor)
     before = fd_count(portmux.pid), fd_count(child)
     for number in range(CLIENTS):
         echo_through(port, number)

@@ -217,15 +217,19 @@ class ProxyTests(TestCase):
         yield self.wait_for(lambda: bool(held) and bool(held[0].received))
         from twisted.internet.tcp import Connection
 
+        ports = (s.getsockname()[1], held[0].transport.getHost().port)
         mine = [
-            t for t in _transports()
+            t.socket for t in _transports()
             if isinstance(t, Connection)
-            and t.getPeer().port in (s.getsockname()[1], held[0].transport.getHost().port)
+            and t.getPeer().port in ports
             and getattr(t, "socket", None) is not None
+        ] + [  # a pair the relay copies has no transports in the reactor: its sockets
+            side.skt for relay in _relays() for side in relay.sides.values()
+            if side.skt.getpeername()[1] in ports
         ]
         self.assertEqual(len(mine), 2)
-        for t in mine:
-            self.assertEqual(t.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+        for skt in mine:
+            self.assertEqual(skt.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
         s.close()
         held[0].transport.loseConnection()
         yield self.wait_for(lambda: mux.stats.for_route("proxied").active == 0)
@@ -618,11 +622,25 @@ def _transports() -> list[Any]:
     return [s for s in reactor.getReaders() + reactor.getWriters() if hasattr(s, "dataBuffer")]
 
 
+def _relays() -> list[Any]:
+    """Every relay (targets/_relay.py) the global reactor is watching."""
+    from portmux.targets._relay import Relay
+
+    return [s for s in reactor.getReaders() if isinstance(s, Relay)]
+
+
 class PublicTransportAPITests(ProxyTests):
     """Every proxy test again with the fast paths off in-process (public API only)."""
 
     def setUp(self) -> None:
         self.patch(_twisted, "FAST_PATHS", False)
+
+
+class TransportEngineTests(ProxyTests):
+    """Every proxy test again with the relay off: pairs copied through Twisted transports."""
+
+    def setUp(self) -> None:
+        self.patch(ProxyTarget, "relay", False)
 
 
 class FromConfigTests(SynchronousTestCase):

@@ -288,3 +288,19 @@ class SharedTimerTests(TestCase):
             except ConnectionResetError:
                 data = b""
             self.assertEqual(data, b"")
+
+
+class TransportEngineTimeoutTests(ProxyTimeoutTests):
+    """The timeout tests again with the relay off: pairs copied through Twisted transports."""
+
+    def setUp(self) -> None:
+        self.patch(ProxyTarget, "relay", False)
+        super().setUp()
+
+
+class TransportEngineIdleTests(IdleTimeoutTests):
+    """The idle-timeout tests again with the relay off."""
+
+    def setUp(self) -> None:
+        self.patch(ProxyTarget, "relay", False)
+        super().setUp()

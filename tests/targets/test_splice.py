@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from portmux import _twisted
 from portmux.core.limits import Timeouts
 from portmux.core.mux import Multiplexer
-from portmux.targets import _splice
+from portmux.targets import _relay, _splice
 from portmux.targets.proxy import ProxyTarget
 
 REQUEST = b"GET /bulk HTTP/1.1\r\nHost: example.test\r\n\r\n"
@@ -74,10 +74,31 @@ class RecordingPair(_splice.SplicedPair):
     """A SplicedPair that lists itself, so a test can tell the kernel did the copying."""
 
     made: ClassVar[list[RecordingPair]] = []
+    wide = False
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.made.append(self)
+        if self.wide:
+            self.server.skt.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+
+
+class RecordingRelayPair(_relay.RelayPair):
+    """A relayed pair that lists itself once it splices, so a test can tell the kernel did the copying."""
+
+    __slots__ = ()
+    made: ClassVar[list[RecordingRelayPair]] = []
+    wide = False
+
+    def start(self, client: socket.socket, server: socket.socket, *data: bytes) -> None:
+        if self.wide:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        super().start(client, server, *data)
+
+    def splice(self) -> None:
+        super().splice()
+        if self.client.pipe is not None:
+            self.made.append(self)
 
 
 class BudgetTests(SynchronousTestCase):
@@ -88,21 +109,26 @@ class BudgetTests(SynchronousTestCase):
 
 
 class SpliceTests(TestCase):
-    """client (thread) → Multiplexer → ProxyTarget → spliced → backend (thread)."""
+    """client (thread) → Multiplexer → ProxyTarget → relay, spliced → backend (thread)."""
 
     timeout = 120
+    relay = True
 
     def setUp(self) -> None:
         if not _splice.AVAILABLE or not _twisted.FAST_PATHS:
             self.skipTest("splice(2) or the Twisted fast paths are unavailable here")
         RecordingPair.made = []
+        RecordingRelayPair.made = []
         self.patch(_splice, "SplicedPair", RecordingPair)
+        self.patch(_relay, "RelayPair", RecordingRelayPair)
+        self.recording: Any = RecordingRelayPair if self.relay else RecordingPair
         self.backend = socket.socket()
         self.backend.bind(("127.0.0.1", 0))
         self.backend.listen(8)
         self.addCleanup(self.backend.close)
         target = ProxyTarget(reactor, [f"tcp:127.0.0.1:{self.backend.getsockname()[1]}"])
         target.splice_after = 64 * 1024
+        target.relay = self.relay
         # The slow-reader tests stall a reader for a while: a generous tunnel timeout here;
         # the tunnel-timeout test sets its own short one.
         self.mux = Multiplexer(reactor, timeouts=Timeouts(tunnel=30.0, server_response=0.0))
@@ -133,9 +159,19 @@ class SpliceTests(TestCase):
                 self.fail("proxied connections never closed")
             await task.deferLater(reactor, 0.02, lambda: None)
 
+    def made(self) -> list[Any]:
+        """The pairs the kernel copied for (in the engine under test)."""
+        return self.recording.made  # type: ignore[no-any-return]
+
     def assert_spliced(self, at_least: int) -> None:
-        self.assertEqual(len(RecordingPair.made), 1)
-        pair = RecordingPair.made[0]
+        self.assertEqual(len(self.made()), 1)
+        pair = self.made()[0]
+        if self.relay:
+            self.assertGreaterEqual(pair.spliced, at_least - 512 * 1024)  # the first bytes go via Python
+            self.assertEqual(pair.closed_sides, 2)
+            self.assertEqual(pair.relay.pairs, 0)
+            self.assertEqual(pair.relay.sides, {})  # both sockets and their pipes given back
+            return
         self.assertGreaterEqual(pair.moved, at_least - 512 * 1024)  # the first bytes go via Python
         self.assertTrue(pair.done)
         self.assertEqual((pair.up.read_fd, pair.down.read_fd), (-1, -1))  # pipes closed
@@ -181,14 +217,8 @@ class SpliceTests(TestCase):
         that is an orderly end, not a lost connection to pass on as a reset (which
         would drop what the backend had not read yet).
         """
-        class WideSendBuffer(RecordingPair):
-            """Portmux's backend socket can hold all the bytes, so they wait there as under load."""
-
-            def __init__(self, *args: Any) -> None:
-                super().__init__(*args)
-                self.server.skt.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-
-        self.patch(_splice, "SplicedPair", WideSendBuffer)
+        # Portmux's backend socket can hold all the bytes, so they wait there as under load.
+        self.patch(self.recording, "wide", True)
         self.backend.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # reads little unread
         client, server = yield threads.deferToThread(self.connect)
         size = 1 << 20
@@ -299,7 +329,7 @@ class SpliceTests(TestCase):
         self.assertEqual(primed, (1 << 20, prime))
         self.assertLess(held, 40 << 20, "the backend was never held back")
         self.assertEqual(got, (total, digest))
-        self.assertEqual(len(RecordingPair.made), 1)
+        self.assertEqual(len(self.made()), 1)
 
     @defer.inlineCallbacks
     def test_slow_backend(self) -> Any:
@@ -307,7 +337,7 @@ class SpliceTests(TestCase):
         self.assertEqual(primed, (1 << 20, prime))
         self.assertLess(held, 40 << 20, "the client was never held back")
         self.assertEqual(got, (total, digest))
-        self.assertEqual(len(RecordingPair.made), 1)
+        self.assertEqual(len(self.made()), 1)
 
     @defer.inlineCallbacks
     def test_backend_reset_mid_splice(self) -> Any:
@@ -369,7 +399,7 @@ class SpliceTests(TestCase):
         echoed = yield threads.deferToThread(run)
         self.assertEqual(echoed, rounds)
         yield defer.ensureDeferred(self.settled())
-        self.assertEqual(RecordingPair.made, [])
+        self.assertEqual(self.made(), [])
 
     @defer.inlineCallbacks
     def test_spliced_pair_stays_active_for_the_tunnel_timeout(self) -> Any:
@@ -396,4 +426,10 @@ class SpliceTests(TestCase):
         sent, got = yield threads.deferToThread(run)
         self.assertEqual(got, (16 * 256 * 1024, sent))
         yield defer.ensureDeferred(self.settled())
-        self.assertEqual(len(RecordingPair.made), 1)
+        self.assertEqual(len(self.made()), 1)
+
+
+class TransportSpliceTests(SpliceTests):
+    """The same, with the relay off: the proxy's transports, then SplicedPair (targets/_splice.py)."""
+
+    relay = False
