@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--tls", action="store_true", help="terminate TLS in front (trustme certificate)")
+    parser.add_argument("--no-relay", action="store_true",
+                        help="copy through Twisted transports, not the relay (targets/_relay.py)")
     args = parser.parse_args(argv)
 
     from twisted.internet import epollreactor
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     thread.start()
     mux = Multiplexer(reactor)
     target = ProxyTarget(reactor, [f"tcp:127.0.0.1:{back.getsockname()[1]}"])
+    if getattr(args, "no_relay", False):
+        target.relay = False
     target.splice_after = None
     client_context = None
     route_target: Any = target

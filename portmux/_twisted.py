@@ -41,11 +41,9 @@ __all__ = [
     "TerminatingTLS",
     "UnsentWatch",
     "abort_now",
-    "close_detached",
     "close_now",
     "detach",
     "detachable",
-    "detached_eof",
     "drain_http_buffer",
     "endpoint_label",
     "flush",
@@ -590,49 +588,38 @@ def detachable(transport: Any) -> bool:
     return bool(splice_ready(transport) and type(transport) is tcp.Server and transport.producer is None)
 
 
-def detach(transport: Any) -> tuple[socket.socket, bytes] | None:
-    """Take a ``detachable`` transport's socket out of the reactor, for the relay.
+def detach(transport: Any) -> tuple[socket.socket, bytes, Any, SocketWatch | None] | None:
+    """Take a ``detachable`` transport's socket away from Twisted for good, for the relay.
 
-    Returns the socket and what the transport still buffered (to be sent first), or
-    None (nothing changed).  The transport stays the connection's record:
-    ``close_detached`` ends it later, so its protocol, accounting watch and
-    counters see an ordinary close.
+    Returns the socket, what the transport still buffered (to be sent first), its
+    protocol and its accounting watch (``watch_socket_close``), or None (nothing
+    changed).  The transport leaves the reactor and lets go of all three, as its own
+    close would, and is then garbage: the caller closes the socket, calls the watch's
+    ``socket_eof``/``socket_closing`` and the protocol's ``connectionLost`` itself.
     """
     if not detachable(transport):
         return None
     data = take_unsent(transport) if unsent_size(transport) else b""
     transport.stopReading()
     transport.stopWriting()
-    return transport.socket, data
-
-
-def detached_eof(transport: Any, write_open: bool) -> None:
-    """Tell a detached transport's accounting watch that the peer's FIN was read."""
-    watch = vars(transport).get("_closeSocket")
+    attributes = vars(transport)
+    watch = attributes.pop("_closeSocket", None)
+    attributes.pop("readConnectionLost", None)
     if isinstance(watch, SocketWatch):
-        watch.socket_eof(write_open)
+        watch.transport = None  # no transport <-> watch cycle left
+    else:
+        watch = None
+    skt, protocol = transport.socket, transport.protocol
+    transport.connected = 0
+    transport.disconnected = 1
+    del transport.protocol
+    del transport.socket
+    del transport.fileno
+    return skt, data, protocol, watch
 
 
 LOST = Failure(error.ConnectionLost())
 """One shared Failure for connections whose peer reset them (seen by the relay)."""
-
-
-def close_detached(transport: Any, reason: Failure) -> None:
-    """Close a ``detach``ed transport's socket and tell its protocol, as Twisted's close would.
-
-    ``reason`` DONE closes in order (FINs already passed); ABORTED or LOST reset the socket.
-    """
-    if not hasattr(transport, "socket"):
-        return
-    orderly = reason is DONE
-    transport._shouldShutdown = False  # the relay shut what it had to
-    abstract.FileDescriptor.connectionLost(transport, reason)
-    transport._closeSocket(orderly)
-    protocol: Any = transport.protocol
-    del transport.protocol
-    del transport.socket
-    del transport.fileno
-    protocol.connectionLost(reason)
 
 
 class SocketWatch:

@@ -17,9 +17,11 @@ Semantics are the proxy's (targets/proxy.py): an EOF is passed on as
 ``reset_passthrough`` is set resets the other side, otherwise the other side gets
 what it is owed and an orderly close; [timeouts] are watched by the same
 ``PairWatch``; after ``splice_after`` bytes of bulk reads a pair moves its bytes
-with splice(2) through a pipe per direction.  The client's transport stays the
-connection's record and is closed through ``_twisted.close_detached``, so the
-sniffer, accounting (TCP_INFO), counters and the access log see an ordinary close.
+with splice(2) through a pipe per direction.  The client's transport lets go of
+its socket, protocol and accounting watch (``_twisted.detach``) and is freed; at
+the end the relay reads TCP_INFO through the watch, closes the socket and calls
+the protocol's ``connectionLost``, so the sniffer, counters and the access log
+see an ordinary close.
 """
 
 from __future__ import annotations
@@ -84,15 +86,22 @@ class Relay:
             side = sides.get(fd)
             if side is None:
                 continue
-            if side.writing and events & (_OUT | _TROUBLE):
-                side.flush()
-                if fd not in sides:
-                    continue
-            if side.reading:
-                if events & (_IN | _TROUBLE):
-                    side.other.take_from(side)
-            elif events & _TROUBLE and not side.writing:
-                side.park()
+            try:
+                if side.writing and events & (_OUT | _TROUBLE):
+                    side.flush()
+                    if fd not in sides:
+                        continue
+                if side.reading:
+                    if events & (_IN | _TROUBLE):
+                        side.other.take_from(side)
+                elif events & _TROUBLE and not side.writing:
+                    side.park()
+            except Exception:  # noqa: BLE001  # one pair's bug must not end the others
+                log.failure("relay: closing a pair after an error")
+                pair = side.pair
+                for end in (pair.client, pair.server):
+                    if end is not None:
+                        pair.close_side(end, abort=True)
 
     def connectionLost(self, reason: Any) -> None:
         """The reactor is stopping (or dropped us): reset every pair still open."""
@@ -273,8 +282,8 @@ class _Side:
         """This side's EOF was read: stop reading it; pass the FIN on once the other side is owed nothing."""
         self.read_done = True
         pair = self.pair
-        if self is pair.client and pair.transport is not None:
-            _twisted.detached_eof(pair.transport, not self.shut)
+        if self is pair.client and pair.accounting is not None:
+            pair.accounting.socket_eof(not self.shut)  # who closed first, for the access log
         other = self.other
         if other.closing or other.owed or (self.pipe is not None and self.pipe.queued):
             self.read(False)  # the FIN goes on once the other side took what it is owed
@@ -350,6 +359,18 @@ class _Side:
             return
         self.drained()
 
+    def hand_over_pipe(self, way: _splice._Way) -> None:
+        """The source of ``way`` broke: give this side what the pipe holds, if it takes it now."""
+        while way.queued:
+            try:
+                sent = os.splice(way.read_fd, self.fd, way.queued, flags=_SPLICE_FLAGS)
+            except OSError:
+                return
+            if not sent:
+                return
+            way.queued -= sent
+            self.pair.spliced += sent
+
     # -- what PairWatch calls (the transport's part) ----------------------------------
 
     def write(self, data: bytes) -> None:
@@ -377,11 +398,12 @@ class _Side:
 class RelayPair:
     """A client and a backend socket copied both ways by the relay."""
 
-    __slots__ = ("client", "closed_sides", "relay", "server", "spliced", "transport", "watch")
+    __slots__ = ("accounting", "client", "closed_sides", "protocol", "relay", "server", "spliced", "watch")
 
-    def __init__(self, relay: Relay, transport: Any) -> None:
+    def __init__(self, relay: Relay, protocol: Any, accounting: Any) -> None:
         self.relay = relay
-        self.transport: Any = transport  # the client's (detached) transport: the connection's record
+        self.protocol: Any = protocol  # the client connection's protocol (its sniffer): told of the end
+        self.accounting: Any = accounting  # its SocketWatch: TCP_INFO at close, who closed first
         self.client: _Side = None  # type: ignore[assignment]
         self.server: _Side = None  # type: ignore[assignment]
         self.watch: PairWatch | None = None
@@ -445,6 +467,8 @@ class RelayPair:
         if not side.connected:
             return
         other = side.other
+        if side.pipe is not None and side.pipe.queued and other.connected:
+            other.hand_over_pipe(side.pipe)  # what the kernel already read from ``side``
         self.close_side(side, abort=True)
         if not other.connected:
             return
@@ -454,7 +478,7 @@ class RelayPair:
             other.loseConnection()
 
     def close_side(self, side: _Side, abort: bool = False) -> None:
-        """Close one socket (the client's through its transport) and forget it."""
+        """Close one socket and forget it; the client's end is told to its protocol (the sniffer)."""
         if not side.connected:
             return
         side.connected = False
@@ -462,18 +486,22 @@ class RelayPair:
         pipe, side.pipe = side.pipe, None
         if pipe is not None:
             pipe.close()
+        skt = side.skt
+        protocol = None
         if side is self.client:
-            transport, self.transport = self.transport, None
             self._stop_watch()
-            if transport is not None:
-                _twisted.close_detached(transport, _twisted.LOST if abort else _twisted.DONE)
-        else:
-            if abort:
-                try:
-                    side.skt.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-                except OSError:
-                    pass
-            side.skt.close()
+            protocol, self.protocol = self.protocol, None
+            accounting, self.accounting = self.accounting, None
+            if accounting is not None:
+                accounting.socket_closing(skt)
+        if abort:
+            try:
+                skt.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+        skt.close()
+        if protocol is not None:  # the sniffer: counters, accounting, the access log
+            protocol.connectionLost(_twisted.LOST if abort else _twisted.DONE)
         side.transport = None
         self.closed_sides += 1
         if self.closed_sides == 2:
@@ -497,8 +525,8 @@ def relay_pair(mux: Any, transport: Any, server: socket.socket, to_server: bytes
     detached = _twisted.detach(transport)
     if detached is None:
         return None
-    client, to_client = detached
-    pair = RelayPair(Relay.of(mux), transport)
+    client, to_client, protocol, accounting = detached
+    pair = RelayPair(Relay.of(mux), protocol, accounting)
     pair.start(client, server, to_client, to_server)
     return pair
 
@@ -518,7 +546,7 @@ class Relayed:
     dataReceived = staticmethod(_discard)
 
     def connectionLost(self, reason: Any = None) -> None:
-        """The relay closed the client (through its transport): nothing left to do here."""
+        """The relay told the sniffer of the end itself: nothing left to do here."""
 
 
 RELAYED = Relayed()

@@ -67,7 +67,7 @@ class RelayTests(TestCase):
 
     async def settled(self) -> None:
         end = time.monotonic() + 10
-        while self.mux.stats.for_route("proxied").active or self.mux.stats.for_route("raw").active:
+        while self.mux.connections:  # every route's connections ended
             if time.monotonic() > end:
                 self.fail("relayed connections never closed")
             await task.deferLater(reactor, 0.02, lambda: None)
@@ -245,3 +245,40 @@ class RelayTests(TestCase):
         self.assertEqual((yield threads.deferToThread(run, REQUEST)), b"eof")
         yield defer.ensureDeferred(self.settled())
         self.assert_relay_empty()
+
+    @defer.inlineCallbacks
+    def test_an_error_in_one_pair_leaves_the_others_running(self) -> Any:
+        """A bug raised while serving one pair resets that pair only, with one log line."""
+        from twisted.logger import globalLogPublisher
+
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        first = yield threads.deferToThread(self.connect)
+        second = yield threads.deferToThread(self.connect)
+        relay = self.relay()
+        broken = next(side for side in relay.sides.values() if side.skt.getpeername() == first[0].getsockname())
+        original = _relay._Side.take_from
+
+        def take_from(sink: Any, source: Any) -> None:
+            if source is broken:
+                raise RuntimeError("a bug")
+            original(sink, source)
+
+        self.patch(_relay._Side, "take_from", take_from)
+
+        def run() -> tuple[bytes, bytes]:
+            first[0].sendall(b"trigger")
+            try:
+                ended = first[0].recv(10) or b"eof"
+            except ConnectionResetError:
+                ended = b"reset"
+            second[0].sendall(b"still here")
+            return ended, second[1].recv(100)
+
+        ended, passed = yield threads.deferToThread(run)
+        self.assertEqual((ended, passed), (b"reset", b"still here"))
+        self.assertEqual(relay.pairs, 1)
+        self.assertEqual([e["log_format"] for e in logged if "relay:" in e.get("log_format", "")],
+                         ["relay: closing a pair after an error"])
+        self.flushLoggedErrors(RuntimeError)
