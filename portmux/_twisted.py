@@ -11,6 +11,7 @@ docs/architecture.md, "Twisted internals").
 from __future__ import annotations
 
 import os
+import select
 import socket
 import sys
 from errno import EINTR, EWOULDBLOCK
@@ -38,6 +39,7 @@ __all__ = [
     "OutgoingConnection",
     "SocketWatch",
     "TerminatingTLS",
+    "UnsentWatch",
     "abort_now",
     "close_now",
     "detach",
@@ -358,6 +360,44 @@ def has_unsent(transport: Any) -> bool:
     if getattr(transport, "dataBuffer", b""):
         return True
     return bool(FAST_PATHS and getattr(transport, "_tempDataLen", 0))
+
+
+class UnsentWatch:
+    """Tells when a transport nothing writes to any more has sent all it buffers.
+
+    Polled (``all_sent``) from timers, the reactor polling in between.  Fast path:
+    the transport's buffers, exactly.  Fallback: bytes written this reactor turn
+    are not visible through public API until the reactor's next write, so it says
+    True only when, at the previous poll too, nothing was buffered and the socket
+    was writable (so a reactor poll since then wrote whatever was pending).
+    """
+
+    __slots__ = ("_settled", "transport")
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self._settled = False
+
+    def all_sent(self) -> bool:
+        """True once nothing written to the transport is left unsent."""
+        if FAST_PATHS:
+            return not has_unsent(self.transport)
+        empty = not getattr(self.transport, "dataBuffer", b"")
+        earlier, self._settled = self._settled, empty and _writable(self.transport)
+        return earlier and empty
+
+
+def _writable(transport: Any) -> bool:
+    """The transport's socket has room to send now (poll(2), no waiting)."""
+    try:
+        fd = transport.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    if fd < 0:
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLOUT for _, events in poller.poll(0))
 
 
 def local_port(transport: Any) -> int | None:

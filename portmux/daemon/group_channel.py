@@ -10,6 +10,8 @@ parent.  A connection a child routes there travels back up with SCM_RIGHTS and t
 bytes the child read (portmux.targets.handoff's PendingHandoff, reused as is); the
 parent adopts it into its own multiplexer, which sniffs those bytes again and
 routes it as one it accepted itself: to the worker, or refused as with one process.
+A kept-alive HTTP/1 connection the child serves goes up the same way at a later
+request for one of those routes (portmux.targets._http_pass_on).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from portmux.control import _framing as frames
 from portmux.core.proxied import present_addresses
 from portmux.core.routing import Match, Route, parse_networks
 from portmux.daemon.group_metrics import OwnCounts
+from portmux.targets._http_pass_on import pass_on
 from portmux.targets.handoff import WorkerGroupTarget, peer_facts
 
 log = Logger(namespace="portmux")
@@ -270,6 +273,14 @@ class ParentGroup:
         return [self._member]
 
 
+class ParentTarget(WorkerGroupTarget):
+    """A child's route to the parent: whole connections go up, and so does a kept-alive
+    HTTP/1 connection at a later request for this route (portmux.targets._http_pass_on)."""
+
+    def start_exchange(self, request: Any, route: Any, head: Any, length: Any, dispatcher: Any) -> Any:
+        return pass_on(request, route, self, dispatcher)
+
+
 @implementer(IFileDescriptorReceiver)
 class ParentLink(_Framed):
     """A child's end of the channel: files the parent's routes, passes their connections up."""
@@ -347,7 +358,7 @@ class ParentLink(_Framed):
     def op_add(self, message: frames.Message) -> None:
         name = str(message["name"])
         group = ParentGroup(name, match_of(message["match"]), self)
-        target = WorkerGroupTarget(group)
+        target = ParentTarget(group)
         target.description = f"{str(message.get('description', name))[:200]} (through process 1)"
         self.mux.add_registered_route(Route(name, group.match, target))
 
@@ -385,8 +396,9 @@ class ParentLink(_Framed):
         handoff = self._settled(message)
         if handoff is not None:
             handoff.acknowledged()
-            # The parent routes it again and counts it on its route: counted once in the group.
-            self.mux.stats.for_route(handoff.route_name).connections -= 1
+            if handoff.counted:
+                # The parent routes it again and counts it on its route: counted once in the group.
+                self.mux.stats.for_route(handoff.route_name).connections -= 1
 
     def op_nack(self, message: frames.Message) -> None:
         handoff = self._settled(message)

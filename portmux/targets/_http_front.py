@@ -59,6 +59,8 @@ class GuardedChannel(_Channel):  # type: ignore[misc]
         self._encodings: list[bytes] = []
         self._refused = False
         self._tunnel: Any = None
+        self._head_lines: list[bytes] = []  # the current request's head lines, for pass_on
+        self._handing: Any = None
 
     def configure(self, max_head: int, head_timeout: float, preamble: Preamble) -> None:
         """Head limits (431 over ``max_head`` bytes, 408 after ``head_timeout`` s) and the
@@ -77,9 +79,37 @@ class GuardedChannel(_Channel):  # type: ignore[misc]
         self._tunnel = protocol
         return _twisted.drain_http_buffer(self)
 
+    def request_head(self) -> tuple[bytes, bytes] | None:
+        """(method, target) of the request whose head is being read, from its line as it arrived
+        (public-API fallback of ``_twisted.request_head``)."""
+        if not self._head_lines:
+            return None
+        parts = self._head_lines[0].split(b" ")
+        return (parts[0], parts[1]) if len(parts) == 3 else None
+
+    def pass_on(self, handing: Any) -> bytes:
+        """Stop serving at the request whose head was just read: its socket is leaving.
+
+        Returns that head's bytes as they arrived and every byte read after it;
+        reading stops, and later reads and the connection's end go to ``handing``
+        (``late_data``, ``connection_lost``).
+        """
+        self._handing = handing
+        self.passed_on = True
+        self.paused = True  # LineReceiver parses nothing more
+        self._cancel_head_timer()
+        self.setTimeout(None)
+        if self.transport is not None:
+            self.transport.pauseProducing()
+        rest: bytes = self.clearLineBuffer()
+        return b"\r\n".join(self._head_lines) + b"\r\n\r\n" + rest
+
     def dataReceived(self, data: bytes) -> None:
         if self._tunnel is not None:
             self._tunnel.dataReceived(data)
+            return
+        if self._handing is not None:
+            self._handing.late_data(data)
             return
         if self._refused:
             return
@@ -101,6 +131,7 @@ class GuardedChannel(_Channel):  # type: ignore[misc]
             if line:
                 self._in_head = True
                 self._header_count = 0
+                self._head_lines = [line]
         elif line[:1] in (b" ", b"\t"):
             self.refuse(refusal.BAD_REQUEST, "obsolete line folding in a header")
             return
@@ -111,6 +142,7 @@ class GuardedChannel(_Channel):  # type: ignore[misc]
                 return
             if not self._header_ok(line):
                 return
+            self._head_lines.append(line)
         else:
             self._in_head = False
             self._head_bytes = 0
@@ -155,6 +187,7 @@ class GuardedChannel(_Channel):  # type: ignore[misc]
     def allHeadersReceived(self) -> None:
         self._cancel_head_timer()
         super().allHeadersReceived()
+        self._head_lines.clear()
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -183,6 +216,8 @@ class GuardedChannel(_Channel):  # type: ignore[misc]
         self._cancel_head_timer()
         if self._tunnel is not None:
             self._tunnel.connectionLost(reason)
+        if self._handing is not None:
+            self._handing.connection_lost()
         super().connectionLost(reason)
 
 
@@ -205,6 +240,9 @@ class RoutedRequest(_Request):  # type: ignore[misc]
         if self._decided:
             return
         head = head or _twisted.request_head(self)
+        if head is None:
+            recorded = getattr(self.channel, "request_head", None)  # GuardedChannel: its own record
+            head = recorded() if recorded is not None else None
         if head is None:
             return  # routed later, in process(), after twisted.web buffered the body
         self._decided = True

@@ -108,6 +108,9 @@ class _Waiting(Protocol):
 class PendingHandoff:
     """One connection on its way to a worker: try members until one acknowledges."""
 
+    counted = True
+    """The connection was counted on this route (False: a kept-alive connection moving at a later request)."""
+
     def __init__(self, connection: Any, group: Any, route_name: str) -> None:
         self.connection = connection
         self.group = group

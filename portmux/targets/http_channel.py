@@ -34,6 +34,8 @@ class BoundedChannel(HTTPChannel):
     holds = 0
     """How often parsing was stopped (for tests and the status page)."""
     lost = False
+    passed_on = False
+    """The connection left this channel (its socket passed on at a later request): never read again."""
     _batch_call: Any = None
 
     def dataReceived(self, data: bytes) -> None:
@@ -50,6 +52,8 @@ class BoundedChannel(HTTPChannel):
     def resumeProducing(self) -> None:
         """The transport's send buffer drained: parse what is held, read again."""
         self.transport_full = False
+        if self.passed_on:
+            return
         super().resumeProducing()  # type: ignore[no-untyped-call]
         self._release()
 
@@ -83,7 +87,7 @@ class BoundedChannel(HTTPChannel):
         self._release()
 
     def _release(self) -> None:
-        if not self.paused or self.transport_full or self.yielding:
+        if not self.paused or self.transport_full or self.yielding or self.passed_on:
             return
         transport: Any = self.transport
         if self.lost or transport is None or transport.disconnecting:

@@ -235,6 +235,8 @@ class _Dispatcher(Resource):
         start = reactor.seconds()
 
         def finished(_: object) -> None:
+            if getattr(request, "portmux_passed_on", False):
+                return  # its connection moved on: the process it went to logs this request
             record = request_record(sniffer, route, preamble, peer, start, reactor.seconds(),
                                     request)
             for observer in list(observers):
@@ -248,9 +250,10 @@ class _Dispatcher(Resource):
         if isinstance(target, ResourceTarget):
             return _descend(route, target.resource, request)
         if route is not None:
-            log.info("http request for {host}{path} matched whole-connection route {route}: 421",
+            why = getattr(request, "portmux_not_passed_on", None)
+            log.info("http request for {host}{path} matched whole-connection route {route}: 421{why}",
                      host=request.portmux_preamble.host or "", path=request.path.decode("latin-1"),
-                     route=route.name)
+                     route=route.name, why=f" (not passed on: {why})" if why else "")
             return _Misdirected()  # type: ignore[no-untyped-call]
         return notFound(brief="No Such Resource", message="No route serves this host and path.")
 

@@ -3,7 +3,7 @@
 ``python http_worker.py CONTROL NAME PREFIX...``: prints ``registered`` (or the
 refusal) on stdout. ``GET .../slow`` is never answered and ``GET .../leave``
 closes the control connection (the queue stays open), so a test can end the
-registration while a request is in flight.
+registration while a request is in flight; a POST's answer ends with its body.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ class Named(Resource):
         if request.path.endswith(b"/leave"):
             reactor.callLater(0.2, WORKER[0].close)
         return f"{sys.argv[2]} pid={os.getpid()} {request.path.decode()}\n".encode()
+
+    def render_POST(self, request: Any) -> bytes:
+        """The GET line with the body the worker received."""
+        body = request.content.read().decode("latin-1")
+        return f"{sys.argv[2]} pid={os.getpid()} {request.path.decode()} body={body}\n".encode()
 
 
 def registered(worker: Any) -> None:
