@@ -213,6 +213,11 @@ _HTTP_START = Preamble._fields.index(_HTTP_FIELDS[0])
 _HTTP_END = _HTTP_START + len(_HTTP_FIELDS)
 if Preamble._fields[_HTTP_START:_HTTP_END] != _HTTP_FIELDS:  # pragma: no cover
     raise ImportError(f"Preamble fields {_HTTP_FIELDS} are no longer consecutive")
+_SHARED_WORDS = {word: word for word in (
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "HTTP/1.0", "HTTP/1.1",
+)}
+"""One string object per common method and version, shared by every Preamble (a connection
+held open keeps its Preamble: ~100 bytes fewer each)."""
 _BEFORE_HTTP = Preamble(protocol="http")[:_HTTP_START]
 _AFTER_HTTP = Preamble(protocol="http")[_HTTP_END:]
 
@@ -229,7 +234,11 @@ def _probe_http_common(data: bytes) -> Preamble | None:
     if match is None:
         return None
     method, target, path, version, host = match.groups()  # the named groups, in order
-    fields = (method, target, path, None if host is None else host.lower(), version)
+    if path == target:
+        path = target  # one string for both when there is no query
+    shared = _SHARED_WORDS.get
+    fields = (shared(method, method), target, path, None if host is None else host.lower(),
+              shared(version, version))
     return tuple.__new__(Preamble, _BEFORE_HTTP + fields + _AFTER_HTTP)
 
 

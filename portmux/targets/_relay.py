@@ -145,13 +145,11 @@ class _Side:
 
     __slots__ = (
         "budget", "closing", "connected", "fd", "other", "owed", "pair", "pipe", "read_done",
-        "reading", "reads", "registered", "relay", "reset_passthrough", "shut", "skt", "transport",
-        "writing",
+        "reading", "reads", "registered", "reset_passthrough", "shut", "skt", "writing",
     )
 
-    def __init__(self, pair: RelayPair, skt: socket.socket, relay: Relay) -> None:
+    def __init__(self, pair: RelayPair, skt: socket.socket) -> None:
         self.pair = pair
-        self.relay = relay
         self.skt = skt
         self.fd = skt.fileno()
         self.other: _Side = self
@@ -167,7 +165,11 @@ class _Side:
         self.budget = _splice.NEVER
         self.pipe: _splice._Way | None = None  # splicing: the pipe of bytes read from here
         self.connected = True
-        self.transport: Any = self
+
+    @property
+    def transport(self) -> _Side | None:
+        """What PairWatch closes or answers through: this side, while its socket is open."""
+        return self if self.connected else None
 
     # -- readiness ---------------------------------------------------------------
 
@@ -188,17 +190,17 @@ class _Side:
         if not self.connected:
             return
         if self.registered:
-            self.relay.poller.modify(self.fd, self.mask())
+            self.pair.relay.poller.modify(self.fd, self.mask())
         elif self.reading or self.writing:  # parked: back in the set
             self.registered = True
-            self.relay.poller.register(self.fd, self.mask())
+            self.pair.relay.poller.register(self.fd, self.mask())
 
     def park(self) -> None:
         """A hang-up while neither reading nor writing: leave the set until wanted (no busy loop)."""
         if self.registered:
             self.registered = False
             try:
-                self.relay.poller.unregister(self.fd)
+                self.pair.relay.poller.unregister(self.fd)
             except OSError:
                 pass
 
@@ -209,7 +211,7 @@ class _Side:
         if source.pipe is not None:
             self.splice_from(source)
             return
-        relay = self.relay
+        relay = self.pair.relay
         try:
             size = source.skt.recv_into(relay.buffer)
         except OSError as e:
@@ -413,8 +415,8 @@ class RelayPair:
     def start(self, client: socket.socket, server: socket.socket, to_client: bytes, to_server: bytes) -> None:
         """Register both sockets, then send what is owed first (a header, bytes read while sniffing)."""
         relay = self.relay
-        self.client = _Side(self, client, relay)
-        self.server = _Side(self, server, relay)
+        self.client = _Side(self, client)
+        self.server = _Side(self, server)
         self.client.other, self.server.other = self.server, self.client
         relay.opened()
         for side, data in ((self.server, to_server), (self.client, to_client)):
@@ -502,7 +504,6 @@ class RelayPair:
         skt.close()
         if protocol is not None:  # the sniffer: counters, accounting, the access log
             protocol.connectionLost(_twisted.LOST if abort else _twisted.DONE)
-        side.transport = None
         self.closed_sides += 1
         if self.closed_sides == 2:
             self._stop_watch()
