@@ -412,12 +412,18 @@ class RelayPair:
         self.closed_sides = 0
         self.spliced = 0  # bytes splice(2) moved (both ways)
 
-    def start(self, client: socket.socket, server: socket.socket, to_client: bytes, to_server: bytes) -> None:
-        """Register both sockets, then send what is owed first (a header, bytes read while sniffing)."""
+    def start(
+        self, client: socket.socket, server: socket.socket, to_client: bytes, to_server: bytes,
+        budget: int = _splice.NEVER, server_resets_pass: bool = True,
+    ) -> None:
+        """Send what is owed first (a header, bytes read while sniffing), then register both sockets."""
         relay = self.relay
         self.client = _Side(self, client)
         self.server = _Side(self, server)
         self.client.other, self.server.other = self.server, self.client
+        self.client.budget = self.server.budget = budget
+        self.client.reset_passthrough = True
+        self.server.reset_passthrough = server_resets_pass
         relay.opened()
         for side, data in ((self.server, to_server), (self.client, to_client)):
             if data:  # usually taken at once: then no epoll change follows
@@ -518,17 +524,23 @@ class RelayPair:
             watch.stop()
 
 
-def relay_pair(mux: Any, transport: Any, server: socket.socket, to_server: bytes) -> RelayPair | None:
+def relay_pair(
+    mux: Any, transport: Any, server: socket.socket, to_server: bytes, budget: int,
+    server_resets_pass: bool,
+) -> RelayPair | None:
     """Hand a connected client transport and backend socket to ``mux``'s relay; None if it cannot.
 
-    Nothing changes when the client's transport is not a plain, idle, open socket.
+    ``budget``: bulk bytes to copy before splicing (``_splice.budget``);
+    ``server_resets_pass``: a backend's reset resets the client (raw TCP; a client's
+    reset always resets the backend).  Nothing changes when the client's transport
+    is not a plain, idle, open socket.
     """
     detached = _twisted.detach(transport)
     if detached is None:
         return None
     client, to_client, protocol, accounting = detached
     pair = RelayPair(Relay.of(mux), protocol, accounting)
-    pair.start(client, server, to_client, to_server)
+    pair.start(client, server, to_client, to_server, budget, server_resets_pass)
     return pair
 
 

@@ -448,7 +448,7 @@ class _Front(_Leg):
 
     def connected_socket(self, skt: socket.socket, address: tuple[str, int], family: int) -> None:
         """Hand the pair to the relay, or wrap the backend socket as a transport, and start proxying."""
-        if self.target.relay and not self.target.rewrite_via is True and self._relay(skt):
+        if self.target.relay and self.target.rewrite_via is not True and self._relay(skt):
             return
         back = self.buildProtocol(None)  # type: ignore[arg-type]
         transport = _Outgoing(skt, back, self.target.reactor, address, family)  # type: ignore[arg-type]
@@ -473,28 +473,29 @@ class _Front(_Leg):
         _no_delay(client)
         data = self._first_bytes(connection, client, None)
         self.connection = None  # drop the cycle through the sniffer
-        pair = _relay.relay_pair(connection.mux, client, skt, data)
+        target = self.target
+        preamble = connection.preamble
+        http = preamble.protocol == "http"
+        budget = _splice.budget(target.reactor, True, target.splice_after, target.fd_reactor)
+        # Resets pass on as the legs pass them: from the client always, from the backend
+        # only to a raw-TCP client (an HTTP client gets an orderly close).
+        pair = _relay.relay_pair(connection.mux, client, skt, data, budget, not http)
         if pair is None:  # detachable said yes: not reached
             skt.close()
             client.abortConnection()
             return True
         self.relayed = True
+        side = pair.client
+        if side is None:  # the first send already ended the pair
+            return True
         sniffer = getattr(connection, "sniffer", None)
         if sniffer is not None:  # a drain's abortConnection reaches the relay, not the reactor
-            sniffer.transport = pair.client
-        target = self.target
-        pair.client.budget = pair.server.budget = _splice.budget(
-            target.reactor, True, target.splice_after, target.fd_reactor
-        )
-        preamble = connection.preamble
-        http = preamble.protocol == "http"
-        pair.client.reset_passthrough = True
-        pair.server.reset_passthrough = not http
-        if pair.client.connected and pair.server.connected:
+            sniffer.transport = side
+        if side.connected and side.other.connected:
             backends = target.backends
             backend = backends[(self.start + self.attempt - 1) % len(backends)]
-            pair.watch = PairWatch(target.plan_for(connection.mux), connection.mux.log, pair.client,
-                                   pair.server, connection.peer, preamble, backend.name, http)
+            pair.watch = PairWatch(target.plan_for(connection.mux), connection.mux.log, side,
+                                   side.other, connection.peer, preamble, backend.name, http)
         return True
 
     def _first_bytes(self, connection: Any, client: Any, server: Any) -> bytes:

@@ -25,9 +25,11 @@ from portmux.protocols import refusal_bytes
 
 
 class Leg(Protocol):
-    """What the watch needs of a proxy leg."""
+    """What the watch needs of a proxy leg (or a relayed pair's side)."""
 
-    transport: Any
+    @property
+    def transport(self) -> Any:
+        """What to answer through and close (None once closed)."""
     reads: int
     read_done: bool
     reset_passthrough: bool

@@ -90,7 +90,7 @@ class RecordingRelayPair(_relay.RelayPair):
     made: ClassVar[list[RecordingRelayPair]] = []
     wide = False
 
-    def start(self, client: socket.socket, server: socket.socket, *data: bytes) -> None:
+    def start(self, client: socket.socket, server: socket.socket, *data: Any) -> None:
         if self.wide:
             server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         super().start(client, server, *data)
