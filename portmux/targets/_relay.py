@@ -287,10 +287,8 @@ class _Side:
         if self is pair.client and pair.accounting is not None:
             pair.accounting.socket_eof(not self.shut)  # who closed first, for the access log
         other = self.other
-        if other.closing or other.owed or (self.pipe is not None and self.pipe.queued):
-            self.read(False)  # the FIN goes on once the other side took what it is owed
-            return
-        if other.read_done and self.shut and not self.owed:
+        waits = other.closing or other.owed or (self.pipe is not None and self.pipe.queued)
+        if not waits and other.read_done and self.shut and not self.owed:
             # The last way ended with nothing owed: close(2) both, which sends the one
             # FIN still owed: no shutdown(2), no epoll change, no new timeout phase.
             other.shut = True
@@ -298,8 +296,9 @@ class _Side:
             return
         self.read(False)
         if pair.watch is not None:
-            pair.watch.half_closed()
-        other.shut_write()
+            pair.watch.half_closed()  # client_fin/server_fin from now on, as the legs do
+        if not waits:  # else the FIN goes on once the other side took what it is owed
+            other.shut_write()
 
     def shut_write(self) -> None:
         """Send our FIN to this side; the pair ends when both ways are shut."""
