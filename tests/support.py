@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -99,3 +100,25 @@ def nc(port: int, data: bytes, expect: bytes, host: str = "127.0.0.1",
     got += proc.stdout.read()
     proc.stdout.close()
     return got
+
+
+def fd_count() -> int:
+    """This process's open file descriptors."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def turn(seconds: float = 0.01) -> None:
+    """Let the (global) reactor run for ``seconds``."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, seconds, lambda: None)
+
+
+async def wait_until(condition: Any, limit: float = 5.0) -> None:
+    """Let the reactor run until ``condition()`` is true, or fail after ``limit`` seconds."""
+    for _ in range(int(limit / 0.01)):
+        if condition():
+            return
+        await turn()
+    raise AssertionError("condition not reached")

@@ -13,7 +13,6 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from portmux.core.mux import Multiplexer
@@ -21,24 +20,9 @@ from portmux.core.routing import Match, Route
 from portmux.daemon.group_channel import ChildLink, ParentLink, match_of, read_routes
 from portmux.targets.echo import EchoFactory
 from portmux.targets.factory import FactoryTarget
+from tests.support import fd_count, turn, wait_until
 
 ROUTE = "handoff:protocol=tcpmux,service=echo-h"
-
-
-def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-async def turn(seconds: float = 0.01) -> None:
-    await deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_until(condition: Any, limit: float = 5.0) -> None:
-    for _ in range(int(limit / 0.01)):
-        if condition():
-            return
-        await turn()
-    raise AssertionError("condition not reached")
 
 
 class ChannelTests(TestCase):

@@ -11,14 +11,12 @@ not read in time), and 503 when the parent is gone.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
@@ -27,25 +25,10 @@ from portmux.core.routing import Match, Route
 from portmux.daemon.group_channel import ChildLink, ParentLink
 from portmux.targets import _http_pass_on
 from portmux.targets.resource import ResourceTarget
+from tests.support import fd_count, turn, wait_until
 
 WORKER = "proxy:protocol=http,path=/w"
 BIG = 48 << 10  # over the small socket buffers set below, under Twisted's 64 KiB that pauses the channel
-
-
-def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-async def turn(seconds: float = 0.01) -> None:
-    await deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_until(condition: Any, limit: float = 5.0) -> None:
-    for _ in range(int(limit / 0.01)):
-        if condition():
-            return
-        await turn()
-    raise AssertionError("condition not reached")
 
 
 class Says(Resource):

@@ -16,17 +16,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from portmux.control.cli import query
+from tests.daemon.group_support import registered, wait_for
 from tests.daemon.test_group_keepalive import responses
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,39 +50,10 @@ class PidPage(Resource):
 '''
 
 
-def wait_for(predicate, what: str, limit: float = 20.0):  # type: ignore[no-untyped-def]
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def started() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes this test started; each stopped by its PID at the end."""
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        yield procs
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
-def registered(control: Path) -> set[str]:
-    try:
-        return {g["name"] for g in query(str(control), 2.0)["registered"]}
-    except (OSError, ValueError):
-        return set()
 
 
 def pipelined(port: int, data: bytes) -> bytes:

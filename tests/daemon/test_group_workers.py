@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from portmux.control.cli import query
+from tests.daemon.group_support import registered, wait_for
 from tests.support import nc
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
@@ -36,16 +36,6 @@ PROXY_ROUTE = "proxy:protocol=tcpmux,service=echo-p"
 STARTED = re.compile(r"process 2 of 2 started \(pid (\d+)\)")
 CHILD_LISTENING = re.compile(r"\[process 2\] .*portmux listening on inherited")
 CLIENTS = 40
-
-
-def wait_for(predicate, what: str, limit: float = 20.0):  # type: ignore[no-untyped-def]
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -66,11 +56,6 @@ def started(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
                 proc.wait(5)
 
 
-def registered(control: Path) -> set[str]:
-    try:
-        return {g["name"] for g in query(str(control), 2.0)["registered"]}
-    except (OSError, ValueError):
-        return set()
 
 
 def echo_through(port: int, number: int, service: bytes = b"echo-h") -> None:
