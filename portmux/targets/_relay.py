@@ -360,18 +360,6 @@ class _Side:
             return
         self.drained()
 
-    def hand_over_pipe(self, way: _splice._Way) -> None:
-        """The source of ``way`` broke: give this side what the pipe holds, if it takes it now."""
-        while way.queued:
-            try:
-                sent = os.splice(way.read_fd, self.fd, way.queued, flags=_SPLICE_FLAGS)
-            except OSError:
-                return
-            if not sent:
-                return
-            way.queued -= sent
-            self.pair.spliced += sent
-
     # -- what PairWatch calls (the transport's part) ----------------------------------
 
     def write(self, data: bytes) -> None:
@@ -475,7 +463,7 @@ class RelayPair:
             return
         other = side.other
         if side.pipe is not None and side.pipe.queued and other.connected:
-            other.hand_over_pipe(side.pipe)  # what the kernel already read from ``side``
+            self.spliced += side.pipe.flush_to(other.fd)  # what the kernel already read from ``side``
         self.close_side(side, abort=True)
         if not other.connected:
             return

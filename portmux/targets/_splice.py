@@ -139,6 +139,23 @@ class _Way:
             pass  # the default 64 KiB pipe works too, with more wake-ups
         return cls(read_fd, write_fd, capacity)
 
+    def flush_to(self, fd: int) -> int:
+        """Move what the pipe holds into ``fd`` while it takes it (no waiting); returns the bytes moved.
+
+        For a survivor when the other side broke: what the kernel already read goes on if it can.
+        """
+        moved = 0
+        while self.queued:
+            try:
+                sent = os.splice(self.read_fd, fd, self.queued, flags=_FLAGS)
+            except OSError:
+                break
+            if not sent:
+                break
+            self.queued -= sent
+            moved += sent
+        return moved
+
     def close(self) -> None:
         for fd in (self.read_fd, self.write_fd):
             if fd >= 0:
@@ -302,15 +319,7 @@ class SplicedPair:
             return
         if failed is not None:
             survivor = self.server if failed is self.client else self.client
-            way = survivor.inbound
-            while way.queued:
-                try:
-                    sent = os.splice(way.read_fd, survivor.fd, way.queued, flags=_FLAGS)
-                except OSError:
-                    break
-                if not sent:
-                    break
-                way.queued -= sent
+            survivor.inbound.flush_to(survivor.fd)
         for end in (self.client, self.server):
             if end.reading:
                 self.reactor.removeReader(end)
