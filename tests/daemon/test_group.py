@@ -10,7 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,13 @@ def alive(pid: int) -> bool:
         return stat.read().split(") ", 1)[1][0] != "Z"
 
 
-def test_two_processes_serve_survive_a_killed_child_and_stop_together(tmp_path: Path) -> None:
+@contextmanager
+def web_group(tmp_path: Path, body: bytes) -> Iterator[tuple[int, Path, subprocess.Popen[bytes]]]:
+    """``twistd portmux`` with ``processes = 2``: a status route and a proxy route to a real
+    ``python -m http.server`` serving ``hello.txt`` = ``body``; yields (port, log, twistd)."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "hello.txt").write_bytes(b"hello from the backend\n")
+    (site / "hello.txt").write_bytes(body)
     backend_port, port = free_port(), free_port()
     backend = subprocess.Popen(
         [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(backend_port)],
@@ -78,54 +82,59 @@ def test_two_processes_serve_survive_a_killed_child_and_stop_together(tmp_path: 
             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
-            text = lambda: log.read_text() if log.exists() else ""
-            first = int(wait_for(lambda: STARTED.search(text())).group(1))  # type: ignore[union-attr]
-            wait_for(lambda: CHILD_LISTENING.search(text()))
-            for _ in range(20):
-                assert curl(port) == b"hello from the backend\n"
-
-            os.kill(first, signal.SIGKILL)  # the parent keeps serving meanwhile
-            for _ in range(10):
-                assert curl(port) == b"hello from the backend\n"
-            second = int(wait_for(lambda: [m for m in STARTED.findall(text()) if int(m) != first])[0])  # type: ignore[index]
-            assert second != first and alive(second) and not alive(first)
-            assert "process 2 exited" in text()
-            wait_for(lambda: len(CHILD_LISTENING.findall(text())) == 2)
-            for _ in range(20):
-                assert curl(port) == b"hello from the backend\n"
-
-            # Either process answers for the whole group: counters summed over both.
-            def group_status() -> dict[str, Any]:
-                done = subprocess.run(
-                    ["curl", "-sf", "--max-time", "10", f"http://127.0.0.1:{port}/admin/status.json"],
-                    check=True, capture_output=True, timeout=30,
-                )
-                return json.loads(done.stdout)  # type: ignore[no-any-return]
-
-            time.sleep(1.5)  # a report from the new child
-            for _ in range(6):
-                status = group_status()
-                assert status["processes"] == 2
-                web = next(r for r in status["routes"] if r["name"] == "web")
-                # 30 before the kill may include some the killed child served (gone with it)
-                assert web["counters"]["connections"] >= 20, status
-            metrics = subprocess.run(
-                ["curl", "-sf", "--max-time", "10", f"http://127.0.0.1:{port}/admin/metrics"],
-                check=True, capture_output=True, timeout=30,
-            ).stdout
-            assert b"portmux_processes 2.0" in metrics, metrics[:2000]
-
-            portmux.send_signal(signal.SIGHUP)
-            wait_for(lambda: len(re.findall(r"\] reloaded: 2 routes", text())) == 2)  # parent + child
-
-            portmux.send_signal(signal.SIGTERM)
-            assert portmux.wait(20) in (0, -signal.SIGTERM)  # twistd may exit by the signal it got
-            wait_for(lambda: not alive(second), limit=5)
+            yield port, log, portmux
         finally:
             if portmux.poll() is None:
                 stop_process(portmux)
     finally:
         stop_process(backend)
+
+
+def test_two_processes_serve_survive_a_killed_child_and_stop_together(tmp_path: Path) -> None:
+    with web_group(tmp_path, b"hello from the backend\n") as (port, log, portmux):
+        text = lambda: log.read_text() if log.exists() else ""
+        first = int(wait_for(lambda: STARTED.search(text())).group(1))  # type: ignore[union-attr]
+        wait_for(lambda: CHILD_LISTENING.search(text()))
+        for _ in range(20):
+            assert curl(port) == b"hello from the backend\n"
+
+        os.kill(first, signal.SIGKILL)  # the parent keeps serving meanwhile
+        for _ in range(10):
+            assert curl(port) == b"hello from the backend\n"
+        second = int(wait_for(lambda: [m for m in STARTED.findall(text()) if int(m) != first])[0])  # type: ignore[index]
+        assert second != first and alive(second) and not alive(first)
+        assert "process 2 exited" in text()
+        wait_for(lambda: len(CHILD_LISTENING.findall(text())) == 2)
+        for _ in range(20):
+            assert curl(port) == b"hello from the backend\n"
+
+        # Either process answers for the whole group: counters summed over both.
+        def group_status() -> dict[str, Any]:
+            done = subprocess.run(
+                ["curl", "-sf", "--max-time", "10", f"http://127.0.0.1:{port}/admin/status.json"],
+                check=True, capture_output=True, timeout=30,
+            )
+            return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+        time.sleep(1.5)  # a report from the new child
+        for _ in range(6):
+            status = group_status()
+            assert status["processes"] == 2
+            web = next(r for r in status["routes"] if r["name"] == "web")
+            # 30 before the kill may include some the killed child served (gone with it)
+            assert web["counters"]["connections"] >= 20, status
+        metrics = subprocess.run(
+            ["curl", "-sf", "--max-time", "10", f"http://127.0.0.1:{port}/admin/metrics"],
+            check=True, capture_output=True, timeout=30,
+        ).stdout
+        assert b"portmux_processes 2.0" in metrics, metrics[:2000]
+
+        portmux.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(re.findall(r"\] reloaded: 2 routes", text())) == 2)  # parent + child
+
+        portmux.send_signal(signal.SIGTERM)
+        assert portmux.wait(20) in (0, -signal.SIGTERM)  # twistd may exit by the signal it got
+        wait_for(lambda: not alive(second), limit=5)
 
 
 LISTEN = '[[listen]]\nendpoint = "tcp:0:interface=127.0.0.1"\n'

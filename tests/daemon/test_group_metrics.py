@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,8 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon.daemon_support import byte_counts
-from tests.daemon.test_group import TWISTD, alive, wait_for
-from tests.support import free_port, stop_process, wait_listening
+from tests.daemon.test_group import alive, wait_for, web_group
 
 CHILD_LISTENING = re.compile(r"\[process 2\] .*portmux listening on inherited")
 STARTED = re.compile(r"process 2 of 2 started \(pid (\d+)\)")
@@ -100,40 +98,12 @@ def answering(found: dict[str, list[Any]]) -> int:
 
 @pytest.fixture
 def group(tmp_path: Path) -> Iterator[Group]:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "hello.txt").write_bytes(BODY)
-    backend_port, port = free_port(), free_port()
-    backend = subprocess.Popen(
-        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(backend_port)],
-        cwd=site, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_listening(backend_port, backend)
-        config = tmp_path / "portmux.toml"
-        config.write_text(
-            "processes = 2\n"
-            f'[[listen]]\nendpoint = "tcp:{port}:interface=127.0.0.1"\n'
-            '[[route]]\nname = "status"\nmatch = { protocol = "http", path = "/admin" }\n'
-            "status = true\n"
-            f'[[route]]\nname = "web"\nmatch = {{ protocol = "http" }}\n'
-            f'proxy = ["tcp:127.0.0.1:{backend_port}"]\n'
-        )
-        log = tmp_path / "portmux.log"
-        portmux = subprocess.Popen(
-            [*TWISTD, "-n", "--pidfile=", "-l", str(log), "portmux", "--config", str(config)],
-            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        try:
-            running = Group(port, log)
-            wait_for(lambda: STARTED.search(running.text()))
-            wait_for(lambda: CHILD_LISTENING.search(running.text()))
-            yield running
-            assert "Unhandled Error" not in running.text()
-        finally:
-            stop_process(portmux)
-    finally:
-        stop_process(backend)
+    with web_group(tmp_path, BODY) as (port, log, _portmux):
+        running = Group(port, log)
+        wait_for(lambda: STARTED.search(running.text()))
+        wait_for(lambda: CHILD_LISTENING.search(running.text()))
+        yield running
+        assert "Unhandled Error" not in running.text()
 
 
 def spread(group: Group) -> dict[str, list[Any]]:
