@@ -49,3 +49,27 @@ def registered(control: Path) -> set[str]:
         return {g["name"] for g in query(str(control), 2.0)["registered"]}
     except (OSError, ValueError):
         return set()
+
+
+async def linked(test: Any, parent: Any, child: Any) -> tuple[Any, Any]:
+    """Join two in-process multiplexers over a real socketpair as ProcessGroup and group_child
+    do (both ends in this reactor); the links are closed at ``test``'s cleanup."""
+    import socket
+
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory
+
+    from portmux.daemon.group_channel import ChildLink, ParentLink
+    from tests.support import wait_until
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    parent_side = ChildLink(parent, "process 2", parent.listener_factory(name="process 2"))
+    reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: parent_side))
+    ours.close()
+    child_side = ParentLink(child)
+    reactor.adoptStreamConnection(theirs.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: child_side))
+    theirs.close()
+    test.addCleanup(parent_side.transport.loseConnection)
+    test.addCleanup(child_side.transport.loseConnection)
+    await wait_until(lambda: child_side.synced)
+    return parent_side, child_side

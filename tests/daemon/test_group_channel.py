@@ -20,6 +20,7 @@ from portmux.core.routing import Match, Route
 from portmux.daemon.group_channel import ChildLink, ParentLink, match_of, read_routes
 from portmux.targets.echo import EchoFactory
 from portmux.targets.factory import FactoryTarget
+from tests.daemon.group_support import linked
 from tests.support import fd_count, turn, wait_until
 
 ROUTE = "handoff:protocol=tcpmux,service=echo-h"
@@ -41,17 +42,7 @@ class ChannelTests(TestCase):
 
     async def link(self) -> tuple[ChildLink, ParentLink]:
         """Join the two multiplexers as ProcessGroup and group_child do (both ends in this reactor)."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        parent_side = ChildLink(self.parent, "process 2", self.parent.listener_factory(name="process 2"))
-        reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: parent_side))
-        ours.close()
-        child_side = ParentLink(self.child)
-        reactor.adoptStreamConnection(theirs.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: child_side))
-        theirs.close()
-        self.addCleanup(parent_side.transport.loseConnection)
-        self.addCleanup(child_side.transport.loseConnection)
-        await wait_until(lambda: child_side.synced)
-        return parent_side, child_side
+        return await linked(self, self.parent, self.child)  # type: ignore[no-any-return]
 
     def test_read_routes_before_serving(self) -> None:
         """A starting child reads the whole state, blocking, before its reactor runs."""

@@ -16,7 +16,6 @@ import socket
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.protocol import Factory
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
@@ -25,6 +24,7 @@ from portmux.core.routing import Match, Route
 from portmux.daemon.group_channel import ChildLink, ParentLink
 from portmux.targets import _http_pass_on
 from portmux.targets.resource import ResourceTarget
+from tests.daemon.group_support import linked
 from tests.support import fd_count, turn, wait_until
 
 WORKER = "proxy:protocol=http,path=/w"
@@ -154,17 +154,8 @@ class KeptAliveTests(TestCase):
             Route(WORKER, Match(protocol="http", path="/w"), ResourceTarget(Says("parent-worker"))))
 
     async def link(self) -> tuple[ChildLink, ParentLink]:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        parent_side = ChildLink(self.parent, "process 2", self.parent.listener_factory(name="process 2"))
-        reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: parent_side))
-        ours.close()
-        child_side = ParentLink(self.child)
-        reactor.adoptStreamConnection(theirs.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: child_side))
-        theirs.close()
-        self.addCleanup(parent_side.transport.loseConnection)
-        self.addCleanup(child_side.transport.loseConnection)
-        await wait_until(lambda: child_side.synced)
-        return parent_side, child_side
+        """Join the two multiplexers as ProcessGroup and group_child do (both ends in this reactor)."""
+        return await linked(self, self.parent, self.child)  # type: ignore[no-any-return]
 
     async def serve(self) -> tuple[int, ChildLink, ParentLink]:
         parent_side, child_side = await self.link()
