@@ -122,3 +122,17 @@ async def wait_until(condition: Any, limit: float = 5.0) -> None:
             return
         await turn()
     raise AssertionError("condition not reached")
+
+
+def log_lines(test: Any) -> list[str]:
+    """Every log line emitted from now until ``test``'s cleanup, formatted, in order."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observer(event: Any) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observer)
+    test.addCleanup(globalLogPublisher.removeObserver, observer)
+    return lines

@@ -21,7 +21,7 @@ from portmux.daemon.group_channel import ChildLink, ParentLink, match_of, read_r
 from portmux.targets.echo import EchoFactory
 from portmux.targets.factory import FactoryTarget
 from tests.daemon.group_support import linked
-from tests.support import fd_count, turn, wait_until
+from tests.support import fd_count, log_lines, turn, wait_until
 
 ROUTE = "handoff:protocol=tcpmux,service=echo-h"
 
@@ -30,12 +30,7 @@ class ChannelTests(TestCase):
     timeout = 20
 
     def setUp(self) -> None:
-        from twisted.logger import formatEvent, globalLogPublisher
-
-        self.lines: list[str] = []
-        observer = lambda event: self.lines.append(formatEvent(event))
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.lines = log_lines(self)
         self.parent = Multiplexer(reactor)
         self.child = Multiplexer(reactor)
         self.route = Route(ROUTE, Match(protocol="tcpmux", service="echo-h"), FactoryTarget(EchoFactory()))

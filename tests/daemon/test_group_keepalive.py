@@ -25,7 +25,7 @@ from portmux.daemon.group_channel import ChildLink, ParentLink
 from portmux.targets import _http_pass_on
 from portmux.targets.resource import ResourceTarget
 from tests.daemon.group_support import linked
-from tests.support import fd_count, turn, wait_until
+from tests.support import fd_count, log_lines, turn, wait_until
 
 WORKER = "proxy:protocol=http,path=/w"
 BIG = 48 << 10  # over the small socket buffers set below, under Twisted's 64 KiB that pauses the channel
@@ -139,12 +139,7 @@ class KeptAliveTests(TestCase):
     timeout = 60
 
     def setUp(self) -> None:
-        from twisted.logger import formatEvent, globalLogPublisher
-
-        self.lines: list[str] = []
-        observer = lambda event: self.lines.append(formatEvent(event))
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.lines = log_lines(self)
         self.parent = Multiplexer(reactor)
         self.child = Multiplexer(reactor)
         # Both load the same config: the static route; the worker's route is the parent's alone.

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +38,6 @@ CHILD_LISTENING = re.compile(r"\[process 2\] .*portmux listening on inherited")
 CLIENTS = 40
 
 
-@pytest.fixture
-def started(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes this test started; each stopped by its PID at the end."""
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        yield procs
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 
